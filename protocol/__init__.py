@@ -1,0 +1,76 @@
+"""prolink's protocol: envelopes, receipts, trust, documents and the request lifecycle.
+
+Pure: bytes, keys and ``now`` in; verified objects out, or a ``ProlinkError``
+with a stable code. Nothing here touches the network, the disk, a database or
+the clock. See ``protocol/README.md`` for the wire format.
+"""
+
+from ._documents import (
+    CONFIDENTIALITY_LEVELS,
+    DIRECTIONS,
+    DOCUMENT_KINDS,
+    DOCUMENT_TYPES,
+    FORMS,
+    REFUSAL_GROUNDS,
+    AttachmentRef,
+    BaseDocument,
+    Document,
+    Vocabulary,
+    document_to_json,
+    is_russian,
+    parse_document,
+)
+from ._encoding import Signed, b64d, b64e, canonical_json, pae, parse_json
+from ._envelope import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    Framing,
+    Header,
+    NodeKeys,
+    VerifiedMessage,
+    open,
+    read_framing,
+    seal,
+    seal_stream,
+    sign_document,
+)
+from ._errors import (
+    DocumentError,
+    EncodingError,
+    EnvelopeError,
+    LifecycleError,
+    PolicyError,
+    ProlinkError,
+    ReceiptError,
+    TrustError,
+)
+from ._primitives import (
+    CLASSIC,
+    DEFAULT_SUITE,
+    PQ_HYBRID,
+    SUITES,
+    DecryptionKey,
+    EncryptionKey,
+    SigningKey,
+    VerifyKey,
+    key_id_for,
+)
+from ._receipt import ACCEPTED, REJECTED, Receipt, make_receipt, receipt, verify_receipt
+from ._stream import CHUNK_SIZE, decrypt_stream, encrypt_stream
+from ._trust import (
+    Authorisation,
+    BundleContents,
+    KeyValidity,
+    Revocation,
+    TrustedParty,
+    fingerprint,
+    issue_authorisation,
+    issue_revocation,
+    normalise_fingerprint,
+    sign_bundle,
+    verify_authorisation,
+    verify_bundle,
+    verify_revocation,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

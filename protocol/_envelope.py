@@ -327,23 +327,35 @@ def check_header(header: Header, me: NodeKeys, sender: TrustedParty) -> None:
                             code="envelope.unknown_sender")
 
 
-def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: datetime,
-         max_skew: timedelta | None = timedelta(minutes=5), verify_attachments: bool = True) -> VerifiedMessage:
+DEFAULT_MAX_AGE = timedelta(days=4)
+DEFAULT_MAX_SKEW = timedelta(minutes=5)
+
+
+def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: datetime, *,
+         max_age: timedelta | None = DEFAULT_MAX_AGE, max_skew: timedelta = DEFAULT_MAX_SKEW,
+         verify_attachments: bool = True) -> VerifiedMessage:
     """Verify and decrypt an envelope. The one door through which received content becomes trusted.
 
-    Order matters: framing, addressing, the sender node's key and signature, the
-    clock window, and only then decryption, the person's authorisation and
+    Order matters: framing, addressing, the clock window, the sender node's key
+    and signature, and only then decryption, the person's authorisation and
     signature, the document's rules and the attachments.
+
+    The clock window is ``[now - max_age, now + max_skew]``. ``max_age`` is long
+    (days, not minutes) because an envelope is sealed once and may wait in the
+    sender's outbox while the receiver is down; replays inside the window are
+    caught by the receiver's record of message ids, which it keeps for good.
+    ``max_age=None`` is for re-opening an envelope already accepted and stored.
     """
     framing = read_framing(source)
     header = framing.header
     check_header(header, me, sender)
+    too_old = max_age is not None and now - header.sent_at > max_age
+    if too_old or header.sent_at - now > max_skew:
+        raise EnvelopeError(f"sent_at {format_time(header.sent_at)} is outside the clock window",
+                            code="envelope.replayed")
     node_key = sender.signing_key(header.sender_key_id, header.sent_at)
     if not node_key.verify(framing.signature, _to_sign(framing.header_bytes, framing.payload_sha256)):
         raise EnvelopeError("node signature does not verify", code="envelope.bad_signature")
-    if max_skew is not None and abs(now - header.sent_at) > max_skew:
-        raise EnvelopeError(f"sent_at {format_time(header.sent_at)} is outside the clock window",
-                            code="envelope.replayed")
     dkey = me.decryption_key(header.recipient_key_id)
     if dkey.suite != header.suite:
         raise EnvelopeError("header suite does not match the recipient key", code="envelope.unsupported_suite")

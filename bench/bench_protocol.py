@@ -1,0 +1,520 @@
+"""Benchmark of prolink's protocol layer against the raw primitives it is built on, measured in the same run.
+
+Part 1, a 1 KiB document, for each HPKE suite:
+  * seal+sign (the person's signature, then ``seal``) per second, against the raw
+    cost of the primitives that path performs: two Ed25519 signatures (person,
+    node), one HPKE encryption of the same inner body with the same suite, and
+    SHA-256 of the payload section;
+  * verify+open per second, against three Ed25519 verifications (node, person,
+    authorisation), one HPKE decryption and the SHA-256 passes ``open`` makes.
+  Target: ratio (ours / raw) >= 0.5.
+
+Part 2, a 256 MiB attachment (generated in 64 KiB pieces from a 1 MiB pool, never
+held whole in memory):
+  * ``encrypt_stream`` / ``decrypt_stream`` throughput as a ratio of raw
+    AES-256-GCM (``cryptography`` AESGCM on the same 64 KiB chunks, and on one
+    256 MiB buffer); target >= 0.5 against the faster of the two;
+  * ``seal_stream`` and ``open`` (which add the node signature, the SHA-256
+    passes that bind attachments to the signed document and to the receipt)
+    against raw AES-GCM alone (for information) and against the same primitives
+    (AES-GCM plus the same number of SHA-256 passes); target >= 0.5 for the latter;
+  * peak memory of the streaming paths, measured in a fresh child process
+    (``ru_maxrss`` growth, and tracemalloc's peak); target < 64 MiB.
+
+Timings use ``time.perf_counter`` and keep the best of several repetitions.
+Runs in about a minute on two cores: ``python bench/bench_protocol.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, BinaryIO
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import cryptography  # noqa: E402
+from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend  # noqa: E402
+import nacl.bindings  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305  # noqa: E402
+
+from protocol import (  # noqa: E402
+    CHUNK_SIZE,
+    CLASSIC,
+    PQ_HYBRID,
+    Authorisation,
+    BundleContents,
+    DecryptionKey,
+    KeyValidity,
+    NodeKeys,
+    Signed,
+    SigningKey,
+    TrustedParty,
+    canonical_json,
+    decrypt_stream,
+    document_to_json,
+    encrypt_stream,
+    fingerprint,
+    issue_authorisation,
+    open,
+    parse_document,
+    read_framing,
+    seal,
+    seal_stream,
+    sign_bundle,
+    sign_document,
+    verify_bundle,
+)
+from protocol._stream import TAG_SIZE, ciphertext_size  # noqa: E402
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+MIB = 1 << 20
+BIG = 256 * MIB
+DOC_TARGET_BYTES = 1024
+RATIO_TARGET = 0.5
+MEMORY_TARGET = 64 * MIB
+SEALED_CHUNK = CHUNK_SIZE + TAG_SIZE
+
+
+# --- timing ------------------------------------------------------------------------
+
+def best_of(fn: Callable[[], Any], *, repeat: int = 5, min_time: float = 0.2) -> float:
+    """Seconds per call: best of ``repeat`` runs, each looping long enough to be measurable."""
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time / 4 or number >= 1 << 20:
+            break
+        number *= 2
+    number = max(1, int(number * (min_time / max(elapsed, 1e-9)) / 1))
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def best_once(fn: Callable[[], Any], *, repeat: int = 3) -> float:
+    """Seconds for one call of a long operation, best of ``repeat``."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# --- two Parties, in memory ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Party:
+    code: str
+    root: SigningKey
+    node: SigningKey
+    decryption: DecryptionKey
+    signatory: SigningKey
+    trusted: TrustedParty
+    authorisation: bytes
+
+    @property
+    def keys(self) -> NodeKeys:
+        return NodeKeys(self.code, self.node, (self.decryption,))
+
+
+def make_party(code: str, suite: str) -> Party:
+    root, node, signatory = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    decryption = DecryptionKey.generate(suite)
+    since = NOW - timedelta(days=30)
+    contents = BundleContents(code, code, f"https://{code.lower()}.example", 1, since, root.public,
+                              ((node.public, KeyValidity(node.key_id, since, None)),),
+                              ((decryption.public, KeyValidity(decryption.key_id, since, None)),),
+                              "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    trusted = verify_bundle(sign_bundle(contents, root), expected_fingerprint=fingerprint(root.public))
+    auth = issue_authorisation(Authorisation(code, "Иванов Иван Иванович", "прокурор", signatory.public,
+                                             date(2026, 1, 1), date(2026, 12, 31), since), root)
+    return Party(code, root, node, decryption, signatory, trusted, auth)
+
+
+def document_of_size(target: int, attachments: list[dict[str, Any]] | None = None) -> Any:
+    """A valid Russian request whose canonical JSON is ``target`` bytes (or just over)."""
+    request_id = "6f1d5c3a-2b7e-4c90-8a41-93e2d0f5b718"
+
+    def build(filler: int) -> dict[str, Any]:
+        return {
+            "kind": "request", "id": request_id, "thread_id": request_id, "sender_party": "KZ",
+            "recipient_party": "BY", "created_at": "2026-11-25T11:00:00Z", "language": "ru",
+            "confidentiality": "confidential", "requesting_party": "KZ", "requested_party": "BY",
+            "grounds": "Уголовное дело № 2026-0415",
+            "purpose": "Установление источника поставки",
+            "content": "Просим предоставить сведения" + " о" * filler,
+            "expected_execution_date": "2026-12-25", "other_information": "",
+            "direction": "drugs", "form": "crime_information", "attachments": attachments or [],
+        }
+
+    filler = 0
+    while len(canonical_json(document_to_json(parse_document(build(filler))))) < target:
+        filler += 1
+    return parse_document(build(filler))
+
+
+# --- part 1: a 1 KiB document ------------------------------------------------------------
+
+@dataclass
+class DocResult:
+    suite: str
+    doc_bytes: int
+    envelope_bytes: int
+    seal_s: float
+    seal_raw_s: float
+    open_s: float
+    open_raw_s: float
+    raw_parts: dict[str, float]
+
+
+def bench_document(suite: str) -> DocResult:
+    kz, by = make_party("KZ", suite), make_party("BY", suite)
+    document = document_of_size(DOC_TARGET_BYTES)
+    doc_bytes = len(canonical_json(document_to_json(document)))
+    signed = sign_document(document, kz.signatory)
+    envelope = seal(signed, kz.authorisation, [], kz.keys, by.trusted, NOW)
+    framing = read_framing(envelope)
+    inner = canonical_json({"document": json.loads(signed), "authorisation": json.loads(kz.authorisation),
+                            "content_key": "A" * 43, "chunk_size": CHUNK_SIZE})
+    info = envelope[12:12 + len(framing.header_bytes)]
+    payload = envelope[12 + len(framing.header_bytes):-64]
+
+    def seal_and_sign() -> bytes:
+        return seal(sign_document(document, kz.signatory), kz.authorisation, [], kz.keys, by.trusted, NOW)
+
+    def verify_and_open() -> Any:
+        return open(envelope, by.keys, kz.trusted, NOW)
+
+    assert verify_and_open().document == document
+
+    # The raw primitives, called directly on ``cryptography`` / ``hashlib`` objects.
+    person_raw, node_raw = kz.signatory._key, kz.node._key
+    doc_pae = Signed.from_bytes(signed, what="bench").signed_bytes()
+    node_msg = b"DSSEv1 35 application/vnd.prolink.envelope.v1 " + b"x" * (len(info) + 32)
+    person_sig, node_sig = person_raw.sign(doc_pae), node_raw.sign(node_msg)
+    auth = Signed.from_bytes(kz.authorisation, what="bench")
+    root_pub = kz.root.public._key
+    hpke_suite, hpke_pub, hpke_priv = by.decryption._suite, by.decryption.public._key, by.decryption._key
+    sealed_body = hpke_suite.encrypt(inner, hpke_pub, info=info)
+
+    parts = {
+        "ed25519 sign (person, %d B)" % len(doc_pae): best_of(lambda: person_raw.sign(doc_pae)),
+        "ed25519 sign (node)": best_of(lambda: node_raw.sign(node_msg)),
+        "ed25519 verify (node)": best_of(lambda: node_raw.public_key().verify(node_sig, node_msg)),
+        "ed25519 verify (person)": best_of(lambda: person_raw.public_key().verify(person_sig, doc_pae)),
+        "ed25519 verify (authorisation)": best_of(lambda: root_pub.verify(auth.signature, auth.signed_bytes())),
+        "hpke encrypt (%d B)" % len(inner): best_of(lambda: hpke_suite.encrypt(inner, hpke_pub, info=info)),
+        "hpke decrypt": best_of(lambda: hpke_suite.decrypt(sealed_body, hpke_priv, info=info)),
+        "sha256 (payload, %d B)" % len(payload): best_of(lambda: hashlib.sha256(payload).digest()),
+        "sha256 (envelope, %d B)" % len(envelope): best_of(lambda: hashlib.sha256(envelope).digest()),
+    }
+    values = list(parts.values())
+    sign_p, sign_n, ver_n, ver_p, ver_a, enc, dec, sha_payload, sha_env = values
+    seal_raw = sign_p + sign_n + enc + sha_payload
+    open_raw = ver_n + ver_p + ver_a + dec + sha_payload + sha_env
+    return DocResult(suite, doc_bytes, len(envelope), best_of(seal_and_sign), seal_raw,
+                     best_of(verify_and_open), open_raw, parts)
+
+
+# --- part 2: a 256 MiB attachment -------------------------------------------------------------
+
+POOL = os.urandom(MIB)
+POOL_CHUNKS = [POOL[i:i + CHUNK_SIZE] for i in range(0, MIB, CHUNK_SIZE)]
+
+
+def plaintext(size: int = BIG) -> Iterator[bytes]:
+    """``size`` bytes in 64 KiB pieces, cycling through a 1 MiB random pool."""
+    full, rest = divmod(size, CHUNK_SIZE)
+    for i in range(full):
+        yield POOL_CHUNKS[i % len(POOL_CHUNKS)]
+    if rest:
+        yield POOL[:rest]
+
+
+def plaintext_sha256(size: int = BIG) -> str:
+    digest = hashlib.sha256()
+    for piece in plaintext(size):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def read_pieces(f: BinaryIO, length: int, piece: int) -> Iterator[bytes]:
+    f.seek(0)
+    left = length
+    while left:
+        data = f.read(min(piece, left))
+        if not data:
+            raise EOFError
+        left -= len(data)
+        yield data
+
+
+def nonce(counter: int, last: bool) -> bytes:
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+@dataclass
+class StreamResult:
+    rows: list[tuple[str, float, str]]        # (name, seconds for BIG bytes, note)
+    raw_chunk_enc: float
+    raw_chunk_dec: float
+    raw_big_enc: float
+    raw_big_dec: float
+    sha: float
+    enc: float
+    dec: float
+    seal: float
+    open: float
+
+
+def bench_stream(repeat: int) -> StreamResult:
+    key = os.urandom(32)
+    aead = AESGCM(key)
+    total_chunks = BIG // CHUNK_SIZE
+
+    def raw_chunk_encrypt() -> None:
+        for i, piece in enumerate(plaintext()):
+            aead.encrypt(nonce(i, i == total_chunks - 1), piece, None)
+
+    def raw_sha() -> None:
+        digest = hashlib.sha256()
+        for piece in plaintext():
+            digest.update(piece)
+
+    def ours_encrypt() -> None:
+        for _ in encrypt_stream(key, plaintext(), BIG):
+            pass
+
+    with tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as ct_file:
+        for sealed in encrypt_stream(key, plaintext(), BIG):
+            ct_file.write(sealed)
+        ct_len = ct_file.tell()
+        assert ct_len == ciphertext_size(BIG)
+
+        def raw_chunk_decrypt() -> None:
+            for i, piece in enumerate(read_pieces(ct_file, ct_len, SEALED_CHUNK)):
+                aead.decrypt(nonce(i, i == total_chunks - 1), piece, None)
+
+        def ours_decrypt() -> None:
+            for _ in decrypt_stream(key, read_pieces(ct_file, ct_len, SEALED_CHUNK), ct_len):
+                pass
+
+        raw_enc = best_once(raw_chunk_encrypt, repeat=repeat)
+        raw_dec = best_once(raw_chunk_decrypt, repeat=repeat)
+        sha = best_once(raw_sha, repeat=repeat)
+        enc = best_once(ours_encrypt, repeat=repeat)
+        dec = best_once(ours_decrypt, repeat=repeat)
+
+    # seal_stream / open with verification, through a temporary file (the page cache).
+    kz, by = make_party("KZ", PQ_HYBRID), make_party("BY", PQ_HYBRID)
+    ref = {"name": "big.bin", "media_type": "application/octet-stream", "size": BIG,
+           "sha256": plaintext_sha256()}
+    signed = sign_document(document_of_size(DOC_TARGET_BYTES, [ref]), kz.signatory)
+
+    def ours_seal() -> None:
+        for _ in seal_stream(signed, kz.authorisation, [plaintext()], kz.keys, by.trusted, NOW):
+            pass
+
+    with tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as env_file:
+        for piece in seal_stream(signed, kz.authorisation, [plaintext()], kz.keys, by.trusted, NOW):
+            env_file.write(piece)
+
+        def ours_open() -> None:
+            open(env_file, by.keys, kz.trusted, NOW, verify_attachments=True)
+
+        seal_s = best_once(ours_seal, repeat=repeat)
+        open_s = best_once(ours_open, repeat=repeat)
+
+    # Raw AES-GCM on one big buffer (holds 2 x 256 MiB: measured last, outside the memory check).
+    big = POOL * (BIG // MIB)
+    sealed_big = aead.encrypt(nonce(0, True), big, None)
+    raw_big_enc = best_once(lambda: aead.encrypt(nonce(0, True), big, None), repeat=repeat)
+    raw_big_dec = best_once(lambda: aead.decrypt(nonce(0, True), sealed_big, None), repeat=repeat)
+    del big, sealed_big
+
+    chacha = ChaCha20Poly1305(key)
+
+    def raw_chacha() -> None:
+        for i, piece in enumerate(plaintext()):
+            chacha.encrypt(nonce(i, False), piece, None)
+
+    xkey = os.urandom(32)
+
+    def raw_xchacha() -> None:
+        for i, piece in enumerate(plaintext()):
+            nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(piece, None, i.to_bytes(24, "big"), xkey)
+
+    rows = [
+        ("raw AES-256-GCM encrypt, 64 KiB chunks", raw_enc, "baseline"),
+        ("raw AES-256-GCM decrypt, 64 KiB chunks", raw_dec, "baseline"),
+        ("raw AES-256-GCM encrypt, one 256 MiB buffer", raw_big_enc, "baseline"),
+        ("raw AES-256-GCM decrypt, one 256 MiB buffer", raw_big_dec, "baseline"),
+        ("raw ChaCha20-Poly1305 encrypt, 64 KiB (cryptography)", best_once(raw_chacha, repeat=2), "info"),
+        ("raw XChaCha20-Poly1305 encrypt, 64 KiB (PyNaCl)", best_once(raw_xchacha, repeat=2), "info"),
+        ("raw SHA-256, 64 KiB pieces", sha, "info"),
+    ]
+    return StreamResult(rows, raw_enc, raw_dec, raw_big_enc, raw_big_dec, sha, enc, dec, seal_s, open_s)
+
+
+# --- memory, in a fresh child process ------------------------------------------------------------
+
+def memory_child() -> None:
+    """Stream 256 MiB through encrypt/decrypt_stream, then seal_stream/open; print peaks as JSON."""
+    kz, by = make_party("KZ", PQ_HYBRID), make_party("BY", PQ_HYBRID)
+    ref = {"name": "big.bin", "media_type": "application/octet-stream", "size": BIG,
+           "sha256": plaintext_sha256()}
+    signed = sign_document(document_of_size(DOC_TARGET_BYTES, [ref]), kz.signatory)
+    key = os.urandom(32)
+    with tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as ct_file, \
+            tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as env_file:
+        start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        tracemalloc.start()
+        for sealed in encrypt_stream(key, plaintext(), BIG):
+            ct_file.write(sealed)
+        digest = hashlib.sha256()
+        for piece in decrypt_stream(key, read_pieces(ct_file, ct_file.tell(), MIB), ct_file.tell()):
+            digest.update(piece)
+        assert digest.hexdigest() == ref["sha256"]
+        _, stream_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for piece in seal_stream(signed, kz.authorisation, [plaintext()], kz.keys, by.trusted, NOW):
+            env_file.write(piece)
+        message = open(env_file, by.keys, kz.trusted, NOW, verify_attachments=True)
+        digest = hashlib.sha256()
+        for piece in message.attachment_chunks(0, env_file):
+            digest.update(piece)
+        assert digest.hexdigest() == ref["sha256"]
+        _, envelope_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        end_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"stream_tracemalloc_peak": stream_peak, "envelope_tracemalloc_peak": envelope_peak,
+                      "maxrss_growth": end_rss - start_rss, "maxrss": end_rss}))
+
+
+def measure_memory() -> dict[str, int]:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child"], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def mb_s(seconds: float, size: int = BIG) -> float:
+    return size / seconds / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="prolink protocol benchmark")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child()
+        return 0
+    repeat = 2 if args.quick else 3
+    began = time.perf_counter()
+    verdicts: list[tuple[str, bool]] = []
+
+    print("prolink protocol benchmark")
+    print(f"  Python {platform.python_version()}, cryptography {cryptography.__version__}, "
+          f"{openssl_backend.openssl_version_text()}, "
+          f"{os.cpu_count()} CPU(s), {platform.machine()}")
+    print()
+
+    print(f"1. A {DOC_TARGET_BYTES / 1024:.0f} KiB document, no attachment "
+          f"(ours / raw primitives of the same path, same run; target >= {RATIO_TARGET})")
+    header = f"  {'suite':<40} {'operation':<14} {'ours/s':>9} {'raw/s':>9} {'ratio':>6}"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    results = [bench_document(suite) for suite in (PQ_HYBRID, CLASSIC)]
+    for r in results:
+        for op, ours, raw in (("seal+sign", r.seal_s, r.seal_raw_s), ("verify+open", r.open_s, r.open_raw_s)):
+            ratio = raw / ours
+            print(f"  {r.suite:<40} {op:<14} {1 / ours:9.0f} {1 / raw:9.0f} {ratio:6.2f}")
+            verdicts.append((f"{op:<11} {r.suite}: ratio {ratio:.2f} >= {RATIO_TARGET}", ratio >= RATIO_TARGET))
+    print(f"  document JSON {results[0].doc_bytes} B; envelope {results[0].envelope_bytes} B (hybrid), "
+          f"{results[1].envelope_bytes} B (X25519)")
+    print("  raw primitive costs, microseconds per call:")
+    names = list(results[0].raw_parts)
+    print(f"    {'':<36} " + " ".join(f"{r.suite.split('/')[0]:>16}" for r in results))
+    for i, name in enumerate(names):
+        print(f"    {name:<36} " + " ".join(f"{list(r.raw_parts.values())[i] * 1e6:16.1f}" for r in results))
+    print("    seal raw = 2 signs + hpke encrypt + sha256(payload); "
+          "open raw = 3 verifies + hpke decrypt + sha256(payload) + sha256(envelope)")
+    print()
+
+    print(f"2. A {BIG // MIB} MiB attachment ({CHUNK_SIZE // 1024} KiB chunks)")
+    s = bench_stream(repeat)
+    fastest_enc = min(s.raw_chunk_enc, s.raw_big_enc)
+    fastest_dec = min(s.raw_chunk_dec, s.raw_big_dec)
+    print(f"  {'path':<56} {'MB/s':>8} {'vs AES 64K':>10} {'vs AES 1buf':>11}")
+    print("  " + "-" * 88)
+    for name, seconds, _ in s.rows:
+        print(f"  {name:<56} {mb_s(seconds):8.0f}")
+    ours_rows = [
+        ("encrypt_stream", s.enc, s.raw_chunk_enc, s.raw_big_enc),
+        ("decrypt_stream", s.dec, s.raw_chunk_dec, s.raw_big_dec),
+        ("seal_stream (encrypt + 2 SHA-256 passes + node signature)", s.seal, s.raw_chunk_enc, s.raw_big_enc),
+        ("open, verify_attachments (decrypt + 3 SHA-256 passes)", s.open, s.raw_chunk_dec, s.raw_big_dec),
+    ]
+    for name, seconds, chunk, big in ours_rows:
+        print(f"  {name:<56} {mb_s(seconds):8.0f} {chunk / seconds:10.2f} {big / seconds:11.2f}")
+    seal_same = s.raw_chunk_enc + 2 * s.sha
+    open_same = s.raw_chunk_dec + 3 * s.sha
+    print(f"  same primitives, raw: seal = AES-GCM + 2 x SHA-256 -> {mb_s(seal_same):.0f} MB/s; "
+          f"open = AES-GCM + 3 x SHA-256 -> {mb_s(open_same):.0f} MB/s")
+    print(f"  seal_stream / same primitives: {seal_same / s.seal:.2f};  open / same primitives: "
+          f"{open_same / s.open:.2f}")
+    enc_ratio, dec_ratio = fastest_enc / s.enc, fastest_dec / s.dec
+    verdicts.append((f"encrypt_stream throughput: {enc_ratio:.2f} of the fastest raw AES-256-GCM >= "
+                     f"{RATIO_TARGET}", enc_ratio >= RATIO_TARGET))
+    verdicts.append((f"decrypt_stream throughput: {dec_ratio:.2f} of the fastest raw AES-256-GCM >= "
+                     f"{RATIO_TARGET}", dec_ratio >= RATIO_TARGET))
+    verdicts.append((f"seal_stream throughput: {seal_same / s.seal:.2f} of the same raw primitives >= "
+                     f"{RATIO_TARGET}", seal_same / s.seal >= RATIO_TARGET))
+    verdicts.append((f"open (verify) throughput: {open_same / s.open:.2f} of the same raw primitives >= "
+                     f"{RATIO_TARGET}", open_same / s.open >= RATIO_TARGET))
+    print()
+
+    mem = measure_memory()
+    print(f"3. Peak memory streaming {BIG // MIB} MiB (fresh child process)")
+    print(f"  encrypt_stream + decrypt_stream, tracemalloc peak: {mem['stream_tracemalloc_peak'] / MIB:7.2f} MiB")
+    print(f"  seal_stream + open + read attachment, tracemalloc peak: "
+          f"{mem['envelope_tracemalloc_peak'] / MIB:7.2f} MiB")
+    print(f"  ru_maxrss growth over both: {mem['maxrss_growth'] / MIB:7.2f} MiB "
+          f"(process high-water mark {mem['maxrss'] / MIB:.0f} MiB)")
+    peak = max(mem["stream_tracemalloc_peak"], mem["envelope_tracemalloc_peak"], mem["maxrss_growth"])
+    verdicts.append((f"peak memory {peak / MIB:.1f} MiB < {MEMORY_TARGET // MIB} MiB", peak < MEMORY_TARGET))
+    print()
+
+    for text, ok in verdicts:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print(f"(benchmark took {time.perf_counter() - began:.0f} s)")
+    return 0 if all(ok for _, ok in verdicts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

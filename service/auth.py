@@ -1,0 +1,92 @@
+"""Bearer tokens and roles for the user and admin APIs.
+
+A token is shown once when a user is created; only its SHA-256 is stored, so a
+copy of the database reveals no usable token. Routes declare what they need as
+dependencies (``CurrentUser``, ``require_role(...)``) instead of checking in
+their bodies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from service.db import session_scope
+from service.errors import ServiceError
+from service.models import USER_ROLES, User
+
+TOKEN_PREFIX = "plk_"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated user of one request."""
+
+    id: int
+    name: str
+    role: str
+    clearance: str
+    signatory_key_id: str | None
+
+
+def create_user(engine: object, name: str, role: str, now: datetime, clearance: str = "unrestricted",
+                signatory_key_id: str | None = None) -> tuple[User, str]:
+    """Create a user; returns the row and the token (shown once, never stored)."""
+    if role not in USER_ROLES:
+        raise ServiceError(f"unknown role {role!r}; one of {', '.join(USER_ROLES)}", code="user.bad_role",
+                           status=422, field="role")
+    token = new_token()
+    with session_scope(engine) as s:  # type: ignore[arg-type]
+        user = User(name=name, role=role, clearance=clearance, token_hash=hash_token(token), disabled=False,
+                    created_at=now, signatory_key_id=signatory_key_id)
+        s.add(user)
+        s.flush()
+    return user, token
+
+
+def authenticate(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        raise ServiceError("a bearer token is required", code="auth.missing_token", status=401)
+    digest = hash_token(token.strip())
+    engine = request.app.state.node.engine
+    with session_scope(engine, readonly=True) as s:
+        user = s.execute(select(User).where(User.token_hash == digest)).scalar_one_or_none()
+    if user is None or not hmac.compare_digest(user.token_hash, digest):
+        raise ServiceError("unknown token", code="auth.bad_token", status=401)
+    if user.disabled:
+        raise ServiceError("this user is disabled", code="auth.user_disabled", status=403)
+    assert user.id is not None
+    return Principal(user.id, user.name, user.role, user.clearance, user.signatory_key_id)
+
+
+CurrentUser = Annotated[Principal, Depends(authenticate)]
+
+
+def require_role(*roles: str) -> Callable[[Principal], Principal]:
+    """Dependency: the current user, if their role is one of ``roles``; else 403 ``auth.wrong_role``."""
+
+    def check(user: CurrentUser) -> Principal:
+        if user.role not in roles:
+            raise ServiceError(f"this needs the role {' or '.join(roles)}; you are {user.role}",
+                               code="auth.wrong_role", status=403)
+        return user
+
+    return check

@@ -1,0 +1,192 @@
+"""Envelope bytes in the database, in bounded memory whatever their size.
+
+An envelope is stored exactly as sent or received (it is the evidence), cut
+into ``BlobChunk`` rows of ``BLOB_CHUNK_SIZE`` bytes, inside the caller's
+transaction, so that an envelope and the records that refer to it commit or
+vanish together. Writing and reading hold at most about one chunk in memory;
+nothing here ever loads a whole blob unless asked to with ``blob_bytes``.
+
+Chunks are read one row per query on purpose: a plain cursor on psycopg
+fetches a whole result set into client memory, and one row at a time needs no
+server-side cursor trickery on either backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from service.db import read_only
+from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk
+
+#: ``blob_bytes`` refuses to load more than this unless told otherwise.
+SMALL_BLOB_LIMIT = 64 * 1024 * 1024
+
+
+class BlobError(Exception):
+    """Base class for blob storage errors."""
+
+    code = "storage.blob"
+
+
+class BlobTooLarge(BlobError):
+    """The bytes offered (or asked for in one piece) exceed the allowed size."""
+
+    code = "storage.blob_too_large"
+
+
+class BlobNotFound(BlobError):
+    """No blob with this id."""
+
+    code = "storage.blob_not_found"
+
+
+class BlobCorrupt(BlobError):
+    """Stored chunks do not add up to the recorded size or SHA-256 (missing or altered rows)."""
+
+    code = "storage.blob_corrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    id: int
+    sha256: str  # lower-case hex
+    size: int
+
+
+def write_blob(
+    session: Session,
+    chunks: Iterable[bytes],
+    *,
+    max_size: int | None = None,
+    chunk_size: int = BLOB_CHUNK_SIZE,
+) -> BlobInfo:
+    """Store the concatenation of ``chunks`` as a new blob in ``session``'s transaction.
+
+    The input may come in pieces of any size; it is re-cut into rows of
+    ``chunk_size`` bytes and hashed on the way. Raises ``BlobTooLarge`` (and
+    leaves the transaction for the caller to roll back) as soon as more than
+    ``max_size`` bytes arrive, without reading the rest.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    conn = session.connection()
+    new_id = conn.execute(
+        insert(Blob).values(sha256="", size=0, chunk_count=0).returning(col(Blob.id))
+    ).scalar_one()
+    if new_id is None:  # pragma: no cover - the database always assigns one
+        raise BlobError("the database assigned no blob id")
+    blob_id: int = new_id
+
+    digest = hashlib.sha256()
+    size = 0
+    seq = 0
+    buf = bytearray()
+
+    def flush(data: bytes) -> None:
+        nonlocal seq
+        conn.execute(insert(BlobChunk).values(blob_id=blob_id, seq=seq, data=data))
+        seq += 1
+
+    for piece in chunks:
+        if not piece:
+            continue
+        size += len(piece)
+        if max_size is not None and size > max_size:
+            raise BlobTooLarge(f"blob exceeds {max_size} bytes")
+        digest.update(piece)
+        view = memoryview(piece)
+        while view:
+            take = min(chunk_size - len(buf), len(view))
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) == chunk_size:
+                flush(bytes(buf))
+                buf.clear()
+    if buf:
+        flush(bytes(buf))
+        buf.clear()
+
+    sha256 = digest.hexdigest()
+    conn.execute(
+        update(Blob).where(col(Blob.id) == blob_id).values(sha256=sha256, size=size, chunk_count=seq)
+    )
+    return BlobInfo(id=blob_id, sha256=sha256, size=size)
+
+
+def blob_info(source: Session | Engine, blob_id: int) -> BlobInfo:
+    """Id, SHA-256 and size of a stored blob; ``BlobNotFound`` if there is none."""
+    if isinstance(source, Engine):
+        with read_only(source).connect() as conn, conn.begin():
+            return _info(conn, blob_id)
+    return _info(source.connection(), blob_id)
+
+
+def read_blob(source: Session | Engine, blob_id: int, *, verify: bool = True) -> Iterator[bytes]:
+    """Yield a blob's bytes chunk by chunk, holding one chunk in memory at a time.
+
+    Given a ``Session``, reads inside its transaction (the session must stay
+    open while iterating). Given an ``Engine``, opens a read-only connection
+    for the duration of the iteration. With ``verify`` (the default), the size
+    and SHA-256 are checked as the chunks go by and ``BlobCorrupt`` is raised
+    at the first inconsistency, before the last chunk is yielded.
+    """
+    if isinstance(source, Engine):
+        return _read_with_engine(source, blob_id, verify)
+    return _read(source.connection(), blob_id, verify)
+
+
+def blob_bytes(source: Session | Engine, blob_id: int, *, max_size: int = SMALL_BLOB_LIMIT) -> bytes:
+    """A whole (small) blob in memory; ``BlobTooLarge`` if it is bigger than ``max_size``."""
+    info = blob_info(source, blob_id)
+    if info.size > max_size:
+        raise BlobTooLarge(f"blob {blob_id} has {info.size} bytes, more than {max_size}")
+    return b"".join(read_blob(source, blob_id))
+
+
+def _info(conn: Connection, blob_id: int) -> BlobInfo:
+    row = conn.execute(
+        select(col(Blob.id), col(Blob.sha256), col(Blob.size)).where(col(Blob.id) == blob_id)
+    ).one_or_none()
+    if row is None:
+        raise BlobNotFound(f"no blob {blob_id}")
+    return BlobInfo(id=row.id, sha256=row.sha256, size=row.size)
+
+
+def _read_with_engine(engine: Engine, blob_id: int, verify: bool) -> Iterator[bytes]:
+    with read_only(engine).connect() as conn, conn.begin():
+        yield from _read(conn, blob_id, verify)
+
+
+def _read(conn: Connection, blob_id: int, verify: bool) -> Iterator[bytes]:
+    head = conn.execute(
+        select(col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(col(Blob.id) == blob_id)
+    ).one_or_none()
+    if head is None:
+        raise BlobNotFound(f"no blob {blob_id}")
+    digest = hashlib.sha256()
+    seen = 0
+    for seq in range(head.chunk_count):
+        query = select(col(BlobChunk.data)).where(
+            col(BlobChunk.blob_id) == blob_id,
+            col(BlobChunk.seq) == seq,
+        )
+        data = conn.execute(query).scalar_one_or_none()
+        if data is None:
+            raise BlobCorrupt(f"blob {blob_id}: chunk {seq} of {head.chunk_count} is missing")
+        data = bytes(data)
+        seen += len(data)
+        if verify:
+            digest.update(data)
+            last = seq == head.chunk_count - 1
+            if seen > head.size or (last and (seen != head.size or digest.hexdigest() != head.sha256)):
+                raise BlobCorrupt(f"blob {blob_id}: stored chunks do not match its size or SHA-256")
+        yield data
+    if verify and head.chunk_count == 0 and (head.size != 0 or digest.hexdigest() != head.sha256):
+        raise BlobCorrupt(f"blob {blob_id}: no chunks stored for {head.size} bytes")

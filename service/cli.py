@@ -1,0 +1,172 @@
+"""The ``prolink`` command: set up a Party's node, exchange bundles, manage users, serve, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from protocol import ProlinkError
+
+app = typer.Typer(help="prolink: signed, encrypted exchange between prosecutor's offices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+bundle_app = typer.Typer(help="Export this Party's public bundle.", no_args_is_help=True)
+peer_app = typer.Typer(help="Peers: the other Parties this node exchanges with.", no_args_is_help=True)
+user_app = typer.Typer(help="Users of the user and admin APIs.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(peer_app, name="peer")
+app.add_typer(user_app, name="user")
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(exc: Exception) -> None:
+    code = getattr(exc, "code", "error")
+    message = getattr(exc, "message", str(exc))
+    typer.echo(f"error: {code}: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def init(
+    party: Annotated[str, typer.Option(help="Party code, e.g. KZ.")],
+    name: Annotated[str, typer.Option(help="Party name, e.g. the office's full name.")],
+    url: Annotated[str, typer.Option(help="https://HOST:PORT where peers reach this node.")],
+    data_dir: DataDir,
+    database_url: Annotated[str | None, typer.Option(help="Default: SQLite in the data directory.")] = None,
+    user_port: Annotated[int, typer.Option(help="Port of the internal user/admin API.")] = 8080,
+    listen_host: Annotated[str | None, typer.Option(help="Peer API bind address (default: URL host).")] = None,
+    passphrase_env: Annotated[str | None, typer.Option(
+        help="Name of an environment variable holding a passphrase to encrypt private keys.")] = None,
+) -> None:
+    """Create the Party's keys, configuration and database."""
+    from keys import generate_identity
+    from service.migrate import upgrade
+    from service.settings import Settings
+
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        _fail(ValueError("--url must be https://HOST:PORT"))
+    try:
+        settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
+                            peer_host=listen_host or parts.hostname, peer_port=parts.port or 443,
+                            user_port=user_port, database_url=database_url or "",
+                            key_passphrase_env=passphrase_env)
+        if (settings.data_dir / "node.json").exists():
+            _fail(FileExistsError(f"{settings.data_dir} already holds a node"))
+        identity = generate_identity(settings.data_dir, party, name, url, _now(),
+                                     passphrase=settings.key_passphrase())
+        settings.save()
+        upgrade(settings.database_url)
+    except ProlinkError as exc:
+        _fail(exc)
+    typer.echo(f"Party {party} initialised in {settings.data_dir}")
+    typer.echo(f"Root key fingerprint: {identity.fingerprint}")
+
+
+def _node(data_dir: Path):  # type: ignore[no-untyped-def]
+    from service.server import build_node
+
+    return build_node(data_dir)
+
+
+@bundle_app.command("export")
+def bundle_export(data_dir: DataDir,
+                  output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the bundle.")]) -> None:
+    """Write this Party's signed public bundle and print its fingerprint (read it to the other Party)."""
+    from keys import export_bundle
+    from service.settings import Settings
+
+    settings = Settings.load(data_dir)
+    data, fingerprint = export_bundle(settings.data_dir)
+    output.write_bytes(data)
+    typer.echo(f"Bundle written to {output}")
+    typer.echo(f"Fingerprint: {fingerprint}")
+
+
+@peer_app.command("add")
+def peer_add(data_dir: DataDir, bundle: Annotated[Path, typer.Argument(help="The peer's bundle file.")],
+             fingerprint: Annotated[str, typer.Option(help="The fingerprint the other Party read to you.")]) -> None:
+    """Trust another Party's bundle after checking its fingerprint."""
+    node = _node(data_dir)
+    try:
+        trusted = node.add_peer(bundle.read_bytes(), fingerprint)
+    except ProlinkError as exc:
+        _fail(exc)
+    typer.echo(f"Peer {trusted.party} ({trusted.bundle.name}) added, endpoint {trusted.bundle.endpoint}, "
+               f"bundle version {trusted.bundle.version}")
+
+
+@peer_app.command("list")
+def peer_list(data_dir: DataDir) -> None:
+    """List known peers."""
+    from service.db import session_scope
+    from service.models import Peer
+
+    node = _node(data_dir)
+    with session_scope(node.engine, readonly=True) as s:
+        for p in s.query(Peer).order_by(Peer.party).all():
+            typer.echo(f"{p.party}\t{p.status}\tv{p.bundle_version}\t{p.endpoint}\t{p.fingerprint}")
+
+
+@user_app.command("add")
+def user_add(
+    data_dir: DataDir,
+    name: Annotated[str, typer.Option(help="The person's name.")],
+    role: Annotated[str, typer.Option(help="clerk|signatory|reader|operator|auditor")],
+    clearance: Annotated[str, typer.Option(help="Highest confidentiality level the user may read.")] = "unrestricted",
+    position: Annotated[str, typer.Option(help="Signatory's position (Art. 4 authorisation).")] = "",
+    valid_days: Annotated[int, typer.Option(help="Signatory authorisation validity in days.")] = 365,
+) -> None:
+    """Add a user and print their bearer token once (only its hash is stored).
+
+    A signatory also gets a signing key and an authorisation signed by the
+    Party's root key (Art. 4: "a person he authorised").
+    """
+    from keys import add_signatory
+    from service.auth import create_user
+
+    node = _node(data_dir)
+    key_id = None
+    try:
+        if role == "signatory":
+            today = _now().date()
+            signatory = add_signatory(node.settings.data_dir, name, position or "уполномоченное лицо", today,
+                                      today + timedelta(days=valid_days), _now(),
+                                      passphrase=node.settings.key_passphrase())
+            key_id = signatory.key.key_id
+        user, token = create_user(node.engine, name, role, _now(), clearance=clearance, signatory_key_id=key_id)
+    except ProlinkError as exc:
+        _fail(exc)
+    typer.echo(f"User {user.id} ({name}, {role}) created." + (f" Signing key {key_id}." if key_id else ""))
+    typer.echo(f"Token (shown once): {token}")
+
+
+@app.command()
+def serve(data_dir: DataDir) -> None:
+    """Run the node: peer API (mutual TLS), user API and delivery worker."""
+    from service.logging import configure_logging
+    from service.server import serve as run
+
+    configure_logging()
+    try:
+        asyncio.run(run(data_dir))
+    except ProlinkError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(keep: Annotated[bool, typer.Option(help="Keep the temporary directory.")] = False) -> None:
+    """Two Parties on loopback, a full signed and encrypted exchange, then a JSON summary."""
+    from service.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))

@@ -1,0 +1,107 @@
+"""Database engines and transactions for the node (SQLite or PostgreSQL).
+
+SQLite is the embedded default: WAL journal, ``synchronous=FULL`` (a commit is
+on disk before the peer gets its receipt), foreign keys on, and every
+transaction begun with ``BEGIN IMMEDIATE`` so that two writers queue on the
+busy timeout instead of failing half-way with "database is locked". A read-only
+transaction can ask for a plain deferred ``BEGIN`` (see ``session_scope``).
+
+PostgreSQL (``postgresql+psycopg://``) is for production and several replicas.
+
+This module never reads configuration itself: callers pass the URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlmodel import Session, create_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default)
+# or "DEFERRED". Ignored on PostgreSQL.
+SQLITE_BEGIN = "prolink_sqlite_begin"
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.get_backend_name() == "sqlite"
+
+
+def is_postgresql(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.get_backend_name() == "postgresql"
+
+
+def make_engine(database_url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``database_url`` with the node's durability settings applied."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(database_url, echo=echo)
+    if backend == "postgresql":
+        if url.drivername == "postgresql":
+            # psycopg 3 is the driver we ship; plain postgresql:// would pick psycopg2.
+            url = url.set(drivername="postgresql+psycopg")
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    raise ValueError(f"unsupported database: {backend!r} (use sqlite:/// or postgresql+psycopg://)")
+
+
+def _sqlite_engine(database_url: str, *, echo: bool) -> Engine:
+    engine = create_engine(
+        database_url,
+        echo=echo,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module (which would
+        # begin lazily and never with IMMEDIATE); we emit BEGIN ourselves below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = str(conn.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")).upper()
+        if mode not in ("IMMEDIATE", "DEFERRED", "EXCLUSIVE"):
+            raise ValueError(f"bad {SQLITE_BEGIN}: {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine, but its SQLite transactions begin deferred (readers never queue)."""
+    return engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+
+
+@contextmanager
+def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+    """One transaction: commit if the block succeeds, roll back if it raises.
+
+    Objects stay readable after the commit (``expire_on_commit=False``) so that
+    callers can use what they wrote without another round trip.
+    """
+    bind = read_only(engine) if readonly else engine
+    session = Session(bind=bind, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,295 @@
+"""The node's core operations: receive an envelope, send a document, read what arrived.
+
+Routes (``peer_api``, ``user_api``) and the delivery worker call into here; this
+module owns the transactions. What it must never do: store or log decrypted
+content, answer a bad envelope with anything but a coded rejection, or change
+anything stored when it rejects.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, BinaryIO
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+import protocol
+from keys import Identity, Signatory, load_signatory
+from protocol import (Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing)
+from service import outbox
+from service.blobs import read_blob, write_blob
+from service.db import session_scope
+from service.errors import ServiceError
+from service.models import Event, Message, Peer
+from service.settings import Settings
+
+log = structlog.get_logger("prolink.node")
+
+SPOOL_MEMORY = 1024 * 1024
+NODE_ACTOR = "node"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The peer API's answer to one delivery: HTTP status and JSON body (with a signed receipt when possible)."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def record_event(session: Session, at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR,
+                 party: str | None = None, object_id: str | None = None, **detail: Any) -> None:
+    """Append an event. Never pass content: ids, hashes, codes and counts only."""
+    session.add(Event(at=at, actor=actor, party=party, type=type, object_id=object_id, outcome=outcome,
+                      detail=detail))
+
+
+def spool(chunks: Iterable[bytes]) -> IO[bytes]:
+    """Copy chunks into a temporary file (in memory up to 1 MiB), rewound."""
+    tmp = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - caller closes it
+    for chunk in chunks:
+        tmp.write(chunk)
+    tmp.seek(0)
+    return tmp
+
+
+def file_chunks(src: IO[bytes], block: int = 1024 * 1024) -> Iterator[bytes]:
+    src.seek(0)
+    while chunk := src.read(block):
+        yield chunk
+
+
+class Node:
+    """One Party's node: its identity, its database, its peers."""
+
+    def __init__(self, settings: Settings, identity: Identity, engine: Engine,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.engine = engine
+        self.clock = clock
+        self.party = identity.party
+        self._peers: dict[str, tuple[int, TrustedParty]] = {}
+        self._signatories: dict[str, Signatory] = {}
+
+    def signatory(self, key_id: str) -> Signatory:
+        """A signatory's key and authorisation held by this node (loaded once)."""
+        cached = self._signatories.get(key_id)
+        if cached is None:
+            cached = load_signatory(self.settings.data_dir, key_id, passphrase=self.settings.key_passphrase())
+            self._signatories[key_id] = cached
+        return cached
+
+    # --- peers -----------------------------------------------------------
+
+    def peer(self, party: str, *, active_only: bool = True) -> TrustedParty:
+        """The trusted bundle of ``party`` (cached; re-verified when its stored version changes)."""
+        with session_scope(self.engine, readonly=True) as s:
+            row = s.get(Peer, party)
+            if row is None or (active_only and row.status != "active"):
+                raise ServiceError(f"{party} is not an active peer of this node", code="peer.unknown", status=404)
+            cached = self._peers.get(party)
+            if cached is not None and cached[0] == row.bundle_version:
+                return cached[1]
+            trusted = protocol.verify_bundle(row.bundle, expected_fingerprint=row.fingerprint)
+            self._peers[party] = (row.bundle_version, trusted)
+            return trusted
+
+    def add_peer(self, bundle: bytes, fingerprint: str) -> TrustedParty:
+        trusted = protocol.verify_bundle(bundle, expected_fingerprint=fingerprint)
+        if trusted.party == self.party:
+            raise ServiceError("a node cannot add itself as a peer", code="peer.is_self", status=409)
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            existing = s.get(Peer, trusted.party)
+            if existing is not None:
+                if trusted.bundle.version <= existing.bundle_version:
+                    raise ServiceError(f"{trusted.party} bundle version {trusted.bundle.version} is not newer than "
+                                       f"{existing.bundle_version}", code="trust.bundle_rollback", status=409)
+                if existing.fingerprint != trusted.fingerprint:
+                    raise ServiceError("bundle root differs from the peer's", code="trust.fingerprint_mismatch",
+                                       status=409)
+                existing.bundle, existing.bundle_version = bundle, trusted.bundle.version
+                existing.endpoint, existing.name = trusted.bundle.endpoint, trusted.bundle.name
+            else:
+                s.add(Peer(party=trusted.party, name=trusted.bundle.name, endpoint=trusted.bundle.endpoint,
+                           fingerprint=trusted.fingerprint, bundle=bundle, bundle_version=trusted.bundle.version,
+                           status="active", added_at=now))
+            record_event(s, now, "peer.added", "ok", party=trusted.party, object_id=trusted.party,
+                         fingerprint=trusted.fingerprint, bundle_version=trusted.bundle.version)
+        return trusted
+
+    def peer_parties(self) -> list[str]:
+        with session_scope(self.engine, readonly=True) as s:
+            return list(s.execute(select(Peer.party)).scalars())
+
+    # --- receiving ---------------------------------------------------------
+
+    def receive(self, src: BinaryIO, tls_peer: str | None = None) -> Delivery:
+        """Verify, store, record and sign a receipt for one delivered envelope, in one transaction."""
+        now = self.clock()
+        try:
+            framing = read_framing(src)
+        except ProlinkError as exc:
+            self._reject_event(now, None, None, exc)
+            return Delivery(400 if exc.code.startswith(("encoding.", "envelope.")) else 400,
+                            {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
+        header = framing.header
+        digest_hex = framing.envelope_sha256.hex()
+        try:
+            if tls_peer is not None and tls_peer != header.sender:
+                raise EnvelopeError(f"TLS client is {tls_peer} but the envelope claims {header.sender}",
+                                    code="envelope.unknown_sender")
+            try:
+                sender = self.peer(header.sender)
+            except ServiceError:
+                raise EnvelopeError(f"{header.sender} is not an active peer", code="envelope.unknown_sender") from None
+        except ProlinkError as exc:
+            self._reject_event(now, header.message_id, header.sender, exc)
+            return Delivery(403, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
+
+        stored = self._stored_receipt(header.message_id, digest_hex)
+        if stored is not None:
+            return stored
+        try:
+            message = protocol.open(src, self.identity.node_keys, sender, now,
+                                    max_age=timedelta(seconds=self.settings.delivery_max_age_seconds
+                                                      + self.settings.clock_skew_seconds),
+                                    max_skew=timedelta(seconds=self.settings.clock_skew_seconds))
+        except ProlinkError as exc:
+            return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, exc)
+
+        receipt = protocol.make_receipt(framing.envelope_sha256, header.message_id, header.sender,
+                                        protocol.ACCEPTED, None, self.identity.node_keys, now)
+        try:
+            with session_scope(self.engine) as s:
+                blob = write_blob(s, file_chunks(src), max_size=self.settings.max_envelope_bytes)
+                if blob.sha256 != digest_hex:
+                    raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
+                s.add(self._inbound_row(message, blob.id, framing.size, now, receipt))
+                s.flush()
+                record_event(s, now, "message.received", "accepted", party=header.sender,
+                             object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind)
+                record_event(s, now, "receipt.issued", "accepted", party=header.sender,
+                             object_id=header.message_id, envelope_sha256=digest_hex)
+        except IntegrityError:
+            # A concurrent delivery of the same message id won the race; answer as for a redelivery.
+            stored = self._stored_receipt(header.message_id, digest_hex)
+            if stored is not None:
+                return stored
+            raise
+        log.info("envelope_received", message_id=header.message_id, sender=header.sender,
+                 kind=message.document.kind, size=framing.size)
+        return Delivery(200, {"status": "accepted", "receipt": protocol.Signed.from_bytes(
+            receipt, what="receipt").to_json()})
+
+    def _inbound_row(self, message: VerifiedMessage, blob_id: int, size: int, now: datetime,
+                     receipt: bytes) -> Message:
+        doc = message.document
+        return Message(id=message.message_id, direction="in", peer=message.header.sender, kind=doc.kind,
+                       thread_id=doc.thread_id, in_reply_to=doc.in_reply_to,
+                       envelope_sha256=message.envelope_sha256.hex(), envelope_size=size, blob_id=blob_id,
+                       created_at=now, status="received", receipt=receipt, receipt_status=protocol.ACCEPTED,
+                       receipt_verified=True,
+                       summary={"sent_at": message.header.sent_at.isoformat(),
+                                "signed_by_key": message.authorisation.key.key_id,
+                                "attachments": len(doc.attachments)})
+
+    def _stored_receipt(self, message_id: str, digest_hex: str) -> Delivery | None:
+        """Redelivery of the same bytes gets the stored receipt; other bytes under that id are refused."""
+        with session_scope(self.engine, readonly=True) as s:
+            row = s.get(Message, (message_id, "in"))
+            if row is None:
+                return None
+            same = row.envelope_sha256 == digest_hex
+            receipt = row.receipt
+        if same and receipt is not None:
+            return Delivery(200, {"status": "accepted", "redelivery": True,
+                                  "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json()})
+        exc = EnvelopeError(f"message {message_id} was already received with other bytes",
+                            code="envelope.conflicting_duplicate")
+        log.warning("conflicting_duplicate", message_id=message_id)
+        return self._reject(self.clock(), bytes.fromhex(digest_hex), message_id, row.peer, exc)
+
+    def _reject(self, now: datetime, envelope_sha256: bytes, message_id: str, sender: str,
+                exc: ProlinkError) -> Delivery:
+        from service.errors import status_for
+
+        receipt = protocol.make_receipt(envelope_sha256, message_id, sender, protocol.REJECTED, exc.code,
+                                        self.identity.node_keys, now)
+        self._reject_event(now, message_id, sender, exc, envelope_sha256=envelope_sha256.hex())
+        return Delivery(status_for(exc), {"status": "rejected",
+                                          "error": {"code": exc.code, "message": exc.message},
+                                          "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json()})
+
+    def _reject_event(self, now: datetime, message_id: str | None, sender: str | None, exc: ProlinkError,
+                      **detail: Any) -> None:
+        log.warning("envelope_rejected", code=exc.code, message_id=message_id, sender=sender)
+        with session_scope(self.engine) as s:
+            record_event(s, now, "message.rejected", exc.code, party=sender, object_id=message_id, **detail)
+
+    # --- sending -----------------------------------------------------------
+
+    def send(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]],
+             actor: str) -> Message:
+        """Sign ``document`` as ``signatory``, seal it for its recipient and queue it, in one transaction."""
+        now = self.clock()
+        recipient = self.peer(document.recipient_party)
+        signed = protocol.sign_document(document, signatory.key)
+        sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]
+        with session_scope(self.engine) as s:
+            blob = write_blob(s, protocol.seal_stream(signed, signatory.authorisation, sources,
+                                                      self.identity.node_keys, recipient, now))
+            row = Message(id=document.id, direction="out", peer=recipient.party, kind=document.kind,
+                          thread_id=document.thread_id, in_reply_to=document.in_reply_to,
+                          envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id, created_at=now,
+                          status="queued", summary={"signed_by_key": signatory.key.key_id,
+                                                    "attachments": len(document.attachments)})
+            s.add(row)
+            s.flush()
+            outbox.enqueue(s, document.id, recipient.party, now)
+            record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
+                         object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind)
+        log.info("message_queued", message_id=document.id, peer=recipient.party, kind=document.kind)
+        return row
+
+    # --- reading -------------------------------------------------------------
+
+    @contextmanager
+    def open_received(self, message_id: str) -> Iterator[tuple[VerifiedMessage, IO[bytes]]]:
+        """Re-verify and decrypt a stored inbound envelope. The caller checks permissions first."""
+        with session_scope(self.engine, readonly=True) as s:
+            row = s.get(Message, (message_id, "in"))
+            if row is None:
+                raise ServiceError(f"no received message {message_id}", code="message.not_found", status=404)
+            peer, blob_id = row.peer, row.blob_id
+        src = spool(read_blob(self.engine, blob_id))
+        try:
+            sender = self.peer(peer, active_only=False)
+            message = protocol.open(src, self.identity.node_keys, sender, self.clock(), max_age=None,
+                                    max_skew=timedelta(days=36500), verify_attachments=False)
+            yield message, src
+        finally:
+            src.close()
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
+    shutil.copyfileobj(src, dst, 1024 * 1024)

@@ -1,0 +1,337 @@
+"""The delivery outbox: which outgoing message goes to which peer, and when.
+
+A message is enqueued in the same transaction that created it. Delivery
+workers ``claim`` due rows with a lease (PostgreSQL: ``FOR UPDATE SKIP
+LOCKED``, so several replicas share one queue; SQLite: one ``BEGIN IMMEDIATE``
+transaction, so claims are serialised), deliver, then ``mark_delivered`` or
+``mark_failed``. A failed row waits an exponentially growing, fully jittered
+delay and is parked for an operator once it is older than the delivery age
+limit. A worker that dies leaves its rows ``in_flight``; they are claimed again
+when the lease runs out.
+
+Invariants: a ``delivered`` row never changes again and is never claimed; a
+worker whose lease was taken over cannot push a row back into the queue.
+
+Time is always passed in (``now``, aware UTC); this module never reads a clock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from service.db import session_scope
+from service.models import Message, Outbox
+from service.settings import Settings
+
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One delivery a worker now holds a lease on."""
+
+    outbox_id: int
+    message_id: str
+    peer: str
+    attempts: int  # including this one
+    blob_id: int
+    envelope_sha256: str
+    envelope_size: int
+    worker_id: str
+    lease_expires_at: datetime
+
+
+def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> Outbox:
+    """Queue the outgoing message ``message_id`` for delivery to ``peer``, due at once."""
+    row = Outbox(
+        message_id=message_id,
+        direction="out",
+        peer=peer,
+        state="queued",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    _set_message_status(session, message_id, "queued")
+    return row
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(col(Outbox.state) == "queued", col(Outbox.next_attempt_at) <= now),
+        and_(col(Outbox.state) == "in_flight", col(Outbox.claim_expires_at) <= now),
+    )
+
+
+def claim(
+    engine: Engine,
+    worker_id: str,
+    now: datetime,
+    limit: int = 10,
+    lease_seconds: float = 120.0,
+) -> list[Claim]:
+    """Take up to ``limit`` due deliveries for ``worker_id`` (its own transaction).
+
+    Due means queued with ``next_attempt_at <= now``, or in flight with an
+    expired lease (the worker holding it died or hung). Rows another
+    transaction has locked are skipped, not waited for.
+    """
+    if limit <= 0:
+        return []
+    lease_until = now + timedelta(seconds=lease_seconds)
+    with session_scope(engine) as session:
+        conn = session.connection()
+        ids = list(
+            conn.execute(
+                select(col(Outbox.id))
+                .where(_due(now))
+                .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+        )
+        if not ids:
+            return []
+        conn.execute(
+            update(Outbox)
+            .where(col(Outbox.id).in_(ids), _due(now))
+            .values(
+                state="in_flight",
+                claimed_by=worker_id,
+                claim_expires_at=lease_until,
+                attempts=col(Outbox.attempts) + 1,
+            )
+        )
+        rows = conn.execute(
+            select(
+                col(Outbox.id),
+                col(Outbox.message_id),
+                col(Outbox.peer),
+                col(Outbox.attempts),
+                col(Message.blob_id),
+                col(Message.envelope_sha256),
+                col(Message.envelope_size),
+            )
+            .join(
+                Message,
+                and_(
+                    col(Message.id) == col(Outbox.message_id), col(Message.direction) == col(Outbox.direction)
+                ),
+            )
+            .where(col(Outbox.id).in_(ids), col(Outbox.claimed_by) == worker_id)
+            .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
+        ).all()
+        conn.execute(
+            update(Message)
+            .where(
+                tuple_(col(Message.id), col(Message.direction)).in_([(r.message_id, "out") for r in rows]),
+            )
+            .values(status="in_flight")
+        )
+        return [
+            Claim(
+                outbox_id=r.id,
+                message_id=r.message_id,
+                peer=r.peer,
+                attempts=r.attempts,
+                blob_id=r.blob_id,
+                envelope_sha256=r.envelope_sha256,
+                envelope_size=r.envelope_size,
+                worker_id=worker_id,
+                lease_expires_at=lease_until,
+            )
+            for r in rows
+        ]
+
+
+def extend_lease(
+    session: Session, outbox_id: int, worker_id: str, now: datetime, lease_seconds: float
+) -> bool:
+    """Keep a long delivery (a big envelope) from being claimed by another worker.
+
+    False if the row is no longer this worker's (lease lost, parked, delivered).
+    """
+    result = session.execute(
+        update(Outbox)
+        .where(
+            col(Outbox.id) == outbox_id, col(Outbox.state) == "in_flight", col(Outbox.claimed_by) == worker_id
+        )
+        .values(claim_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return bool(cast("CursorResult[Any]", result).rowcount)
+
+
+def mark_delivered(
+    session: Session,
+    outbox_id: int,
+    now: datetime,
+    *,
+    receipt: bytes | None = None,
+    receipt_status: str | None = None,
+    receipt_verified: bool = False,
+) -> bool:
+    """Record that the peer answered with a receipt. Final: the row is never claimed again.
+
+    Applies whatever state the row is in (a delivery that succeeded after an
+    operator parked it, or after its lease was taken over, still happened).
+    A receipt whose status is ``rejected`` marks the message ``rejected``; the
+    outbox row is still ``delivered`` (the peer has the bytes; retrying would
+    not change its answer). Returns False if the row was already delivered,
+    in which case nothing is changed (the first receipt is kept).
+    """
+    row = _lock(session, outbox_id)
+    if row is None or row.state == "delivered":
+        return False
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == outbox_id, col(Outbox.state) != "delivered")
+        .values(state="delivered", delivered_at=now, claimed_by=None, claim_expires_at=None)
+    )
+    session.execute(
+        update(Message)
+        .where(col(Message.id) == row.message_id, col(Message.direction) == "out")
+        .values(
+            status="rejected" if receipt_status == "rejected" else "delivered",
+            delivered_at=now,
+            receipt=receipt,
+            receipt_status=receipt_status,
+            receipt_verified=receipt_verified,
+        )
+    )
+    return True
+
+
+def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: full jitter.
+
+    Uniform in [0, min(cap, base * 2 ** (attempts - 1))] ("Exponential Backoff
+    And Jitter", AWS Architecture Blog): retries of many messages to a peer
+    that was down spread out instead of arriving together.
+    """
+    exponent = max(0, min(attempts - 1, 62))
+    ceiling = min(cap, base * (2.0**exponent))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def mark_failed(
+    session: Session,
+    outbox_id: int,
+    error: str,
+    now: datetime,
+    settings: Settings,
+    *,
+    worker_id: str | None = None,
+    rng: random.Random | None = None,
+) -> str | None:
+    """Record a failed attempt; schedule the next one or park the row.
+
+    The row is parked once its age (since enqueue, or since an operator's
+    ``requeue``) reaches ``settings.delivery_max_age_seconds``; the next
+    attempt is never scheduled past that deadline, so the last try happens at
+    it. With ``worker_id``, applies only if that worker still holds the row.
+    Returns the new state (``queued`` or ``parked``), or None if nothing changed.
+    """
+    row = _lock(session, outbox_id)
+    if row is None or row.state != "in_flight":
+        return None
+    if worker_id is not None and row.claimed_by != worker_id:
+        return None
+    error = error[:MAX_ERROR_LENGTH]
+    window_start = row.requeued_at or row.created_at
+    deadline = window_start + timedelta(seconds=settings.delivery_max_age_seconds)
+    if now >= deadline:
+        _set_parked(session, row, f"gave up after {row.attempts} attempts: {error}"[:MAX_ERROR_LENGTH])
+        return "parked"
+    delay = backoff_delay(
+        row.attempts,
+        settings.delivery_backoff_base_seconds,
+        settings.delivery_backoff_max_seconds,
+        rng,
+    )
+    next_at = min(now + timedelta(seconds=delay), deadline)
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == outbox_id, col(Outbox.state) == "in_flight")
+        .values(
+            state="queued",
+            next_attempt_at=next_at,
+            last_error=error,
+            claimed_by=None,
+            claim_expires_at=None,
+        )
+    )
+    _set_message_status(session, row.message_id, "queued")
+    return "queued"
+
+
+def park(session: Session, outbox_id: int, reason: str, now: datetime) -> bool:
+    """Stop retrying a queued or in-flight row until an operator requeues it."""
+    row = _lock(session, outbox_id)
+    if row is None or row.state not in ("queued", "in_flight"):
+        return False
+    _set_parked(session, row, reason[:MAX_ERROR_LENGTH])
+    return True
+
+
+def requeue(session: Session, outbox_id: int, now: datetime) -> bool:
+    """Operator's retry: a parked (or waiting) row becomes due now, with a fresh age window.
+
+    Delivered and in-flight rows are left alone (False).
+    """
+    row = _lock(session, outbox_id)
+    if row is None or row.state not in ("parked", "queued"):
+        return False
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == outbox_id, col(Outbox.state).in_(("parked", "queued")))
+        .values(
+            state="queued",
+            next_attempt_at=now,
+            requeued_at=now,
+            attempts=0,
+            claimed_by=None,
+            claim_expires_at=None,
+        )
+    )
+    _set_message_status(session, row.message_id, "queued")
+    return True
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def _lock(session: Session, outbox_id: int) -> Any:
+    """The row's current values, locked until the end of the transaction (PostgreSQL)."""
+    session.flush()
+    return (
+        session.connection()
+        .execute(select(Outbox.__table__).where(col(Outbox.id) == outbox_id).with_for_update())  # type: ignore[attr-defined]
+        .one_or_none()
+    )
+
+
+def _set_parked(session: Session, row: Any, reason: str) -> None:
+    session.execute(
+        update(Outbox)
+        .where(col(Outbox.id) == row.id, col(Outbox.state) != "delivered")
+        .values(state="parked", last_error=reason, claimed_by=None, claim_expires_at=None)
+    )
+    _set_message_status(session, row.message_id, "parked")
+
+
+def _set_message_status(session: Session, message_id: str, status: str) -> None:
+    session.execute(
+        update(Message)
+        .where(col(Message.id) == message_id, col(Message.direction) == "out")
+        .values(status=status)
+    )

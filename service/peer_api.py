@@ -1,0 +1,87 @@
+"""The peer API: what another Party's node may call, over mutual TLS only.
+
+Served on its own port. The TLS layer already refused anyone without a client
+certificate from a known peer's CA; here the certificate is mapped to the
+Party it belongs to, and that Party must be the envelope's sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from keys import peer_party
+from protocol import ProlinkError
+from service.errors import error_body, install_error_handlers
+from service.node import SPOOL_MEMORY, Node
+
+ENVELOPE_MEDIA_TYPE = "application/vnd.prolink.envelope"
+
+
+class PeerCertH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, handing the verified client certificate to the app via ``scope["state"]``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.app_state = {**self.app_state, "tls_peer_cert": der}
+
+
+def party_of_certificate(node: Node, der: bytes | None) -> str | None:
+    """The peer whose CA (from its bundle) issued this client certificate, if any."""
+    if der is None:
+        return None
+    parties = [node.peer(p, active_only=False) for p in node.peer_parties()]
+    try:
+        return peer_party(der, parties).party
+    except ProlinkError:
+        return None
+
+
+def create_peer_app(node: Node) -> FastAPI:
+    app = FastAPI(title="prolink peer API", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+
+    @app.post("/v1/envelopes")
+    async def deliver(request: Request) -> JSONResponse:
+        limit = node.settings.max_envelope_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return JSONResponse(error_body(_too_large(limit)), status_code=413)
+        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        try:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return JSONResponse(error_body(_too_large(limit)), status_code=413)
+                spooled.write(chunk)
+            der = getattr(request.state, "tls_peer_cert", None)
+            tls_peer = party_of_certificate(node, der)
+            if der is not None and tls_peer is None:
+                exc = ProlinkError("client certificate belongs to no known peer", code="envelope.unknown_sender")
+                return JSONResponse(error_body(exc), status_code=403)
+            result = await asyncio.to_thread(node.receive, spooled, tls_peer)  # type: ignore[arg-type]
+        finally:
+            spooled.close()
+        return JSONResponse(result.body, status_code=result.status)
+
+    @app.get("/v1/bundle")
+    def bundle() -> Response:
+        return Response(node.identity.bundle_bytes(), media_type="application/json")
+
+    @app.get("/v1/ping")
+    def ping() -> dict[str, Any]:
+        return {"party": node.party, "status": "ok"}
+
+    return app
+
+
+def _too_large(limit: int) -> ProlinkError:
+    return ProlinkError(f"envelope exceeds the limit of {limit} bytes", code="envelope.too_large")

@@ -1,0 +1,86 @@
+"""``prolink serve``: the peer API (mutual TLS), the user API and the delivery worker in one process.
+
+The peer listener speaks TLS 1.3 only (1.2 where the operator allows it),
+demands a client certificate and trusts only the CAs in known peers' bundles:
+a connection without a certificate, with a stranger's, or with an older TLS
+version fails in the handshake and never reaches HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from keys import load_identity, server_ssl_context
+from service.db import make_engine, session_scope
+from service.migrate import upgrade
+from service.models import Peer
+from service.node import Node
+from service.peer_api import PeerCertH11Protocol, create_peer_app
+from service.settings import Settings
+from service.user_api import create_user_app
+from service.worker import DeliveryWorker
+
+log = structlog.get_logger("prolink.server")
+
+
+def build_node(data_dir: Path) -> Node:
+    settings = Settings.load(data_dir)
+    upgrade(settings.database_url)
+    identity = load_identity(settings.data_dir, passphrase=settings.key_passphrase())
+    return Node(settings, identity, make_engine(settings.database_url))
+
+
+def peer_ca_pems(node: Node) -> list[str]:
+    with session_scope(node.engine, readonly=True) as s:
+        parties = [p.party for p in s.query(Peer).all()]
+    return [node.peer(p, active_only=False).bundle.tls_ca_pem for p in parties]
+
+
+async def serve(data_dir: Path) -> None:
+    node = build_node(data_dir)
+    settings = node.settings
+    worker = DeliveryWorker(node)
+
+    peer_tls = server_ssl_context(node.identity, peer_ca_pems(node), allow_tls12=settings.allow_tls12)
+    peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
+                                 http=PeerCertH11Protocol, lifespan="off", log_level="warning",
+                                 access_log=False, timeout_keep_alive=30,
+                                 ssl_context_factory=lambda _config, _default: peer_tls)
+
+    user_app = create_user_app(node)
+    user_app.state.wake_worker = worker.wake
+    user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
+                                 log_level="warning", access_log=False, http="h11")
+    peer_server, user_server = uvicorn.Server(peer_config), uvicorn.Server(user_config)
+
+    loop = asyncio.get_running_loop()
+
+    def shutdown() -> None:
+        peer_server.should_exit = True
+        user_server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, shutdown)
+    # uvicorn would install its own handlers inside each serve(); two servers share ours instead.
+    peer_server.capture_signals = _no_capture  # type: ignore[method-assign]
+    user_server.capture_signals = _no_capture  # type: ignore[method-assign]
+
+    worker.start()
+    log.info("node_started", party=node.party, peer=f"{settings.peer_host}:{settings.peer_port}",
+             user=f"{settings.user_host}:{settings.user_port}")
+    try:
+        await asyncio.gather(peer_server.serve(), user_server.serve())
+    finally:
+        worker.stop()
+        log.info("node_stopped", party=node.party)
+
+
+def _no_capture() -> object:
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,188 @@
+"""The node's configuration: one typed object, read once at start-up, passed down.
+
+Sources, highest priority first: keyword arguments, ``PROLINK_*`` environment
+variables, ``node.json`` in the node's data directory, defaults. This module is
+the only place in the service that reads ``os.environ``; everything else gets a
+``Settings`` (or the values it needs) from its caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+NODE_FILE = "node.json"
+
+GiB = 1024**3
+
+# Values read from node.json by ``Settings.load``; a context variable rather than
+# a class attribute so that two nodes configured in one process (tests, demo)
+# never see each other's file.
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("prolink_node_file", default=None)
+
+_PARTY_RE = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
+
+
+class _NodeFileSource(PydanticBaseSettingsSource):
+    """Settings read from the data directory's ``node.json`` (below the environment)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        values = _file_values.get() or {}
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get() or {})
+
+
+class Settings(BaseSettings):
+    """Everything a node needs to know about itself that is not key material."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROLINK_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(description="The node's data directory (keys, database, node.json).")
+    party: str = Field(description="This node's Party code, e.g. KZ or BY.")
+    party_name: str = Field(default="", description="Human name of the Party; defaults to the code.")
+    public_url: str = Field(
+        default="",
+        description="https URL at which peers reach this node's peer API; "
+        "defaults to https://{peer_host}:{peer_port}.",
+    )
+
+    peer_host: str = "127.0.0.1"
+    peer_port: int = Field(default=8443, ge=1, le=65535)
+    user_host: str = "127.0.0.1"
+    user_port: int = Field(default=8080, ge=1, le=65535)
+
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; defaults to sqlite:///{data_dir}/node.db.",
+    )
+
+    allow_tls12: bool = False
+    max_envelope_bytes: int = Field(default=4 * GiB, gt=0)
+    clock_skew_seconds: int = Field(default=300, ge=0)
+
+    delivery_max_age_seconds: int = Field(default=3 * 24 * 3600, gt=0)
+    delivery_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    delivery_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    delivery_lease_seconds: float = Field(
+        default=60.0, gt=0,
+        description="How long a worker's claim on a delivery lasts without renewal; after a crash, "
+        "another worker (or the restarted one) takes the delivery over once it runs out.",
+    )
+
+    originals_due_days: int = Field(default=30, ge=1)
+
+    key_passphrase_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the private key passphrase.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _NodeFileSource(settings_cls))
+
+    @field_validator("party")
+    @classmethod
+    def _party_code(cls, value: str) -> str:
+        if not _PARTY_RE.match(value):
+            raise ValueError("party must be an upper-case code such as KZ or BY")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        if not self.party_name:
+            self.party_name = self.party
+        if not self.public_url:
+            host = f"[{self.peer_host}]" if ":" in self.peer_host else self.peer_host
+            self.public_url = f"https://{host}:{self.peer_port}"
+        if not self.public_url.startswith("https://"):
+            raise ValueError("public_url must be an https:// URL")
+        self.public_url = self.public_url.rstrip("/")
+        if not self.database_url:
+            self.database_url = self.default_database_url(self.data_dir)
+        if self.delivery_backoff_max_seconds < self.delivery_backoff_base_seconds:
+            raise ValueError("delivery_backoff_max_seconds must be >= delivery_backoff_base_seconds")
+        return self
+
+    # -- construction -----------------------------------------------------
+
+    @staticmethod
+    def default_database_url(data_dir: Path) -> str:
+        return f"sqlite:///{Path(data_dir) / 'node.db'}"
+
+    @classmethod
+    def load(cls, data_dir: Path | str, **overrides: Any) -> Settings:
+        """Settings of the node whose data directory is ``data_dir``.
+
+        ``node.json`` there (if any) gives the base values, ``PROLINK_*``
+        environment variables override it, ``overrides`` override both.
+        """
+        data_dir = Path(data_dir)
+        path = data_dir / NODE_FILE
+        values: dict[str, Any] = {}
+        if path.exists():
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a JSON object")
+            values = loaded
+        values.pop("data_dir", None)  # the directory is where the file is, not what it says
+        token = _file_values.set(values)
+        try:
+            return cls(data_dir=data_dir, **overrides)
+        finally:
+            _file_values.reset(token)
+
+    def save(self) -> Path:
+        """Write ``node.json`` into the data directory (derived defaults left out).
+
+        The data directory itself and a database URL that is just the default
+        are not written, so a data directory can be moved or restored elsewhere.
+        """
+        values = self.model_dump(mode="json", exclude={"data_dir"})
+        if self.database_url == self.default_database_url(self.data_dir):
+            values.pop("database_url")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / NODE_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    # -- secrets from the environment ---------------------------------------
+
+    def key_passphrase(self) -> bytes | None:
+        """The private key passphrase from the environment variable the operator named, if any."""
+        if not self.key_passphrase_env:
+            return None
+        value = os.environ.get(self.key_passphrase_env)
+        return None if value is None else value.encode("utf-8")

@@ -1,0 +1,176 @@
+"""The user API: what clerks, signatories and readers of one Party use (bearer tokens).
+
+Served on the internal port, never on the peer port. Routes stay short: they
+declare the role they need and call into ``Node``. Art. 4-7 workflows (drafts,
+lifecycle, purpose-bound reads) grow here; the shapes are chosen so they fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select, text
+from starlette.datastructures import UploadFile
+
+from protocol import document_to_json
+from service.auth import Principal, require_role
+from service.compose import attachment_ref, compose
+from service.db import session_scope
+from service.errors import ServiceError, install_error_handlers
+from service.models import Message
+from service.node import Node, new_message_id
+
+Sender = Annotated[Principal, Depends(require_role("signatory"))]
+Viewer = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
+Reader = Annotated[Principal, Depends(require_role("reader", "clerk", "signatory"))]
+
+
+def message_view(row: Message) -> dict[str, Any]:
+    """Metadata only: never content."""
+    return {"id": row.id, "direction": row.direction, "peer": row.peer, "kind": row.kind,
+            "thread_id": row.thread_id, "in_reply_to": row.in_reply_to, "status": row.status,
+            "created_at": row.created_at.isoformat(), "envelope_sha256": row.envelope_sha256,
+            "envelope_size": row.envelope_size, "receipt_status": row.receipt_status,
+            "receipt_verified": row.receipt_verified,
+            "delivered_at": row.delivered_at.isoformat() if row.delivered_at else None}
+
+
+def create_user_app(node: Node) -> FastAPI:
+    app = FastAPI(title="prolink user API")
+    app.state.node = node
+    install_error_handlers(app)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "party": node.party}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        try:
+            with session_scope(node.engine, readonly=True) as s:
+                s.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
+            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready", "database": "ok"})
+
+    @app.post("/v1/messages", status_code=201)
+    async def send_message(request: Request, user: Sender) -> dict[str, Any]:
+        """Compose, sign (as the calling signatory), seal and queue a message.
+
+        JSON body: the document's fields. Or multipart: a ``document`` part with
+        that JSON and any number of ``attachments`` file parts (streamed to disk,
+        so their size does not bound memory).
+        """
+        uploads: list[UploadFile] = []
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1000)
+            raw = form.get("document")
+            if not isinstance(raw, str):
+                raise ServiceError("the multipart form needs a 'document' field with JSON",
+                                   code="request.invalid", status=422, field="document")
+            fields = _json_object(raw.encode())
+            uploads = [f for f in form.getlist("attachments") if isinstance(f, UploadFile)]
+        else:
+            fields = _json_object(await request.body())
+        if user.signatory_key_id is None:
+            raise ServiceError("this signatory has no signing key on this node", code="auth.no_signing_key",
+                               status=403)
+        try:
+            row = await asyncio.to_thread(_send, node, user, fields, uploads)
+        finally:
+            for f in uploads:
+                await f.close()
+        request.app.state.wake_worker()
+        return message_view(row)
+
+    @app.get("/v1/messages")
+    def list_messages(user: Viewer, direction: str | None = Query(None, pattern="^(in|out)$"),
+                      status: str | None = None, kind: str | None = None, thread_id: str | None = None,
+                      limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        query = select(Message).order_by(Message.created_at.desc(), Message.id)  # type: ignore[attr-defined]
+        for column, value in ((Message.direction, direction), (Message.status, status), (Message.kind, kind),
+                              (Message.thread_id, thread_id)):
+            if value is not None:
+                query = query.where(column == value)
+        with session_scope(node.engine, readonly=True) as s:
+            rows = s.execute(query.limit(limit).offset(offset)).scalars().all()
+        return {"messages": [message_view(r) for r in rows]}
+
+    @app.get("/v1/messages/{direction}/{message_id}")
+    def get_message(user: Viewer, direction: str, message_id: str) -> dict[str, Any]:
+        with session_scope(node.engine, readonly=True) as s:
+            row = s.get(Message, (message_id, direction))
+        if row is None:
+            raise ServiceError(f"no {direction} message {message_id}", code="message.not_found", status=404)
+        view = message_view(row)
+        if row.receipt is not None:
+            view["receipt"] = json.loads(row.receipt)
+        return view
+
+    @app.get("/v1/messages/in/{message_id}/content")
+    def read_message(user: Reader, message_id: str) -> dict[str, Any]:
+        """The decrypted, verified document (re-verified from the stored envelope on every read)."""
+        with node.open_received(message_id) as (message, _):
+            return {"id": message.message_id, "sender": message.header.sender,
+                    "sent_at": message.header.sent_at.isoformat(),
+                    "signed_by": {"person": message.authorisation.person,
+                                  "position": message.authorisation.position,
+                                  "key_id": message.authorisation.key.key_id},
+                    "document": document_to_json(message.document)}
+
+    @app.get("/v1/messages/in/{message_id}/attachments/{index}")
+    def download_attachment(user: Reader, message_id: str, index: int) -> StreamingResponse:
+        with node.open_received(message_id) as (message, _):
+            if not 0 <= index < len(message.attachments):
+                raise ServiceError(f"message has no attachment {index}", code="attachment.not_found", status=404)
+            ref = message.attachments[index]
+
+        def body() -> Iterator[bytes]:
+            with node.open_received(message_id) as (msg, src):
+                yield from msg.attachment_chunks(index, src)
+
+        return StreamingResponse(body(), media_type=ref.media_type,
+                                 headers={"content-length": str(ref.size),
+                                          "x-prolink-sha256": ref.sha256,
+                                          "content-disposition": f"attachment; filename*=UTF-8''{_quote(ref.name)}"})
+
+    return app
+
+
+def _send(node: Node, user: Principal, fields: dict[str, Any], uploads: list[UploadFile]) -> Message:
+    signatory = node.signatory(user.signatory_key_id or "")
+    refs = [attachment_ref(u.filename or f"attachment-{i}", u.content_type or "", u.file)
+            for i, u in enumerate(uploads)]
+    answered = None
+    reply_to = fields.get("in_reply_to")
+    if isinstance(reply_to, str):
+        with session_scope(node.engine, readonly=True) as s:
+            answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
+        if answered is None:
+            raise ServiceError(f"in_reply_to names no known message {reply_to}", code="message.not_found",
+                               status=422, field="in_reply_to")
+    message_id = new_message_id()
+    document = compose(fields, message_id=message_id, sender_party=node.party, now=node.clock(),
+                       attachments=refs, answered=answered)
+    return node.send(document, signatory, [u.file for u in uploads], actor=f"user:{user.id}")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ServiceError("the body is not valid JSON", code="request.malformed_json", status=400) from None
+    if not isinstance(value, dict):
+        raise ServiceError("the body must be a JSON object", code="request.invalid", status=422)
+    return value
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")

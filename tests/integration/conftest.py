@@ -1,0 +1,78 @@
+"""Two real nodes: ``prolink serve`` processes over mutual TLS on loopback.
+
+Each Party gets its own data directory and database (SQLite file, or a fresh
+PostgreSQL database), its users and each other's bundle, exactly as the CLI
+would set them up; then both run as separate processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.demo import DemoParty, introduce, setup_party, start, stop, wait_ready
+
+NAMES = {"KZ": "Генеральная прокуратура Республики Казахстан",
+         "BY": "Генеральная прокуратура Республики Беларусь"}
+
+
+@dataclass
+class Pair:
+    kz: DemoParty
+    by: DemoParty
+    log_dir: Path
+
+    def start(self, *parties: DemoParty, env: dict[str, str] | None = None) -> None:
+        for p in parties or (self.kz, self.by):
+            start(p, self.log_dir, env)
+        for p in parties or (self.kz, self.by):
+            wait_ready(p)
+
+    def stop(self, *parties: DemoParty, kill: bool = False) -> None:
+        for p in parties or (self.kz, self.by):
+            stop(p, kill=kill)
+
+    def log(self, p: DemoParty) -> str:
+        path = self.log_dir / f"{p.party.lower()}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_pair(tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[Callable[..., Pair]]:
+    """Build (not start) a KZ/BY pair on ``backend`` ('sqlite' or 'postgres')."""
+    pairs: list[Pair] = []
+
+    def build(backend: str = "sqlite", **settings: Any) -> Pair:
+        urls = {party: (postgres_database() if backend == "postgres" else None) for party in ("KZ", "BY")}
+        root = tmp_path / f"pair{len(pairs)}"
+        root.mkdir()
+        # Keys are back-dated a month so tests can seal envelopes "sent" in the past.
+        kz = setup_party(root, "KZ", NAMES["KZ"], urls["KZ"], backdate=timedelta(days=30), **settings)
+        by = setup_party(root, "BY", NAMES["BY"], urls["BY"], backdate=timedelta(days=30), **settings)
+        introduce(kz, by)
+        introduce(by, kz)
+        pair = Pair(kz, by, root)
+        pairs.append(pair)
+        return pair
+
+    yield build
+    for pair in pairs:
+        pair.stop(kill=True)
+
+
+@pytest.fixture
+def pair(make_pair: Callable[..., Pair], backend: str) -> Iterator[Pair]:
+    """A started pair on each backend."""
+    p = make_pair(backend)
+    p.start()
+    yield p

@@ -1,0 +1,91 @@
+"""Node configuration: node.json in the data directory, PROLINK_* overrides, typed values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import NODE_FILE, Settings
+
+
+def test_defaults_derive_from_the_data_dir_and_party(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, party="KZ")
+    assert s.database_url == f"sqlite:///{tmp_path.resolve() / 'node.db'}"
+    assert s.party_name == "KZ"
+    assert s.public_url == "https://127.0.0.1:8443"
+    assert (s.peer_host, s.peer_port, s.user_host, s.user_port) == ("127.0.0.1", 8443, "127.0.0.1", 8080)
+    assert s.allow_tls12 is False
+    assert s.max_envelope_bytes == 4 * 1024**3
+    assert s.delivery_max_age_seconds == 3 * 24 * 3600
+    assert s.key_passphrase() is None
+
+
+def test_file_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / NODE_FILE).write_text(
+        json.dumps(
+            {
+                "party": "BY",
+                "party_name": "Prosecutor General's Office",
+                "user_port": 9000,
+                "public_url": "https://by.example:8443/",
+                "worker_poll_seconds": 2.0,
+            }
+        )
+    )
+    s = Settings.load(tmp_path)
+    assert (s.party, s.user_port, s.public_url, s.worker_poll_seconds) == (
+        "BY",
+        9000,
+        "https://by.example:8443",
+        2.0,
+    )
+
+    monkeypatch.setenv("PROLINK_USER_PORT", "9100")
+    monkeypatch.setenv("PROLINK_ALLOW_TLS12", "true")
+    s = Settings.load(tmp_path)
+    assert (s.user_port, s.allow_tls12, s.party) == (9100, True, "BY")
+    assert Settings.load(tmp_path, user_port=9200).user_port == 9200
+
+    # The file of one node never leaks into another constructed later.
+    with pytest.raises(ValidationError):
+        Settings(data_dir=tmp_path / "other")  # no party anywhere
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path / "node", party="KZ", user_port=8181, key_passphrase_env="KZ_PASS")
+    path = s.save()
+    stored = json.loads(path.read_text())
+    assert "data_dir" not in stored and "database_url" not in stored  # the directory can move
+    again = Settings.load(tmp_path / "node")
+    assert again == s
+
+
+def test_passphrase_comes_from_the_named_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings(data_dir=tmp_path, party="KZ", key_passphrase_env="KZ_NODE_PASS")
+    assert s.key_passphrase() is None
+    monkeypatch.setenv("KZ_NODE_PASS", "correct horse")
+    assert s.key_passphrase() == b"correct horse"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"party": "kz"},
+        {"party": "KZ", "public_url": "http://kz.example"},
+        {"party": "KZ", "peer_port": 0},
+        {"party": "KZ", "delivery_backoff_base_seconds": 10, "delivery_backoff_max_seconds": 1},
+        {"party": "KZ", "no_such_setting": 1},
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(data_dir=tmp_path, **bad)
+
+
+def test_a_typo_in_node_json_is_refused(tmp_path: Path) -> None:
+    (tmp_path / NODE_FILE).write_text(json.dumps({"party": "KZ", "user_prot": 1}))
+    with pytest.raises(ValidationError):
+        Settings.load(tmp_path)

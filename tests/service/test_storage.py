@@ -1,0 +1,591 @@
+"""The storage layer on SQLite and PostgreSQL: schema, envelope blobs, delivery outbox.
+
+Each test that takes ``database_url`` runs twice, once per backend. What they
+pin down: migrations alone build the schema the models describe; a
+multi-megabyte envelope goes in and out in bounded memory; the outbox retries
+with backoff, parks at the age limit, and never hands out a row twice or a
+delivered row again (DESIGN.md, "Delivery").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import inspect, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel, select
+
+from service import outbox
+from service.blobs import (
+    BlobCorrupt,
+    BlobNotFound,
+    BlobTooLarge,
+    blob_bytes,
+    blob_info,
+    read_blob,
+    write_blob,
+)
+from service.db import make_engine, session_scope
+from service.migrate import current_revision, downgrade, head_revision, upgrade
+from service.models import BLOB_CHUNK_SIZE, BlobChunk, Event, Message, Meta, Outbox, Peer, User
+from service.settings import Settings
+
+MiB = 1024 * 1024
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+TABLES = {"peer", "user_account", "blob", "blob_chunk", "message", "outbox", "event", "meta"}
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    upgrade(database_url)
+    eng = make_engine(database_url)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        party="KZ",
+        delivery_backoff_base_seconds=1.0,
+        delivery_backoff_max_seconds=300.0,
+        delivery_max_age_seconds=3 * 24 * 3600,
+    )
+
+
+def add_peer(engine: Engine, party: str = "BY") -> None:
+    with session_scope(engine) as s:
+        s.add(
+            Peer(
+                party=party,
+                name=f"Prosecutor General's Office {party}",
+                endpoint=f"https://{party.lower()}.example:8443",
+                fingerprint="ab" * 32,
+                bundle=b"signed bundle bytes",
+                bundle_version=1,
+                added_at=T0,
+            )
+        )
+
+
+def add_outgoing(engine: Engine, message_id: str, now: datetime = T0, peer: str = "BY") -> int:
+    """An outgoing message with a small envelope, enqueued; returns the outbox id."""
+    with session_scope(engine) as s:
+        blob = write_blob(s, [message_id.encode()])
+        s.add(
+            Message(
+                id=message_id,
+                direction="out",
+                peer=peer,
+                kind="request",
+                envelope_sha256=blob.sha256,
+                envelope_size=blob.size,
+                blob_id=blob.id,
+                created_at=now,
+                status="queued",
+                summary={"kind": "request"},
+            )
+        )
+        row = outbox.enqueue(s, message_id, peer, now)
+        assert row.id is not None
+        return row.id
+
+
+def outbox_row(engine: Engine, outbox_id: int) -> Outbox:
+    with session_scope(engine, readonly=True) as s:
+        row = s.get(Outbox, outbox_id)
+        assert row is not None
+        return row
+
+
+def message_row(engine: Engine, message_id: str) -> Message:
+    with session_scope(engine, readonly=True) as s:
+        row = s.get(Message, (message_id, "out"))
+        assert row is not None
+        return row
+
+
+# -- schema -------------------------------------------------------------------------
+
+
+def test_migrations_build_the_models_schema_from_scratch(database_url: str) -> None:
+    assert current_revision(database_url) is None
+    upgrade(database_url)
+    assert current_revision(database_url) == head_revision()
+    upgrade(database_url)  # idempotent
+
+    eng = make_engine(database_url)
+    try:
+        assert set(inspect(eng).get_table_names()) >= TABLES
+        with eng.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        assert diff == [], f"migrations and models disagree: {diff}"
+    finally:
+        eng.dispose()
+
+    downgrade(database_url, "base")
+    eng = make_engine(database_url)
+    try:
+        assert not TABLES & set(inspect(eng).get_table_names())
+    finally:
+        eng.dispose()
+    upgrade(database_url)
+    assert current_revision(database_url) == head_revision()
+
+
+def test_constraints_are_enforced(engine: Engine) -> None:
+    add_peer(engine)
+    with pytest.raises(IntegrityError), session_scope(engine) as s:  # unknown peer
+        blob = write_blob(s, [b"x"])
+        s.add(
+            Message(
+                id="m",
+                direction="out",
+                peer="XX",
+                envelope_sha256=blob.sha256,
+                envelope_size=1,
+                blob_id=blob.id,
+                created_at=T0,
+                status="queued",
+            )
+        )
+    with pytest.raises(IntegrityError), session_scope(engine) as s:  # bad status
+        blob = write_blob(s, [b"x"])
+        s.add(
+            Message(
+                id="m",
+                direction="out",
+                peer="BY",
+                envelope_sha256=blob.sha256,
+                envelope_size=1,
+                blob_id=blob.id,
+                created_at=T0,
+                status="lost",
+            )
+        )
+    with pytest.raises(IntegrityError), session_scope(engine) as s:  # duplicate token
+        s.add(User(name="a", role="clerk", token_hash="0" * 64, created_at=T0))
+        s.add(User(name="b", role="reader", token_hash="0" * 64, created_at=T0))
+    with pytest.raises(IntegrityError), session_scope(engine) as s:  # unknown role
+        s.add(User(name="c", role="admin", token_hash="1" * 64, created_at=T0))
+
+
+def test_rows_round_trip_with_aware_utc_times(engine: Engine) -> None:
+    add_peer(engine)
+    local = datetime(2025, 3, 1, 15, 30, tzinfo=UTC).astimezone()  # any zone in, UTC out
+    with session_scope(engine) as s:
+        s.add(User(name="Clerk", role="clerk", token_hash="f" * 64, created_at=local))
+        s.add(
+            Event(
+                at=local,
+                actor="node",
+                party="BY",
+                type="peer.added",
+                object_id="BY",
+                outcome="ok",
+                detail={"version": 1},
+            )
+        )
+        s.add(Meta(key="party", value="KZ"))
+    with session_scope(engine, readonly=True) as s:
+        user = s.exec(select(User).where(User.name == "Clerk")).one()
+        assert user.created_at == local and user.created_at.tzinfo == UTC
+        assert user.clearance == "unrestricted" and user.disabled is False
+        event = s.exec(select(Event)).one()
+        assert event.detail == {"version": 1} and event.id is not None
+        assert s.get(Peer, "BY").status == "active"  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="naive"), session_scope(engine) as s:
+        s.add(Meta(key="k", value="v"))
+        s.add(Event(at=datetime(2025, 1, 1), actor="node", type="x", outcome="ok"))
+
+
+# -- blobs --------------------------------------------------------------------------
+
+
+def _pieces(total: int, seed: int) -> Iterator[bytes]:
+    """Deterministic pseudo-random bytes in pieces of awkward sizes."""
+    rng = random.Random(seed)
+    sent = 0
+    while sent < total:
+        n = min(total - sent, rng.choice([1, 7, 4096, 65_537, 300_000, MiB + 3]))
+        yield rng.randbytes(n)
+        sent += n
+
+
+def test_blob_round_trip_of_20_mib_in_bounded_memory(engine: Engine) -> None:
+    total = 20 * MiB
+    expected = hashlib.sha256()
+    for piece in _pieces(total, seed=1):
+        expected.update(piece)
+
+    tracemalloc.start()
+    try:
+        with session_scope(engine) as s:
+            info = write_blob(s, _pieces(total, seed=1))
+        _, write_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+
+        got = hashlib.sha256()
+        size = 0
+        chunks = 0
+        for chunk in read_blob(engine, info.id):
+            assert len(chunk) <= BLOB_CHUNK_SIZE
+            got.update(chunk)
+            size += len(chunk)
+            chunks += 1
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert info.size == size == total
+    assert info.sha256 == got.hexdigest() == expected.hexdigest()
+    assert chunks == total // BLOB_CHUNK_SIZE
+    assert write_peak < 8 * MiB, f"write peak {write_peak / MiB:.1f} MiB"
+    assert read_peak < 8 * MiB, f"read peak {read_peak / MiB:.1f} MiB"
+
+
+def test_blob_edge_cases(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        empty = write_blob(s, [])
+        odd = write_blob(s, [b"", b"a" * (BLOB_CHUNK_SIZE - 1), b"bc", b""])
+        assert list(read_blob(s, empty.id)) == []  # readable inside the writing transaction
+    assert empty.size == 0 and empty.sha256 == hashlib.sha256(b"").hexdigest()
+    assert blob_bytes(engine, empty.id) == b""
+    data = b"a" * (BLOB_CHUNK_SIZE - 1) + b"bc"
+    assert blob_bytes(engine, odd.id) == data
+    assert [len(c) for c in read_blob(engine, odd.id)] == [BLOB_CHUNK_SIZE, 1]
+    assert blob_info(engine, odd.id) == odd
+    with pytest.raises(BlobTooLarge):
+        blob_bytes(engine, odd.id, max_size=100)
+    with pytest.raises(BlobNotFound):
+        list(read_blob(engine, 10_000))
+
+
+def test_blob_over_the_limit_is_refused_without_reading_on(engine: Engine) -> None:
+    consumed = []
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(100):
+            consumed.append(i)
+            yield b"x" * 1000
+
+    with pytest.raises(BlobTooLarge), session_scope(engine) as s:
+        write_blob(s, pieces(), max_size=2500)
+    assert len(consumed) == 3
+    with session_scope(engine, readonly=True) as s:  # rolled back: nothing stored
+        assert s.exec(select(BlobChunk)).first() is None
+
+
+def test_altered_or_missing_chunks_are_detected(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        info = write_blob(s, [b"1" * (2 * BLOB_CHUNK_SIZE + 10)])
+    with session_scope(engine) as s:
+        s.connection().execute(
+            update(BlobChunk).where(BlobChunk.blob_id == info.id, BlobChunk.seq == 1).values(data=b"2" * 10)
+        )
+    with pytest.raises(BlobCorrupt):
+        list(read_blob(engine, info.id))
+    with session_scope(engine) as s:
+        s.connection().execute(BlobChunk.__table__.delete().where(BlobChunk.seq == 1))  # type: ignore[attr-defined]
+    with pytest.raises(BlobCorrupt, match="missing"):
+        list(read_blob(engine, info.id))
+
+
+# -- outbox -------------------------------------------------------------------------
+
+
+def test_claim_leases_a_row_and_an_expired_lease_is_claimed_again(engine: Engine) -> None:
+    add_peer(engine)
+    oid = add_outgoing(engine, "m-1")
+    assert outbox.claim(engine, "w1", T0 - timedelta(seconds=1)) == []  # not due yet
+
+    [c] = outbox.claim(engine, "w1", T0, lease_seconds=60)
+    assert (c.outbox_id, c.message_id, c.peer, c.attempts, c.worker_id) == (oid, "m-1", "BY", 1, "w1")
+    assert c.envelope_sha256 == hashlib.sha256(b"m-1").hexdigest() and c.envelope_size == 3
+    assert message_row(engine, "m-1").status == "in_flight"
+    assert outbox.claim(engine, "w2", T0 + timedelta(seconds=59)) == []  # leased
+
+    [again] = outbox.claim(engine, "w2", T0 + timedelta(seconds=60))  # w1 died
+    assert again.outbox_id == oid and again.attempts == 2 and again.worker_id == "w2"
+    # The worker that lost its lease can neither extend it nor requeue the row.
+    with session_scope(engine) as s:
+        assert not outbox.extend_lease(s, oid, "w1", T0 + timedelta(seconds=61), 60)
+        assert (
+            outbox.mark_failed(
+                s,
+                oid,
+                "late",
+                T0 + timedelta(seconds=61),
+                Settings(data_dir=Path("."), party="KZ"),
+                worker_id="w1",
+            )
+            is None
+        )
+        assert outbox.extend_lease(s, oid, "w2", T0 + timedelta(seconds=61), 600)
+    assert outbox_row(engine, oid).state == "in_flight"
+    assert outbox.claim(engine, "w3", T0 + timedelta(seconds=200)) == []  # lease extended
+
+
+def test_failure_backs_off_then_retries(engine: Engine, settings: Settings) -> None:
+    add_peer(engine)
+    oid = add_outgoing(engine, "m-1")
+    now = T0
+    for attempt in range(1, 8):
+        [c] = outbox.claim(engine, "w", now)
+        assert c.attempts == attempt
+        with session_scope(engine) as s:
+            state = outbox.mark_failed(
+                s, oid, "connection refused", now, settings, worker_id="w", rng=random.Random(attempt)
+            )
+        assert state == "queued"
+        row = outbox_row(engine, oid)
+        ceiling = min(settings.delivery_backoff_max_seconds, 2 ** (attempt - 1))
+        delay = (row.next_attempt_at - now).total_seconds()
+        assert 0 <= delay <= ceiling
+        assert row.last_error == "connection refused" and row.claimed_by is None
+        assert message_row(engine, "m-1").status == "queued"
+        if delay > 0.001:
+            assert outbox.claim(engine, "w", row.next_attempt_at - timedelta(milliseconds=1)) == []
+        now = row.next_attempt_at
+    assert outbox_row(engine, oid).attempts == 7
+
+
+@given(attempts=st.integers(min_value=0, max_value=10_000), seed=st.integers(0, 2**32))
+def test_backoff_is_full_jitter_under_an_exponential_cap(attempts: int, seed: int) -> None:
+    delay = outbox.backoff_delay(attempts, 1.0, 300.0, random.Random(seed))
+    ceiling = 300.0 if attempts > 20 else min(300.0, 2.0 ** max(0, attempts - 1))
+    assert 0.0 <= delay <= ceiling
+
+
+def test_backoff_spreads_retries() -> None:
+    rng = random.Random(7)
+    delays = [outbox.backoff_delay(10, 1.0, 300.0, rng) for _ in range(1000)]
+    assert max(delays) <= 300.0 and min(delays) >= 0.0
+    assert 120 < sum(delays) / len(delays) < 180  # uniform on [0, 300]
+
+
+def test_parks_at_the_age_limit_and_an_operator_requeues(engine: Engine, settings: Settings) -> None:
+    add_peer(engine)
+    oid = add_outgoing(engine, "m-1")
+    max_age = timedelta(seconds=settings.delivery_max_age_seconds)
+    deadline = T0 + max_age
+
+    # A retry is never scheduled past the deadline: the last try happens at it.
+    late = deadline - timedelta(seconds=1)
+    outbox.claim(engine, "w", late)
+    with session_scope(engine) as s:
+        assert outbox.mark_failed(s, oid, "timeout", late, settings, rng=random.Random(1)) == "queued"
+    assert outbox_row(engine, oid).next_attempt_at <= deadline
+
+    [c] = outbox.claim(engine, "w", deadline)
+    with session_scope(engine) as s:
+        assert outbox.mark_failed(s, oid, "timeout", deadline, settings) == "parked"
+    row = outbox_row(engine, oid)
+    assert row.state == "parked" and "timeout" in (row.last_error or "")
+    assert message_row(engine, "m-1").status == "parked"
+    assert outbox.claim(engine, "w", deadline + timedelta(days=30)) == []
+
+    later = deadline + timedelta(days=1)
+    with session_scope(engine) as s:
+        assert outbox.requeue(s, oid, later)
+    row = outbox_row(engine, oid)
+    assert (row.state, row.attempts, row.requeued_at) == ("queued", 0, later)
+    [c] = outbox.claim(engine, "w", later)
+    assert c.attempts == 1
+    with session_scope(engine) as s:  # a fresh age window since the requeue
+        assert outbox.mark_failed(s, oid, "again", later + timedelta(hours=1), settings) == "queued"
+
+
+def test_operator_parks_a_queued_row(engine: Engine) -> None:
+    add_peer(engine)
+    oid = add_outgoing(engine, "m-1")
+    with session_scope(engine) as s:
+        assert outbox.park(s, oid, "peer asked us to hold", T0)
+        assert not outbox.park(s, oid, "twice", T0)
+    assert outbox.claim(engine, "w", T0 + timedelta(days=1)) == []
+    assert outbox_row(engine, oid).last_error == "peer asked us to hold"
+
+
+def test_a_delivered_message_is_never_claimed_or_changed_again(engine: Engine, settings: Settings) -> None:
+    add_peer(engine)
+    oid = add_outgoing(engine, "m-1")
+    [_c] = outbox.claim(engine, "w1", T0, lease_seconds=10)
+    t1 = T0 + timedelta(seconds=1)
+    with session_scope(engine) as s:
+        assert outbox.mark_delivered(
+            s, oid, t1, receipt=b"signed receipt", receipt_status="accepted", receipt_verified=True
+        )
+    msg = message_row(engine, "m-1")
+    assert (msg.status, msg.receipt, msg.receipt_verified, msg.delivered_at) == (
+        "delivered",
+        b"signed receipt",
+        True,
+        t1,
+    )
+
+    for when in (t1, T0 + timedelta(seconds=11), T0 + timedelta(days=365)):
+        assert outbox.claim(engine, "w2", when) == []
+    with session_scope(engine) as s:
+        assert outbox.mark_failed(s, oid, "late failure", t1, settings) is None
+        assert not outbox.park(s, oid, "no", t1)
+        assert not outbox.requeue(s, oid, t1)
+        assert not outbox.mark_delivered(s, oid, t1, receipt=b"another receipt")
+        assert not outbox.extend_lease(s, oid, "w1", t1, 60)
+    row = outbox_row(engine, oid)
+    assert (row.state, row.delivered_at, row.claimed_by) == ("delivered", t1, None)
+    assert message_row(engine, "m-1").receipt == b"signed receipt"
+
+
+def test_delivery_after_a_lost_lease_or_a_park_still_counts(engine: Engine) -> None:
+    add_peer(engine)
+    a = add_outgoing(engine, "m-a")
+    b = add_outgoing(engine, "m-b")
+    outbox.claim(engine, "w1", T0, lease_seconds=5)
+    outbox.claim(engine, "w2", T0 + timedelta(seconds=5))  # both leases taken over
+    with session_scope(engine) as s:
+        outbox.park(s, b, "operator", T0 + timedelta(seconds=6))
+        assert outbox.mark_delivered(s, a, T0 + timedelta(seconds=7), receipt_status="accepted")
+        assert outbox.mark_delivered(s, b, T0 + timedelta(seconds=7), receipt_status="rejected")
+    assert outbox_row(engine, a).state == outbox_row(engine, b).state == "delivered"
+    assert message_row(engine, "m-a").status == "delivered"
+    assert message_row(engine, "m-b").status == "rejected"  # the peer answered with a rejection
+
+
+def test_claim_orders_by_due_time_and_respects_the_limit(engine: Engine) -> None:
+    add_peer(engine)
+    ids = [add_outgoing(engine, f"m-{i}", T0 + timedelta(seconds=10 - i)) for i in range(5)]
+    first = outbox.claim(engine, "w", T0 + timedelta(seconds=60), limit=2)
+    assert [c.outbox_id for c in first] == [ids[4], ids[3]]
+    rest = outbox.claim(engine, "w", T0 + timedelta(seconds=60), limit=10)
+    assert [c.outbox_id for c in rest] == [ids[2], ids[1], ids[0]]
+    assert outbox.claim(engine, "w", T0 + timedelta(seconds=60), limit=0) == []
+
+
+def test_a_rolled_back_send_leaves_nothing_to_deliver(engine: Engine) -> None:
+    add_peer(engine)
+    with pytest.raises(RuntimeError), session_scope(engine) as s:
+        blob = write_blob(s, [b"envelope"])
+        s.add(
+            Message(
+                id="m-1",
+                direction="out",
+                peer="BY",
+                envelope_sha256=blob.sha256,
+                envelope_size=blob.size,
+                blob_id=blob.id,
+                created_at=T0,
+                status="queued",
+            )
+        )
+        outbox.enqueue(s, "m-1", "BY", T0)
+        raise RuntimeError("crash before commit")
+    assert outbox.claim(engine, "w", T0 + timedelta(days=1)) == []
+
+
+def _claim_concurrently(engine: Engine, workers: int, now: datetime) -> list[list[int]]:
+    barrier = threading.Barrier(workers)
+    claimed: list[list[int]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            while True:
+                got = outbox.claim(engine, f"w{i}", now, limit=7, lease_seconds=3600)
+                if not got:
+                    return
+                claimed[i].extend(c.outbox_id for c in got)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return claimed
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_two_replicas_never_claim_the_same_row_postgres(engine: Engine) -> None:
+    add_peer(engine)
+    total = 300
+    with session_scope(engine) as s:
+        blob = write_blob(s, [b"envelope"])
+        for i in range(total):
+            s.add(
+                Message(
+                    id=f"m-{i}",
+                    direction="out",
+                    peer="BY",
+                    envelope_sha256=blob.sha256,
+                    envelope_size=blob.size,
+                    blob_id=blob.id,
+                    created_at=T0,
+                    status="queued",
+                )
+            )
+        s.flush()
+        for i in range(total):
+            outbox.enqueue(s, f"m-{i}", "BY", T0)
+
+    # A separate engine per replica: separate connection pools, as in two processes.
+    other = make_engine(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        a, b = _claim_concurrently_two_engines(engine, other, T0)
+    finally:
+        other.dispose()
+    assert not set(a) & set(b), "a row was claimed by both replicas"
+    assert len(a) == len(set(a)) and len(b) == len(set(b))
+    assert len(a) + len(b) == total
+    assert a and b, "both replicas should have got work (SKIP LOCKED, not a global lock)"
+
+
+def _claim_concurrently_two_engines(e1: Engine, e2: Engine, now: datetime) -> tuple[list[int], list[int]]:
+    barrier = threading.Barrier(2)
+    out: dict[str, list[int]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+
+    def run(name: str, eng: Engine) -> None:
+        try:
+            barrier.wait()
+            while got := outbox.claim(eng, f"replica-{name}", now, limit=5, lease_seconds=3600):
+                out[name].extend(c.outbox_id for c in got)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n, e)) for n, e in (("a", e1), ("b", e2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return out["a"], out["b"]
+
+
+def test_concurrent_claimers_share_the_queue_without_overlap(engine: Engine) -> None:
+    """Same as above through one engine, on both backends (SQLite serialises the claims)."""
+    add_peer(engine)
+    for i in range(60):
+        add_outgoing(engine, f"m-{i}")
+    claimed = _claim_concurrently(engine, 3, T0)
+    flat = [i for per in claimed for i in per]
+    assert len(flat) == len(set(flat)) == 60
