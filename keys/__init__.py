@@ -33,6 +33,7 @@ from ._identity import (
     revoke_key,
     rotate_node_keys,
 )
+from ._storage import storage_key
 from ._signatories import Signatory, add_signatory, list_signatories, load_signatory
 from ._tls import client_ssl_context, peer_party, server_ssl_context
 
@@ -66,6 +67,7 @@ __all__ = [
     "revoke_key",
     "rotate_node_keys",
     "server_ssl_context",
+    "storage_key",
     "write_private_key",
     "write_tls_key",
 ]

@@ -44,6 +44,21 @@ from ._errors import (
     ReceiptError,
     TrustError,
 )
+from ._lifecycle import (
+    AGREEMENT_STATES,
+    IN_FORCE,
+    OPEN_REQUEST_STATES,
+    REQUESTED,
+    REQUESTING,
+    STATES,
+    TERMINAL_STATES,
+    TERMINATED,
+    TERMINATION_PENDING,
+    TRANSITIONS,
+    agreement_state_on,
+    next_state,
+    render_mermaid,
+)
 from ._primitives import (
     CLASSIC,
     DEFAULT_SUITE,

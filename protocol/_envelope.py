@@ -92,7 +92,7 @@ class Header:
         obj = parse_json(data, what="envelope header")
         if not isinstance(obj, dict) or set(obj) != _HEADER_KEYS:
             raise EncodingError("envelope header has missing or unknown fields")
-        if obj["version"] != PROTOCOL_VERSION or isinstance(obj["version"], bool):
+        if type(obj["version"]) is not int or obj["version"] != PROTOCOL_VERSION:
             raise EnvelopeError(f"unsupported protocol version {obj['version']!r}",
                                 code="envelope.unsupported_version")
         strings = ("message_id", "sender", "recipient", "sender_key_id", "recipient_key_id", "suite")

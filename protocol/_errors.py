@@ -72,3 +72,15 @@ class PolicyError(ProlinkError):
     """Access refused by purpose, clearance, consent or handling conditions (Art. 7)."""
 
     code = "policy.denied"
+
+
+class LogError(ProlinkError):
+    """A Merkle proof, checkpoint, cosignature or audit export that does not verify.
+
+    Codes: ``audit.malformed_note``, ``audit.malformed_checkpoint``,
+    ``audit.bad_signature``, ``audit.unknown_key``, ``audit.bad_inclusion_proof``,
+    ``audit.inconsistent`` (a consistency proof fails: one of the two trees is not
+    a prefix of the other), ``audit.bad_export``, ``audit.entry_mismatch``.
+    """
+
+    code = "audit.invalid"

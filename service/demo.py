@@ -233,7 +233,15 @@ def run_demo(keep: bool = False) -> int:
                 raise RuntimeError("the attachment BY received differs from what KZ sent")
             print(f"    attachment {doc['attachments'][0]['name']}: {len(got.content)} bytes, SHA-256 matches")
 
-        say("BY signatory sends the execution result back in the same thread")
+        say("BY signatory accepts the request, then sends the execution result back in the same thread")
+        with by.client("signatory") as c:
+            r = c.post("/v1/messages", json={"kind": "acceptance", "in_reply_to": request_id,
+                                             "confidentiality": "confidential",
+                                             "note": "Запрос принят к исполнению."})
+            if r.status_code != 201:
+                raise RuntimeError(f"sending the acceptance failed: {r.status_code} {r.text}")
+            wait_delivered(c, r.json()["id"])
+        print(f"    acceptance {r.json()['id']} delivered")
         result_doc = {"kind": "execution_result", "in_reply_to": request_id, "confidentiality": "confidential",
                       "summary": "Запрос исполнен: владелец счёта установлен, выписка операций прилагается."}
         with by.client("signatory") as c:

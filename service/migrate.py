@@ -29,24 +29,45 @@ def alembic_config() -> Config:
     return cfg
 
 
-def head_revision() -> str | None:
-    """The newest revision the code knows about."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+def head_revisions() -> tuple[str, ...]:
+    """The newest revisions the code knows about (one per branch; sorted)."""
+    return tuple(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
 
 
-def current_revision(engine_or_url: Engine | str) -> str | None:
-    """The revision the database is at (None for an empty database)."""
+def current_revisions(engine_or_url: Engine | str) -> tuple[str, ...]:
+    """The revisions the database is at (empty for an empty database; sorted)."""
     engine, owned = _engine(engine_or_url)
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
     finally:
         if owned:
             engine.dispose()
 
 
-def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:
-    """Apply every migration up to ``revision`` (default: the newest), in one transaction per run."""
+def is_up_to_date(engine_or_url: Engine | str) -> bool:
+    """True if the database has every migration the code knows about."""
+    return current_revisions(engine_or_url) == head_revisions()
+
+
+def head_revision() -> str | None:
+    """The newest revision, where there is a single branch (``None`` without migrations)."""
+    heads = head_revisions()
+    if len(heads) > 1:
+        raise RuntimeError(f"several migration heads: {', '.join(heads)}; use head_revisions()")
+    return heads[0] if heads else None
+
+
+def current_revision(engine_or_url: Engine | str) -> str | None:
+    """The revision the database is at, where there is a single branch (None for an empty database)."""
+    revs = current_revisions(engine_or_url)
+    if len(revs) > 1:
+        raise RuntimeError(f"database is at several heads: {', '.join(revs)}; use current_revisions()")
+    return revs[0] if revs else None
+
+
+def upgrade(engine_or_url: Engine | str, revision: str = "heads") -> None:
+    """Apply every migration up to ``revision`` (default: the newest on every branch)."""
     _run(engine_or_url, lambda cfg: command.upgrade(cfg, revision))
 
 

@@ -239,3 +239,4 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(sa_column=Column(String(128), primary_key=True))
     value: str = Field(sa_column=Column(String(4000), nullable=False))
+from service import case_models as _case_models  # noqa: E402,F401  (registers the workflow tables)

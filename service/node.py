@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 import protocol
-from keys import Identity, Signatory, load_signatory
+from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import (Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing)
-from service import outbox
+from service import cases, outbox
 from service.blobs import read_blob, write_blob
 from service.db import session_scope
 from service.errors import ServiceError
@@ -85,6 +85,12 @@ class Node:
         self.party = identity.party
         self._peers: dict[str, tuple[int, TrustedParty]] = {}
         self._signatories: dict[str, Signatory] = {}
+        self._storage_key: bytes | None = None
+
+    def storage_key(self) -> bytes:
+        if self._storage_key is None:
+            self._storage_key = storage_key(self.settings.data_dir)
+        return self._storage_key
 
     def signatory(self, key_id: str) -> Signatory:
         """A signatory's key and authorisation held by this node (loaded once)."""
@@ -177,13 +183,16 @@ class Node:
                                         protocol.ACCEPTED, None, self.identity.node_keys, now)
         try:
             with session_scope(self.engine) as s:
+                effect = cases.apply(s, self.party, message.document, now, originals_due_days=self.settings.originals_due_days)
                 blob = write_blob(s, file_chunks(src), max_size=self.settings.max_envelope_bytes)
                 if blob.sha256 != digest_hex:
                     raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
                 s.add(self._inbound_row(message, blob.id, framing.size, now, receipt))
                 s.flush()
                 record_event(s, now, "message.received", "accepted", party=header.sender,
-                             object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind)
+                             object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind,
+                             thread_id=effect.thread_id, state_before=effect.state_before,
+                             state_after=effect.state_after, signer_key=message.authorisation.key.key_id)
                 record_event(s, now, "receipt.issued", "accepted", party=header.sender,
                              object_id=header.message_id, envelope_sha256=digest_hex)
         except IntegrityError:
@@ -192,6 +201,8 @@ class Node:
             if stored is not None:
                 return stored
             raise
+        except ProlinkError as exc:
+            return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, exc)
         log.info("envelope_received", message_id=header.message_id, sender=header.sender,
                  kind=message.document.kind, size=framing.size)
         return Delivery(200, {"status": "accepted", "receipt": protocol.Signed.from_bytes(
@@ -207,6 +218,7 @@ class Node:
                        receipt_verified=True,
                        summary={"sent_at": message.header.sent_at.isoformat(),
                                 "signed_by_key": message.authorisation.key.key_id,
+                                "signer": f"{message.authorisation.person}, {message.authorisation.position}",
                                 "attachments": len(doc.attachments)})
 
     def _stored_receipt(self, message_id: str, digest_hex: str) -> Delivery | None:
@@ -244,26 +256,43 @@ class Node:
 
     # --- sending -----------------------------------------------------------
 
+    def check_signatory(self, signatory: Signatory, at: datetime) -> protocol.Authorisation:
+        """Art. 4: the signer must hold an authorisation from our root, valid and unrevoked on ``at``."""
+        me = self.identity.trusted_self()
+        auth = protocol.verify_authorisation(signatory.authorisation, me)
+        if not auth.covers(at.date()):
+            raise protocol.TrustError(
+                f"{auth.person}'s signing authorisation is valid {auth.valid_from.isoformat()}.."
+                f"{auth.valid_until.isoformat()}, not on {at.date().isoformat()}",
+                code="trust.authorisation_not_valid")
+        me.check_not_revoked(auth.key.key_id, at, what="signatory key")
+        return auth
+
     def send(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]],
              actor: str) -> Message:
         """Sign ``document`` as ``signatory``, seal it for its recipient and queue it, in one transaction."""
         now = self.clock()
         recipient = self.peer(document.recipient_party)
+        self.check_signatory(signatory, document.created_at)
         signed = protocol.sign_document(document, signatory.key)
         sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]
         with session_scope(self.engine) as s:
+            effect = cases.apply(s, self.party, document, now, originals_due_days=self.settings.originals_due_days)
             blob = write_blob(s, protocol.seal_stream(signed, signatory.authorisation, sources,
                                                       self.identity.node_keys, recipient, now))
             row = Message(id=document.id, direction="out", peer=recipient.party, kind=document.kind,
                           thread_id=document.thread_id, in_reply_to=document.in_reply_to,
                           envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id, created_at=now,
                           status="queued", summary={"signed_by_key": signatory.key.key_id,
+                                                    "signer": f"{signatory.person}, {signatory.position}",
                                                     "attachments": len(document.attachments)})
             s.add(row)
             s.flush()
             outbox.enqueue(s, document.id, recipient.party, now)
             record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
-                         object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind)
+                         object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
+                         thread_id=effect.thread_id, state_before=effect.state_before,
+                         state_after=effect.state_after, signer_key=signatory.key.key_id)
         log.info("message_queued", message_id=document.id, peer=recipient.party, kind=document.kind)
         return row
 

@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select, text
 from starlette.datastructures import UploadFile
 
-from protocol import document_to_json
+from protocol import AttachmentRef, Document, document_to_json
+from service.case_api import cases_router
+from service.case_models import Thread
 from service.auth import Principal, require_role
 from service.compose import attachment_ref, compose
 from service.db import session_scope
@@ -44,6 +46,7 @@ def create_user_app(node: Node) -> FastAPI:
     app = FastAPI(title="prolink user API")
     app.state.node = node
     install_error_handlers(app)
+    app.include_router(cases_router(node))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -66,17 +69,7 @@ def create_user_app(node: Node) -> FastAPI:
         that JSON and any number of ``attachments`` file parts (streamed to disk,
         so their size does not bound memory).
         """
-        uploads: list[UploadFile] = []
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form(max_files=1000)
-            raw = form.get("document")
-            if not isinstance(raw, str):
-                raise ServiceError("the multipart form needs a 'document' field with JSON",
-                                   code="request.invalid", status=422, field="document")
-            fields = _json_object(raw.encode())
-            uploads = [f for f in form.getlist("attachments") if isinstance(f, UploadFile)]
-        else:
-            fields = _json_object(await request.body())
+        fields, uploads = await read_document_upload(request)
         if user.signatory_key_id is None:
             raise ServiceError("this signatory has no signing key on this node", code="auth.no_signing_key",
                                status=403)
@@ -144,20 +137,43 @@ def create_user_app(node: Node) -> FastAPI:
 
 def _send(node: Node, user: Principal, fields: dict[str, Any], uploads: list[UploadFile]) -> Message:
     signatory = node.signatory(user.signatory_key_id or "")
-    refs = [attachment_ref(u.filename or f"attachment-{i}", u.content_type or "", u.file)
+    document = compose_for(node, fields, upload_refs(uploads))
+    return node.send(document, signatory, [u.file for u in uploads], actor=f"user:{user.id}")
+
+
+async def read_document_upload(request: Request) -> tuple[dict[str, Any], list[UploadFile]]:
+    """A document's fields from a JSON body, or from a multipart form with attachments (spooled to disk)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1000)
+        raw = form.get("document")
+        if not isinstance(raw, str):
+            raise ServiceError("the multipart form needs a 'document' field with JSON",
+                               code="request.invalid", status=422, field="document")
+        return _json_object(raw.encode()), [f for f in form.getlist("attachments") if isinstance(f, UploadFile)]
+    return _json_object(await request.body()), []
+
+
+def upload_refs(uploads: list[UploadFile]) -> list[AttachmentRef]:
+    return [attachment_ref(u.filename or f"attachment-{i}", u.content_type or "", u.file)
             for i, u in enumerate(uploads)]
+
+
+def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef]) -> Document:
+    """Compose a document, finding the message it answers and the thread it belongs to."""
     answered = None
     reply_to = fields.get("in_reply_to")
-    if isinstance(reply_to, str):
-        with session_scope(node.engine, readonly=True) as s:
+    thread_ref = fields.get("thread_id") or fields.get("request_id")
+    with session_scope(node.engine, readonly=True) as s:
+        if isinstance(reply_to, str):
             answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
-        if answered is None:
-            raise ServiceError(f"in_reply_to names no known message {reply_to}", code="message.not_found",
-                               status=422, field="in_reply_to")
-    message_id = new_message_id()
-    document = compose(fields, message_id=message_id, sender_party=node.party, now=node.clock(),
-                       attachments=refs, answered=answered)
-    return node.send(document, signatory, [u.file for u in uploads], actor=f"user:{user.id}")
+            if answered is None:
+                raise ServiceError(f"in_reply_to names no known message {reply_to}", code="message.not_found",
+                                   status=422, field="in_reply_to")
+        thread = s.get(Thread, thread_ref) if isinstance(thread_ref, str) else None
+    if answered is None and thread is not None:
+        fields = {"thread_id": thread.id, "recipient_party": thread.peer, **fields}
+    return compose(fields, message_id=new_message_id(), sender_party=node.party, now=node.clock(),
+                   attachments=refs, answered=answered)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -47,13 +47,11 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def make_pair(tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[Callable[..., Pair]]:
-    """Build (not start) a KZ/BY pair on ``backend`` ('sqlite' or 'postgres')."""
-    pairs: list[Pair] = []
-
+def pair_builder(tmp_path: Path, postgres_database: Callable[[], str] | None,
+                 pairs: list[Pair]) -> Callable[..., Pair]:
     def build(backend: str = "sqlite", **settings: Any) -> Pair:
-        urls = {party: (postgres_database() if backend == "postgres" else None) for party in ("KZ", "BY")}
+        urls = {party: (postgres_database() if backend == "postgres" and postgres_database else None)
+                for party in ("KZ", "BY")}
         root = tmp_path / f"pair{len(pairs)}"
         root.mkdir()
         # Keys are back-dated a month so tests can seal envelopes "sent" in the past.
@@ -65,9 +63,26 @@ def make_pair(tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[
         pairs.append(pair)
         return pair
 
-    yield build
+    return build
+
+
+@pytest.fixture
+def make_pair(tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[Callable[..., Pair]]:
+    """Build (not start) a KZ/BY pair on ``backend`` ('sqlite' or 'postgres')."""
+    pairs: list[Pair] = []
+    yield pair_builder(tmp_path, postgres_database, pairs)
     for pair in pairs:
         pair.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def shared_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """One started SQLite pair for a whole module of scenario tests (each test uses its own threads)."""
+    pairs: list[Pair] = []
+    pair = pair_builder(tmp_path_factory.mktemp("shared"), None, pairs)("sqlite")
+    pair.start()
+    yield pair
+    pair.stop(kill=True)
 
 
 @pytest.fixture

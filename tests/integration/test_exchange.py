@@ -40,6 +40,8 @@ def test_request_with_attachment_and_result_round_trip(pair) -> None:
         assert got.status_code == 200
         assert hashlib.sha256(got.content).digest() == hashlib.sha256(attachment).digest()
 
+    accepted = send(pair.by, {"kind": "acceptance", "in_reply_to": sent["id"], "confidentiality": "confidential"})
+    wait_status(pair.by, accepted["id"])
     result = send(pair.by, {"kind": "execution_result", "in_reply_to": sent["id"], "confidentiality": "confidential",
                             "summary": "Запрос исполнен, сведения прилагаются."})
     wait_status(pair.by, result["id"])

@@ -427,6 +427,23 @@ def test_envelope_from_too_far_in_the_future_is_replayed(kz: Party, by: Party, d
     assert code_of(exc) == "envelope.replayed"
 
 
+def test_sent_at_moved_into_the_window_without_the_node_key_fails(kz: Party, by: Party,
+                                                                  docs: Documents) -> None:
+    """The clock window reads the claimed ``sent_at``; the node signature then proves it."""
+    old = NOW - timedelta(days=5)
+    parts = Parts(sealed(kz, by, docs.request(created_at=old - timedelta(hours=1)), now=old))
+    header = parts.header_json()
+    header["sent_at"] = NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moved = assemble(canonical_json(header), parts.body, parts.attachments, signature=parts.signature)
+    with pytest.raises(ProlinkError) as exc:
+        open(moved, by.keys, kz.trusted, NOW)
+    assert code_of(exc) == "envelope.bad_signature"
+    with pytest.raises(ProlinkError) as exc:
+        open(assemble(parts.header, parts.body, parts.attachments, signature=parts.signature),
+             by.keys, kz.trusted, NOW)
+    assert code_of(exc) == "envelope.replayed"
+
+
 def test_a_stored_envelope_reopens_with_no_age_limit(kz: Party, by: Party, docs: Documents) -> None:
     envelope = sealed(kz, by, docs.request())
     assert open(envelope, by.keys, kz.trusted, NOW + timedelta(days=3650), max_age=None).message_id
@@ -720,12 +737,16 @@ def test_malformed_framing_is_refused_with_a_code(kz_pq: Party, by_pq: Party, do
     assert code_of(exc) == "encoding.malformed"
 
 
-def test_unsupported_protocol_version_is_refused(kz_pq: Party, by_pq: Party, docs: Documents) -> None:
+@pytest.mark.parametrize("version", [2, 0, 1.0, True, "1", None])
+def test_unsupported_protocol_version_is_refused(kz_pq: Party, by_pq: Party, docs: Documents,
+                                                 version: object) -> None:
+    """Only the JSON integer 1 is version 1 (``1.0`` and ``true`` compare equal to 1 in Python)."""
     parts = Parts(sealed(kz_pq, by_pq, docs.request()))
     header = parts.header_json()
-    header["version"] = 2
+    header["version"] = version
+    header_bytes = canonical_json(header)  # 1.0 is written as 1.0
     with pytest.raises(ProlinkError) as exc:
-        open(resigned(parts, kz_pq.node, header=canonical_json(header)), by_pq.keys, kz_pq.trusted, NOW)
+        open(resigned(parts, kz_pq.node, header=header_bytes), by_pq.keys, kz_pq.trusted, NOW)
     assert code_of(exc) == "envelope.unsupported_version"
 
 
