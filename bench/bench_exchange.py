@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,14 +87,15 @@ def russian_document(recipient: str, size: int = DOCUMENT_BYTES) -> dict[str, An
     due = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
     doc: dict[str, Any] = {
         "kind": "request", "recipient_party": recipient, "urgent": False,
-        "grounds": "Уголовное дело № 2026-0451, статья 190 УК Республики Казахстан (мошенничество).",
+        "grounds": "Уголовное дело № 2026-0451, статья 190 УК Республики Казахстан (мошенничество).",  # noqa: RUF001
         "purpose": "Установление владельца банковского счёта.",
         "content": "",
         "expected_execution_date": due,
         "other_information": "Нет.",
         "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
+        "purpose_code": "criminal_investigation", "case_number": "2026-0451",
     }
-    prose = ("Просим предоставить сведения о владельце счёта и выписку операций за первое полугодие. ")
+    prose = "Просим предоставить сведения о владельце счёта и выписку операций за первое полугодие. "  # noqa: RUF001
     base = len(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
     text = ""
     while base + len((text + "ж").encode("utf-8")) <= size:
@@ -108,7 +109,7 @@ def russian_document(recipient: str, size: int = DOCUMENT_BYTES) -> dict[str, An
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -176,8 +177,8 @@ def echo_server_main(server_dir: Path, client_dir: Path, port: int) -> None:
 def echo_server(server_dir: Path, client_dir: Path, log_dir: Path) -> Iterator[int]:
     port = free_port()
     log = (log_dir / "echo.log").open("ab")
-    proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(server_dir), str(client_dir), str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, __file__, "--echo-server", str(server_dir), str(client_dir), str(port)]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
         yield port
@@ -293,8 +294,9 @@ class Postgres:
             return
         for name in self.names:
             try:
-                self.admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            except Exception as exc:  # noqa: BLE001 - keep dropping the others
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                self.admin.execute(drop)
+            except Exception as exc:
                 print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
         self.admin.close()
         self.admin = None
@@ -386,7 +388,8 @@ class Outgoing:
                     before = None  # find out which, below
                 elif ended["delivered"] < len(ids):
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"timed out: {ended['delivered']} of {len(ids)} messages delivered")
+                        raise RuntimeError(
+                            f"timed out: {ended['delivered']} of {len(ids)} messages delivered")
                     time.sleep(0.02)
                     continue
             rows = self.rows(pending)
@@ -433,7 +436,7 @@ class Outgoing:
                         for k in done:
                             self._events[k].set()
                 time.sleep(0.005)
-        except Exception as exc:  # noqa: BLE001 - reported by the waiting senders
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 for e in self._events.values():
@@ -458,7 +461,7 @@ def sender_clients(pair: Pair, concurrency: int) -> list[httpx.Client]:
 
 def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int,
              timeout: float) -> tuple[Figures, dict[str, float]]:
-    """All messages posted by ``concurrency`` senders as fast as they are accepted; wait for every delivery."""
+    """``count`` messages posted by ``concurrency`` senders as fast as accepted; waits for every delivery."""
     clients = sender_clients(pair, concurrency)
     sent: dict[str, float] = {}
     lock = threading.Lock()
@@ -524,9 +527,11 @@ def run_closed(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int,
 
 def figures_from_db(out: Outgoing, label: str, sent: dict[str, float]) -> Figures:
     rows = out.rows(list(sent))
-    missing = [m for m in sent if m not in rows or rows[m].status != "delivered" or not rows[m].receipt_verified]
+    missing = [m for m in sent
+               if m not in rows or rows[m].status != "delivered" or not rows[m].receipt_verified]
     if missing:
-        raise RuntimeError(f"{len(missing)} messages not delivered with a verified receipt, e.g. {missing[0]}")
+        raise RuntimeError(f"{len(missing)} messages not delivered with a verified receipt, "
+                           f"e.g. {missing[0]}")
     latencies = [rows[m].delivered_at.timestamp() - t0 for m, t0 in sent.items()]
     first = min(sent.values())
     last = max(rows[m].delivered_at.timestamp() for m in sent)
@@ -542,7 +547,8 @@ def verify_receipts_offline(pair: Pair, out: Outgoing, ids: list[str]) -> int:
     trusted = protocol.verify_bundle(bundle, expected_fingerprint=fp)
     ok = 0
     for mid, row in out.rows(ids).items():
-        result = protocol.verify_receipt(row.receipt, trusted, envelope_sha256=bytes.fromhex(row.envelope_sha256),
+        result = protocol.verify_receipt(row.receipt, trusted,
+                                         envelope_sha256=bytes.fromhex(row.envelope_sha256),
                                          message_id=mid, sender="KZ")
         ok += bool(result.accepted)
     return ok
@@ -552,30 +558,62 @@ def verify_receipts_offline(pair: Pair, out: Outgoing, ids: list[str]) -> int:
 
 @contextmanager
 def profiling(pair: Pair, directory: Path | None, tag: str) -> Iterator[None]:
-    """py-spy both node processes (speedscope files in ``directory``) while the block runs."""
+    """py-spy both node processes while the block runs (GIL-holding samples: where the CPU goes).
+
+    Writes collapsed stacks (``{tag}-kz.txt``, ``{tag}-by.txt``; flamegraph.pl and
+    speedscope read them) into ``directory`` and prints the heaviest of our own frames.
+    """
     if directory is None:
         yield
         return
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        print("profile: py-spy not found (pip install py-spy into this environment); not profiling")
+        yield
+        return
     directory.mkdir(parents=True, exist_ok=True)
-    procs = []
+    procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
     for p in (pair.kz, pair.by):
         out = directory / f"{tag}-{p.party.lower()}.txt"
-        procs.append(subprocess.Popen([pyspy, "record", "--pid", str(p.process.pid), "--rate", "250",
-                                       "--format", "raw", "-o", str(out)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        command = [pyspy, "record", "--pid", str(p.process.pid), "--rate", "250", "--gil", "--format", "raw",
+                   "-o", str(out)]
+        procs.append((p.party, out, subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL)))
     time.sleep(1.0)
     try:
         yield
     finally:
-        for proc in procs:
+        for _, _, proc in procs:
             proc.send_signal(signal.SIGINT)
-        for proc in procs:
+        for party, out, proc in procs:
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+            if out.exists():
+                print_profile(f"{tag} {party}", out)
+
+
+def print_profile(label: str, path: Path, top: int = 12) -> None:
+    """The frames of prolink's own code (service/, protocol/, keys/) holding the GIL most, inclusive."""
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        seen = set()
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            module = where.split(":")[0]
+            if module.startswith(("service/", "protocol/", "keys/")) and (name, module) not in seen:
+                seen.add((name, module))
+                inclusive[f"{name} ({module})"] = inclusive.get(f"{name} ({module})", 0) + int(count)
+    print(f"profile {label}: {total} samples holding the GIL ({path})")
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {100 * count / max(total, 1):5.1f}%  {frame}")
 
 
 # --- one backend --------------------------------------------------------------------------------------
@@ -626,11 +664,13 @@ def report(base: Figures, r: BackendResult) -> dict[str, Any]:
     p99_ratio = r.closed.p99 / base.p99
     tp_ok, p99_ok = tp_ratio >= THROUGHPUT_TARGET, p99_ratio <= P99_TARGET
     b = f"{r.backend:<9}"
-    print(f"{b} throughput  {r.open.count} messages delivered in {r.open.seconds:.2f} s = {r.open.rate:7.1f} msg/s"
+    print(f"{b} throughput  {r.open.count} messages delivered in {r.open.seconds:.2f} s ="
+          f" {r.open.rate:7.1f} msg/s"
           f"   ratio {tp_ratio:.3f}   target >= {THROUGHPUT_TARGET}   {verdict(tp_ok)}")
     print(f"{b} latency     closed loop, {r.closed.count} messages: p50 {ms(r.closed.p50)} (x{p50_ratio:.1f})"
           f"   p99 {ms(r.closed.p99)} (x{p99_ratio:.1f})   target p99 <= {P99_TARGET:g}x   {verdict(p99_ok)}")
-    print(f"{b} (info)      open pipeline: user API accepted {r.open.count / r.open.accept_seconds:.1f} msg/s,"
+    accepted = r.open.count / r.open.accept_seconds
+    print(f"{b} (info)      open pipeline: user API accepted {accepted:.1f} msg/s,"
           f" latency p50 {ms(r.open.p50)} p99 {ms(r.open.p99)} (time queued in the outbox);"
           f" closed loop {r.closed.rate:.1f} msg/s; receipts verified offline {r.receipts_verified}")
     return {"backend": r.backend, "msgs_per_s": round(r.open.rate, 1), "throughput_ratio": round(tp_ratio, 3),
@@ -692,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = bench_backend(backend, root / backend, urls, args,
                                        measure_baseline if not baseline else None)
-            except Exception as exc:  # noqa: BLE001 - report, clean up, go on with the next backend
+            except Exception as exc:
                 failed = True
                 print(f"{backend:<9} ERROR: {type(exc).__name__}: {exc}", flush=True)
                 for log in sorted((root / backend).glob("*.log")):

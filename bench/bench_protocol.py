@@ -211,7 +211,7 @@ def bench_document(suite: str) -> DocResult:
     payload = envelope[12 + len(framing.header_bytes):-64]
 
     def seal_and_sign() -> bytes:
-        return seal(sign_document(document, kz.signatory), kz.authorisation, [], kz.keys, by.trusted, NOW)
+        return seal(sign_document(document, kz.signatory), kz.authorisation, [], kz.keys, by.trusted, NOW, document)
 
     def verify_and_open() -> Any:
         return open(envelope, by.keys, kz.trusted, NOW)

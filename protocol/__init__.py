@@ -5,6 +5,42 @@ with a stable code. Nothing here touches the network, the disk, a database or
 the clock. See ``protocol/README.md`` for the wire format.
 """
 
+from ._auditlog import (
+    ENTRY_VERSION,
+    EXPORT_FORMAT,
+    RECORD_PREFIX,
+    ExportFailure,
+    ExportReport,
+    ExportVerifier,
+    HeadInfo,
+    check_detail,
+    diagnose,
+    entry_bytes,
+    hashes_b64,
+    parse_entry,
+    record_line,
+    verify_export_bytes,
+)
+from ._checkpoint import (
+    TIME_PREFIX,
+    Checkpoint,
+    Note,
+    NoteSignature,
+    OpenedCheckpoint,
+    cosign,
+    find_cosignatures,
+    log_origin,
+    note_key_id,
+    open_checkpoint,
+    parse_note,
+    parse_signature_line,
+    sign_checkpoint,
+    sign_note,
+    verifier_key,
+    verify_cosignature,
+    verify_note,
+    witness_name,
+)
 from ._documents import (
     CONFIDENTIALITY_LEVELS,
     DIRECTIONS,
@@ -39,6 +75,7 @@ from ._errors import (
     EncodingError,
     EnvelopeError,
     LifecycleError,
+    LogError,
     PolicyError,
     ProlinkError,
     ReceiptError,
@@ -58,6 +95,21 @@ from ._lifecycle import (
     agreement_state_on,
     next_state,
     render_mermaid,
+)
+from ._merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    MemoryTree,
+    NodeGetter,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    needed_nodes,
+    node_hash,
+    root_of,
+    subtree_hash,
+    verify_consistency,
+    verify_inclusion,
 )
 from ._primitives import (
     CLASSIC,

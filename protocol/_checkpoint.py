@@ -86,14 +86,15 @@ def note_key_id(name: str, sig_type: int, public: bytes) -> bytes:
 
 
 def verifier_key(name: str, key: VerifyKey, sig_type: int = SIG_ED25519) -> str:
-    """The ``vkey`` string witness tools are configured with: ``<name>+<hex key ID>+<base64(type || key)>``."""
+    """The ``vkey`` witness tools are configured with: ``<name>+<hex key ID>+<base64(type || key)>``."""
     _check_name(name)
     return f"{name}+{note_key_id(name, sig_type, key.public).hex()}+{_b64e(bytes([sig_type]) + key.public)}"
 
 
 def _check_name(name: str) -> None:
     if not name or "+" in name or _UNICODE_SPACE.search(name) or _CONTROL.search(name):
-        raise LogError(f"key name {name!r} must be non-empty, without spaces or '+'", code="audit.malformed_note")
+        raise LogError(f"key name {name!r} must be non-empty, without spaces or '+'",
+                       code="audit.malformed_note")
 
 
 # --- signed notes ---------------------------------------------------------------
@@ -276,8 +277,9 @@ class OpenedCheckpoint:
     key: VerifyKey
 
 
-def open_checkpoint(data: bytes, origin: str, keys: Sequence[VerifyKey], name: str | None = None) -> OpenedCheckpoint:
-    """Parse a checkpoint note, check its origin and the log's signature under ``name`` (default: the origin)."""
+def open_checkpoint(data: bytes, origin: str, keys: Sequence[VerifyKey],
+                    name: str | None = None) -> OpenedCheckpoint:
+    """Parse a checkpoint note; check its origin and the log's signature under ``name`` (default: origin)."""
     note = parse_note(data)
     checkpoint = Checkpoint.parse(note.text)
     if checkpoint.origin != origin:
@@ -305,8 +307,9 @@ def cosign(text: bytes, name: str, key: SigningKey, timestamp: int) -> NoteSigna
                          struct.pack(">Q", timestamp) + sig)
 
 
-def verify_cosignature(text: bytes, signature: NoteSignature, name: str, keys: Sequence[VerifyKey]) -> tuple[VerifyKey, int]:
-    """(key, timestamp) of a valid cosignature/v1 by ``name`` with one of ``keys`` on checkpoint text ``text``."""
+def verify_cosignature(text: bytes, signature: NoteSignature, name: str,
+                       keys: Sequence[VerifyKey]) -> tuple[VerifyKey, int]:
+    """(key, timestamp) of a valid cosignature/v1 by ``name`` with one of ``keys`` on checkpoint ``text``."""
     if signature.name != name:
         raise LogError(f"cosignature is by {signature.name!r}, expected {name!r}", code="audit.unknown_key")
     by_id = {note_key_id(name, SIG_COSIGNATURE_V1, k.public): k for k in keys}
@@ -314,7 +317,8 @@ def verify_cosignature(text: bytes, signature: NoteSignature, name: str, keys: S
     if key is None:
         raise LogError(f"cosignature by {name} is from no known key", code="audit.unknown_key")
     if len(signature.signature) != 8 + 64:
-        raise LogError("a cosignature/v1 is 8 bytes of timestamp and 64 of signature", code="audit.bad_signature")
+        raise LogError("a cosignature/v1 is 8 bytes of timestamp and 64 of signature",
+                       code="audit.bad_signature")
     (timestamp,) = struct.unpack(">Q", signature.signature[:8])
     if timestamp >= 1 << 63 or not key.verify(signature.signature[8:], cosignature_message(text, timestamp)):
         raise LogError(f"the cosignature of {name} does not verify", code="audit.bad_signature")
@@ -322,7 +326,7 @@ def verify_cosignature(text: bytes, signature: NoteSignature, name: str, keys: S
 
 
 def find_cosignatures(note: Note, name: str, keys: Sequence[VerifyKey]) -> list[tuple[VerifyKey, int]]:
-    """Every valid cosignature by ``name`` on ``note``; lines by other names or unknown key IDs are ignored."""
+    """Every valid cosignature by ``name`` on ``note``; other names and unknown key IDs are ignored."""
     ids = {note_key_id(name, SIG_COSIGNATURE_V1, k.public) for k in keys}
     return [verify_cosignature(note.text, s, name, keys) for s in note.signatures
             if s.name == name and s.key_id in ids]

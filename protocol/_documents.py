@@ -366,6 +366,10 @@ class BaseDocument(_Frozen):
     language: Literal["ru"]
     confidentiality: Confidentiality
     purpose: RussianProse | None = None
+    #: Art. 7: the purpose (closed-list code) and case an item is bound to, set by its provider or,
+    #: for a request, by the requesting Party; readers must state the same to use it.
+    purpose_code: PurposeCode | None = None
+    case_number: Reference | None = None
     handling: Handling = Handling()
     attachments: tuple[AttachmentRef, ...] = ()
 
@@ -565,6 +569,24 @@ class ConsentRefused(BaseDocument):
         return self
 
 
+class ConsentWithdrawn(BaseDocument):
+    """Art. 7: the provider withdraws a consent it gave, for any use from now on."""
+
+    kind: Literal["consent_withdrawn"] = "consent_withdrawn"
+    consent_request_id: UuidText
+    reason: RussianProse
+
+    @model_validator(mode="after")
+    def _check_answer(self) -> ConsentWithdrawn:
+        if self.in_reply_to != self.consent_request_id:
+            raise _fail(
+                "document.thread_mismatch",
+                "consent_request_id",
+                "a withdrawal answers the consent request it names",
+            )
+        return self
+
+
 class OriginalDispatched(BaseDocument):
     """Art. 4: the paper original of an urgent request has been posted."""
 
@@ -667,6 +689,7 @@ Document = Annotated[
         | ConsentRequest
         | ConsentGranted
         | ConsentRefused
+        | ConsentWithdrawn
         | OriginalDispatched
         | OriginalReceived
         | DirectoryUpdate
@@ -690,6 +713,7 @@ DOCUMENT_TYPES: Final[Mapping[str, type[BaseDocument]]] = {
         ConsentRequest,
         ConsentGranted,
         ConsentRefused,
+        ConsentWithdrawn,
         OriginalDispatched,
         OriginalReceived,
         DirectoryUpdate,

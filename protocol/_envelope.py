@@ -126,14 +126,16 @@ def envelope_size(body_len: int, header_len: int, attachment_sizes: Sequence[int
 
 
 def seal_stream(signed_document: bytes, authorisation: bytes, attachments: Sequence[Iterable[bytes]],
-                sender: NodeKeys, recipient: TrustedParty, now: datetime) -> Iterator[bytes]:
+                sender: NodeKeys, recipient: TrustedParty, now: datetime,
+                document: Document | None = None) -> Iterator[bytes]:
     """Yield the envelope's bytes piece by piece; memory stays bounded by one chunk.
 
     ``attachments[i]`` must produce exactly the bytes described by the document's
     ``attachments[i]`` (size and SHA-256); otherwise sealing fails before the
     signature is produced, so no valid envelope ever carries a wrong attachment.
     """
-    doc = _own_document(signed_document)
+    # ``document`` is the one just signed (saves re-validating it); otherwise it is parsed back.
+    doc = document if document is not None else _own_document(signed_document)
     if doc.sender_party != sender.party or doc.recipient_party != recipient.party:
         raise EnvelopeError("document parties do not match sender and recipient", code="envelope.wrong_party")
     if len(attachments) != len(doc.attachments):
@@ -177,10 +179,11 @@ def seal_stream(signed_document: bytes, authorisation: bytes, attachments: Seque
 
 
 def seal(signed_document: bytes, authorisation: bytes, attachments: Sequence[bytes | Iterable[bytes]],
-         sender: NodeKeys, recipient: TrustedParty, now: datetime) -> bytes:
+         sender: NodeKeys, recipient: TrustedParty, now: datetime, document: Document | None = None) -> bytes:
     """Seal a signed document and its attachments for ``recipient``; the whole envelope as bytes."""
-    sources = [[a] if isinstance(a, (bytes, bytearray, memoryview)) else a for a in attachments]
-    return b"".join(seal_stream(signed_document, authorisation, sources, sender, recipient, now))
+    sources: list[Iterable[bytes]] = [[bytes(a)] if isinstance(a, (bytes, bytearray, memoryview)) else a
+                                      for a in attachments]
+    return b"".join(seal_stream(signed_document, authorisation, sources, sender, recipient, now, document))
 
 
 def _own_document(signed_document: bytes) -> Document:
@@ -328,6 +331,7 @@ def check_header(header: Header, me: NodeKeys, sender: TrustedParty) -> None:
 
 
 DEFAULT_MAX_AGE = timedelta(days=4)
+MAX_SIGNING_DELAY = timedelta(days=1)
 DEFAULT_MAX_SKEW = timedelta(minutes=5)
 
 
@@ -400,9 +404,15 @@ def _check_document(document: Document, header: Header, auth: Authorisation, sen
         raise TrustError(f"{auth.person} held no signing authorisation on {signed_on.isoformat()} "
                          f"(valid {auth.valid_from.isoformat()}..{auth.valid_until.isoformat()})",
                          code="trust.authorisation_not_valid")
+    # Revocation is judged at both claimed times, and the document may not claim a date much older
+    # than its envelope: a stolen signatory key cannot sign "in the past" to outlive its revocation.
     sender.check_not_revoked(auth.key.key_id, document.created_at, what="signatory key")
+    sender.check_not_revoked(auth.key.key_id, header.sent_at, what="signatory key")
     if document.created_at > header.sent_at + timedelta(minutes=5):
         raise DocumentError("document is dated after the envelope was sent", code="document.dated_in_future")
+    if document.created_at < header.sent_at - MAX_SIGNING_DELAY:
+        raise DocumentError("document was signed too long before its envelope was sealed",
+                            code="document.dated_too_early")
     if attachment_count != len(document.attachments):
         raise EnvelopeError("attachment count differs from the signed document",
                             code="envelope.attachment_mismatch")

@@ -134,7 +134,7 @@ _CORE: Final[dict[str, dict[str, dict[str, str]]]] = {
     },
 }
 
-_CONSENT: Final = frozenset({"consent_request", "consent_granted", "consent_refused"})
+_CONSENT: Final = frozenset({"consent_request", "consent_granted", "consent_refused", "consent_withdrawn"})
 
 #: {role: {state: kinds}} that may be sent in that state and leave it unchanged.
 SIDE_MESSAGES: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {

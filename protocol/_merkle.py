@@ -145,7 +145,7 @@ def root_of(leaf_hashes: Iterable[bytes]) -> bytes:
 # --- proofs against a store of perfect subtrees -----------------------------------
 
 def subtree_hash(get: NodeGetter, start: int, end: int) -> bytes:
-    """``MTH(D[start:end])`` for a range that occurs in the RFC 9162 recursion (a perfect subtree or a right edge)."""
+    """``MTH(D[start:end])`` for a range of the RFC 9162 recursion (a perfect subtree or a right edge)."""
     if end <= start:
         raise ValueError("empty range")
     if _is_perfect(start, end):
@@ -177,7 +177,7 @@ def inclusion_proof(get: NodeGetter, index: int, size: int) -> list[bytes]:
 
 
 def consistency_proof(get: NodeGetter, old_size: int, new_size: int) -> list[bytes]:
-    """RFC 9162 §2.1.4.1 ``PROOF(old_size, D[new_size])``; empty when ``old_size`` is 0 or equals ``new_size``."""
+    """RFC 9162 §2.1.4.1 ``PROOF(old_size, D[new_size])``; empty if ``old_size`` is 0 or ``new_size``."""
     if not 0 <= old_size <= new_size:
         raise LogError(f"no consistency proof from size {old_size} to {new_size}", code="audit.inconsistent")
     if old_size in (0, new_size):
@@ -261,7 +261,7 @@ def _check_hashes(proof: Sequence[bytes], what: str, code: str) -> None:
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
-    """Raise ``LogError`` unless ``proof`` shows leaf hash ``leaf`` at ``index`` in the tree of ``size`` with ``root``."""
+    """Raise ``LogError`` unless ``proof`` puts leaf hash ``leaf`` at ``index`` of the tree (size, root)."""
     code = "audit.bad_inclusion_proof"
     _check_hashes(proof, "inclusion proof", code)
     if not 0 <= index < size:  # step 1
@@ -288,7 +288,7 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 
 def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
                        proof: Sequence[bytes]) -> None:
-    """Raise ``LogError`` (``audit.inconsistent``) unless the tree (old_size, old_root) is a prefix of (new_size, new_root)."""
+    """Raise ``LogError`` (``audit.inconsistent``) unless tree (old_size, old_root) prefixes the new one."""
     code = "audit.inconsistent"
     _check_hashes(proof, "consistency proof", code)
     if not 0 <= old_size <= new_size:

@@ -16,8 +16,11 @@ from sqlalchemy import select
 
 from protocol import OPEN_REQUEST_STATES, agreement_state_on
 from service import drafts
+from service.openapi_examples import document_body
 from service.auth import Principal, require_role
-from service.case_models import DirectoryVersion, Draft, Original, TerminationNotice, Thread
+from service.case_models import Consent, DirectoryVersion, Draft, Original, TerminationNotice, Thread
+from service.policy import PURPOSE_CODES
+from service.reading import can_see
 from service.cases import agreement_ends_on, termination_received_on
 from service.db import session_scope
 from service.errors import ServiceError
@@ -25,7 +28,8 @@ from service.models import Message
 from service.node import Node, record_event
 
 Staff = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
-Drafter = Annotated[Principal, Depends(require_role("clerk", "signatory"))]
+Drafter = Annotated[Principal, Depends(require_role("clerk", "signatory", "operator"))]
+Asker = Annotated[Principal, Depends(require_role("reader", "clerk", "signatory"))]
 Signer = Annotated[Principal, Depends(require_role("signatory"))]
 Operator = Annotated[Principal, Depends(require_role("operator"))]
 
@@ -42,7 +46,8 @@ def thread_view(t: Thread, today: date) -> dict[str, Any]:
             "due_on": t.due_on.isoformat() if t.due_on else None,
             "days_left": days_left if open_ else None,
             "overdue": bool(open_ and days_left is not None and days_left < 0),
-            "opened_at": t.opened_at.isoformat(), "updated_at": t.updated_at.isoformat()}
+            "opened_at": t.opened_at.isoformat(), "updated_at": t.updated_at.isoformat(),
+            "purpose_code": t.purpose_code}
 
 
 def original_view(o: Original, today: date) -> dict[str, Any]:
@@ -52,6 +57,25 @@ def original_view(o: Original, today: date) -> dict[str, Any]:
             "received_on": o.received_on.isoformat() if o.received_on else None,
             "matches_electronic": o.matches_electronic,
             "overdue": o.received_on is None and o.due_on < today}
+
+
+class ConsentAsk(BaseModel):
+    """Art. 7: what a reader asks the provider to allow."""
+
+    item_id: str
+    purpose_code: str
+    case_number: str | None = None
+    requested_purpose: str
+    justification: str
+
+
+def consent_view(c: Consent) -> dict[str, Any]:
+    return {"id": c.id, "thread_id": c.thread_id, "item_id": c.item_id, "user_party": c.user_party,
+            "provider_party": c.provider_party, "purpose_code": c.purpose_code, "case_number": c.case_number,
+            "status": c.status, "valid_until": c.valid_until.isoformat() if c.valid_until else None,
+            "granted_case_number": c.granted_case_number, "requested_at": c.requested_at.isoformat(),
+            "decided_at": c.decided_at.isoformat() if c.decided_at else None,
+            "answer_message_id": c.answer_message_id}
 
 
 class TerminationIn(BaseModel):
@@ -86,11 +110,14 @@ def cases_router(node: Node) -> APIRouter:
                                                                     datetime.min.time(), tzinfo=node.clock().tzinfo))
         with session_scope(node.engine, readonly=True) as s:
             rows = s.execute(query).scalars().all()
-        views = [thread_view(t, today()) for t in rows]
+        views = [thread_view(t, today()) if can_see(user, t.confidentiality) else
+                 {"id": t.id, "peer": t.peer, "opened_at": t.opened_at.isoformat(), "restricted": True}
+                 for t in rows]
         for v in views:
-            v["our_role"] = "requesting" if v["requesting_party"] == node.party else "requested"
+            if not v.get("restricted"):
+                v["our_role"] = "requesting" if v["requesting_party"] == node.party else "requested"
         if overdue is not None:
-            views = [v for v in views if v["overdue"] == overdue]
+            views = [v for v in views if v.get("overdue") == overdue]
         return {"requests": views[offset:offset + limit]}
 
     @router.get("/v1/requests/{thread_id}", tags=["requests"])
@@ -100,7 +127,10 @@ def cases_router(node: Node) -> APIRouter:
             original = s.get(Original, thread_id)
         if t is None:
             raise ServiceError(f"no thread {thread_id}", code="request.not_found", status=404)
+        if not can_see(user, t.confidentiality):
+            return {"id": t.id, "peer": t.peer, "opened_at": t.opened_at.isoformat(), "restricted": True}
         view = thread_view(t, today())
+        view["bound_purpose"] = {"purpose_code": t.purpose_code, "case_number": t.case_number}
         view["our_role"] = "requesting" if t.requesting_party == node.party else "requested"
         view["original"] = original_view(original, today()) if original else None
         return view
@@ -121,7 +151,8 @@ def cases_router(node: Node) -> APIRouter:
 
     # --- drafts (Art. 4: nothing leaves unsigned) ---------------------------------------
 
-    @router.post("/v1/drafts", status_code=201, tags=["drafts"])
+    @router.post("/v1/drafts", status_code=201, tags=["drafts"], openapi_extra=document_body(
+        "Проект документа: отправляется только после подписания уполномоченным лицом (ст. 4)."))
     async def create_draft(request: Request, user: Drafter) -> dict[str, Any]:
         from service.user_api import read_document_upload, upload_refs
 
@@ -164,6 +195,36 @@ def cases_router(node: Node) -> APIRouter:
     def discard_draft(user: Drafter, draft_id: str) -> dict[str, Any]:
         draft = drafts.discard(node, draft_id, user.id, node.clock())
         return {"id": draft.id, "status": draft.status}
+
+    # --- consent (Art. 7) -------------------------------------------------------------------
+
+    @router.post("/v1/consents", status_code=201, tags=["consent"])
+    def ask_consent(user: Asker, ask: ConsentAsk) -> dict[str, Any]:
+        """A reader asks for another use of a received item: this makes a consent-request draft that a
+        signatory signs (``POST /v1/drafts/{id}/sign``) before it goes to the provider."""
+        if ask.purpose_code not in PURPOSE_CODES:
+            raise ServiceError("unknown purpose code", code="policy.unknown_purpose", status=422,
+                               field="purpose_code")
+        with session_scope(node.engine, readonly=True) as s:
+            item = s.get(Message, (ask.item_id, "in"))
+        if item is None or item.thread_id is None:
+            raise ServiceError(f"no received item {ask.item_id}", code="message.not_found", status=404)
+        fields = {"kind": "consent_request", "thread_id": item.thread_id, "recipient_party": item.peer,
+                  "confidentiality": item.summary.get("policy", {}).get("confidentiality", "confidential"),
+                  **ask.model_dump(exclude_none=True)}
+        draft = drafts.create(node, user.id, fields, [])
+        return {"draft_id": draft.id, "status": draft.status}
+
+    @router.get("/v1/consents", tags=["consent"])
+    def list_consents(user: Staff, thread_id: str | None = None, status: str | None = None) -> dict[str, Any]:
+        query = select(Consent).order_by(Consent.requested_at)
+        if thread_id is not None:
+            query = query.where(Consent.thread_id == thread_id)
+        if status is not None:
+            query = query.where(Consent.status == status)
+        with session_scope(node.engine, readonly=True) as s:
+            rows = s.execute(query).scalars().all()
+        return {"consents": [consent_view(c) for c in rows]}
 
     # --- originals by post (Art. 4) -------------------------------------------------------
 

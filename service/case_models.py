@@ -39,6 +39,9 @@ class Thread(SQLModel, table=True):
     form: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     confidentiality: str = Field(sa_column=Column(String(32), nullable=False))
     due_on: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    #: Art. 7: what received items of this thread are bound to (the request's purpose code and case).
+    purpose_code: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    case_number: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
     opened_at: datetime = _ts()
     updated_at: datetime = _ts()
     last_message_id: str = Field(sa_column=Column(String(128), nullable=False))
@@ -103,3 +106,23 @@ class Draft(SQLModel, table=True):
     message_id: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class Consent(SQLModel, table=True):
+    """Art. 7: a request for another use of a received item, and the provider's answer (same on both sides)."""
+
+    __tablename__ = "consent"
+
+    id: str = Field(sa_column=Column(String(128), primary_key=True))  # the consent_request's message id
+    thread_id: str = Field(sa_column=Column(String(128), nullable=False, index=True))
+    item_id: str = Field(sa_column=Column(String(128), nullable=False, index=True))
+    user_party: str = Field(sa_column=Column(String(16), nullable=False))
+    provider_party: str = Field(sa_column=Column(String(16), nullable=False))
+    purpose_code: str = Field(sa_column=Column(String(64), nullable=False))
+    case_number: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
+    status: str = Field(sa_column=Column(String(16), nullable=False))  # requested|granted|refused|withdrawn
+    valid_until: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    granted_case_number: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
+    answer_message_id: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
+    requested_at: datetime = _ts()
+    decided_at: datetime | None = _ts(nullable=True)

@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from protocol import REQUESTED, REQUESTING, Document, LifecycleError, agreement_state_on, document_to_json, next_state
-from service.case_models import DirectoryVersion, Original, TerminationNotice, Thread
+from service.case_models import Consent, DirectoryVersion, Original, TerminationNotice, Thread
+from service.models import Message
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def apply(session: Session, me: str, doc: Document, now: datetime, *, originals_
                         state=after, urgent=bool(getattr(doc, "urgent", False)),
                         direction=getattr(doc, "direction", None), form=getattr(doc, "form", None),
                         confidentiality=doc.confidentiality, due_on=getattr(doc, "expected_execution_date", None),
+                        purpose_code=doc.purpose_code, case_number=doc.case_number,
                         opened_at=now, updated_at=now, last_message_id=doc.id)
         session.add(thread)
     else:
@@ -79,6 +81,20 @@ def apply(session: Session, me: str, doc: Document, now: datetime, *, originals_
         session.add(thread)
     _KIND_EFFECTS.get(doc.kind, _nothing)(session, doc, now, originals_due_days)
     return Effect(doc.thread_id, before, after, role)
+
+
+def item_policy(session: Session, doc: Document) -> dict[str, Any]:
+    """Art. 7 facts about a received item, kept in clear so access can be decided before decrypting:
+    the provider's confidentiality level, the purpose and case it is bound to (its own if the provider set
+    one, else its thread's), and which handling conditions apply. No free text."""
+    thread = session.get(Thread, doc.thread_id)
+    own = doc.purpose_code is not None
+    return {"confidentiality": doc.confidentiality,
+            "purpose_code": doc.purpose_code if own else (thread.purpose_code if thread else None),
+            "case_number": doc.case_number if own else (thread.case_number if thread else None),
+            "no_court_use": doc.handling.no_court_use_without_consent,
+            "no_onward_transfer": doc.handling.no_onward_transfer_without_consent,
+            "conditions": len(doc.handling.conditions)}
 
 
 def _nothing(session: Session, doc: Document, now: datetime, due_days: int) -> None:
@@ -138,7 +154,42 @@ def _termination_notice(session: Session, doc: Document, now: datetime, due_days
                                   given_by=doc.sender_party, source="message", message_id=doc.id, recorded_at=now))
 
 
+def _consent_request(session: Session, doc: Document, now: datetime, due_days: int) -> None:
+    item_id = doc.item_id  # type: ignore[attr-defined]
+    in_thread = item_id == doc.thread_id or session.execute(
+        select(func.count()).select_from(Message).where(Message.id == item_id,
+                                                         Message.thread_id == doc.thread_id)).scalar_one()
+    if not in_thread:
+        raise LifecycleError("the consent request names no item of its thread", code="lifecycle.unknown_item")
+    session.add(Consent(id=doc.id, thread_id=doc.thread_id, item_id=item_id, user_party=doc.sender_party,
+                        provider_party=doc.recipient_party, purpose_code=doc.purpose_code or "",
+                        case_number=doc.case_number, status="requested", requested_at=now))
+
+
+def _consent_answer(status: str) -> Any:
+    def effect(session: Session, doc: Document, now: datetime, due_days: int) -> None:
+        consent = session.get(Consent, doc.consent_request_id, with_for_update=True)  # type: ignore[attr-defined]
+        if consent is None:
+            raise LifecycleError("no such consent request", code="lifecycle.unknown_consent")
+        if doc.sender_party != consent.provider_party:
+            raise LifecycleError("only the provider answers a consent request", code="lifecycle.wrong_side")
+        allowed_from = ("granted",) if status == "withdrawn" else ("requested",)
+        if consent.status not in allowed_from:
+            raise LifecycleError(f"the consent request is {consent.status}", code="lifecycle.consent_closed")
+        consent.status, consent.answer_message_id, consent.decided_at = status, doc.id, now
+        if status == "granted":
+            consent.valid_until = doc.valid_until  # type: ignore[attr-defined]
+            consent.granted_case_number = doc.case_number
+        session.add(consent)
+
+    return effect
+
+
 _KIND_EFFECTS = {
+    "consent_request": _consent_request,
+    "consent_granted": _consent_answer("granted"),
+    "consent_refused": _consent_answer("refused"),
+    "consent_withdrawn": _consent_answer("withdrawn"),
     "request": _request,
     "original_dispatched": _original_dispatched,
     "original_received": _original_received,

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import typer
 
 from protocol import ProlinkError
+from service.audit_cli import audit_app
 
 app = typer.Typer(help="prolink: signed, encrypted exchange between prosecutor's offices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,6 +22,7 @@ user_app = typer.Typer(help="Users of the user and admin APIs.", no_args_is_help
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(peer_app, name="peer")
 app.add_typer(user_app, name="user")
+app.add_typer(audit_app, name="audit")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
 
@@ -170,3 +172,8 @@ def demo(keep: Annotated[bool, typer.Option(help="Keep the temporary directory."
     from service.demo import run_demo
 
     sys.exit(run_demo(keep=keep))
+
+
+from service.admin_cli import register as _register_admin_commands  # noqa: E402  (peer/keys/user/outbox admin)
+
+_register_admin_commands(app, peer_app, user_app)

@@ -57,6 +57,13 @@ def compose(fields: Mapping[str, Any], *, message_id: str, sender_party: str, no
     elif isinstance(kind, str) and kind in DOCUMENT_TYPES and \
             DOCUMENT_TYPES[kind].thread_rule in ("opens", "opens_or_replies"):
         doc.setdefault("thread_id", message_id)
+    if kind in ("request", "spontaneous_information"):
+        from service.policy import PURPOSE_CODES
+
+        if doc.get("purpose_code") not in PURPOSE_CODES:
+            raise ServiceError(f"{kind} needs a purpose_code from the closed list ({', '.join(PURPOSE_CODES)}): "
+                               "received items are bound to it (Art. 7)", code="document.missing_field",
+                               status=422, field="purpose_code")
     if kind == "request":
         doc.setdefault("requesting_party", sender_party)
         doc.setdefault("requested_party", doc.get("recipient_party"))

@@ -208,7 +208,9 @@ def run_demo(keep: bool = False) -> int:
             "expected_execution_date": (datetime.now(UTC).date() + timedelta(days=30)).isoformat(),
             "other_information": "Контактное лицо: старший прокурор отдела международного сотрудничества.",
             "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
+            "purpose_code": "criminal_investigation", "case_number": "2026-0451",
         }
+        use = {"purpose_code": "criminal_investigation", "case_number": "2026-0451"}
         say("KZ signatory signs and sends a request in Russian with a 5 MiB attachment")
         with kz.client("signatory") as c:
             r = c.post("/v1/messages", data={"document": json.dumps(request_doc, ensure_ascii=False)},
@@ -220,14 +222,15 @@ def run_demo(keep: bool = False) -> int:
             sent = wait_delivered(c, request_id)
         print(f"    delivered; BY's signed receipt stored ({sent['receipt_status']})")
 
-        say("BY reads the request (decrypted after verifying both signatures and the authorisation)")
+        say("BY reads the request for its stated purpose and case (Art. 7: checked, then audited), "
+            "decrypted after verifying both signatures and the authorisation")
         with by.client("reader") as c:
-            content = c.get(f"/v1/messages/in/{request_id}/content").json()
+            content = c.get(f"/v1/messages/in/{request_id}/content", params=use).json()
             doc = content["document"]
             print(f"    from {content['sender']}, signed by {content['signed_by']['person']} "
                   f"({content['signed_by']['position']})")
             print(f"    purpose: {doc['purpose']}")
-            got = c.get(f"/v1/messages/in/{request_id}/attachments/0")
+            got = c.get(f"/v1/messages/in/{request_id}/attachments/0", params=use)
             got_sha = hashlib.sha256(got.content).hexdigest()
             if got.status_code != 200 or got_sha != attachment_sha:
                 raise RuntimeError("the attachment BY received differs from what KZ sent")
@@ -252,7 +255,7 @@ def run_demo(keep: bool = False) -> int:
             result_sent = wait_delivered(c, result_id)
         print(f"    result {result_id} delivered")
         with kz.client("reader") as c:
-            kz_view = c.get(f"/v1/messages/in/{result_id}/content").json()
+            kz_view = c.get(f"/v1/messages/in/{result_id}/content", params=use).json()
             print(f"    KZ reads: {kz_view['document']['summary']}")
 
         say("Verifying both signed receipts offline, from the public bundles alone")

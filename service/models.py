@@ -28,11 +28,15 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session as _OrmSession
 from sqlmodel import Field, SQLModel
 
 # Naming convention so that constraint names are the same on SQLite and
@@ -215,7 +219,12 @@ class Outbox(SQLModel, table=True):
 
 
 class Event(SQLModel, table=True):
-    """An append-only record of something that happened (minimal; the Merkle log comes later)."""
+    """An entry of the audit log: something that happened, who did it, to what, with what outcome.
+
+    ``seq``, ``entry`` (the canonical bytes that are the Merkle leaf) and
+    ``leaf_hash`` are assigned when the row is flushed (``service.audit``);
+    the other columns repeat the entry's fields for querying.
+    """
 
     __tablename__ = "event"
 
@@ -230,6 +239,10 @@ class Event(SQLModel, table=True):
     object_id: str | None = Field(default=None, sa_column=Column(String(200), nullable=True, index=True))
     outcome: str = Field(sa_column=Column(String(32), nullable=False))
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    seq: int | None = Field(default=None,
+                            sa_column=Column(BigInteger, nullable=False, unique=True, index=True))
+    entry: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=False))
+    leaf_hash: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=False))
 
 
 class Meta(SQLModel, table=True):
@@ -240,3 +253,97 @@ class Meta(SQLModel, table=True):
     key: str = Field(sa_column=Column(String(128), primary_key=True))
     value: str = Field(sa_column=Column(String(4000), nullable=False))
 from service import case_models as _case_models  # noqa: E402,F401  (registers the workflow tables)
+
+# --- the audit log (service/audit.py) ------------------------------------------------
+#
+# ``Event`` rows are the audit log's entries. An Event added to a session gets
+# its position (``seq``), canonical bytes (``entry``, the Merkle leaf) and leaf
+# hash when the session flushes, under the log's lock, in the same transaction
+# as the state change it records (see ``_audit_log_on_flush`` below).
+
+
+class AuditState(SQLModel, table=True):
+    """The audit log's single row of state: its size and the compact range of its tree. Appenders lock it."""
+
+    __tablename__ = "audit_state"
+    __table_args__ = (CheckConstraint("id = 1", name="singleton"),)
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    frontier: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditNode(SQLModel, table=True):
+    """The hash of one perfect subtree (level >= 1) of the log's tree, written once, when it is complete."""
+
+    __tablename__ = "audit_node"
+
+    level: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditHead(SQLModel, table=True):
+    """A checkpoint (C2SP signed note) this node signed over its own log."""
+
+    __tablename__ = "audit_head"
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signed_at: datetime = _ts()
+    key_id: str = Field(sa_column=Column(String(128), nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class AuditCosignature(SQLModel, table=True):
+    """A peer's cosignature (C2SP cosignature/v1 line) on one of this node's checkpoints."""
+
+    __tablename__ = "audit_cosignature"
+    __table_args__ = (
+        ForeignKeyConstraint(["head_size"], ["audit_head.size"]),
+        ForeignKeyConstraint(["party"], ["peer.party"]),
+    )
+
+    head_size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    party: str = Field(sa_column=Column(String(16), primary_key=True))
+    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))
+    line: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = _ts()
+
+
+class AuditPeerHead(SQLModel, table=True):
+    """A checkpoint of a peer's log that this node checked and cosigned; the newest is the one to extend."""
+
+    __tablename__ = "audit_peer_head"
+    __table_args__ = (ForeignKeyConstraint(["party"], ["peer.party"]),)
+
+    party: str = Field(sa_column=Column(String(16), primary_key=True))
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    cosignature: str = Field(sa_column=Column(Text, nullable=False))
+    accepted_at: datetime = _ts()
+
+
+class AuditAlert(SQLModel, table=True):
+    """An audit alarm (e.g. a peer's log caught rewriting its history), with evidence, for operators."""
+
+    __tablename__ = "audit_alert"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    at: datetime = _ts(index=True)
+    party: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    code: str = Field(sa_column=Column(String(64), nullable=False))
+    message: str = Field(sa_column=Column(String(2000), nullable=False))
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+@sa_event.listens_for(_OrmSession, "before_flush")
+def _audit_log_on_flush(session: _OrmSession, _context: Any, _instances: Any) -> None:
+    """Give every new ``Event`` its place in the audit log before it is inserted (service.audit)."""
+    if any(isinstance(obj, Event) for obj in session.new):
+        from service.audit import append_pending
+
+        append_pending(session)
+
+from service import admin_models as _admin_models  # noqa: E402,F401  (registers the admin tables: migration 0004)

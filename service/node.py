@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from service.settings import Settings
 log = structlog.get_logger("prolink.node")
 
 SPOOL_MEMORY = 1024 * 1024
+PEER_CACHE_SECONDS = 2.0
 NODE_ACTOR = "node"
 
 
@@ -53,7 +55,13 @@ class Delivery:
 
 def record_event(session: Session, at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR,
                  party: str | None = None, object_id: str | None = None, **detail: Any) -> None:
-    """Append an event. Never pass content: ids, hashes, codes and counts only."""
+    """Append an event to the audit log, in this transaction. Never content: ids, hashes, codes, counts.
+
+    The entry gets its place in the log (seq, Merkle leaf) when the session
+    flushes, under the log's lock (``service.audit``); record events last in a
+    write transaction, so the lock is held briefly.
+    """
+    protocol.check_detail(detail)
     session.add(Event(at=at, actor=actor, party=party, type=type, object_id=object_id, outcome=outcome,
                       detail=detail))
 
@@ -83,7 +91,7 @@ class Node:
         self.engine = engine
         self.clock = clock
         self.party = identity.party
-        self._peers: dict[str, tuple[int, TrustedParty]] = {}
+        self._peers: dict[str, tuple[float, int, str, TrustedParty]] = {}
         self._signatories: dict[str, Signatory] = {}
         self._storage_key: bytes | None = None
 
@@ -103,17 +111,38 @@ class Node:
     # --- peers -----------------------------------------------------------
 
     def peer(self, party: str, *, active_only: bool = True) -> TrustedParty:
-        """The trusted bundle of ``party`` (cached; re-verified when its stored version changes)."""
-        with session_scope(self.engine, readonly=True) as s:
-            row = s.get(Peer, party)
-            if row is None or (active_only and row.status != "active"):
-                raise ServiceError(f"{party} is not an active peer of this node", code="peer.unknown", status=404)
-            cached = self._peers.get(party)
-            if cached is not None and cached[0] == row.bundle_version:
-                return cached[1]
-            trusted = protocol.verify_bundle(row.bundle, expected_fingerprint=row.fingerprint)
-            self._peers[party] = (row.bundle_version, trusted)
-            return trusted
+        """The trusted bundle of ``party``.
+
+        Kept in memory for ``PEER_CACHE_SECONDS`` (every delivery and every
+        received envelope asks), re-verified when its stored version changes;
+        ``peers_changed`` drops the cache at once after a change in this process,
+        and other processes (replicas, the CLI) are seen within the TTL.
+        """
+        now = time.monotonic()
+        cached = self._peers.get(party)
+        if cached is None or now - cached[0] > PEER_CACHE_SECONDS:
+            with session_scope(self.engine, readonly=True) as s:
+                row = s.get(Peer, party)
+                if row is None:
+                    self._peers.pop(party, None)
+                    raise ServiceError(f"{party} is not a peer of this node", code="peer.unknown", status=404)
+                version, status, bundle, fp = row.bundle_version, row.status, row.bundle, row.fingerprint
+            if cached is not None and cached[1] == version:
+                trusted = cached[3]
+            else:
+                trusted = protocol.verify_bundle(bundle, expected_fingerprint=fp)
+            cached = (now, version, status, trusted)
+            self._peers[party] = cached
+        if active_only and cached[2] != "active":
+            raise ServiceError(f"{party} is not an active peer of this node", code="peer.unknown", status=404)
+        return cached[3]
+
+    def peers_changed(self, party: str | None = None) -> None:
+        """Forget cached peer facts (after adding, updating, suspending or resuming a peer)."""
+        if party is None:
+            self._peers.clear()
+        else:
+            self._peers.pop(party, None)
 
     def add_peer(self, bundle: bytes, fingerprint: str) -> TrustedParty:
         trusted = protocol.verify_bundle(bundle, expected_fingerprint=fingerprint)
@@ -137,6 +166,7 @@ class Node:
                            status="active", added_at=now))
             record_event(s, now, "peer.added", "ok", party=trusted.party, object_id=trusted.party,
                          fingerprint=trusted.fingerprint, bundle_version=trusted.bundle.version)
+        self.peers_changed(trusted.party)
         return trusted
 
     def peer_parties(self) -> list[str]:
@@ -164,6 +194,9 @@ class Node:
                 sender = self.peer(header.sender)
             except ServiceError:
                 raise EnvelopeError(f"{header.sender} is not an active peer", code="envelope.unknown_sender") from None
+            from service.admin import ensure_signing_key
+
+            sender = ensure_signing_key(self, sender, header.sender_key_id)  # unknown key: fetch its bundle
         except ProlinkError as exc:
             self._reject_event(now, header.message_id, header.sender, exc)
             return Delivery(403, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
@@ -187,7 +220,9 @@ class Node:
                 blob = write_blob(s, file_chunks(src), max_size=self.settings.max_envelope_bytes)
                 if blob.sha256 != digest_hex:
                     raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
-                s.add(self._inbound_row(message, blob.id, framing.size, now, receipt))
+                row = self._inbound_row(message, blob.id, framing.size, now, receipt)
+                row.summary["policy"] = cases.item_policy(s, message.document)
+                s.add(row)
                 s.flush()
                 record_event(s, now, "message.received", "accepted", party=header.sender,
                              object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind,
@@ -279,11 +314,12 @@ class Node:
         with session_scope(self.engine) as s:
             effect = cases.apply(s, self.party, document, now, originals_due_days=self.settings.originals_due_days)
             blob = write_blob(s, protocol.seal_stream(signed, signatory.authorisation, sources,
-                                                      self.identity.node_keys, recipient, now))
+                                                      self.identity.node_keys, recipient, now, document))
             row = Message(id=document.id, direction="out", peer=recipient.party, kind=document.kind,
                           thread_id=document.thread_id, in_reply_to=document.in_reply_to,
                           envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id, created_at=now,
                           status="queued", summary={"signed_by_key": signatory.key.key_id,
+                                                    "policy": {"confidentiality": document.confidentiality},
                                                     "signer": f"{signatory.person}, {signatory.position}",
                                                     "attachments": len(document.attachments)})
             s.add(row)

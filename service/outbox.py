@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import and_, exists, or_, select, tuple_, update
+from sqlalchemy.orm import aliased
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from service.db import session_scope
-from service.models import Message, Outbox
+from service.models import Message, Outbox, Peer
 from service.settings import Settings
 
 MAX_ERROR_LENGTH = 2000
@@ -73,6 +74,31 @@ def _due(now: datetime) -> Any:
     )
 
 
+def _earlier_in_thread_pending() -> Any:
+    """An earlier message of the same thread to the same peer is not delivered yet.
+
+    Messages of one thread are delivered in the order they were sent: the peer
+    applies them to the same lifecycle, where a result overtaking its acceptance
+    would be refused. A parked message therefore holds back the rest of its
+    thread until an operator requeues it; other threads are not held.
+    """
+    earlier, earlier_msg, this_msg = aliased(Outbox), aliased(Message), aliased(Message)
+    return (
+        exists()
+        .where(
+            earlier.peer == Outbox.peer,
+            earlier.id < Outbox.id,
+            earlier.state != "delivered",
+            earlier_msg.id == earlier.message_id,
+            earlier_msg.direction == "out",
+            this_msg.id == Outbox.message_id,
+            this_msg.direction == "out",
+            earlier_msg.thread_id == this_msg.thread_id,
+        )
+        .correlate(Outbox)
+    )
+
+
 def claim(
     engine: Engine,
     worker_id: str,
@@ -95,9 +121,12 @@ def claim(
             conn.execute(
                 select(col(Outbox.id))
                 .where(_due(now))
+                .where(~_earlier_in_thread_pending())
+                # A suspended peer's messages are held: never claimed, so no attempt is spent on them.
+                .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
                 .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
                 .limit(limit)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True, of=Outbox)
             ).scalars()
         )
         if not ids:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from keys import peer_party
 from protocol import ProlinkError
 from service.errors import error_body, install_error_handlers
-from service.node import SPOOL_MEMORY, Node
+from service.node import PEER_CACHE_SECONDS, SPOOL_MEMORY, Node
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.prolink.envelope"
 
@@ -33,20 +34,34 @@ class PeerCertH11Protocol(H11Protocol):
         self.app_state = {**self.app_state, "tls_peer_cert": der}
 
 
-def party_of_certificate(node: Node, der: bytes | None) -> str | None:
-    """The peer whose CA (from its bundle) issued this client certificate, if any."""
+def party_of_certificate(node: Node, der: bytes | None,
+                         cache: dict[bytes, tuple[float, str | None]] | None = None) -> str | None:
+    """The peer whose CA (from its bundle) issued this client certificate, if any.
+
+    A peer reuses one certificate for every delivery, so the answer is kept for
+    as long as peer facts are (``PEER_CACHE_SECONDS``).
+    """
     if der is None:
         return None
+    now = time.monotonic()
+    if cache is not None and der in cache and now - cache[der][0] <= PEER_CACHE_SECONDS:
+        return cache[der][1]
     parties = [node.peer(p, active_only=False) for p in node.peer_parties()]
     try:
-        return peer_party(der, parties).party
+        party: str | None = peer_party(der, parties).party
     except ProlinkError:
-        return None
+        party = None
+    if cache is not None:
+        if len(cache) > 64:
+            cache.clear()
+        cache[der] = (now, party)
+    return party
 
 
 def create_peer_app(node: Node) -> FastAPI:
     app = FastAPI(title="prolink peer API", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    cert_parties: dict[bytes, tuple[float, str | None]] = {}
 
     @app.post("/v1/envelopes")
     async def deliver(request: Request) -> JSONResponse:
@@ -63,7 +78,7 @@ def create_peer_app(node: Node) -> FastAPI:
                     return JSONResponse(error_body(_too_large(limit)), status_code=413)
                 spooled.write(chunk)
             der = getattr(request.state, "tls_peer_cert", None)
-            tls_peer = party_of_certificate(node, der)
+            tls_peer = party_of_certificate(node, der, cert_parties)
             if der is not None and tls_peer is None:
                 exc = ProlinkError("client certificate belongs to no known peer", code="envelope.unknown_sender")
                 return JSONResponse(error_body(exc), status_code=403)
@@ -80,6 +95,12 @@ def create_peer_app(node: Node) -> FastAPI:
     def ping() -> dict[str, Any]:
         return {"party": node.party, "status": "ok"}
 
+    from service.admin_api import peer_bundle_router  # POST /v1/bundle: a peer's new bundle after a rotation
+
+    app.include_router(peer_bundle_router(node))
+    from service.audit_api import install_peer_routes  # the audit log's head exchange
+
+    install_peer_routes(app, node)
     return app
 
 

@@ -16,6 +16,8 @@ import structlog
 import uvicorn
 
 from keys import load_identity, server_ssl_context
+from service.admin import key_sync
+from service.audit_heads import HeadPublisher
 from service.db import make_engine, session_scope
 from service.migrate import upgrade
 from service.models import Peer
@@ -45,8 +47,11 @@ async def serve(data_dir: Path) -> None:
     node = build_node(data_dir)
     settings = node.settings
     worker = DeliveryWorker(node)
+    heads = HeadPublisher(node)  # signs audit log heads and has peers cosign them
 
     peer_tls = server_ssl_context(node.identity, peer_ca_pems(node), allow_tls12=settings.allow_tls12)
+    keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
+    keys_sync.attach_tls(peer_tls)
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=PeerCertH11Protocol, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,
@@ -71,11 +76,15 @@ async def serve(data_dir: Path) -> None:
     user_server.capture_signals = _no_capture  # type: ignore[method-assign]
 
     worker.start()
+    heads.start()
+    keys_sync.start()
     log.info("node_started", party=node.party, peer=f"{settings.peer_host}:{settings.peer_port}",
              user=f"{settings.user_host}:{settings.user_port}")
     try:
         await asyncio.gather(peer_server.serve(), user_server.serve())
     finally:
+        keys_sync.stop()
+        heads.stop()
         worker.stop()
         log.info("node_stopped", party=node.party)
 

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     delivery_backoff_base_seconds: float = Field(default=1.0, gt=0)
     delivery_backoff_max_seconds: float = Field(default=300.0, gt=0)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
+    delivery_concurrency: int = Field(default=8, ge=1, le=64,
+                                      description="Deliveries in flight at once (different threads only).")
     delivery_lease_seconds: float = Field(
         default=60.0, gt=0,
         description="How long a worker's claim on a delivery lasts without renewal; after a crash, "
@@ -89,6 +91,12 @@ class Settings(BaseSettings):
     )
 
     originals_due_days: int = Field(default=30, ge=1)
+
+    audit_head_interval_seconds: float = Field(
+        default=60.0, gt=0, le=60,
+        description="How often the node signs a new audit log head (when there are new entries) and has "
+        "peers cosign it; at most a minute.",
+    )
 
     key_passphrase_env: str | None = Field(
         default=None,

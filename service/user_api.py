@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select, text
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from protocol import AttachmentRef, Document, document_to_json
+from service import reading
+from service.openapi_examples import document_body
 from service.case_api import cases_router
+from service.reading import can_see
 from service.case_models import Thread
 from service.auth import Principal, require_role
 from service.compose import attachment_ref, compose
@@ -32,9 +35,15 @@ Viewer = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader
 Reader = Annotated[Principal, Depends(require_role("reader", "clerk", "signatory"))]
 
 
-def message_view(row: Message) -> dict[str, Any]:
-    """Metadata only: never content."""
-    return {"id": row.id, "direction": row.direction, "peer": row.peer, "kind": row.kind,
+def message_view(row: Message, user: Principal | None = None) -> dict[str, Any]:
+    """Metadata only, never content; below the item's level only that it exists, from whom and when (Art. 7)."""
+    policy = row.summary.get("policy", {})
+    if user is not None and not can_see(user, policy.get("confidentiality")):
+        return {"id": row.id, "direction": row.direction, "peer": row.peer,
+                "created_at": row.created_at.isoformat(), "restricted": True}
+    return {"id": row.id, "confidentiality": policy.get("confidentiality"),
+            "bound_purpose": {"purpose_code": policy.get("purpose_code"), "case_number": policy.get("case_number")}
+            if row.direction == "in" else None, "direction": row.direction, "peer": row.peer, "kind": row.kind,
             "thread_id": row.thread_id, "in_reply_to": row.in_reply_to, "status": row.status,
             "created_at": row.created_at.isoformat(), "envelope_sha256": row.envelope_sha256,
             "envelope_size": row.envelope_size, "receipt_status": row.receipt_status,
@@ -47,21 +56,13 @@ def create_user_app(node: Node) -> FastAPI:
     app.state.node = node
     install_error_handlers(app)
     app.include_router(cases_router(node))
+    from service.admin_api import admin_router, ops_router  # operator endpoints, /healthz, /readyz, /metrics
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "party": node.party}
+    app.include_router(ops_router(node))
+    app.include_router(admin_router(node))
 
-    @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        try:
-            with session_scope(node.engine, readonly=True) as s:
-                s.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-            return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ready", "database": "ok"})
-
-    @app.post("/v1/messages", status_code=201)
+    @app.post("/v1/messages", status_code=201, openapi_extra=document_body(
+        "Поля документа (JSON) или multipart: часть document (JSON) и вложения attachments."))
     async def send_message(request: Request, user: Sender) -> dict[str, Any]:
         """Compose, sign (as the calling signatory), seal and queue a message.
 
@@ -92,7 +93,7 @@ def create_user_app(node: Node) -> FastAPI:
                 query = query.where(column == value)
         with session_scope(node.engine, readonly=True) as s:
             rows = s.execute(query.limit(limit).offset(offset)).scalars().all()
-        return {"messages": [message_view(r) for r in rows]}
+        return {"messages": [message_view(r, user) for r in rows]}
 
     @app.get("/v1/messages/{direction}/{message_id}")
     def get_message(user: Viewer, direction: str, message_id: str) -> dict[str, Any]:
@@ -100,24 +101,34 @@ def create_user_app(node: Node) -> FastAPI:
             row = s.get(Message, (message_id, direction))
         if row is None:
             raise ServiceError(f"no {direction} message {message_id}", code="message.not_found", status=404)
-        view = message_view(row)
+        view = message_view(row, user)
+        if view.get("restricted"):
+            return view
         if row.receipt is not None:
             view["receipt"] = json.loads(row.receipt)
         return view
 
     @app.get("/v1/messages/in/{message_id}/content")
-    def read_message(user: Reader, message_id: str) -> dict[str, Any]:
-        """The decrypted, verified document (re-verified from the stored envelope on every read)."""
+    def read_message(user: Reader, message_id: str, purpose_code: str | None = None,
+                     case_number: str | None = None) -> dict[str, Any]:
+        """The decrypted, verified document, for a stated purpose and case (Art. 7; audited).
+
+        Re-verified from the envelope as received on every read: nothing is kept decrypted.
+        """
+        decision = reading.authorise(node, message_id, user, "consult", purpose_code, case_number)
         with node.open_received(message_id) as (message, _):
             return {"id": message.message_id, "sender": message.header.sender,
                     "sent_at": message.header.sent_at.isoformat(),
                     "signed_by": {"person": message.authorisation.person,
                                   "position": message.authorisation.position,
                                   "key_id": message.authorisation.key.key_id},
-                    "document": document_to_json(message.document)}
+                    "document": document_to_json(message.document), "consent_relied_on": decision.consent_id}
 
     @app.get("/v1/messages/in/{message_id}/attachments/{index}")
-    def download_attachment(user: Reader, message_id: str, index: int) -> StreamingResponse:
+    def download_attachment(user: Reader, message_id: str, index: int, purpose_code: str | None = None,
+                            case_number: str | None = None) -> StreamingResponse:
+        """An attachment, streamed and checked against its signed hash; a download is a use (Art. 7)."""
+        reading.authorise(node, message_id, user, "disclose", purpose_code, case_number)
         with node.open_received(message_id) as (message, _):
             if not 0 <= index < len(message.attachments):
                 raise ServiceError(f"message has no attachment {index}", code="attachment.not_found", status=404)
@@ -132,6 +143,25 @@ def create_user_app(node: Node) -> FastAPI:
                                           "x-prolink-sha256": ref.sha256,
                                           "content-disposition": f"attachment; filename*=UTF-8''{_quote(ref.name)}"})
 
+    @app.get("/v1/messages/in/{message_id}/export")
+    def export_item(user: Reader, message_id: str, purpose_code: str | None = None,
+                    case_number: str | None = None, operation: str = Query("disclose", pattern="^(disclose|transfer)$"),
+                    ) -> dict[str, Any]:
+        """An evidence package: the document as signed, the signer's authorisation and attachment hashes,
+        verifiable offline against the provider's bundle. Export is a use like a read (Art. 7; audited)."""
+        decision = reading.authorise(node, message_id, user, operation, purpose_code, case_number)
+        with node.open_received(message_id) as (message, _):
+            return {"message_id": message.message_id, "provider": message.header.sender,
+                    "envelope_sha256": message.envelope_sha256.hex(),
+                    "signed_document": json.loads(message.signed_document),
+                    "authorisation": json.loads(message.authorisation_bytes),
+                    "attachments": [a.model_dump(mode="json") for a in message.attachments],
+                    "operation": operation, "purpose_code": purpose_code, "case_number": case_number,
+                    "consent_relied_on": decision.consent_id}
+
+    from service.audit_api import install_admin_routes  # audit export, alerts, heads
+
+    install_admin_routes(app, node)
     return app
 
 

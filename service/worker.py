@@ -13,6 +13,7 @@ receiver answers a redelivery of the same bytes with the receipt it stored.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,8 +25,10 @@ import protocol
 from keys import client_ssl_context
 from protocol import ProlinkError
 from service import outbox
+from service.admin import hold_if_suspended, on_receipt
 from service.blobs import read_blob
 from service.db import session_scope
+from service.metrics import observe_delivery
 from service.node import Node, record_event
 from service.peer_api import ENVELOPE_MEDIA_TYPE
 
@@ -44,7 +47,10 @@ class DeliveryWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._clients: dict[tuple[str, int], httpx.Client] = {}
+        self._clients_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
+                                        thread_name_prefix=f"deliver-{node.party}")
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -57,6 +63,7 @@ class DeliveryWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         for client in self._clients.values():
             client.close()
 
@@ -76,12 +83,16 @@ class DeliveryWorker:
                 self._wake.clear()
 
     def run_once(self) -> int:
-        claims = outbox.claim(self.node.engine, self.worker_id, self.node.clock(), CLAIM_BATCH,
+        claims = outbox.claim(self.node.engine, self.worker_id, self.node.clock(),
+                              max(CLAIM_BATCH, self.node.settings.delivery_concurrency),
                               self.node.settings.delivery_lease_seconds)
-        for claim in claims:
-            if self._stop.is_set():
-                break
-            self.deliver(claim)
+        if len(claims) <= 1:
+            for claim in claims:
+                self.deliver(claim)
+        else:
+            # Deliveries of one claim batch go out in parallel; the outbox never hands out two
+            # messages of one thread at once, so the order within a thread is kept.
+            list(self._pool.map(self.deliver, claims))
         return len(claims)
 
     # --- one delivery ---------------------------------------------------------
@@ -89,17 +100,21 @@ class DeliveryWorker:
     def _client(self, party: str) -> tuple[httpx.Client, str]:
         trusted = self.node.peer(party)
         key = (party, trusted.bundle.version)
-        client = self._clients.get(key)
-        if client is None:
-            ctx = client_ssl_context(self.node.identity, trusted.bundle.tls_ca_pem,
-                                     allow_tls12=self.node.settings.allow_tls12)
-            client = httpx.Client(verify=ctx, timeout=httpx.Timeout(60.0, connect=10.0))
-            self._clients[key] = client
+        with self._clients_lock:
+            client = self._clients.get(key)
+            if client is None:
+                ctx = client_ssl_context(self.node.identity, trusted.bundle.tls_ca_pem,
+                                         allow_tls12=self.node.settings.allow_tls12)
+                limits = httpx.Limits(max_connections=self.node.settings.delivery_concurrency)
+                client = httpx.Client(verify=ctx, timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
+                self._clients[key] = client
         return client, trusted.bundle.endpoint.rstrip("/") + "/v1/envelopes"
 
     def deliver(self, claim: outbox.Claim) -> str:
         """Try one delivery; returns the outcome ('delivered', 'rejected', 'queued' or 'parked')."""
         node = self.node
+        if hold_if_suspended(node, claim, self.worker_id):  # suspended since the claim: nothing is sent
+            return "held"
         try:
             client, url = self._client(claim.peer)
             response = client.post(url, content=self._body(claim),
@@ -132,6 +147,7 @@ class DeliveryWorker:
         try:
             body: Any = response.json()
             receipt_bytes = protocol.Signed.from_json(body["receipt"], what="receipt").to_bytes()
+            on_receipt(self.node, claim.peer, receipt_bytes)  # the peer may have rotated its keys, or been down
             receipt = protocol.verify_receipt(receipt_bytes, self.node.peer(claim.peer),
                                               envelope_sha256=bytes.fromhex(claim.envelope_sha256),
                                               message_id=claim.message_id, sender=self.node.party)
@@ -144,6 +160,7 @@ class DeliveryWorker:
                                   receipt_verified=True)
             record_event(s, now, "receipt.received", receipt.status, party=claim.peer, object_id=claim.message_id,
                          envelope_sha256=claim.envelope_sha256, reason_code=receipt.reason_code)
+        observe_delivery(self.node, claim.peer, claim.message_id, now)
         return "delivered" if receipt.accepted else "rejected"
 
     def _failed(self, claim: outbox.Claim, error: str) -> str:

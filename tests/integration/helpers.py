@@ -25,7 +25,10 @@ REQUEST_FIELDS: dict[str, Any] = {
     "content": "Просим предоставить сведения о владельце счёта и выписку операций.",
     "other_information": "Нет.",
     "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
+    "purpose_code": "criminal_investigation", "case_number": "2026-0451",
 }
+#: The use stated when reading items bound to REQUEST_FIELDS' purpose (Art. 7).
+PURPOSE = {"purpose_code": "criminal_investigation", "case_number": "2026-0451"}
 
 
 def request_fields(recipient: str, **extra: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from service.auth import create_user
 from service.db import make_engine, session_scope
 from service.case_models import Original
 from service.settings import Settings
-from tests.integration.helpers import craft_envelope, deliver, request_fields, send, wait_for, wait_status
+from tests.integration.helpers import PURPOSE, craft_envelope, deliver, request_fields, send, wait_for, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +180,7 @@ def test_art4_clerk_drafts_and_only_a_signatory_sends(shared_pair) -> None:
     assert signed.status_code == 200, signed.text
     mid = signed.json()["message_id"]
     wait_status(pair.kz, mid)
-    content = get(pair.by, "reader", f"/v1/messages/in/{mid}/content")
+    content = get(pair.by, "reader", f"/v1/messages/in/{mid}/content", params=PURPOSE)
     assert content["document"]["attachments"][0]["name"] == "справка.txt"
     assert post(pair.kz, "signatory", f"/v1/drafts/{draft_id}/sign").status_code == 409
 
@@ -237,11 +237,12 @@ def test_art4_spontaneous_information_without_a_request(shared_pair) -> None:
     sent = send(shared_pair.by, {"kind": "spontaneous_information", "recipient_party": "KZ", **C,
                                  "content": "Получены сведения о перемещении подозреваемого.",
                                  "purpose": "Розыск подозреваемого по уголовному делу.",
-                                 "direction": "other_crime", "form": "crime_information"})
+                                 "direction": "other_crime", "form": "crime_information",
+                                 "purpose_code": "criminal_investigation", "case_number": "2026-0451"})
     wait_status(shared_pair.by, sent["id"])
     threads = get(shared_pair.kz, "reader", "/v1/requests", params={"kind": "spontaneous_information"})["requests"]
     assert sent["id"] in [t["id"] for t in threads]
-    doc = get(shared_pair.kz, "reader", f"/v1/messages/in/{sent['id']}/content")["document"]
+    doc = get(shared_pair.kz, "reader", f"/v1/messages/in/{sent['id']}/content", params=PURPOSE)["document"]
     assert doc["purpose"] == "Розыск подозреваемого по уголовному делу."
 
 

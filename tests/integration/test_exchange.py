@@ -15,7 +15,7 @@ import pytest
 
 import protocol
 from keys import generate_identity, load_identity
-from tests.integration.helpers import (craft_envelope, deliver, messages, request_fields, row_counts, send,
+from tests.integration.helpers import (PURPOSE, craft_envelope, deliver, messages, request_fields, row_counts, send,
                                        trusted, wait_status)
 
 pytestmark = pytest.mark.integration
@@ -33,10 +33,10 @@ def test_request_with_attachment_and_result_round_trip(pair) -> None:
     assert rec.accepted
 
     with pair.by.client("reader") as c:
-        content = c.get(f"/v1/messages/in/{sent['id']}/content").json()
+        content = c.get(f"/v1/messages/in/{sent['id']}/content", params=PURPOSE).json()
         assert content["document"]["purpose"] == "Установление владельца банковского счёта."
         assert content["signed_by"]["person"] == "Подписант KZ"
-        got = c.get(f"/v1/messages/in/{sent['id']}/attachments/0")
+        got = c.get(f"/v1/messages/in/{sent['id']}/attachments/0", params=PURPOSE)
         assert got.status_code == 200
         assert hashlib.sha256(got.content).digest() == hashlib.sha256(attachment).digest()
 
@@ -46,7 +46,7 @@ def test_request_with_attachment_and_result_round_trip(pair) -> None:
                             "summary": "Запрос исполнен, сведения прилагаются."})
     wait_status(pair.by, result["id"])
     with pair.kz.client("reader") as c:
-        doc = c.get(f"/v1/messages/in/{result['id']}/content").json()["document"]
+        doc = c.get(f"/v1/messages/in/{result['id']}/content", params=PURPOSE).json()["document"]
     assert doc["thread_id"] == sent["id"] and doc["in_reply_to"] == sent["id"]
 
 

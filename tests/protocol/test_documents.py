@@ -105,6 +105,7 @@ OWN_FIELDS: dict[str, dict[str, Any]] = {
         "case_number": "2024-0117",
     },
     "consent_refused": {"consent_request_id": OTHER_ID, "reason": "Сведения получены в оперативном порядке"},
+    "consent_withdrawn": {"consent_request_id": OTHER_ID, "reason": "Обстоятельства изменились"},
     "original_dispatched": {
         "request_id": REQUEST_ID,
         "dispatched_on": "2024-05-03",
@@ -147,7 +148,7 @@ def valid(kind: str, **changes: Any) -> dict[str, Any]:
         "confidentiality": "official_use",
         **OWN_FIELDS[kind],
     }
-    if kind in {"consent_granted", "consent_refused"}:
+    if kind in {"consent_granted", "consent_refused", "consent_withdrawn"}:
         obj["in_reply_to"] = OTHER_ID
     obj.update(changes)
     return obj
@@ -175,9 +176,10 @@ def rejection(obj: Any, **kwargs: Any) -> DocumentError:
 # --------------------------------------------------------------------------
 
 
-def test_the_sixteen_kinds_the_agreement_needs_are_all_defined() -> None:
+def test_the_kinds_the_agreement_needs_are_all_defined() -> None:
+    # The sixteen of the agreement, and consent withdrawal (Art. 7: consent for future use can end).
     assert set(DOCUMENT_KINDS) == set(OWN_FIELDS)
-    assert len(DOCUMENT_KINDS) == 16
+    assert len(DOCUMENT_KINDS) == 17
 
 
 @pytest.mark.parametrize("kind", DOCUMENT_KINDS)
@@ -353,7 +355,7 @@ def test_art4_originals_belong_to_the_request_of_their_thread(kind: str) -> None
     assert (error.code, error.field) == ("document.thread_mismatch", "request_id")
 
 
-@pytest.mark.parametrize("kind", ["consent_granted", "consent_refused"])
+@pytest.mark.parametrize("kind", ["consent_granted", "consent_refused", "consent_withdrawn"])
 def test_art7_consent_answers_the_consent_request_it_names(kind: str) -> None:
     error = rejection(valid(kind, consent_request_id=MESSAGE_ID.replace("6c2f", "1111")))
     assert (error.code, error.field) == ("document.thread_mismatch", "consent_request_id")
@@ -886,6 +888,7 @@ def _own_fields(
             {"valid_until": optional_later, "case_number": st.none() | references}
         ),
         "consent_refused": st.fixed_dictionaries({"reason": russian}),
+        "consent_withdrawn": st.fixed_dictionaries({"reason": russian}),
         "original_dispatched": st.fixed_dictionaries(
             {"request_id": st.just(thread_id), "dispatched_on": later, "tracking_number": references}
         ),
@@ -947,7 +950,7 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
         "attachments": draw(attachments),
     }
     own = draw(_own_fields(kind, datetime.fromisoformat(created_at).date(), thread_id, sender, recipient))
-    if kind in {"consent_granted", "consent_refused"}:
+    if kind in {"consent_granted", "consent_refused", "consent_withdrawn"}:
         own["consent_request_id"] = in_reply_to
     return {**common, **own}
 

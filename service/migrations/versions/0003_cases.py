@@ -1,7 +1,7 @@
 """Agreement workflows: request threads, originals by post, directories, termination notices, drafts.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.Column("form", sa.String(64), nullable=True),
         sa.Column("confidentiality", sa.String(32), nullable=False),
         sa.Column("due_on", sa.Date(), nullable=True),
+        sa.Column("purpose_code", sa.String(64), nullable=True),
+        sa.Column("case_number", sa.String(128), nullable=True),
         _ts("opened_at"),
         _ts("updated_at"),
         sa.Column("last_message_id", sa.String(128), nullable=False),
@@ -97,8 +99,29 @@ def upgrade() -> None:
     )
     op.create_index("ix_draft_status", "draft", ["status"])
 
+    op.create_table(
+        "consent",
+        sa.Column("id", sa.String(128), nullable=False),
+        sa.Column("thread_id", sa.String(128), nullable=False),
+        sa.Column("item_id", sa.String(128), nullable=False),
+        sa.Column("user_party", sa.String(16), nullable=False),
+        sa.Column("provider_party", sa.String(16), nullable=False),
+        sa.Column("purpose_code", sa.String(64), nullable=False),
+        sa.Column("case_number", sa.String(128), nullable=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("valid_until", sa.Date(), nullable=True),
+        sa.Column("granted_case_number", sa.String(128), nullable=True),
+        sa.Column("answer_message_id", sa.String(128), nullable=True),
+        _ts("requested_at"),
+        _ts("decided_at", nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_consent"),
+    )
+    op.create_index("ix_consent_thread_id", "consent", ["thread_id"])
+    op.create_index("ix_consent_item_id", "consent", ["item_id"])
+
 
 def downgrade() -> None:
+    op.drop_table("consent")
     op.drop_table("draft")
     op.drop_table("termination_notice")
     op.drop_table("directory_version")
