@@ -16,6 +16,7 @@ Pure: no I/O, no clock (``created_at`` is data, never "now").
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import uuid
@@ -119,7 +120,9 @@ def _is_machine_token(token: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_cyrillic(char: str) -> bool:
+    # Cached: a text has few distinct letters, and the name lookup dominates validation otherwise.
     return unicodedata.name(char, "").startswith("CYRILLIC")
 
 
@@ -158,16 +161,15 @@ def is_russian(text: str) -> bool:
 
 
 _ALLOWED_CONTROLS: Final = frozenset("\t\n\r")
+#: Unicode categories Cc (U+0000-001F, U+007F-009F) and Cs (surrogates), except tab, LF and CR.
+_FORBIDDEN_CHARACTERS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _check_characters(value: str) -> None:
     """Lone surrogates cannot be encoded as UTF-8 and control characters (NUL
     above all) break storage and display, so neither may hide in free text."""
-    for char in value:
-        if unicodedata.category(char) in ("Cc", "Cs") and char not in _ALLOWED_CONTROLS:
-            raise PydanticCustomError(
-                "document.invalid_value", "text contains a control or surrogate character"
-            )
+    if _FORBIDDEN_CHARACTERS.search(value):
+        raise PydanticCustomError("document.invalid_value", "text contains a control or surrogate character")
 
 
 def _prose(value: str) -> str:
