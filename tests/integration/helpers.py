@@ -42,17 +42,24 @@ def trusted(p: DemoParty) -> protocol.TrustedParty:
 
 
 def craft_envelope(sender: DemoParty, recipient: DemoParty, now: datetime | None = None,
-                   message_id: str | None = None, content: str | None = None) -> bytes:
-    """An envelope sealed by ``sender``'s real node keys and signatory, outside its node."""
+                   message_id: str | None = None, content: str | None = None,
+                   document: dict[str, Any] | None = None) -> bytes:
+    """An envelope sealed by ``sender``'s real node keys and signatory, outside its node.
+
+    By default it carries a new request; ``document`` gives other fields (kind, thread...) instead.
+    """
     now = now or datetime.now(UTC)
     identity = load_identity(sender.data_dir)
     signatory = load_signatory(sender.data_dir, list_signatories(sender.data_dir)[0].key.key_id)
     mid = message_id or str(uuid.uuid4())
-    fields = request_fields(recipient.party, **({"content": content} if content else {}))
-    doc = protocol.parse_document({**fields, "id": mid, "thread_id": mid, "sender_party": sender.party,
-                                   "requesting_party": sender.party, "requested_party": recipient.party,
-                                   "created_at": now.isoformat(), "language": "ru",
-                                   "expected_execution_date": (now.date() + timedelta(days=30)).isoformat()})
+    if document is None:
+        fields = request_fields(recipient.party, **({"content": content} if content else {}))
+        document = {**fields, "thread_id": mid, "requesting_party": sender.party,
+                    "requested_party": recipient.party,
+                    "expected_execution_date": (now.date() + timedelta(days=30)).isoformat()}
+    doc = protocol.parse_document({**document, "id": mid, "sender_party": sender.party,
+                                   "recipient_party": recipient.party, "created_at": now.isoformat(),
+                                   "language": "ru"})
     signed = protocol.sign_document(doc, signatory.key)
     return protocol.seal(signed, signatory.authorisation, [], identity.node_keys, trusted(recipient), now)
 

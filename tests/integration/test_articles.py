@@ -7,6 +7,7 @@ tests that change the agreement itself (termination) get a pair of their own.
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from service.auth import create_user
 from service.db import make_engine, session_scope
 from service.case_models import Original
 from service.settings import Settings
-from tests.integration.helpers import PURPOSE, craft_envelope, deliver, request_fields, send, wait_for, wait_status
+from tests.integration.helpers import PURPOSE, craft_envelope, deliver, row_counts, request_fields, send, wait_for, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -88,11 +89,22 @@ def test_art5_reply_from_the_wrong_side_is_refused(shared_pair) -> None:
 
 
 def test_art5_receiving_node_enforces_the_lifecycle_too(shared_pair) -> None:
-    # A result for a thread the receiver never saw: refused with a signed rejection, nothing stored.
-    envelope = craft_envelope(shared_pair.kz, shared_pair.by)
-    assert deliver(shared_pair.kz, shared_pair.by, envelope).status_code == 200
-    again = deliver(shared_pair.kz, shared_pair.by, craft_envelope(shared_pair.kz, shared_pair.by))
-    assert again.status_code == 200  # a second request is a new thread: fine
+    """A result the receiver's table forbids (for a thread it never saw, or before acceptance) is refused
+    by the receiving node itself, with a signed rejection, and nothing is stored."""
+    pair = shared_pair
+    unknown = str(uuid.uuid4())
+    result = {"kind": "execution_result", "thread_id": unknown, "in_reply_to": unknown, **C,
+              "summary": "Исполнено."}
+    before = row_counts(pair.kz)
+    r = deliver(pair.by, pair.kz, craft_envelope(pair.by, pair.kz, document=result))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "lifecycle.unknown_thread"
+    assert r.json()["receipt"]["payloadType"].endswith("receipt+json")
+    rid = open_request(pair)  # KZ asked; BY has not accepted yet
+    early = {**result, "thread_id": rid, "in_reply_to": rid}
+    r = deliver(pair.by, pair.kz, craft_envelope(pair.by, pair.kz, document=early))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "lifecycle.transition_not_allowed"
+    assert row_counts(pair.kz)["Message"] == before["Message"] + 1  # only the request KZ sent
+    assert state_on_both(pair, rid) == ("sent", "sent")
 
 
 def test_art5_additional_information_asked_and_given_repeatedly(shared_pair) -> None:
