@@ -336,7 +336,7 @@ DEFAULT_MAX_SKEW = timedelta(minutes=5)
 
 
 def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: datetime, *,
-         max_age: timedelta | None = DEFAULT_MAX_AGE, max_skew: timedelta = DEFAULT_MAX_SKEW,
+         max_age: timedelta | None = DEFAULT_MAX_AGE, max_skew: timedelta | None = DEFAULT_MAX_SKEW,
          verify_attachments: bool = True) -> VerifiedMessage:
     """Verify and decrypt an envelope. The one door through which received content becomes trusted.
 
@@ -348,13 +348,14 @@ def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: date
     (days, not minutes) because an envelope is sealed once and may wait in the
     sender's outbox while the receiver is down; replays inside the window are
     caught by the receiver's record of message ids, which it keeps for good.
-    ``max_age=None`` is for re-opening an envelope already accepted and stored.
+    ``max_age=None, max_skew=None`` is for re-opening an envelope already accepted and stored.
     """
     framing = read_framing(source)
     header = framing.header
     check_header(header, me, sender)
     too_old = max_age is not None and now - header.sent_at > max_age
-    if too_old or header.sent_at - now > max_skew:
+    too_new = max_skew is not None and header.sent_at - now > max_skew
+    if too_old or too_new:
         raise EnvelopeError(f"sent_at {format_time(header.sent_at)} is outside the clock window",
                             code="envelope.replayed")
     node_key = sender.signing_key(header.sender_key_id, header.sent_at)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ._encoding import Signed
+from ._encoding import Signed, parse_json
 from ._envelope import NodeKeys, read_framing
 from ._errors import EncodingError, ProlinkError, ReceiptError
 from ._primitives import sha256
@@ -89,8 +89,6 @@ def verify_receipt(data: bytes, receiver: TrustedParty, *, envelope_sha256: byte
 
 def _issued_at(signed: Signed) -> datetime:
     """The receipt's own time, read before verification only to pick the key valid then."""
-    from ._encoding import parse_json
-
     obj = parse_json(signed.payload, what="receipt")
     if not isinstance(obj, dict):
         raise EncodingError("receipt payload is not an object")

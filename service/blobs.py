@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from protocol import ProlinkError
 from service.db import read_only
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk
 
@@ -29,8 +30,8 @@ from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk
 SMALL_BLOB_LIMIT = 64 * 1024 * 1024
 
 
-class BlobError(Exception):
-    """Base class for blob storage errors."""
+class BlobError(ProlinkError):
+    """Base class for blob storage errors (part of the one error tree, so the API maps their codes)."""
 
     code = "storage.blob"
 

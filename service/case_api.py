@@ -19,7 +19,7 @@ from service import drafts
 from service.openapi_examples import document_body
 from service.auth import Principal, require_role
 from service.case_models import Consent, DirectoryVersion, Draft, Original, TerminationNotice, Thread
-from service.policy import PURPOSE_CODES
+from service.policy import check_purpose_code
 from service.reading import can_see
 from service.cases import agreement_ends_on, termination_received_on
 from service.db import session_scope
@@ -37,11 +37,15 @@ Operator = Annotated[Principal, Depends(require_role("operator"))]
 AGREEMENT_SIGNED_ON = date(2014, 7, 21)
 
 
-def thread_view(t: Thread, today: date) -> dict[str, Any]:
+def thread_view(t: Thread, today: date, me: str, user: Principal) -> dict[str, Any]:
+    """A thread's metadata; below its confidentiality level only that it exists, with whom, since when."""
+    if not can_see(user, t.confidentiality):
+        return {"id": t.id, "peer": t.peer, "opened_at": t.opened_at.isoformat(), "restricted": True}
     open_ = t.kind == "request" and t.state in OPEN_REQUEST_STATES
     days_left = (t.due_on - today).days if t.due_on is not None else None
     return {"id": t.id, "kind": t.kind, "peer": t.peer, "state": t.state,
-            "our_role": None, "requesting_party": t.requesting_party, "urgent": t.urgent,
+            "our_role": "requesting" if t.requesting_party == me else "requested",
+            "requesting_party": t.requesting_party, "urgent": t.urgent,
             "direction": t.direction, "form": t.form, "confidentiality": t.confidentiality,
             "due_on": t.due_on.isoformat() if t.due_on else None,
             "days_left": days_left if open_ else None,
@@ -110,12 +114,7 @@ def cases_router(node: Node) -> APIRouter:
                                                                     datetime.min.time(), tzinfo=node.clock().tzinfo))
         with session_scope(node.engine, readonly=True) as s:
             rows = s.execute(query).scalars().all()
-        views = [thread_view(t, today()) if can_see(user, t.confidentiality) else
-                 {"id": t.id, "peer": t.peer, "opened_at": t.opened_at.isoformat(), "restricted": True}
-                 for t in rows]
-        for v in views:
-            if not v.get("restricted"):
-                v["our_role"] = "requesting" if v["requesting_party"] == node.party else "requested"
+        views = [thread_view(t, today(), node.party, user) for t in rows]
         if overdue is not None:
             views = [v for v in views if v.get("overdue") == overdue]
         return {"requests": views[offset:offset + limit]}
@@ -127,11 +126,10 @@ def cases_router(node: Node) -> APIRouter:
             original = s.get(Original, thread_id)
         if t is None:
             raise ServiceError(f"no thread {thread_id}", code="request.not_found", status=404)
-        if not can_see(user, t.confidentiality):
-            return {"id": t.id, "peer": t.peer, "opened_at": t.opened_at.isoformat(), "restricted": True}
-        view = thread_view(t, today())
+        view = thread_view(t, today(), node.party, user)
+        if view.get("restricted"):
+            return view
         view["bound_purpose"] = {"purpose_code": t.purpose_code, "case_number": t.case_number}
-        view["our_role"] = "requesting" if t.requesting_party == node.party else "requested"
         view["original"] = original_view(original, today()) if original else None
         return view
 
@@ -202,9 +200,7 @@ def cases_router(node: Node) -> APIRouter:
     def ask_consent(user: Asker, ask: ConsentAsk) -> dict[str, Any]:
         """A reader asks for another use of a received item: this makes a consent-request draft that a
         signatory signs (``POST /v1/drafts/{id}/sign``) before it goes to the provider."""
-        if ask.purpose_code not in PURPOSE_CODES:
-            raise ServiceError("unknown purpose code", code="policy.unknown_purpose", status=422,
-                               field="purpose_code")
+        check_purpose_code(ask.purpose_code)
         with session_scope(node.engine, readonly=True) as s:
             item = s.get(Message, (ask.item_id, "in"))
         if item is None or item.thread_id is None:

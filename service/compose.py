@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from protocol import DOCUMENT_TYPES, AttachmentRef, Document, parse_document
 from service.errors import ServiceError
+from service.policy import check_purpose_code
 from service.models import Message
 
 NODE_FIELDS = ("id", "sender_party", "created_at", "language", "attachments")
@@ -58,12 +59,7 @@ def compose(fields: Mapping[str, Any], *, message_id: str, sender_party: str, no
             DOCUMENT_TYPES[kind].thread_rule in ("opens", "opens_or_replies"):
         doc.setdefault("thread_id", message_id)
     if kind in ("request", "spontaneous_information"):
-        from service.policy import PURPOSE_CODES
-
-        if doc.get("purpose_code") not in PURPOSE_CODES:
-            raise ServiceError(f"{kind} needs a purpose_code from the closed list ({', '.join(PURPOSE_CODES)}): "
-                               "received items are bound to it (Art. 7)", code="document.missing_field",
-                               status=422, field="purpose_code")
+        check_purpose_code(doc.get("purpose_code"))  # what the items answering it are bound to (Art. 7)
     if kind == "request":
         doc.setdefault("requesting_party", sender_party)
         doc.setdefault("requested_party", doc.get("recipient_party"))

@@ -47,6 +47,8 @@ _STATUS_BY_CODE: tuple[tuple[str, int], ...] = (
     ("lifecycle.", 409),
     ("policy.", 403),
     ("keys.", 400),
+    ("storage.blob_too_large", 413),
+    ("storage.", 500),  # stored data missing or altered: the node's fault, never the caller's
 )
 
 

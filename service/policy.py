@@ -16,12 +16,24 @@ from typing import Any, Protocol
 
 from protocol import CONFIDENTIALITY_LEVELS
 from service.case_models import Consent
+from service.errors import ServiceError
 
 #: Closed list of purposes a reader may state (configurable by extending it; codes travel in documents).
 PURPOSE_CODES: tuple[str, ...] = (
     "criminal_investigation", "pre_investigation_check", "court_proceedings", "crime_prevention",
     "citizen_application", "legal_cooperation", "statistics", "training", "onward_transfer",
 )
+def check_purpose_code(code: object, field: str = "purpose_code") -> str:
+    """A purpose code from the closed list, or a 422 naming the field."""
+    if not code:
+        raise ServiceError("state the purpose of this use (purpose_code) and its case (case_number)",
+                           code="policy.purpose_required", status=422, field=field)
+    if code not in PURPOSE_CODES:
+        raise ServiceError(f"unknown purpose code; one of {', '.join(PURPOSE_CODES)}",
+                           code="policy.unknown_purpose", status=422, field=field)
+    return str(code)
+
+
 #: Operations as Directive 2016/680 Art. 25 names them.
 OPERATIONS = ("collect", "consult", "disclose", "transfer", "alter", "erase")
 

@@ -21,12 +21,7 @@ from service.node import Node, record_event
 
 
 def check_use(purpose_code: str | None, case_number: str | None) -> tuple[str, str]:
-    if not purpose_code:
-        raise ServiceError("state the purpose of this use (purpose_code) and its case (case_number)",
-                           code="policy.purpose_required", status=422, field="purpose_code")
-    if purpose_code not in policy.PURPOSE_CODES:
-        raise ServiceError(f"unknown purpose code; one of {', '.join(policy.PURPOSE_CODES)}",
-                           code="policy.unknown_purpose", status=422, field="purpose_code")
+    purpose_code = policy.check_purpose_code(purpose_code)
     if not case_number or not case_number.strip():
         raise ServiceError("state the case number the item is used in", code="policy.case_required",
                            status=422, field="case_number")

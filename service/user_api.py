@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
@@ -217,6 +218,4 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _quote(name: str) -> str:
-    from urllib.parse import quote
-
     return quote(name, safe="")

@@ -299,6 +299,16 @@ def test_art14_after_termination_new_requests_are_refused_but_pending_ones_are_a
     pair.start()
     rid = open_request(pair)
     reply(pair.by, "acceptance", rid)
+    # A notice received today: 60 days count down, cooperation goes on meanwhile.
+    today = date.today()
+    r = post(pair.kz, "operator", "/v1/admin/agreement/termination",
+             json={"received_on": today.isoformat(), "given_by": "BY"})
+    assert r.status_code == 201, r.text
+    agreement = get(pair.kz, "reader", "/v1/agreement")
+    assert agreement["state"] == "termination_pending"
+    assert agreement["ends_on"] == (today + timedelta(days=60)).isoformat()
+    open_request(pair)  # still allowed while pending
+    # The notice had in fact been received 61 days ago: the agreement has ended.
     received_on = (date.today() - timedelta(days=61)).isoformat()
     for p, given_by in ((pair.kz, "BY"), (pair.by, "BY")):
         r = post(p, "operator", "/v1/admin/agreement/termination",
@@ -314,6 +324,6 @@ def test_art14_after_termination_new_requests_are_refused_but_pending_ones_are_a
     assert rejected.status_code == 409 and rejected.json()["error"]["code"] == "lifecycle.agreement_terminated"
 
 
-def test_art14_pending_state_counts_down_sixty_days(shared_pair) -> None:
+def test_art14_agreement_is_in_force_while_no_notice_is_recorded(shared_pair) -> None:
     agreement = get(shared_pair.kz, "reader", "/v1/agreement")
     assert agreement["state"] == "in_force" and agreement["ends_on"] is None
