@@ -13,8 +13,9 @@ This module never reads configuration itself: callers pass the URL.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import event
@@ -22,6 +23,14 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# One writer at a time per SQLite file within this process. SQLite allows one
+# writer anyway; queueing on a Python lock wakes the next writer the moment the
+# last one commits, whereas SQLite's busy handler polls with sleeps of up to
+# 100 ms, which under concurrent writes cost far more than the writes did.
+# Other processes (the CLI beside `prolink serve`) still meet the busy timeout.
+_sqlite_writer_locks: dict[str, threading.RLock] = {}
+_sqlite_writer_locks_guard = threading.Lock()
 
 # Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default)
 # or "DEFERRED". Ignored on PostgreSQL.
@@ -96,12 +105,25 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     callers can use what they wrote without another round trip.
     """
     bind = read_only(engine) if readonly else engine
-    session = Session(bind=bind, expire_on_commit=False)
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    with nullcontext() if readonly else writer_lock(engine):
+        session = Session(bind=bind, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+
+def writer_lock(engine: Engine) -> threading.RLock | nullcontext[None]:
+    """What a write transaction on ``engine`` holds in this process: its SQLite file's lock, or nothing."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    key = str(engine.url.database)
+    lock = _sqlite_writer_locks.get(key)
+    if lock is None:
+        with _sqlite_writer_locks_guard:
+            lock = _sqlite_writer_locks.setdefault(key, threading.RLock())
+    return lock
