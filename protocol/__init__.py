@@ -21,6 +21,7 @@ from ._auditlog import (
     record_line,
     verify_export_bytes,
 )
+from ._batch import BATCH_MAGIC, BatchError, decode_batch, encode_batch
 from ._checkpoint import (
     TIME_PREFIX,
     Checkpoint,

@@ -151,6 +151,20 @@ def blob_bytes(source: Session | Engine, blob_id: int, *, max_size: int = SMALL_
     return b"".join(read_blob(source, blob_id))
 
 
+def small_blobs(engine: Engine, blob_ids: Iterable[int], *, max_total: int = SMALL_BLOB_LIMIT) -> list[bytes]:
+    """Several whole (small) blobs, verified, read in one read-only transaction; ``BlobTooLarge`` past ``max_total``."""
+    out: list[bytes] = []
+    total = 0
+    with read_only(engine).connect() as conn, conn.begin():
+        for blob_id in blob_ids:
+            data = b"".join(_read(conn, blob_id, True))
+            total += len(data)
+            if total > max_total:
+                raise BlobTooLarge(f"blobs add up to more than {max_total} bytes")
+            out.append(data)
+    return out
+
+
 def _info(conn: Connection, blob_id: int) -> BlobInfo:
     row = conn.execute(
         select(col(Blob.id), col(Blob.sha256), col(Blob.size)).where(col(Blob.id) == blob_id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -272,15 +272,14 @@ def for_node(node: Node) -> NodeMetrics:
         return m
 
 
-def observe_delivery(node: Node, peer: str, message_id: str, now: datetime) -> None:
-    """Delivery worker hook: a verified receipt arrived for ``message_id`` at ``now``."""
+def observe_delivery(node: Node, peer: str, created_at: datetime | None, now: datetime) -> None:
+    """Delivery worker hook: a verified receipt arrived at ``now`` for a message sealed at ``created_at``."""
+    if created_at is None:
+        return
     try:
-        with session_scope(node.engine, readonly=True) as s:
-            created = s.execute(
-                select(Message.created_at).where(Message.id == message_id, Message.direction == "out")
-            ).scalar_one_or_none()
-        if created is not None:
-            for_node(node).latency.labels(peer).observe(max(0.0, (now - created).total_seconds()))
+        if created_at.tzinfo is None:  # SQLite hands back naive UTC
+            created_at = created_at.replace(tzinfo=UTC)
+        for_node(node).latency.labels(peer).observe(max(0.0, (now - created_at).total_seconds()))
     except Exception:  # noqa: BLE001, S110 - metrics must never break a delivery
         pass
 

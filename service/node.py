@@ -8,6 +8,7 @@ anything stored when it rejects.
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 import uuid
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import structlog
 from sqlalchemy import select
@@ -42,6 +43,36 @@ NODE_ACTOR = "node"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An envelope that passed every check that needs no write, with its accepting receipt signed."""
+
+    src: BinaryIO
+    framing: protocol.Framing
+    message: VerifiedMessage
+    receipt: bytes
+
+    @property
+    def message_id(self) -> str:
+        return self.framing.header.message_id
+
+    @property
+    def sender(self) -> str:
+        return self.framing.header.sender
+
+    @property
+    def digest_hex(self) -> str:
+        return self.framing.envelope_sha256.hex()
+
+    def log_received(self) -> None:
+        log.info("envelope_received", message_id=self.message_id, sender=self.sender,
+                 kind=self.message.document.kind, size=self.framing.size)
+
+    def accepted(self) -> Delivery:
+        return Delivery(200, {"status": "accepted",
+                              "receipt": protocol.Signed.from_bytes(self.receipt, what="receipt").to_json()})
 
 
 @dataclass(frozen=True)
@@ -177,6 +208,75 @@ class Node:
     def receive(self, src: BinaryIO, tls_peer: str | None = None) -> Delivery:
         """Verify, store, record and sign a receipt for one delivered envelope, in one transaction."""
         now = self.clock()
+        checked = self._check_delivery(src, tls_peer, now)
+        if isinstance(checked, Delivery):
+            return checked
+        try:
+            with session_scope(self.engine) as s:
+                self._store_delivery(s, checked, now)
+        except IntegrityError:
+            # A concurrent delivery of the same message id won the race; answer as for a redelivery.
+            stored = self._stored_receipt(checked.message_id, checked.digest_hex)
+            if stored is not None:
+                return stored
+            raise
+        except ProlinkError as exc:
+            return self._reject(now, checked.framing.envelope_sha256, checked.message_id, checked.sender, exc)
+        checked.log_received()
+        return checked.accepted()
+
+    def receive_batch(self, envelopes: list[bytes], tls_peer: str | None = None) -> list[Delivery]:
+        """``receive`` for several envelopes, committed together: one answer per envelope, in order.
+
+        Each envelope is checked on its own and stored in its own savepoint, so
+        one that is refused (a lifecycle step out of order, say) is answered
+        with its signed rejection and changes nothing, while the others are
+        stored; the receipts are only sent once the one transaction holding
+        all of them has committed.
+        """
+        now = self.clock()
+        answers: list[Delivery | None] = []
+        checked: list[tuple[int, _Checked]] = []
+        for index, envelope in enumerate(envelopes):
+            result = self._check_delivery(io.BytesIO(envelope), tls_peer, now)
+            if isinstance(result, Delivery):
+                answers.append(result)
+            else:
+                answers.append(None)
+                checked.append((index, result))
+        raced: list[tuple[int, _Checked]] = []
+        if checked:
+            with session_scope(self.engine) as s:
+                for index, item in checked:
+                    try:
+                        with s.begin_nested():
+                            self._store_delivery(s, item, now)
+                    except IntegrityError:
+                        raced.append((index, item))
+                    except ProlinkError as exc:
+                        answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
+                                                      item.sender, exc, session=s)
+                    else:
+                        answers[index] = item.accepted()
+            for index, item in checked:
+                if answers[index] is not None and answers[index].status == 200:
+                    item.log_received()
+        for index, item in raced:  # another delivery of the same id committed first: answer as it was stored
+            answers[index] = self._stored_receipt(item.message_id, item.digest_hex) or Delivery(
+                409, {"status": "rejected", "error": {"code": "envelope.duplicate_in_flight",
+                                                      "message": "this message is being stored by another delivery"}})
+        return cast("list[Delivery]", answers)  # every envelope has its answer by now
+
+    def record_refused_batch(self, exc: ProlinkError) -> None:
+        """A batched delivery that could not be read at all: recorded like a malformed envelope."""
+        self._reject_event(self.clock(), None, None, exc)
+
+    def _check_delivery(self, src: BinaryIO, tls_peer: str | None, now: datetime) -> Delivery | _Checked:
+        """Everything about a delivery that needs no write: framing, sender, redelivery, signature, decryption.
+
+        Returns the answer when there is nothing to store (a rejection, or the
+        stored receipt of a redelivery), else what ``_store_delivery`` needs.
+        """
         try:
             framing = read_framing(src)
         except ProlinkError as exc:
@@ -210,37 +310,28 @@ class Node:
                                     max_skew=timedelta(seconds=self.settings.clock_skew_seconds))
         except ProlinkError as exc:
             return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, exc)
-
         receipt = protocol.make_receipt(framing.envelope_sha256, header.message_id, header.sender,
                                         protocol.ACCEPTED, None, self.identity.node_keys, now)
-        try:
-            with session_scope(self.engine) as s:
-                effect = cases.apply(s, self.party, message.document, now, originals_due_days=self.settings.originals_due_days)
-                blob = write_blob(s, file_chunks(src), max_size=self.settings.max_envelope_bytes)
-                if blob.sha256 != digest_hex:
-                    raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
-                row = self._inbound_row(message, blob.id, framing.size, now, receipt)
-                row.summary["policy"] = cases.item_policy(s, message.document)
-                s.add(row)
-                s.flush()
-                record_event(s, now, "message.received", "accepted", party=header.sender,
-                             object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind,
-                             thread_id=effect.thread_id, state_before=effect.state_before,
-                             state_after=effect.state_after, signer_key=message.authorisation.key.key_id)
-                record_event(s, now, "receipt.issued", "accepted", party=header.sender,
-                             object_id=header.message_id, envelope_sha256=digest_hex)
-        except IntegrityError:
-            # A concurrent delivery of the same message id won the race; answer as for a redelivery.
-            stored = self._stored_receipt(header.message_id, digest_hex)
-            if stored is not None:
-                return stored
-            raise
-        except ProlinkError as exc:
-            return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, exc)
-        log.info("envelope_received", message_id=header.message_id, sender=header.sender,
-                 kind=message.document.kind, size=framing.size)
-        return Delivery(200, {"status": "accepted", "receipt": protocol.Signed.from_bytes(
-            receipt, what="receipt").to_json()})
+        return _Checked(src, framing, message, receipt)
+
+    def _store_delivery(self, s: Session, item: _Checked, now: datetime) -> None:
+        """Apply, store and record one checked envelope in ``s`` (raises ``ProlinkError`` to refuse it)."""
+        message, header, digest_hex = item.message, item.framing.header, item.digest_hex
+        effect = cases.apply(s, self.party, message.document, now, originals_due_days=self.settings.originals_due_days)
+        blob = write_blob(s, file_chunks(item.src), max_size=self.settings.max_envelope_bytes)
+        if blob.sha256 != digest_hex:
+            raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
+        row = self._inbound_row(message, blob.id, item.framing.size, now, item.receipt)
+        row.summary["policy"] = cases.item_policy(s, message.document)
+        s.add(row)
+        s.flush()
+        record_event(s, now, "message.received", "accepted", party=header.sender,
+                     object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind,
+                     thread_id=effect.thread_id, state_before=effect.state_before,
+                     state_after=effect.state_after, signer_key=message.authorisation.key.key_id)
+        record_event(s, now, "receipt.issued", "accepted", party=header.sender,
+                     object_id=header.message_id, envelope_sha256=digest_hex)
+        s.flush()  # inside a savepoint: the audit append happens here, so a refusal rolls it back too
 
     def _inbound_row(self, message: VerifiedMessage, blob_id: int, size: int, now: datetime,
                      receipt: bytes) -> Message:
@@ -272,17 +363,21 @@ class Node:
         return self._reject(self.clock(), bytes.fromhex(digest_hex), message_id, row.peer, exc)
 
     def _reject(self, now: datetime, envelope_sha256: bytes, message_id: str, sender: str,
-                exc: ProlinkError) -> Delivery:
+                exc: ProlinkError, session: Session | None = None) -> Delivery:
         receipt = protocol.make_receipt(envelope_sha256, message_id, sender, protocol.REJECTED, exc.code,
                                         self.identity.node_keys, now)
-        self._reject_event(now, message_id, sender, exc, envelope_sha256=envelope_sha256.hex())
+        self._reject_event(now, message_id, sender, exc, session=session, envelope_sha256=envelope_sha256.hex())
         return Delivery(status_for(exc), {"status": "rejected",
                                           "error": {"code": exc.code, "message": exc.message},
                                           "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json()})
 
     def _reject_event(self, now: datetime, message_id: str | None, sender: str | None, exc: ProlinkError,
-                      **detail: Any) -> None:
+                      session: Session | None = None, **detail: Any) -> None:
+        """Record a refusal: in ``session`` when given (a batch's transaction), else in a transaction of its own."""
         log.warning("envelope_rejected", code=exc.code, message_id=message_id, sender=sender)
+        if session is not None:
+            record_event(session, now, "message.rejected", exc.code, party=sender, object_id=message_id, **detail)
+            return
         with session_scope(self.engine) as s:
             record_event(s, now, "message.rejected", exc.code, party=sender, object_id=message_id, **detail)
 

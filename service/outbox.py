@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, exists, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import aliased
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session
@@ -48,6 +48,7 @@ class Claim:
     envelope_size: int
     worker_id: str
     lease_expires_at: datetime
+    created_at: datetime | None = None  # when the message was sealed (for the latency metric)
 
 
 def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> Outbox:
@@ -99,6 +100,58 @@ def _earlier_in_thread_pending() -> Any:
     )
 
 
+def _claim_statements() -> tuple[Any, Any, Any, Any]:
+    """The four statements of a claim, built once (building them costs more than running them)."""
+    find = (
+        select(col(Outbox.id))
+        .where(_due(bindparam("now")))
+        .where(~_earlier_in_thread_pending())
+        # A suspended peer's messages are held: never claimed, so no attempt is spent on them.
+        .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
+        .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True, of=Outbox)
+    )
+    ids = bindparam("ids", expanding=True)
+    take = (
+        update(Outbox)
+        .where(col(Outbox.id).in_(ids), _due(bindparam("now")))
+        .values(
+            state="in_flight",
+            claimed_by=bindparam("worker_id"),
+            claim_expires_at=bindparam("lease_until"),
+            attempts=col(Outbox.attempts) + 1,
+        )
+    )
+    taken = (
+        select(
+            col(Outbox.id),
+            col(Outbox.message_id),
+            col(Outbox.peer),
+            col(Outbox.attempts),
+            col(Message.blob_id),
+            col(Message.envelope_sha256),
+            col(Message.envelope_size),
+            col(Message.created_at),
+        )
+        .join(
+            Message,
+            and_(col(Message.id) == col(Outbox.message_id), col(Message.direction) == col(Outbox.direction)),
+        )
+        .where(col(Outbox.id).in_(ids), col(Outbox.claimed_by) == bindparam("worker_id"))
+        .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
+    )
+    in_flight = (
+        update(Message)
+        .where(col(Message.id).in_(bindparam("message_ids", expanding=True)), col(Message.direction) == "out")
+        .values(status="in_flight")
+    )
+    return find, take, taken, in_flight
+
+
+_FIND_DUE, _TAKE, _TAKEN, _SET_IN_FLIGHT = _claim_statements()
+
+
 def claim(
     engine: Engine,
     worker_id: str,
@@ -117,56 +170,12 @@ def claim(
     lease_until = now + timedelta(seconds=lease_seconds)
     with session_scope(engine) as session:
         conn = session.connection()
-        ids = list(
-            conn.execute(
-                select(col(Outbox.id))
-                .where(_due(now))
-                .where(~_earlier_in_thread_pending())
-                # A suspended peer's messages are held: never claimed, so no attempt is spent on them.
-                .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
-                .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
-                .limit(limit)
-                .with_for_update(skip_locked=True, of=Outbox)
-            ).scalars()
-        )
+        ids = list(conn.execute(_FIND_DUE, {"now": now, "limit": limit}).scalars())
         if not ids:
             return []
-        conn.execute(
-            update(Outbox)
-            .where(col(Outbox.id).in_(ids), _due(now))
-            .values(
-                state="in_flight",
-                claimed_by=worker_id,
-                claim_expires_at=lease_until,
-                attempts=col(Outbox.attempts) + 1,
-            )
-        )
-        rows = conn.execute(
-            select(
-                col(Outbox.id),
-                col(Outbox.message_id),
-                col(Outbox.peer),
-                col(Outbox.attempts),
-                col(Message.blob_id),
-                col(Message.envelope_sha256),
-                col(Message.envelope_size),
-            )
-            .join(
-                Message,
-                and_(
-                    col(Message.id) == col(Outbox.message_id), col(Message.direction) == col(Outbox.direction)
-                ),
-            )
-            .where(col(Outbox.id).in_(ids), col(Outbox.claimed_by) == worker_id)
-            .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
-        ).all()
-        conn.execute(
-            update(Message)
-            .where(
-                tuple_(col(Message.id), col(Message.direction)).in_([(r.message_id, "out") for r in rows]),
-            )
-            .values(status="in_flight")
-        )
+        conn.execute(_TAKE, {"ids": ids, "now": now, "worker_id": worker_id, "lease_until": lease_until})
+        rows = conn.execute(_TAKEN, {"ids": ids, "worker_id": worker_id}).all()
+        conn.execute(_SET_IN_FLIGHT, {"message_ids": [r.message_id for r in rows]})
         return [
             Claim(
                 outbox_id=r.id,
@@ -178,6 +187,7 @@ def claim(
                 envelope_size=r.envelope_size,
                 worker_id=worker_id,
                 lease_expires_at=lease_until,
+                created_at=r.created_at,
             )
             for r in rows
         ]
@@ -200,6 +210,16 @@ def extend_lease(
     return bool(cast("CursorResult[Any]", result).rowcount)
 
 
+@dataclass(frozen=True, slots=True)
+class Receipted:
+    """A delivery the peer answered with a verified receipt."""
+
+    outbox_id: int
+    receipt: bytes | None
+    receipt_status: str | None
+    receipt_verified: bool = False
+
+
 def mark_delivered(
     session: Session,
     outbox_id: int,
@@ -218,26 +238,45 @@ def mark_delivered(
     not change its answer). Returns False if the row was already delivered,
     in which case nothing is changed (the first receipt is kept).
     """
-    row = _lock(session, outbox_id)
-    if row is None or row.state == "delivered":
-        return False
-    session.execute(
-        update(Outbox)
-        .where(col(Outbox.id) == outbox_id, col(Outbox.state) != "delivered")
-        .values(state="delivered", delivered_at=now, claimed_by=None, claim_expires_at=None)
-    )
-    session.execute(
-        update(Message)
-        .where(col(Message.id) == row.message_id, col(Message.direction) == "out")
-        .values(
-            status="rejected" if receipt_status == "rejected" else "delivered",
-            delivered_at=now,
-            receipt=receipt,
-            receipt_status=receipt_status,
-            receipt_verified=receipt_verified,
-        )
-    )
-    return True
+    done = mark_delivered_many(session, [Receipted(outbox_id, receipt, receipt_status, receipt_verified)], now)
+    return outbox_id in done
+
+
+_LOCK_MANY = (
+    select(col(Outbox.id), col(Outbox.message_id), col(Outbox.state))
+    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
+_DELIVER_OUTBOX = (
+    update(Outbox)
+    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)), col(Outbox.state) != "delivered")
+    .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
+)
+_DELIVER_MESSAGE = (
+    update(Message.__table__)  # type: ignore[attr-defined]
+    .where(Message.__table__.c.id == bindparam("m_id"), Message.__table__.c.direction == "out")  # type: ignore[attr-defined]
+    .values(status=bindparam("m_status"), delivered_at=bindparam("m_at"), receipt=bindparam("m_receipt"),
+            receipt_status=bindparam("m_receipt_status"), receipt_verified=bindparam("m_verified"))
+)
+
+
+def mark_delivered_many(session: Session, items: list[Receipted], now: datetime) -> set[int]:
+    """``mark_delivered`` for several rows in three statements; returns the outbox ids newly delivered."""
+    if not items:
+        return set()
+    session.flush()
+    conn = session.connection()
+    rows = conn.execute(_LOCK_MANY, {"ids": [i.outbox_id for i in items]}).all()
+    open_rows = {r.id: r.message_id for r in rows if r.state != "delivered"}
+    todo = [i for i in items if i.outbox_id in open_rows]
+    if not todo:
+        return set()
+    conn.execute(_DELIVER_OUTBOX, {"ids": [i.outbox_id for i in todo], "now": now})
+    conn.execute(_DELIVER_MESSAGE, [
+        {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt, "m_receipt_status": i.receipt_status,
+         "m_verified": i.receipt_verified,
+         "m_status": "rejected" if i.receipt_status == "rejected" else "delivered"} for i in todo])
+    return set(open_rows)
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:

@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keys import peer_party
-from protocol import ProlinkError
+from protocol import BatchError, ProlinkError, decode_batch
 from service.errors import error_body, install_error_handlers
 from service.node import PEER_CACHE_SECONDS, SPOOL_MEMORY, Node
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.prolink.envelope"
+BATCH_MEDIA_TYPE = "application/vnd.prolink.envelope-batch"
+BATCH_PATH = "/v1/envelopes/batch"
 
 
 class PeerCertH11Protocol(H11Protocol):
@@ -87,6 +89,32 @@ def create_peer_app(node: Node) -> FastAPI:
             spooled.close()
         return JSONResponse(result.body, status_code=result.status)
 
+    @app.post(BATCH_PATH)
+    async def deliver_batch(request: Request) -> JSONResponse:
+        """Several envelopes (``protocol.encode_batch``): one answer each, in order, after one commit."""
+        limit = node.settings.batch_max_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return JSONResponse(error_body(_too_large(limit, "batch")), status_code=413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return JSONResponse(error_body(_too_large(limit, "batch")), status_code=413)
+        der = getattr(request.state, "tls_peer_cert", None)
+        tls_peer = party_of_certificate(node, der, cert_parties)
+        if der is not None and tls_peer is None:
+            exc = ProlinkError("client certificate belongs to no known peer", code="envelope.unknown_sender")
+            return JSONResponse(error_body(exc), status_code=403)
+        try:
+            envelopes = decode_batch(bytes(body), max_items=node.settings.batch_max_items,
+                                     max_envelope_bytes=limit)
+        except BatchError as exc:
+            await asyncio.to_thread(node.record_refused_batch, exc)
+            return JSONResponse(error_body(exc), status_code=400)
+        answers = await asyncio.to_thread(node.receive_batch, envelopes, tls_peer)
+        return JSONResponse({"results": [{"http_status": a.status, **a.body} for a in answers]})
+
     @app.get("/v1/bundle")
     def bundle() -> Response:
         return Response(node.identity.bundle_bytes(), media_type="application/json")
@@ -104,5 +132,5 @@ def create_peer_app(node: Node) -> FastAPI:
     return app
 
 
-def _too_large(limit: int) -> ProlinkError:
-    return ProlinkError(f"envelope exceeds the limit of {limit} bytes", code="envelope.too_large")
+def _too_large(limit: int, what: str = "envelope") -> ProlinkError:
+    return ProlinkError(f"{what} exceeds the limit of {limit} bytes", code=f"{what}.too_large")

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     delivery_concurrency: int = Field(default=8, ge=1, le=64,
                                       description="Deliveries in flight at once (different threads only).")
+    batch_max_items: int = Field(
+        default=64, ge=1, le=1000,
+        description="Most envelopes carried in one batched delivery, sent or accepted; 1 turns batching off.",
+    )
+    batch_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
+        description="Largest batched delivery in bytes, sent or accepted; a bigger envelope travels alone.",
+    )
     delivery_lease_seconds: float = Field(
         default=60.0, gt=0,
         description="How long a worker's claim on a delivery lasts without renewal; after a crash, "

@@ -13,8 +13,8 @@ receiver answers a redelivery of the same bytes with the receipt it stored.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,21 +25,30 @@ import protocol
 from keys import client_ssl_context
 from protocol import ProlinkError
 from service import outbox
-from service.admin import hold_if_suspended, on_receipt
-from service.blobs import read_blob
+from service.admin import hold_if_suspended, on_receipt, peer_is_active
+from service.blobs import read_blob, small_blobs
 from service.db import session_scope
 from service.metrics import observe_delivery
 from service.node import Node, record_event
-from service.peer_api import ENVELOPE_MEDIA_TYPE
+from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH, ENVELOPE_MEDIA_TYPE
 
 log = structlog.get_logger("prolink.worker")
 
 CLAIM_BATCH = 16
 RENEW_EVERY_BYTES = 8 * 1024 * 1024
+#: An envelope bigger than this always travels alone (streamed from the database).
+BATCH_ENVELOPE_LIMIT = 256 * 1024
 
 
 class DeliveryWorker:
-    """Runs in a thread beside the web servers of ``prolink serve``."""
+    """Runs in a thread beside the web servers of ``prolink serve``.
+
+    Claims due deliveries and hands them to a pool of ``delivery_concurrency``
+    threads, claiming again as soon as a thread is free, so new messages go out
+    while earlier ones are still in flight. Small envelopes to one peer travel
+    together in a batch (one request, one commit on each side, one receipt
+    each); big ones are streamed alone.
+    """
 
     def __init__(self, node: Node, worker_id: str | None = None) -> None:
         self.node = node
@@ -49,8 +58,10 @@ class DeliveryWorker:
         self._clients: dict[tuple[str, int], httpx.Client] = {}
         self._clients_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(node.settings.delivery_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
                                         thread_name_prefix=f"deliver-{node.party}")
+        self._unbatched: set[tuple[str, int]] = set()  # peers (party, bundle version) that answered 404 to a batch
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -73,31 +84,92 @@ class DeliveryWorker:
 
     def run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
-                worked = self.run_once()
+                worked = self._dispatch()
             except Exception as exc:  # noqa: BLE001 - the loop must survive a bad round (e.g. database down)
                 log.error("delivery_round_failed", error_type=type(exc).__name__, error=str(exc)[:300])
                 worked = 0
             if not worked:
                 self._wake.wait(self.node.settings.worker_poll_seconds)
-                self._wake.clear()
 
-    def run_once(self) -> int:
-        claims = outbox.claim(self.node.engine, self.worker_id, self.node.clock(),
-                              max(CLAIM_BATCH, self.node.settings.delivery_concurrency),
-                              self.node.settings.delivery_lease_seconds)
-        if len(claims) <= 1:
-            for claim in claims:
-                self.deliver(claim)
-        else:
-            # Deliveries of one claim batch go out in parallel; the outbox never hands out two
-            # messages of one thread at once, so the order within a thread is kept.
-            list(self._pool.map(self.deliver, claims))
+    def _dispatch(self) -> int:
+        """Claim for every free delivery thread and start the deliveries; returns how many were claimed."""
+        free = 0
+        while self._slots.acquire(blocking=False):
+            free += 1
+        if not free:  # every thread busy: a finishing delivery wakes us
+            return 0
+        try:
+            claims = self._claim(free * self.node.settings.batch_max_items)
+        except BaseException:
+            for _ in range(free):
+                self._slots.release()
+            raise
+        groups = self._groups(claims)
+        for index, group in enumerate(groups):
+            # More groups than free threads (big envelopes travel alone): wait for a thread.
+            while index >= free and not self._slots.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    return len(claims)  # unstarted claims come back when their lease runs out
+            self._pool.submit(self._run_group, group)
+        for _ in range(free - len(groups)):
+            self._slots.release()
         return len(claims)
 
-    # --- one delivery ---------------------------------------------------------
+    def _run_group(self, group: list[outbox.Claim]) -> None:
+        try:
+            self.deliver_group(group)
+        except Exception as exc:  # noqa: BLE001 - a thread of the pool must not die silently
+            log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__, error=str(exc)[:300])
+        finally:
+            self._slots.release()
+            self._wake.set()
+
+    def run_once(self) -> int:
+        """Claim what is due and deliver it, waiting until every delivery of this round has ended."""
+        claims = self._claim(max(CLAIM_BATCH, self.node.settings.delivery_concurrency))
+        groups = self._groups(claims)
+        if len(groups) <= 1:
+            for group in groups:
+                self.deliver_group(group)
+        else:
+            # Groups go out in parallel; the outbox never hands out two messages of one thread at
+            # once, so the order within a thread is kept.
+            list(self._pool.map(self.deliver_group, groups))
+        return len(claims)
+
+    def _claim(self, limit: int) -> list[outbox.Claim]:
+        return outbox.claim(self.node.engine, self.worker_id, self.node.clock(), limit,
+                            self.node.settings.delivery_lease_seconds)
+
+    def _groups(self, claims: list[outbox.Claim]) -> list[list[outbox.Claim]]:
+        """Claims cut into deliveries: batches of small envelopes to one peer, each big envelope alone."""
+        settings = self.node.settings
+        groups: list[list[outbox.Claim]] = []
+        filling: dict[str, tuple[list[outbox.Claim], int]] = {}
+        for c in claims:
+            if c.envelope_size > BATCH_ENVELOPE_LIMIT:
+                groups.append([c])
+                continue
+            group, size = filling.get(c.peer, ([], 0))
+            if not group or len(group) >= settings.batch_max_items or size + c.envelope_size > settings.batch_max_bytes:
+                group, size = [], 0
+                groups.append(group)
+            group.append(c)
+            filling[c.peer] = (group, size + c.envelope_size)
+        return groups
+
+    def deliver_group(self, group: list[outbox.Claim]) -> list[str]:
+        """Deliver a group (``_groups``): one request for a batch, else each alone; the outcome of each."""
+        if len(group) > 1 and self._batches_allowed(group[0].peer):
+            return self.deliver_batch(group)
+        return [self.deliver(c) for c in group]
+
+    # --- deliveries ------------------------------------------------------------
 
     def _client(self, party: str) -> tuple[httpx.Client, str]:
+        """A keep-alive client for ``party`` (its current bundle's TLS CA) and the base URL of its peer API."""
         trusted = self.node.peer(party)
         key = (party, trusted.bundle.version)
         with self._clients_lock:
@@ -108,19 +180,19 @@ class DeliveryWorker:
                 limits = httpx.Limits(max_connections=self.node.settings.delivery_concurrency)
                 client = httpx.Client(verify=ctx, timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
                 self._clients[key] = client
-        return client, trusted.bundle.endpoint.rstrip("/") + "/v1/envelopes"
+        return client, trusted.bundle.endpoint.rstrip("/")
 
     def deliver(self, claim: outbox.Claim) -> str:
-        """Try one delivery; returns the outcome ('delivered', 'rejected', 'queued' or 'parked')."""
+        """Try one delivery; returns the outcome ('delivered', 'rejected', 'queued', 'parked' or 'held')."""
         node = self.node
         if hold_if_suspended(node, claim, self.worker_id):  # suspended since the claim: nothing is sent
             return "held"
         try:
-            client, url = self._client(claim.peer)
-            response = client.post(url, content=self._body(claim),
-                                    headers={"content-type": ENVELOPE_MEDIA_TYPE,
-                                             "content-length": str(claim.envelope_size)})
-            outcome = self._settle(claim, response)
+            client, base = self._client(claim.peer)
+            response = client.post(base + "/v1/envelopes", content=self._body(claim),
+                                   headers={"content-type": ENVELOPE_MEDIA_TYPE,
+                                            "content-length": str(claim.envelope_size)})
+            outcome = self._settle([claim], [(response.status_code, _json_or_none(response))])[0]
         except (httpx.HTTPError, OSError) as exc:
             outcome = self._failed(claim, f"transport: {type(exc).__name__}: {exc}"[:500])
         except ProlinkError as exc:
@@ -128,6 +200,51 @@ class DeliveryWorker:
         log.info("delivery_attempt", message_id=claim.message_id, peer=claim.peer, attempt=claim.attempts,
                  outcome=outcome)
         return outcome
+
+    def _batches_allowed(self, party: str) -> bool:
+        if self.node.settings.batch_max_items <= 1:
+            return False
+        try:
+            return (party, self.node.peer(party).bundle.version) not in self._unbatched
+        except ProlinkError:
+            return False  # unknown or suspended peer: ``deliver`` deals with each claim
+
+    def deliver_batch(self, claims: list[outbox.Claim]) -> list[str]:
+        """Deliver several small envelopes to one peer in one request; the outcome of each, in order.
+
+        Each envelope gets its own answer and receipt, verified exactly as for a
+        single delivery; the ones that came back with a valid receipt are marked
+        delivered in one transaction. A peer that does not take batches (404) is
+        remembered and sent each envelope alone from then on.
+        """
+        node, peer = self.node, claims[0].peer
+        if not peer_is_active(node, peer):
+            return [self.deliver(c) for c in claims]  # each is held back in the queue
+        try:
+            client, base = self._client(peer)
+            version = node.peer(peer).bundle.version
+            body = protocol.encode_batch(small_blobs(node.engine, [c.blob_id for c in claims],
+                                                     max_total=node.settings.batch_max_bytes))
+            response = client.post(base + BATCH_PATH, content=body, headers={"content-type": BATCH_MEDIA_TYPE})
+        except (httpx.HTTPError, OSError) as exc:
+            return self._failed_many(claims, f"transport: {type(exc).__name__}: {exc}"[:500])
+        except ProlinkError as exc:
+            return self._failed_many(claims, f"{exc.code}: {exc.message}")
+        if response.status_code in (404, 405, 413):  # no batches here (an older node), or not this big: one by one
+            if response.status_code != 413:
+                self._unbatched.add((peer, version))
+                log.info("peer_takes_no_batches", peer=peer, status=response.status_code)
+            return [self.deliver(c) for c in claims]
+        if response.status_code >= 500:
+            return self._failed_many(claims, f"peer answered HTTP {response.status_code} to a batch")
+        results = (_json_or_none(response) or {}).get("results")
+        if not isinstance(results, list) or len(results) != len(claims) \
+                or not all(isinstance(r, dict) for r in results):
+            return self._failed_many(claims, f"HTTP {response.status_code} without one answer per envelope")
+        outcomes = self._settle(claims, [(_status_of(r), r) for r in results])
+        log.info("delivery_batch", peer=peer, envelopes=len(claims), delivered=outcomes.count("delivered"),
+                 rejected=outcomes.count("rejected"))
+        return outcomes
 
     def _body(self, claim: outbox.Claim) -> Iterator[bytes]:
         """The stored envelope, renewing our lease as it streams so a big upload is not taken over."""
@@ -141,11 +258,36 @@ class DeliveryWorker:
                     outbox.extend_lease(s, claim.outbox_id, self.worker_id, self.node.clock(),
                                         self.node.settings.delivery_lease_seconds)
 
-    def _settle(self, claim: outbox.Claim, response: httpx.Response) -> str:
-        if response.status_code >= 500:
-            return self._failed(claim, f"peer answered HTTP {response.status_code}")
+    def _settle(self, claims: list[outbox.Claim], answers: list[tuple[int, Any]]) -> list[str]:
+        """Record the peer's answers (HTTP status, JSON body) to ``claims``: receipts in one transaction."""
+        receipted: list[tuple[outbox.Claim, bytes, protocol.Receipt]] = []
+        outcomes: dict[int, str] = {}
+        for claim, (status, body) in zip(claims, answers, strict=True):
+            checked = self._verified_receipt(claim, status, body)
+            if isinstance(checked, str):
+                outcomes[claim.outbox_id] = self._failed(claim, checked)
+            else:
+                receipted.append((claim, *checked))
+        if receipted:
+            now = self.node.clock()
+            with session_scope(self.node.engine) as s:
+                outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
+                                               for c, rb, r in receipted], now)
+                for claim, _, receipt in receipted:
+                    record_event(s, now, "receipt.received", receipt.status, party=claim.peer,
+                                 object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
+                                 reason_code=receipt.reason_code)
+            for claim, _, receipt in receipted:
+                observe_delivery(self.node, claim.peer, claim.created_at, now)
+                outcomes[claim.outbox_id] = "delivered" if receipt.accepted else "rejected"
+        return [outcomes[c.outbox_id] for c in claims]
+
+    def _verified_receipt(self, claim: outbox.Claim, status: int,
+                          body: Any) -> tuple[bytes, protocol.Receipt] | str:
+        """The receipt in a peer's answer, verified against its bundle and our envelope; else why not."""
+        if status >= 500:
+            return f"peer answered HTTP {status}"
         try:
-            body: Any = response.json()
             receipt_bytes = protocol.Signed.from_json(body["receipt"], what="receipt").to_bytes()
             on_receipt(self.node, claim.peer, receipt_bytes)  # the peer may have rotated its keys, or been down
             receipt = protocol.verify_receipt(receipt_bytes, self.node.peer(claim.peer),
@@ -153,21 +295,33 @@ class DeliveryWorker:
                                               message_id=claim.message_id, sender=self.node.party)
         except (ValueError, KeyError, TypeError, ProlinkError) as exc:
             code = getattr(exc, "code", "receipt.missing")
-            return self._failed(claim, f"HTTP {response.status_code} without a valid receipt ({code})")
-        now = self.node.clock()
-        with session_scope(self.node.engine) as s:
-            outbox.mark_delivered(s, claim.outbox_id, now, receipt=receipt_bytes, receipt_status=receipt.status,
-                                  receipt_verified=True)
-            record_event(s, now, "receipt.received", receipt.status, party=claim.peer, object_id=claim.message_id,
-                         envelope_sha256=claim.envelope_sha256, reason_code=receipt.reason_code)
-        observe_delivery(self.node, claim.peer, claim.message_id, now)
-        return "delivered" if receipt.accepted else "rejected"
+            return f"HTTP {status} without a valid receipt ({code})"
+        return receipt_bytes, receipt
 
     def _failed(self, claim: outbox.Claim, error: str) -> str:
+        return self._failed_many([claim], error)[0]
+
+    def _failed_many(self, claims: list[outbox.Claim], error: str) -> list[str]:
+        """One failed attempt for each of ``claims`` (one transaction); the new state of each."""
         now = self.node.clock()
+        states: list[str] = []
         with session_scope(self.node.engine) as s:
-            state = outbox.mark_failed(s, claim.outbox_id, error, now, self.node.settings,
-                                       worker_id=self.worker_id)
-            record_event(s, now, "delivery.failed", state or "stale", party=claim.peer, object_id=claim.message_id,
-                         attempt=claim.attempts, error=error[:300])
-        return state or "stale"
+            for claim in claims:
+                state = outbox.mark_failed(s, claim.outbox_id, error, now, self.node.settings,
+                                           worker_id=self.worker_id)
+                record_event(s, now, "delivery.failed", state or "stale", party=claim.peer,
+                             object_id=claim.message_id, attempt=claim.attempts, error=error[:300])
+                states.append(state or "stale")
+        return states
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _status_of(answer: dict[str, Any]) -> int:
+    status = answer.get("http_status")
+    return status if isinstance(status, int) else 502
