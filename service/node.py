@@ -237,13 +237,25 @@ class Node:
         now = self.clock()
         answers: list[Delivery | None] = []
         checked: list[tuple[int, _Checked]] = []
+        first: dict[str, tuple[int, str]] = {}  # message id -> (index, digest) of its first checked envelope
+        repeats: list[tuple[int, int]] = []  # (index, index of the same bytes earlier in the batch)
         for index, envelope in enumerate(envelopes):
             result = self._check_delivery(io.BytesIO(envelope), tls_peer, now)
+            earlier = None if isinstance(result, Delivery) else first.get(result.message_id)
             if isinstance(result, Delivery):
                 answers.append(result)
-            else:
+            elif earlier is None:
+                first[result.message_id] = (index, result.digest_hex)
                 answers.append(None)
                 checked.append((index, result))
+            elif earlier[1] == result.digest_hex:
+                answers.append(None)
+                repeats.append((index, earlier[0]))
+            else:
+                exc = EnvelopeError(f"message {result.message_id} appears twice in the batch with other bytes",
+                                    code="envelope.conflicting_duplicate")
+                answers.append(self._reject(now, result.framing.envelope_sha256, result.message_id, result.sender,
+                                            exc))
         raced: list[tuple[int, _Checked]] = []
         if checked:
             with session_scope(self.engine) as s:
@@ -265,6 +277,8 @@ class Node:
             answers[index] = self._stored_receipt(item.message_id, item.digest_hex) or Delivery(
                 409, {"status": "rejected", "error": {"code": "envelope.duplicate_in_flight",
                                                       "message": "this message is being stored by another delivery"}})
+        for index, earlier_index in repeats:  # the same bytes twice in one batch: the one answer
+            answers[index] = answers[earlier_index]
         return cast("list[Delivery]", answers)  # every envelope has its answer by now
 
     def record_refused_batch(self, exc: ProlinkError) -> None:

@@ -18,7 +18,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keys import peer_party
 from protocol import BatchError, ProlinkError, decode_batch
-from service.errors import error_body, install_error_handlers
+from service.errors import error_body, install_error_handlers, status_for
 from service.node import PEER_CACHE_SECONDS, SPOOL_MEMORY, Node
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.prolink.envelope"
@@ -111,7 +111,7 @@ def create_peer_app(node: Node) -> FastAPI:
                                      max_envelope_bytes=limit)
         except BatchError as exc:
             await asyncio.to_thread(node.record_refused_batch, exc)
-            return JSONResponse(error_body(exc), status_code=400)
+            return JSONResponse(error_body(exc), status_code=status_for(exc))
         answers = await asyncio.to_thread(node.receive_batch, envelopes, tls_peer)
         return JSONResponse({"results": [{"http_status": a.status, **a.body} for a in answers]})
 

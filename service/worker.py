@@ -230,14 +230,18 @@ class DeliveryWorker:
             return self._failed_many(claims, f"transport: {type(exc).__name__}: {exc}"[:500])
         except ProlinkError as exc:
             return self._failed_many(claims, f"{exc.code}: {exc.message}")
-        if response.status_code in (404, 405, 413):  # no batches here (an older node), or not this big: one by one
-            if response.status_code != 413:
-                self._unbatched.add((peer, version))
-                log.info("peer_takes_no_batches", peer=peer, status=response.status_code)
+        if response.status_code in (404, 405):  # a node without batches: one by one, from now on
+            self._unbatched.add((peer, version))
+            log.info("peer_takes_no_batches", peer=peer, status=response.status_code)
+            return [self.deliver(c) for c in claims]
+        if response.status_code in (400, 413) and _error_code(response).startswith("batch."):
+            # The peer takes smaller batches than ours (its own limits): these go one by one.
+            log.info("peer_refused_batch", peer=peer, code=_error_code(response), envelopes=len(claims))
             return [self.deliver(c) for c in claims]
         if response.status_code >= 500:
             return self._failed_many(claims, f"peer answered HTTP {response.status_code} to a batch")
-        results = (_json_or_none(response) or {}).get("results")
+        answer = _json_or_none(response)
+        results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, list) or len(results) != len(claims) \
                 or not all(isinstance(r, dict) for r in results):
             return self._failed_many(claims, f"HTTP {response.status_code} without one answer per envelope")
@@ -320,6 +324,13 @@ def _json_or_none(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def _error_code(response: httpx.Response) -> str:
+    body = _json_or_none(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 def _status_of(answer: dict[str, Any]) -> int:
