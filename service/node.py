@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, BinaryIO, cast
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -43,6 +43,26 @@ NODE_ACTOR = "node"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_message = Message.__table__  # type: ignore[attr-defined]
+_STORED_INBOUND = select(_message.c.id, _message.c.envelope_sha256, _message.c.receipt, _message.c.peer).where(
+    _message.c.direction == "in", _message.c.id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredInbound:
+    envelope_sha256: str
+    receipt: bytes | None
+    peer: str
+
+
+def _message_id_or_none(envelope: bytes) -> str | None:
+    """The message id in an envelope's clear header, if its framing reads at all (nothing verified)."""
+    try:
+        return read_framing(envelope).header.message_id
+    except ProlinkError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -239,8 +259,9 @@ class Node:
         checked: list[tuple[int, _Checked]] = []
         first: dict[str, tuple[int, str]] = {}  # message id -> (index, digest) of its first checked envelope
         repeats: list[tuple[int, int]] = []  # (index, index of the same bytes earlier in the batch)
+        known = self._stored_inbound(list({i for i in map(_message_id_or_none, envelopes) if i is not None}))
         for index, envelope in enumerate(envelopes):
-            result = self._check_delivery(io.BytesIO(envelope), tls_peer, now)
+            result = self._check_delivery(io.BytesIO(envelope), tls_peer, now, known)
             earlier = None if isinstance(result, Delivery) else first.get(result.message_id)
             if isinstance(result, Delivery):
                 answers.append(result)
@@ -285,7 +306,8 @@ class Node:
         """A batched delivery that could not be read at all: recorded like a malformed envelope."""
         self._reject_event(self.clock(), None, None, exc)
 
-    def _check_delivery(self, src: BinaryIO, tls_peer: str | None, now: datetime) -> Delivery | _Checked:
+    def _check_delivery(self, src: BinaryIO, tls_peer: str | None, now: datetime,
+                        known: dict[str, _StoredInbound] | None = None) -> Delivery | _Checked:
         """Everything about a delivery that needs no write: framing, sender, redelivery, signature, decryption.
 
         Returns the answer when there is nothing to store (a rejection, or the
@@ -314,7 +336,7 @@ class Node:
             self._reject_event(now, header.message_id, header.sender, exc)
             return Delivery(403, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
 
-        stored = self._stored_receipt(header.message_id, digest_hex)
+        stored = self._stored_receipt(header.message_id, digest_hex, known)
         if stored is not None:
             return stored
         try:
@@ -360,21 +382,30 @@ class Node:
                                 "signer": f"{message.authorisation.person}, {message.authorisation.position}",
                                 "attachments": len(doc.attachments)})
 
-    def _stored_receipt(self, message_id: str, digest_hex: str) -> Delivery | None:
-        """Redelivery of the same bytes gets the stored receipt; other bytes under that id are refused."""
-        with session_scope(self.engine, readonly=True) as s:
-            row = s.get(Message, (message_id, "in"))
-            if row is None:
-                return None
-            same = row.envelope_sha256 == digest_hex
-            receipt = row.receipt
-        if same and receipt is not None:
+    def _stored_receipt(self, message_id: str, digest_hex: str,
+                        known: dict[str, _StoredInbound] | None = None) -> Delivery | None:
+        """Redelivery of the same bytes gets the stored receipt; other bytes under that id are refused.
+
+        ``known``: the stored rows of a batch's message ids, looked up together (``_stored_inbound``).
+        """
+        row = (known if known is not None else self._stored_inbound([message_id])).get(message_id)
+        if row is None:
+            return None
+        if row.envelope_sha256 == digest_hex and row.receipt is not None:
             return Delivery(200, {"status": "accepted", "redelivery": True,
-                                  "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json()})
+                                  "receipt": protocol.Signed.from_bytes(row.receipt, what="receipt").to_json()})
         exc = EnvelopeError(f"message {message_id} was already received with other bytes",
                             code="envelope.conflicting_duplicate")
         log.warning("conflicting_duplicate", message_id=message_id)
         return self._reject(self.clock(), bytes.fromhex(digest_hex), message_id, row.peer, exc)
+
+    def _stored_inbound(self, message_ids: list[str]) -> dict[str, _StoredInbound]:
+        """What is stored for these received message ids (one query)."""
+        if not message_ids:
+            return {}
+        with session_scope(self.engine, readonly=True) as s:
+            rows = s.connection().execute(_STORED_INBOUND, {"ids": message_ids}).all()
+        return {r.id: _StoredInbound(r.envelope_sha256, r.receipt, r.peer) for r in rows}
 
     def _reject(self, now: datetime, envelope_sha256: bytes, message_id: str, sender: str,
                 exc: ProlinkError, session: Session | None = None) -> Delivery:
