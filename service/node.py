@@ -329,8 +329,7 @@ class Node:
                                                     "signer": f"{signatory.person}, {signatory.position}",
                                                     "attachments": len(document.attachments)})
             s.add(row)
-            s.flush()
-            outbox.enqueue(s, document.id, recipient.party, now)
+            outbox.enqueue(s, document.id, recipient.party, now)  # flushes the thread and message first
             record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
                          object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
                          thread_id=effect.thread_id, state_before=effect.state_before,
