@@ -128,7 +128,8 @@ _INSERT_CHUNK = insert(BlobChunk)
 
 
 def _insert_blob(conn: Connection, sha256: str, size: int, chunk_count: int) -> int:
-    new_id = conn.execute(_INSERT_BLOB, {"sha256": sha256, "size": size, "chunk_count": chunk_count}).scalar_one()
+    params = {"sha256": sha256, "size": size, "chunk_count": chunk_count}
+    new_id = conn.execute(_INSERT_BLOB, params).scalar_one()
     if new_id is None:  # pragma: no cover - the database always assigns one
         raise BlobError("the database assigned no blob id")
     return int(new_id)
