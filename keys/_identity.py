@@ -222,6 +222,7 @@ class Identity:
         self.tls_key_path: Path = self._kd / state["tls"]["key"]
         self._passphrase = passphrase
         self._root: SigningKey | None = None
+        self._trusted_self: tuple[bytes, TrustedParty] | None = None
 
     def __repr__(self) -> str:
         return (f"Identity(party={self.party!r}, data_dir={str(self.data_dir)!r}, "
@@ -252,8 +253,18 @@ class Identity:
         return (self._kd / BUNDLE_FILE).read_bytes()
 
     def trusted_self(self) -> TrustedParty:
-        """Our own bundle verified against our own root: what a peer holds about us."""
-        return verify_bundle(self.bundle_bytes(), pinned_root=self.root_public)
+        """Our own bundle verified against our own root: what a peer holds about us.
+
+        bundle.json is read every time (a revocation written by the CLI counts
+        at once), but verified again only when its bytes changed: verification
+        depends on nothing else, and every send asks.
+        """
+        data = self.bundle_bytes()
+        cached = self._trusted_self
+        if cached is None or cached[0] != data:
+            cached = (data, verify_bundle(data, pinned_root=self.root_public))
+            self._trusted_self = cached
+        return cached[1]
 
 
 def generate_identity(data_dir: Path | str, party: str, name: str, endpoint: str, now: datetime,

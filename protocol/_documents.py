@@ -126,6 +126,25 @@ def _is_cyrillic(char: str) -> bool:
     return unicodedata.name(char, "").startswith("CYRILLIC")
 
 
+#: Tokens up to this length have their letter counts cached (words recur; a huge token must not be kept).
+_CACHED_TOKEN_LENGTH: Final = 64
+
+
+def _token_letter_counts(token: str) -> tuple[int, int, int]:
+    """(Cyrillic letters, other letters, acronym letters) of one whitespace-separated token."""
+    if _is_machine_token(token):
+        return 0, 0, 0
+    letters = [char for char in token if char.isalpha()]
+    cyrillic = sum(1 for char in letters if _is_cyrillic(char))
+    if len(letters) >= 2 and not cyrillic and all(char.isupper() for char in letters):
+        return 0, 0, len(letters)
+    return cyrillic, len(letters) - cyrillic, 0
+
+
+# Cached: prose repeats its words, within a document and from one document to the next.
+_cached_token_letter_counts = functools.lru_cache(maxsize=16384)(_token_letter_counts)
+
+
 def _letter_counts(text: str) -> tuple[int, int, int]:
     """(Cyrillic letters, other letters, letters of Latin acronyms), ignoring machine tokens.
 
@@ -134,16 +153,18 @@ def _letter_counts(text: str) -> tuple[int, int, int]:
     """
     cyrillic = other = acronym = 0
     for token in text.split():
-        if _is_machine_token(token):
-            continue
-        letters = [char for char in token if char.isalpha()]
-        cyrillic_here = sum(1 for char in letters if _is_cyrillic(char))
-        if len(letters) >= 2 and not cyrillic_here and all(char.isupper() for char in letters):
-            acronym += len(letters)
+        if len(token) <= _CACHED_TOKEN_LENGTH:
+            c, o, a = _cached_token_letter_counts(token)
         else:
-            cyrillic += cyrillic_here
-            other += len(letters) - cyrillic_here
+            c, o, a = _token_letter_counts(token)
+        cyrillic += c
+        other += o
+        acronym += a
     return cyrillic, other, acronym
+
+
+def _russian_share(cyrillic: int, other: int) -> bool:
+    return cyrillic > 0 and cyrillic >= MIN_CYRILLIC_SHARE * (cyrillic + other)
 
 
 def is_russian(text: str) -> bool:
@@ -157,7 +178,7 @@ def is_russian(text: str) -> bool:
     only a number or a dash, the caller allows letterless text explicitly.
     """
     cyrillic, other, _ = _letter_counts(text)
-    return cyrillic > 0 and cyrillic >= MIN_CYRILLIC_SHARE * (cyrillic + other)
+    return _russian_share(cyrillic, other)
 
 
 _ALLOWED_CONTROLS: Final = frozenset("\t\n\r")
@@ -185,7 +206,8 @@ def _prose(value: str) -> str:
 def _free_text(value: str) -> str:
     """Optional free text: may be empty or letterless (a dash, a number), else Russian."""
     _check_characters(value)
-    if sum(_letter_counts(value)) and not is_russian(value):
+    cyrillic, other, acronym = _letter_counts(value)
+    if cyrillic + other + acronym and not _russian_share(cyrillic, other):
         raise PydanticCustomError("document.not_russian", "text must be in Russian (Art. 8)")
     return value
 

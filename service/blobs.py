@@ -78,21 +78,17 @@ def write_blob(
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     conn = session.connection()
-    new_id = conn.execute(
-        insert(Blob).values(sha256="", size=0, chunk_count=0).returning(col(Blob.id))
-    ).scalar_one()
-    if new_id is None:  # pragma: no cover - the database always assigns one
-        raise BlobError("the database assigned no blob id")
-    blob_id: int = new_id
-
+    blob_id: int | None = None  # the row is inserted with the first full chunk, or at the end
     digest = hashlib.sha256()
     size = 0
     seq = 0
     buf = bytearray()
 
     def flush(data: bytes) -> None:
-        nonlocal seq
-        conn.execute(insert(BlobChunk).values(blob_id=blob_id, seq=seq, data=data))
+        nonlocal seq, blob_id
+        if blob_id is None:
+            blob_id = _insert_blob(conn, "", 0, 0)
+        conn.execute(_INSERT_CHUNK, {"blob_id": blob_id, "seq": seq, "data": data})
         seq += 1
 
     for piece in chunks:
@@ -110,15 +106,33 @@ def write_blob(
             if len(buf) == chunk_size:
                 flush(bytes(buf))
                 buf.clear()
-    if buf:
-        flush(bytes(buf))
-        buf.clear()
 
     sha256 = digest.hexdigest()
-    conn.execute(
-        update(Blob).where(col(Blob.id) == blob_id).values(sha256=sha256, size=size, chunk_count=seq)
-    )
+    if blob_id is None:
+        # Less than one chunk (most envelopes): the blob row is written once, with its final values.
+        blob_id = _insert_blob(conn, sha256, size, 1 if buf else 0)
+        if buf:
+            flush(bytes(buf))
+    else:
+        if buf:
+            flush(bytes(buf))
+        conn.execute(
+            update(Blob).where(col(Blob.id) == blob_id).values(sha256=sha256, size=size, chunk_count=seq)
+        )
+    buf.clear()
     return BlobInfo(id=blob_id, sha256=sha256, size=size)
+
+
+_INSERT_BLOB = insert(Blob).returning(col(Blob.id))
+_INSERT_CHUNK = insert(BlobChunk)
+
+
+def _insert_blob(conn: Connection, sha256: str, size: int, chunk_count: int) -> int:
+    params = {"sha256": sha256, "size": size, "chunk_count": chunk_count}
+    new_id = conn.execute(_INSERT_BLOB, params).scalar_one()
+    if new_id is None:  # pragma: no cover - the database always assigns one
+        raise BlobError("the database assigned no blob id")
+    return int(new_id)
 
 
 def blob_info(source: Session | Engine, blob_id: int) -> BlobInfo:

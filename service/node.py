@@ -143,6 +143,8 @@ class Node:
         self.party = identity.party
         self._peers: dict[str, tuple[float, int, str, TrustedParty]] = {}
         self._signatories: dict[str, Signatory] = {}
+        # authorisation bytes -> (the bundle it was verified under, the verified authorisation)
+        self._authorisations: dict[bytes, tuple[TrustedParty, protocol.Authorisation]] = {}
         self._storage_key: bytes | None = None
 
     def storage_key(self) -> bytes:
@@ -431,7 +433,14 @@ class Node:
     def check_signatory(self, signatory: Signatory, at: datetime) -> protocol.Authorisation:
         """Art. 4: the signer must hold an authorisation from our root, valid and unrevoked on ``at``."""
         me = self.identity.trusted_self()
-        auth = protocol.verify_authorisation(signatory.authorisation, me)
+        # Verified once per (authorisation, our bundle as verified): the signature check depends on nothing
+        # else. Dates and revocation below are checked on every send.
+        cached = self._authorisations.get(signatory.authorisation)
+        if cached is not None and cached[0] is me:
+            auth = cached[1]
+        else:
+            auth = protocol.verify_authorisation(signatory.authorisation, me)
+            self._authorisations[signatory.authorisation] = (me, auth)
         if not auth.covers(at.date()):
             raise protocol.TrustError(
                 f"{auth.person}'s signing authorisation is valid {auth.valid_from.isoformat()}.."
@@ -460,8 +469,7 @@ class Node:
                                                     "signer": f"{signatory.person}, {signatory.position}",
                                                     "attachments": len(document.attachments)})
             s.add(row)
-            s.flush()
-            outbox.enqueue(s, document.id, recipient.party, now)
+            outbox.enqueue(s, document.id, recipient.party, now)  # flushes the thread and message first
             record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
                          object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
                          thread_id=effect.thread_id, state_before=effect.state_before,

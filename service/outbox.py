@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -51,21 +52,30 @@ class Claim:
     created_at: datetime | None = None  # when the message was sealed (for the latency metric)
 
 
-def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> Outbox:
-    """Queue the outgoing message ``message_id`` for delivery to ``peer``, due at once."""
-    row = Outbox(
-        message_id=message_id,
-        direction="out",
-        peer=peer,
-        state="queued",
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
-    )
-    session.add(row)
+def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> int:
+    """Queue the outgoing message ``message_id`` for delivery to ``peer``, due at once; returns the outbox id.
+
+    Flushes first, so a message added to ``session`` is stored before its
+    outbox row refers to it. The message's status becomes ``queued``; the
+    UPDATE is skipped when the row this session just stored already says so
+    (``Node.send`` creates it queued), as it would change nothing.
+    """
     session.flush()
-    _set_message_status(session, message_id, "queued")
-    return row
+    outbox_id: int = session.connection().execute(
+        _INSERT_OUTBOX,
+        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now},
+    ).scalar_one()
+    message = session.identity_map.get(identity_key(Message, (message_id, "out")))
+    if message is None or message.status != "queued":
+        _set_message_status(session, message_id, "queued")
+    return outbox_id
+
+
+_INSERT_OUTBOX = (
+    insert(Outbox)
+    .values(direction="out", state="queued", attempts=0)
+    .returning(col(Outbox.id))
+)
 
 
 def _due(now: datetime) -> Any:

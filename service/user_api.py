@@ -194,13 +194,15 @@ def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef]) -
     answered = None
     reply_to = fields.get("in_reply_to")
     thread_ref = fields.get("thread_id") or fields.get("request_id")
-    with session_scope(node.engine, readonly=True) as s:
-        if isinstance(reply_to, str):
-            answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
-            if answered is None:
-                raise ServiceError(f"in_reply_to names no known message {reply_to}", code="message.not_found",
-                                   status=422, field="in_reply_to")
-        thread = s.get(Thread, thread_ref) if isinstance(thread_ref, str) else None
+    thread = None
+    if isinstance(reply_to, str) or isinstance(thread_ref, str):  # else nothing to look up: no transaction
+        with session_scope(node.engine, readonly=True) as s:
+            if isinstance(reply_to, str):
+                answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
+                if answered is None:
+                    raise ServiceError(f"in_reply_to names no known message {reply_to}",
+                                       code="message.not_found", status=422, field="in_reply_to")
+            thread = s.get(Thread, thread_ref) if isinstance(thread_ref, str) else None
     if answered is None and thread is not None:
         fields = {"thread_id": thread.id, "recipient_party": thread.peer, **fields}
     return compose(fields, message_id=new_message_id(), sender_party=node.party, now=node.clock(),

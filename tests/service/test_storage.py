@@ -101,9 +101,7 @@ def add_outgoing(engine: Engine, message_id: str, now: datetime = T0, peer: str 
                 summary={"kind": "request"},
             )
         )
-        row = outbox.enqueue(s, message_id, peer, now)
-        assert row.id is not None
-        return row.id
+        return outbox.enqueue(s, message_id, peer, now)
 
 
 def outbox_row(engine: Engine, outbox_id: int) -> Outbox:
