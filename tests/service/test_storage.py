@@ -83,7 +83,8 @@ def add_peer(engine: Engine, party: str = "BY") -> None:
         )
 
 
-def add_outgoing(engine: Engine, message_id: str, now: datetime = T0, peer: str = "BY") -> int:
+def add_outgoing(engine: Engine, message_id: str, now: datetime = T0, peer: str = "BY",
+                 thread_id: str | None = None) -> int:
     """An outgoing message with a small envelope, enqueued; returns the outbox id."""
     with session_scope(engine) as s:
         blob = write_blob(s, [message_id.encode()])
@@ -93,6 +94,7 @@ def add_outgoing(engine: Engine, message_id: str, now: datetime = T0, peer: str 
                 direction="out",
                 peer=peer,
                 kind="request",
+                thread_id=thread_id,
                 envelope_sha256=blob.sha256,
                 envelope_size=blob.size,
                 blob_id=blob.id,
@@ -474,6 +476,35 @@ def test_claim_orders_by_due_time_and_respects_the_limit(engine: Engine) -> None
     rest = outbox.claim(engine, "w", T0 + timedelta(seconds=60), limit=10)
     assert [c.outbox_id for c in rest] == [ids[2], ids[1], ids[0]]
     assert outbox.claim(engine, "w", T0 + timedelta(seconds=60), limit=0) == []
+
+
+def test_claim_hands_out_one_message_of_a_thread_at_a_time_in_the_order_sent(engine: Engine) -> None:
+    add_peer(engine)
+    later = T0 + timedelta(seconds=60)
+    t1 = [add_outgoing(engine, f"t1-{i}", T0, thread_id="t1") for i in range(3)]
+    t2 = add_outgoing(engine, "t2-0", T0, thread_id="t2")
+    loose = [add_outgoing(engine, f"loose-{i}", T0) for i in range(2)]  # outside any thread: never held
+    assert {c.outbox_id for c in outbox.claim(engine, "w", later, limit=10)} == {t1[0], t2, *loose}
+    assert outbox.claim(engine, "w", later, limit=10) == []  # t1's head is in flight: the rest waits
+    with session_scope(engine) as s:
+        outbox.mark_delivered(s, t1[0], later)
+    assert [c.outbox_id for c in outbox.claim(engine, "w", later, limit=10)] == [t1[1]]
+    with session_scope(engine) as s:
+        assert outbox.park(s, t1[1], "operator", later)
+    assert outbox.claim(engine, "w", later, limit=10) == []  # a parked head holds its thread back
+    with session_scope(engine) as s:
+        assert outbox.requeue(s, t1[1], later)
+    assert [c.outbox_id for c in outbox.claim(engine, "w", later, limit=10)] == [t1[1]]
+
+
+def test_a_long_held_thread_does_not_hide_other_threads_behind_it(engine: Engine) -> None:
+    add_peer(engine)
+    held = [add_outgoing(engine, f"held-{i}", T0, thread_id="held") for i in range(150)]
+    other = add_outgoing(engine, "other", T0 + timedelta(seconds=1), thread_id="other")
+    later = T0 + timedelta(seconds=60)
+    with session_scope(engine) as s:
+        assert outbox.park(s, held[0], "operator", later)
+    assert [c.outbox_id for c in outbox.claim(engine, "w", later, limit=2)] == [other]
 
 
 def test_a_rolled_back_send_leaves_nothing_to_deliver(engine: Engine) -> None:
