@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from service.db import session_scope
+from service.db import read_only, session_scope
 from service.models import Message, Outbox, Peer
 from service.settings import Settings
 
@@ -147,8 +147,9 @@ _CANDIDATES, _THREAD_HEADS, _TAKE, _TAKEN, _SET_IN_FLIGHT = _claim_statements()
 CLAIM_SCAN_LIMIT = 4096
 
 
-def _deliverable(conn: Connection, now: datetime, limit: int) -> list[int]:
-    """Up to ``limit`` due outbox ids, oldest first, each the oldest undelivered row of its thread and peer.
+def _deliverable(conn: Connection, now: datetime, limit: int) -> tuple[list[int], bool]:
+    """Up to ``limit`` due outbox ids, oldest first, each the oldest undelivered row of its thread and peer;
+    and whether due rows were passed over because an earlier row of their thread is not delivered yet.
 
     Messages of one thread are delivered in the order they were sent: the peer
     applies them to the same lifecycle, where a result overtaking its acceptance
@@ -157,6 +158,7 @@ def _deliverable(conn: Connection, now: datetime, limit: int) -> list[int]:
     threads are not held. Messages outside any thread are never held.
     """
     chosen: list[int] = []
+    held = False
     page = max(4 * limit, 64)
     offset = 0
     while len(chosen) < limit and offset < CLAIM_SCAN_LIMIT:
@@ -164,11 +166,24 @@ def _deliverable(conn: Connection, now: datetime, limit: int) -> list[int]:
         threads = sorted({r.thread_id for r in rows if r.thread_id is not None})
         heads = {(h.thread_id, h.peer): h.head
                  for h in conn.execute(_THREAD_HEADS, {"threads": threads})} if threads else {}
-        chosen.extend(r.id for r in rows if r.thread_id is None or heads.get((r.thread_id, r.peer)) == r.id)
+        free = [r.id for r in rows if r.thread_id is None or heads.get((r.thread_id, r.peer)) == r.id]
+        held = held or len(free) < len(rows)
+        chosen.extend(free)
         if len(rows) < page:
             break
         offset += page
-    return chosen[:limit]
+    return chosen[:limit], held
+
+
+_ANY_DUE = select(col(Outbox.id)).where(_due(bindparam("now"))).limit(1)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claims: list[Claim]
+    #: Due rows were left because an earlier message of their thread is still undelivered (or there
+    #: were more than ``limit``): claim again once a delivery ends.
+    more: bool
 
 
 def claim(
@@ -184,18 +199,27 @@ def claim(
     expired lease (the worker holding it died or hung). Rows another
     transaction has locked are skipped, not waited for.
     """
+    return claim_due(engine, worker_id, now, limit, lease_seconds).claims
+
+
+def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
+              lease_seconds: float = 120.0) -> ClaimResult:
+    """``claim``, also telling whether due rows were left behind."""
     if limit <= 0:
-        return []
+        return ClaimResult([], False)
+    with read_only(engine).connect() as conn, conn.begin():  # nothing due (the common case): no write lock
+        if conn.execute(_ANY_DUE, {"now": now}).first() is None:
+            return ClaimResult([], False)
     lease_until = now + timedelta(seconds=lease_seconds)
     with session_scope(engine) as session:
         conn = session.connection()
-        ids = _deliverable(conn, now, limit)
+        ids, held = _deliverable(conn, now, limit)
         if not ids:
-            return []
+            return ClaimResult([], held)
         conn.execute(_TAKE, {"ids": ids, "now": now, "worker_id": worker_id, "lease_until": lease_until})
         rows = conn.execute(_TAKEN, {"ids": ids, "worker_id": worker_id}).all()
         conn.execute(_SET_IN_FLIGHT, {"message_ids": [r.message_id for r in rows]})
-        return [
+        claims = [
             Claim(
                 outbox_id=r.id,
                 message_id=r.message_id,
@@ -210,6 +234,7 @@ def claim(
             )
             for r in rows
         ]
+        return ClaimResult(claims, held or len(ids) >= limit)
 
 
 def extend_lease(

@@ -61,6 +61,7 @@ class DeliveryWorker:
         self._slots = threading.BoundedSemaphore(node.settings.delivery_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
                                         thread_name_prefix=f"deliver-{node.party}")
+        self._again_after_delivery = False  # claim again as soon as a delivery ends (not at the next poll)
         self._unbatched: set[tuple[str, int]] = set()  # peers (party, bundle version) that answered 404 to a batch
 
     # --- lifecycle -------------------------------------------------------------
@@ -99,13 +100,20 @@ class DeliveryWorker:
         while self._slots.acquire(blocking=False):
             free += 1
         if not free:  # every thread busy: a finishing delivery wakes us
+            self._again_after_delivery = True
             return 0
         try:
-            claims = self._claim(free * self.node.settings.batch_max_items)
+            result = outbox.claim_due(self.node.engine, self.worker_id, self.node.clock(),
+                                      free * self.node.settings.batch_max_items,
+                                      self.node.settings.delivery_lease_seconds)
         except BaseException:
             for _ in range(free):
                 self._slots.release()
             raise
+        claims = result.claims
+        # Look again when a delivery ends only if something due was left behind (the rest of a thread
+        # waits for its earlier message; or more was due than we took); else the next send wakes us.
+        self._again_after_delivery = result.more
         groups = self._groups(claims)
         for index, group in enumerate(groups):
             # More groups than free threads (big envelopes travel alone): wait for a thread.
@@ -124,7 +132,8 @@ class DeliveryWorker:
             log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__, error=str(exc)[:300])
         finally:
             self._slots.release()
-            self._wake.set()
+            if self._again_after_delivery:
+                self._wake.set()
 
     def run_once(self) -> int:
         """Claim what is due and deliver it, waiting until every delivery of this round has ended."""
