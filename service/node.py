@@ -235,7 +235,8 @@ class Node:
             return checked
         try:
             with session_scope(self.engine) as s:
-                self._store_delivery(s, checked, now)
+                effect = self._store_delivery(s, checked, now)
+                self._record_received(s, checked, effect, now)
         except IntegrityError:
             # A concurrent delivery of the same message id won the race; answer as for a redelivery.
             stored = self._stored_receipt(checked.message_id, checked.digest_hex)
@@ -285,13 +286,14 @@ class Node:
                 for index, item in checked:
                     try:
                         with s.begin_nested():
-                            self._store_delivery(s, item, now)
+                            effect = self._store_delivery(s, item, now)
                     except IntegrityError:
                         raced.append((index, item))
                     except ProlinkError as exc:
                         answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
                                                       item.sender, exc, session=s)
                     else:
+                        self._record_received(s, item, effect, now)
                         answers[index] = item.accepted()
             for index, item in checked:
                 if answers[index] is not None and answers[index].status == 200:
@@ -352,9 +354,13 @@ class Node:
                                         protocol.ACCEPTED, None, self.identity.node_keys, now)
         return _Checked(src, framing, message, receipt)
 
-    def _store_delivery(self, s: Session, item: _Checked, now: datetime) -> None:
-        """Apply, store and record one checked envelope in ``s`` (raises ``ProlinkError`` to refuse it)."""
-        message, header, digest_hex = item.message, item.framing.header, item.digest_hex
+    def _store_delivery(self, s: Session, item: _Checked, now: datetime) -> cases.Effect:
+        """Apply and store one checked envelope in ``s`` (raises ``ProlinkError`` to refuse it).
+
+        Its audit events are recorded by the caller (``_record_received``), after
+        the store succeeded: a batch appends all of them to the log at once.
+        """
+        message, digest_hex = item.message, item.digest_hex
         effect = cases.apply(s, self.party, message.document, now, originals_due_days=self.settings.originals_due_days)
         blob = write_blob(s, file_chunks(item.src), max_size=self.settings.max_envelope_bytes)
         if blob.sha256 != digest_hex:
@@ -362,14 +368,17 @@ class Node:
         row = self._inbound_row(message, blob.id, item.framing.size, now, item.receipt)
         row.summary["policy"] = cases.item_policy(s, message.document)
         s.add(row)
-        s.flush()
+        s.flush()  # inside a savepoint: a duplicate id fails here, and only this envelope is rolled back
+        return effect
+
+    def _record_received(self, s: Session, item: _Checked, effect: cases.Effect, now: datetime) -> None:
+        header, message = item.framing.header, item.message
         record_event(s, now, "message.received", "accepted", party=header.sender,
-                     object_id=header.message_id, envelope_sha256=digest_hex, kind=message.document.kind,
+                     object_id=header.message_id, envelope_sha256=item.digest_hex, kind=message.document.kind,
                      thread_id=effect.thread_id, state_before=effect.state_before,
                      state_after=effect.state_after, signer_key=message.authorisation.key.key_id)
         record_event(s, now, "receipt.issued", "accepted", party=header.sender,
-                     object_id=header.message_id, envelope_sha256=digest_hex)
-        s.flush()  # inside a savepoint: the audit append happens here, so a refusal rolls it back too
+                     object_id=header.message_id, envelope_sha256=item.digest_hex)
 
     def _inbound_row(self, message: VerifiedMessage, blob_id: int, size: int, now: datetime,
                      receipt: bytes) -> Message:

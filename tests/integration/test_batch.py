@@ -12,8 +12,22 @@ import uuid
 
 import protocol
 from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH
+from sqlalchemy import select
+
+from service.db import make_engine, session_scope
+from service.models import Outbox
+from service.settings import Settings
 from tests.integration.helpers import (craft_envelope, messages, peer_client, request_fields, row_counts, send,
                                        trusted, wait_for)
+
+
+def outbox_rows(p) -> list[Outbox]:
+    engine = make_engine(Settings.load(p.data_dir).database_url)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            return list(s.execute(select(Outbox)).scalars())
+    finally:
+        engine.dispose()
 
 
 def post_batch(pair, raw: bytes):
@@ -81,17 +95,28 @@ def test_a_malformed_or_oversized_batch_is_refused_whole_and_changes_nothing(mak
     assert row_counts(pair.by) == before
 
 
-def test_messages_queued_while_the_peer_was_down_go_out_in_batches(make_pair, backend) -> None:
-    pair = make_pair(backend)
+def test_messages_waiting_for_the_peer_go_out_together_in_one_batch(make_pair, backend) -> None:
+    # BY is down: each message is tried once, then waits an hour. The operator parks them, holds BY,
+    # requeues them (due now) and lets BY go once it is back: the first claim takes them all, in one batch.
+    pair = make_pair(backend, delivery_backoff_base_seconds=3600, delivery_backoff_max_seconds=3600)
     pair.start(pair.kz)
     sent = [send(pair.kz, request_fields("BY"))["id"] for _ in range(12)]
-    pair.start(pair.by)
+    wait_for("a first failed attempt each", lambda: all(m.state == "queued" and m.attempts == 1
+                                                          for m in outbox_rows(pair.kz)))
+    with pair.kz.client("operator") as op:
+        for mid in sent:
+            assert op.post(f"/v1/admin/outbox/{mid}/park", json={"reason": "test"}).status_code == 200, mid
+        assert op.post("/v1/admin/peers/BY/suspend", json={"reason": "test"}).status_code == 200
+        for mid in sent:
+            assert op.post(f"/v1/admin/outbox/{mid}/requeue").status_code == 200, mid
+        pair.start(pair.by)
+        assert op.post("/v1/admin/peers/BY/resume").status_code == 200
 
     wait_for("all delivered", lambda: {m.id: m.status for m in messages(pair.kz, "out")}
              == dict.fromkeys(sent, "delivered"))
     assert {m.id for m in messages(pair.by, "in")} == set(sent)
     assert all(m.receipt_verified for m in messages(pair.kz, "out"))
-    assert "delivery_batch" in pair.log(pair.kz)
+    assert "envelopes=12" in pair.log(pair.kz) or '"envelopes": 12' in pair.log(pair.kz)
 
 
 def test_a_peer_taking_smaller_batches_gets_each_envelope_alone(make_pair) -> None:
