@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
-from service.db import session_scope
+from service.db import read_only, session_scope
 from service.errors import ServiceError
 from service.models import USER_ROLES, User
 
@@ -66,15 +66,20 @@ def authenticate(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
         raise ServiceError("a bearer token is required", code="auth.missing_token", status=401)
     digest = hash_token(token.strip())
-    engine = request.app.state.node.engine
-    with session_scope(engine, readonly=True) as s:
-        user = s.execute(select(User).where(User.token_hash == digest)).scalar_one_or_none()
+    # Read on every request (no cache), so a disabled user or a rotated token is refused at once.
+    with read_only(request.app.state.node.engine).connect() as conn:
+        user = conn.execute(_USER_BY_TOKEN, {"token_hash": digest}).one_or_none()
     if user is None or not hmac.compare_digest(user.token_hash, digest):
         raise ServiceError("unknown token", code="auth.bad_token", status=401)
     if user.disabled:
         raise ServiceError("this user is disabled", code="auth.user_disabled", status=403)
-    assert user.id is not None
     return Principal(user.id, user.name, user.role, user.clearance, user.signatory_key_id)
+
+
+_user = User.__table__  # type: ignore[attr-defined]
+_USER_BY_TOKEN = select(_user.c.id, _user.c.name, _user.c.role, _user.c.clearance, _user.c.token_hash,
+                        _user.c.disabled, _user.c.signatory_key_id).where(
+    _user.c.token_hash == bindparam("token_hash"))
 
 
 CurrentUser = Annotated[Principal, Depends(authenticate)]
@@ -83,7 +88,7 @@ CurrentUser = Annotated[Principal, Depends(authenticate)]
 def require_role(*roles: str) -> Callable[[Principal], Principal]:
     """Dependency: the current user, if their role is one of ``roles``; else 403 ``auth.wrong_role``."""
 
-    def check(user: CurrentUser) -> Principal:
+    async def check(user: CurrentUser) -> Principal:  # async: a comparison needs no worker thread
         if user.role not in roles:
             raise ServiceError(f"this needs the role {' or '.join(roles)}; you are {user.role}",
                                code="auth.wrong_role", status=403)
