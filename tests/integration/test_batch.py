@@ -95,12 +95,14 @@ def test_a_malformed_or_oversized_batch_is_refused_whole_and_changes_nothing(mak
     assert row_counts(pair.by) == before
 
 
-def test_messages_waiting_for_the_peer_go_out_together_in_one_batch(make_pair, backend) -> None:
-    # BY is down: each message is tried once, then waits an hour. The operator parks them, holds BY,
-    # requeues them (due now) and lets BY go once it is back: the first claim takes them all, in one batch.
-    pair = make_pair(backend, delivery_backoff_base_seconds=3600, delivery_backoff_max_seconds=3600)
+def queue_while_by_is_down(pair, count: int, by_env: dict[str, str] | None = None) -> list[str]:
+    """``count`` requests from KZ, all due at the same moment once BY is up again (so one claim takes them).
+
+    BY is down: each message is tried once, then waits an hour (the pair's backoff). The operator parks
+    them, holds BY, requeues them (due now), starts BY and lets it go.
+    """
     pair.start(pair.kz)
-    sent = [send(pair.kz, request_fields("BY"))["id"] for _ in range(12)]
+    sent = [send(pair.kz, request_fields("BY"))["id"] for _ in range(count)]
     wait_for("a first failed attempt each", lambda: all(m.state == "queued" and m.attempts == 1
                                                           for m in outbox_rows(pair.kz)))
     with pair.kz.client("operator") as op:
@@ -109,22 +111,30 @@ def test_messages_waiting_for_the_peer_go_out_together_in_one_batch(make_pair, b
         assert op.post("/v1/admin/peers/BY/suspend", json={"reason": "test"}).status_code == 200
         for mid in sent:
             assert op.post(f"/v1/admin/outbox/{mid}/requeue").status_code == 200, mid
-        pair.start(pair.by)
+        pair.start(pair.by, env=by_env)
         assert op.post("/v1/admin/peers/BY/resume").status_code == 200
+    return sent
 
+
+def all_delivered(pair, sent: list[str]) -> None:
     wait_for("all delivered", lambda: {m.id: m.status for m in messages(pair.kz, "out")}
              == dict.fromkeys(sent, "delivered"))
     assert {m.id for m in messages(pair.by, "in")} == set(sent)
-    assert all(m.receipt_verified for m in messages(pair.kz, "out"))
+    assert all(m.receipt_verified and m.receipt_status == "accepted" for m in messages(pair.kz, "out"))
+
+
+WAIT_AN_HOUR = {"delivery_backoff_base_seconds": 3600, "delivery_backoff_max_seconds": 3600}
+
+
+def test_messages_waiting_for_the_peer_go_out_together_in_one_batch(make_pair, backend) -> None:
+    pair = make_pair(backend, **WAIT_AN_HOUR)
+    sent = queue_while_by_is_down(pair, 12)
+    all_delivered(pair, sent)
     assert "envelopes=12" in pair.log(pair.kz) or '"envelopes": 12' in pair.log(pair.kz)
 
 
 def test_a_peer_taking_smaller_batches_gets_each_envelope_alone(make_pair) -> None:
-    pair = make_pair("sqlite")
-    pair.start(pair.kz)
-    sent = [send(pair.kz, request_fields("BY"))["id"] for _ in range(6)]
-    pair.start(pair.by, env={"PROLINK_BATCH_MAX_ITEMS": "1"})  # BY refuses any batch of two or more
-
-    wait_for("all delivered", lambda: {m.id: m.status for m in messages(pair.kz, "out")}
-             == dict.fromkeys(sent, "delivered"))
+    pair = make_pair("sqlite", **WAIT_AN_HOUR)
+    sent = queue_while_by_is_down(pair, 6, by_env={"PROLINK_BATCH_MAX_ITEMS": "1"})  # BY: no batch of 2+
+    all_delivered(pair, sent)
     assert "peer_refused_batch" in pair.log(pair.kz)
