@@ -113,6 +113,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -130,6 +139,7 @@ class Figures:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     accept_seconds: float = 0.0  # open pipeline: first send to the user API's last 201
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per server process during the run
 
     @property
     def rate(self) -> float:
@@ -174,14 +184,14 @@ def echo_server_main(server_dir: Path, client_dir: Path, port: int) -> None:
 
 
 @contextmanager
-def echo_server(server_dir: Path, client_dir: Path, log_dir: Path) -> Iterator[int]:
+def echo_server(server_dir: Path, client_dir: Path, log_dir: Path) -> Iterator[tuple[int, int]]:
     port = free_port()
     log = (log_dir / "echo.log").open("ab")
     command = [sys.executable, __file__, "--echo-server", str(server_dir), str(client_dir), str(port)]
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -192,7 +202,7 @@ def echo_server(server_dir: Path, client_dir: Path, log_dir: Path) -> Iterator[i
 
 
 def measure_echo(client_dir: Path, server_dir: Path, port: int, body_size: int, concurrency: int,
-                 requests: int) -> Figures:
+                 requests: int, server_pid: int) -> Figures:
     import protocol
     from keys import client_ssl_context, export_bundle, load_identity
 
@@ -247,13 +257,13 @@ def measure_echo(client_dir: Path, server_dir: Path, port: int, body_size: int, 
     for t in threads:
         t.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), process_cpu(server_pid)
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
     if len(latencies) != requests:
         raise RuntimeError(f"echo: {len(latencies)} of {requests} requests completed")
-    return Figures("echo", requests, elapsed, latencies)
+    return Figures("echo", requests, elapsed, latencies, cpu={"echo": process_cpu(server_pid) - cpu_before})
 
 
 # --- two nodes -------------------------------------------------------------------------------------
@@ -477,6 +487,8 @@ def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, c
             with lock:
                 sent[mid] = t0
 
+    pids = {"KZ": pair.kz.process.pid, "BY": pair.by.process.pid}
+    cpu_before = {party: process_cpu(pid) for party, pid in pids.items()}
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             for f in [pool.submit(sender, c) for c in clients]:
@@ -488,6 +500,7 @@ def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, c
             c.close()
     figures = figures_from_db(out, "open", sent)
     figures.accept_seconds = accepted
+    figures.cpu = {party: process_cpu(pid) - cpu_before[party] for party, pid in pids.items()}
     return figures, sent
 
 
@@ -670,6 +683,11 @@ def report(base: Figures, r: BackendResult) -> dict[str, Any]:
     print(f"{b} latency     closed loop, {r.closed.count} messages: p50 {ms(r.closed.p50)} (x{p50_ratio:.1f})"
           f"   p99 {ms(r.closed.p99)} (x{p99_ratio:.1f})   target p99 <= {P99_TARGET:g}x   {verdict(p99_ok)}")
     accepted = r.open.count / r.open.accept_seconds
+    node_cpu = {party: 1000 * seconds / r.open.count for party, seconds in r.open.cpu.items()}
+    echo_cpu = 1000 * base.cpu.get("echo", 0.0) / base.count
+    print(f"{b} (info)      CPU per delivered message: KZ {node_cpu.get('KZ', 0):.2f} ms + BY "
+          f"{node_cpu.get('BY', 0):.2f} ms (both nodes {sum(node_cpu.values()):.2f} ms) against "
+          f"{echo_cpu:.2f} ms per request in the echo server (x{sum(node_cpu.values()) / max(echo_cpu, 1e-9):.1f})")
     print(f"{b} (info)      open pipeline: user API accepted {accepted:.1f} msg/s,"
           f" latency p50 {ms(r.open.p50)} p99 {ms(r.open.p99)} (time queued in the outbox);"
           f" closed loop {r.closed.rate:.1f} msg/s; receipts verified offline {r.receipts_verified}")
@@ -678,7 +696,9 @@ def report(base: Figures, r: BackendResult) -> dict[str, Any]:
             "p99_ratio": round(p99_ratio, 2), "throughput_pass": tp_ok, "p99_pass": p99_ok,
             "open_p50_ms": round(r.open.p50 * 1000, 1), "open_p99_ms": round(r.open.p99 * 1000, 1),
             "accepted_msgs_per_s": round(r.open.count / r.open.accept_seconds, 1),
-            "receipts_verified": r.receipts_verified}
+            "receipts_verified": r.receipts_verified,
+            "cpu_ms_per_message": {party: round(v, 2) for party, v in node_cpu.items()},
+            "echo_cpu_ms_per_request": round(echo_cpu, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -712,9 +732,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure_baseline(pair: Pair, envelope_size: int) -> None:
         # Reuses this pair's real node certificates: BY's serves, KZ's is the client certificate.
-        with echo_server(pair.by.data_dir, pair.kz.data_dir, root) as port:
+        with echo_server(pair.by.data_dir, pair.kz.data_dir, root) as (port, pid):
             base = measure_echo(pair.kz.data_dir, pair.by.data_dir, port, envelope_size, args.concurrency,
-                                args.echo_requests)
+                                args.echo_requests, pid)
         baseline["echo"] = base
         print(f"baseline  echo        FastAPI/uvicorn, mutual TLS 1.3, httpx, POST {envelope_size} B"
               f" (= one envelope): {base.count} requests in {base.seconds:.2f} s = {base.rate:7.1f} req/s"

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         description="Most envelopes carried in one batched delivery, sent or accepted; 1 turns batching off.",
     )
     batch_max_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
+        default=4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
         description="Largest batched delivery in bytes, sent or accepted; a bigger envelope travels alone.",
     )
     delivery_lease_seconds: float = Field(
