@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -165,18 +165,41 @@ def blob_bytes(source: Session | Engine, blob_id: int, *, max_size: int = SMALL_
     return b"".join(read_blob(source, blob_id))
 
 
-def small_blobs(engine: Engine, blob_ids: Iterable[int], *, max_total: int = SMALL_BLOB_LIMIT) -> list[bytes]:
-    """Several whole (small) blobs, verified, read in one read-only transaction; ``BlobTooLarge`` past ``max_total``."""
-    out: list[bytes] = []
-    total = 0
+def small_blobs(engine: Engine, blob_ids: list[int], *, max_total: int = SMALL_BLOB_LIMIT) -> list[bytes]:
+    """Several whole (small) blobs, verified, in order, read with two queries in one read-only transaction.
+
+    ``BlobTooLarge`` if together they exceed ``max_total`` (checked before any chunk is read),
+    ``BlobNotFound`` or ``BlobCorrupt`` as for ``read_blob``.
+    """
+    if not blob_ids:
+        return []
     with read_only(engine).connect() as conn, conn.begin():
-        for blob_id in blob_ids:
-            data = b"".join(_read(conn, blob_id, True))
-            total += len(data)
-            if total > max_total:
-                raise BlobTooLarge(f"blobs add up to more than {max_total} bytes")
-            out.append(data)
+        heads = {r.id: r for r in conn.execute(_HEADS, {"ids": blob_ids})}
+        missing = [i for i in blob_ids if i not in heads]
+        if missing:
+            raise BlobNotFound(f"no blob {missing[0]}")
+        if sum(heads[i].size for i in set(blob_ids)) > max_total:
+            raise BlobTooLarge(f"blobs add up to more than {max_total} bytes")
+        pieces: dict[int, list[bytes]] = {i: [] for i in heads}
+        for blob_id, seq, data in conn.execute(_CHUNKS, {"ids": blob_ids}):
+            if seq != len(pieces[blob_id]):
+                raise BlobCorrupt(f"blob {blob_id}: chunk {len(pieces[blob_id])} is missing")
+            pieces[blob_id].append(bytes(data))
+    out = []
+    for blob_id in blob_ids:
+        head, data = heads[blob_id], b"".join(pieces[blob_id])
+        if len(pieces[blob_id]) != head.chunk_count or len(data) != head.size \
+                or hashlib.sha256(data).hexdigest() != head.sha256:
+            raise BlobCorrupt(f"blob {blob_id}: stored chunks do not match its size or SHA-256")
+        out.append(data)
     return out
+
+
+_HEADS = select(col(Blob.id), col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(
+    col(Blob.id).in_(bindparam("ids", expanding=True)))
+_CHUNKS = select(col(BlobChunk.blob_id), col(BlobChunk.seq), col(BlobChunk.data)).where(
+    col(BlobChunk.blob_id).in_(bindparam("ids", expanding=True))).order_by(col(BlobChunk.blob_id),
+                                                                        col(BlobChunk.seq))
 
 
 def _info(conn: Connection, blob_id: int) -> BlobInfo:
@@ -193,20 +216,19 @@ def _read_with_engine(engine: Engine, blob_id: int, verify: bool) -> Iterator[by
         yield from _read(conn, blob_id, verify)
 
 
+_HEAD = select(col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(col(Blob.id) == bindparam("blob_id"))
+_CHUNK = select(col(BlobChunk.data)).where(col(BlobChunk.blob_id) == bindparam("blob_id"),
+                                           col(BlobChunk.seq) == bindparam("seq"))
+
+
 def _read(conn: Connection, blob_id: int, verify: bool) -> Iterator[bytes]:
-    head = conn.execute(
-        select(col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(col(Blob.id) == blob_id)
-    ).one_or_none()
+    head = conn.execute(_HEAD, {"blob_id": blob_id}).one_or_none()
     if head is None:
         raise BlobNotFound(f"no blob {blob_id}")
     digest = hashlib.sha256()
     seen = 0
     for seq in range(head.chunk_count):
-        query = select(col(BlobChunk.data)).where(
-            col(BlobChunk.blob_id) == blob_id,
-            col(BlobChunk.seq) == seq,
-        )
-        data = conn.execute(query).scalar_one_or_none()
+        data = conn.execute(_CHUNK, {"blob_id": blob_id, "seq": seq}).scalar_one_or_none()
         if data is None:
             raise BlobCorrupt(f"blob {blob_id}: chunk {seq} of {head.chunk_count} is missing")
         data = bytes(data)

@@ -35,6 +35,7 @@ from service.blobs import (
     blob_bytes,
     blob_info,
     read_blob,
+    small_blobs,
     write_blob,
 )
 from service.db import make_engine, session_scope
@@ -291,6 +292,28 @@ def test_blob_over_the_limit_is_refused_without_reading_on(engine: Engine) -> No
     assert len(consumed) == 3
     with session_scope(engine, readonly=True) as s:  # rolled back: nothing stored
         assert s.exec(select(BlobChunk)).first() is None
+
+
+def test_small_blobs_reads_several_whole_blobs_in_order_and_verifies_each(engine: Engine) -> None:
+    contents = [b"a" * 10, b"b" * (BLOB_CHUNK_SIZE + 5), b"", b"c" * 3]
+    with session_scope(engine) as s:
+        ids = [write_blob(s, [c]).id for c in contents]
+    assert small_blobs(engine, [ids[3], ids[0], ids[1], ids[2], ids[0]]) == [
+        contents[3], contents[0], contents[1], contents[2], contents[0]]
+    with pytest.raises(BlobTooLarge):
+        small_blobs(engine, ids, max_total=BLOB_CHUNK_SIZE)
+    with pytest.raises(BlobNotFound):
+        small_blobs(engine, [ids[0], 10**9])
+    with session_scope(engine) as s:
+        s.connection().execute(update(BlobChunk).where(BlobChunk.blob_id == ids[1], BlobChunk.seq == 1)
+                               .values(data=b"x" * 5))
+    with pytest.raises(BlobCorrupt):
+        small_blobs(engine, [ids[0], ids[1]])
+    with session_scope(engine) as s:
+        s.connection().execute(BlobChunk.__table__.delete().where(  # type: ignore[attr-defined]
+            BlobChunk.blob_id == ids[1], BlobChunk.seq == 0))
+    with pytest.raises(BlobCorrupt, match="missing"):
+        small_blobs(engine, [ids[1]])
 
 
 def test_altered_or_missing_chunks_are_detected(engine: Engine) -> None:
