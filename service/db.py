@@ -13,6 +13,7 @@ This module never reads configuration itself: callers pass the URL.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -62,6 +63,12 @@ def make_engine(database_url: str, *, echo: bool = False) -> Engine:
 
 
 def _sqlite_engine(database_url: str, *, echo: bool) -> Engine:
+    database = make_url(database_url).database
+    if database and database != ":memory:" and not database.startswith("file:") \
+            and os.path.isdir(os.path.dirname(os.path.abspath(database))):
+        # The database holds case metadata: create it owner-only (SQLite gives its -wal and -shm files
+        # the database file's permissions), whatever the process umask.
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
     engine = create_engine(
         database_url,
         echo=echo,

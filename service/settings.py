@@ -187,10 +187,13 @@ class Settings(BaseSettings):
         values = self.model_dump(mode="json", exclude={"data_dir"})
         if self.database_url == self.default_database_url(self.data_dir):
             values.pop("database_url")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.data_dir / NODE_FILE
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # Owner only, from the moment it exists: it may name a database with its password.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(values, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
 

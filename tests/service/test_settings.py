@@ -89,3 +89,23 @@ def test_a_typo_in_node_json_is_refused(tmp_path: Path) -> None:
     (tmp_path / NODE_FILE).write_text(json.dumps({"party": "KZ", "user_prot": 1}))
     with pytest.raises(ValidationError):
         Settings.load(tmp_path)
+
+
+def test_init_leaves_the_configuration_and_database_readable_by_the_owner_only(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from service.db import make_engine
+    from service.migrate import upgrade
+
+    old = os.umask(0o022)  # a usual login umask: files would be world-readable by default
+    try:
+        settings = Settings(data_dir=tmp_path / "kz", party="KZ")
+        path = settings.save()
+        upgrade(settings.database_url)
+        make_engine(settings.database_url).dispose()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(settings.data_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(settings.data_dir / "node.db").st_mode) == 0o600
