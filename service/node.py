@@ -462,7 +462,9 @@ class Node:
              actor: str) -> Message:
         """Sign ``document`` as ``signatory``, seal it for its recipient and queue it, in one transaction."""
         now = self.clock()
-        recipient = self.peer(document.recipient_party)
+        # A suspended peer still gets its messages queued: they are held (never claimed) until an
+        # operator resumes it, exactly like those queued before the suspension.
+        recipient = self.peer(document.recipient_party, active_only=False)
         self.check_signatory(signatory, document.created_at)
         signed = protocol.sign_document(document, signatory.key)
         sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]

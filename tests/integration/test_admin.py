@@ -229,9 +229,12 @@ def test_a_suspended_peer_gets_nothing_and_its_messages_are_held_not_failed(make
         assert (
             c.post("/v1/admin/peers/BY/suspend", json={}).json()["error"]["code"] == "peer.already_suspended"
         )
-    # What KZ had queued for BY before the suspension waits; nothing new can be addressed to BY meanwhile.
-    with kz.client("signatory") as c:
-        assert c.post("/v1/messages", json=request_fields("BY")).status_code == 404
+    # What is sent to BY meanwhile is queued and held, like what was queued before the suspension.
+    held = send(kz, request_fields("BY"))["id"]
+    time.sleep(1)
+    with op(kz) as c:
+        item = c.get(f"/v1/admin/outbox/{held}").json()
+        assert item["state"] == "queued" and item["held"] is True and item["attempts"] == 0
     # BY -> KZ: KZ accepts nothing from a suspended peer; BY keeps retrying, nothing is lost.
     from_by = send(by, request_fields("KZ"))["id"]
     wait_for("a refused attempt", lambda: _outbox(by, from_by).get("last_error"), 30)
@@ -242,6 +245,8 @@ def test_a_suspended_peer_gets_nothing_and_its_messages_are_held_not_failed(make
         assert c.post("/v1/admin/peers/BY/resume").json()["error"]["code"] == "peer.not_suspended"
     wait_for("BY's message accepted", lambda: all_out(by), 60)
     assert [m.id for m in messages(kz, "in")] == [from_by]
+    wait_for("the held message delivered after the resumption", lambda: all_out(kz), 60)
+    assert [m.id for m in messages(by, "in")] == [held]
 
 
 def test_queued_messages_are_held_while_the_peer_is_suspended(make_pair, backend) -> None:
