@@ -14,6 +14,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol import ProlinkError
@@ -91,6 +92,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "request.not_found", 405: "request.method_not_allowed"}.get(exc.status_code, "request.error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away (restart, network): nothing was committed; the caller may try again.
+        log.error("database_unavailable", path=request.url.path, error_type=type(exc).__name__)
+        return JSONResponse({"error": {"code": "database.unavailable",
+                                       "message": "the node's database is unavailable; try again shortly"}},
+                            status_code=503, headers={"retry-after": "5"})
+
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -643,3 +643,51 @@ def test_concurrent_claimers_share_the_queue_without_overlap(engine: Engine) -> 
     claimed = _claim_concurrently(engine, 3, T0)
     flat = [i for per in claimed for i in per]
     assert len(flat) == len(set(flat)) == 60
+
+
+def _terminate_backends(engine: Engine) -> int:
+    """Kill every server connection to ``engine``'s database from outside (a restart, an idle timeout)."""
+    import psycopg
+
+    url = engine.url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = %s AND pid <> pg_backend_pid()", (engine.url.database,)).fetchone()
+    return int(killed[0]) if killed else 0
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_pooled_connection_killed_while_idle_is_replaced_before_use_postgres(engine: Engine) -> None:
+    import time
+
+    from service.db import PING_IF_IDLE_SECONDS
+
+    add_peer(engine)
+    with session_scope(engine, readonly=True) as s:
+        assert s.get(Peer, "BY") is not None
+    assert _terminate_backends(engine) >= 1
+    time.sleep(PING_IF_IDLE_SECONDS + 0.5)
+    with session_scope(engine, readonly=True) as s:  # pinged, found dead, replaced: no error
+        assert s.get(Peer, "BY") is not None
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_connection_killed_moments_ago_fails_one_transaction_then_the_pool_reconnects_postgres(
+        engine: Engine) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    add_peer(engine)
+    with session_scope(engine, readonly=True) as s:
+        s.get(Peer, "BY")
+    _terminate_backends(engine)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            s.execute(select(Peer)).all()
+    except OperationalError as exc:  # the API answers this with 503 database.unavailable
+        assert exc.connection_invalidated
+    with session_scope(engine, readonly=True) as s:  # the pool was dropped: a fresh connection
+        assert s.get(Peer, "BY") is not None
