@@ -160,6 +160,13 @@ def encode_private_key(key: PrivateKey, passphrase: Passphrase | None = None,
     header: dict[str, Any] = {"format": KEY_FILE_FORMAT, "kind": _kind_of(key), "key_id": key.key_id}
     if passphrase is None:
         return canonical_json({**header, "encrypted": False, "private": b64e(_raw_of(key))}) + b"\n"
+    return encrypt_secret(header, _raw_of(key), passphrase, scrypt)
+
+
+def encrypt_secret(header: dict[str, Any], raw: bytes, passphrase: Passphrase,
+                   scrypt: ScryptParams = DEFAULT_SCRYPT) -> bytes:
+    """A key file holding ``raw`` encrypted under ``passphrase``; ``header`` (format, kind, key id) is bound."""
+    header = dict(header)
     salt, nonce = os.urandom(16), os.urandom(12)
     header.update({
         "encrypted": True,
@@ -168,7 +175,7 @@ def encode_private_key(key: PrivateKey, passphrase: Passphrase | None = None,
         "nonce": b64e(nonce),
     })
     aead_key = _derive(_passphrase_bytes(passphrase), salt, scrypt)
-    ciphertext = AESGCM(aead_key).encrypt(nonce, _raw_of(key), canonical_json(header))
+    ciphertext = AESGCM(aead_key).encrypt(nonce, raw, canonical_json(header))
     return canonical_json({**header, "ciphertext": b64e(ciphertext)}) + b"\n"
 
 
@@ -202,6 +209,19 @@ def decode_private_key(data: bytes, passphrase: Passphrase | None = None, *,
     if key.key_id != key_id:
         raise KeyFileError(f"{where}: the key id in the file does not match the key", code="keys.malformed")
     return key
+
+
+def decrypt_secret(obj: dict[str, Any], passphrase: Passphrase | None, where: str) -> bytes:
+    """The secret in an encrypted key file (parsed), checked against its header; coded errors."""
+    if passphrase is None:
+        raise KeyFileError(f"{where} is encrypted; a passphrase is required", code="keys.passphrase_required")
+    try:
+        return _decrypt(obj, _passphrase_bytes(passphrase), where)
+    except KeyFileError:
+        raise
+    except (ProlinkError, KeyError, TypeError, ValueError) as exc:
+        detail = exc.message if isinstance(exc, ProlinkError) else exc.__class__.__name__
+        raise KeyFileError(f"{where} is malformed ({detail})", code="keys.malformed") from None
 
 
 def _decrypt(obj: dict[str, Any], passphrase: bytes, where: str) -> bytes:

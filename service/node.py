@@ -149,7 +149,7 @@ class Node:
 
     def storage_key(self) -> bytes:
         if self._storage_key is None:
-            self._storage_key = storage_key(self.settings.data_dir)
+            self._storage_key = storage_key(self.settings.data_dir, passphrase=self.settings.key_passphrase())
         return self._storage_key
 
     def signatory(self, key_id: str) -> Signatory:

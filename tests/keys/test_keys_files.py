@@ -187,3 +187,56 @@ def test_tls_key_pem(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError) as exc:
         read_tls_key(tmp_path / "plain.pem")
     assert exc.value.code == "keys.bad_permissions"
+
+
+# --- the storage key ------------------------------------------------------------------------------
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    (tmp_path / "keys").mkdir(mode=0o700)  # made by the identity, as in a node's data directory
+    return tmp_path
+
+def test_storage_key_with_a_passphrase_is_stored_encrypted_and_needs_it(data_dir: Path) -> None:
+    tmp_path = data_dir
+    from keys import storage_key
+
+    cheap = ScryptParams(n=2**12)
+    key = storage_key(tmp_path, passphrase="пароль", scrypt=cheap)
+    path = tmp_path / "keys" / "storage.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert key not in path.read_bytes() and b'"encrypted":true' in path.read_bytes()
+    assert storage_key(tmp_path, passphrase="пароль") == key
+    with pytest.raises(KeyFileError) as missing:
+        storage_key(tmp_path)
+    assert missing.value.code == "keys.passphrase_required"
+    with pytest.raises(KeyFileError) as wrong:
+        storage_key(tmp_path, passphrase="другой")
+    assert wrong.value.code == "keys.wrong_passphrase"
+
+
+def test_storage_key_without_a_passphrase_is_its_raw_bytes_and_stays_readable(data_dir: Path) -> None:
+    tmp_path = data_dir
+    from keys import storage_key
+
+    key = storage_key(tmp_path)
+    assert (tmp_path / "keys" / "storage.key").read_bytes() == key and len(key) == 32
+    assert storage_key(tmp_path) == key
+    assert storage_key(tmp_path, passphrase="пароль") == key  # an existing raw key is read as it is
+
+
+def test_a_tampered_or_foreign_storage_key_file_is_refused(data_dir: Path) -> None:
+    tmp_path = data_dir
+    from keys import storage_key
+
+    storage_key(tmp_path, passphrase="пароль", scrypt=ScryptParams(n=2**12))
+    path = tmp_path / "keys" / "storage.key"
+    text = path.read_text().replace('"kind":"storage-aes-256"', '"kind":"ed25519"')
+    path.chmod(0o600)
+    path.write_text(text)
+    with pytest.raises(KeyFileError) as foreign:
+        storage_key(tmp_path, passphrase="пароль")
+    assert foreign.value.code == "keys.malformed"
+    path.write_bytes(b"short")
+    with pytest.raises(KeyFileError) as short:
+        storage_key(tmp_path)
+    assert short.value.code == "keys.malformed"

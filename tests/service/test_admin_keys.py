@@ -116,3 +116,15 @@ def test_every_key_operation_is_an_audit_event(node) -> None:
     mine = [(t, d) for t, a, d in events if a == "user:7"]
     assert [t for t, _ in mine] == ["keys.rotated", "user.added", "agreement.version_added"]
     assert all("token" not in d and "passphrase" not in d for _, d in mine)
+
+
+def test_the_storage_key_of_a_passphrase_node_is_encrypted_with_that_passphrase(node) -> None:
+    from keys import KeyFileError, storage_key
+
+    key = node.storage_key()  # drafts are sealed with it
+    raw = (node.settings.data_dir / "keys" / "storage.key").read_bytes()
+    assert key not in raw and b'"encrypted":true' in raw
+    assert storage_key(node.settings.data_dir, passphrase=PASS) == key
+    with pytest.raises(KeyFileError) as refused:
+        storage_key(node.settings.data_dir)
+    assert refused.value.code == "keys.passphrase_required"
