@@ -687,7 +687,8 @@ def report(base: Figures, r: BackendResult) -> dict[str, Any]:
     echo_cpu = 1000 * base.cpu.get("echo", 0.0) / base.count
     print(f"{b} (info)      CPU per delivered message: KZ {node_cpu.get('KZ', 0):.2f} ms + BY "
           f"{node_cpu.get('BY', 0):.2f} ms (both nodes {sum(node_cpu.values()):.2f} ms) against "
-          f"{echo_cpu:.2f} ms per request in the echo server (x{sum(node_cpu.values()) / max(echo_cpu, 1e-9):.1f})")
+          f"{echo_cpu:.2f} ms per request in the echo server"
+          f" (x{sum(node_cpu.values()) / max(echo_cpu, 1e-9):.1f})")
     print(f"{b} (info)      open pipeline: user API accepted {accepted:.1f} msg/s,"
           f" latency p50 {ms(r.open.p50)} p99 {ms(r.open.p99)} (time queued in the outbox);"
           f" closed loop {r.closed.rate:.1f} msg/s; receipts verified offline {r.receipts_verified}")

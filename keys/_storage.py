@@ -1,4 +1,4 @@
-"""The node's storage key: encrypts what the node keeps locally in clear otherwise (drafts, their attachments).
+"""The node's storage key: encrypts what the node would otherwise keep in clear (drafts, their attachments).
 
 32 random bytes in ``keys/storage.key``, mode 0600, created on first use (so
 identities made before it existed get one too); encrypted under the node's key
@@ -16,8 +16,18 @@ from pathlib import Path
 from protocol._encoding import parse_json
 from protocol._errors import ProlinkError
 
-from ._files import (DEFAULT_SCRYPT, KEY_FILE_FORMAT, KeyFileError, Passphrase, ScryptParams, atomic_write,
-                     check_private_file, decrypt_secret, encrypt_secret, locked)
+from ._files import (
+    DEFAULT_SCRYPT,
+    KEY_FILE_FORMAT,
+    KeyFileError,
+    Passphrase,
+    ScryptParams,
+    atomic_write,
+    check_private_file,
+    decrypt_secret,
+    encrypt_secret,
+    locked,
+)
 
 STORAGE_KEY_FILE = "storage.key"
 STORAGE_KEY_KIND = "storage-aes-256"

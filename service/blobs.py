@@ -216,7 +216,8 @@ def _read_with_engine(engine: Engine, blob_id: int, verify: bool) -> Iterator[by
         yield from _read(conn, blob_id, verify)
 
 
-_HEAD = select(col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(col(Blob.id) == bindparam("blob_id"))
+_HEAD = select(col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(
+    col(Blob.id) == bindparam("blob_id"))
 _CHUNK = select(col(BlobChunk.data)).where(col(BlobChunk.blob_id) == bindparam("blob_id"),
                                            col(BlobChunk.seq) == bindparam("seq"))
 

@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.orm.util import identity_key
 from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
 from service.db import read_only, session_scope
@@ -104,7 +104,8 @@ def _claim_statements() -> tuple[Any, Any, Any, Any, Any]:
         select(col(Message.thread_id), col(Outbox.peer), func.min(col(Outbox.id)).label("head"))
         .join(Message, joined)
         # (Only outgoing messages have outbox rows; no "direction = 'out'" here, or SQLite walks that index.)
-        .where(col(Message.thread_id).in_(bindparam("threads", expanding=True)), col(Outbox.state) != "delivered")
+        .where(col(Message.thread_id).in_(bindparam("threads", expanding=True)),
+               col(Outbox.state) != "delivered")
         .group_by(col(Message.thread_id), col(Outbox.peer))
     )
     ids = bindparam("ids", expanding=True)
@@ -282,7 +283,8 @@ def mark_delivered(
     not change its answer). Returns False if the row was already delivered,
     in which case nothing is changed (the first receipt is kept).
     """
-    done = mark_delivered_many(session, [Receipted(outbox_id, receipt, receipt_status, receipt_verified)], now)
+    receipted = Receipted(outbox_id, receipt, receipt_status, receipt_verified)
+    done = mark_delivered_many(session, [receipted], now)
     return outbox_id in done
 
 
@@ -317,8 +319,8 @@ def mark_delivered_many(session: Session, items: list[Receipted], now: datetime)
         return set()
     conn.execute(_DELIVER_OUTBOX, {"ids": [i.outbox_id for i in todo], "now": now})
     conn.execute(_DELIVER_MESSAGE, [
-        {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt, "m_receipt_status": i.receipt_status,
-         "m_verified": i.receipt_verified,
+        {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt,
+         "m_receipt_status": i.receipt_status, "m_verified": i.receipt_verified,
          "m_status": "rejected" if i.receipt_status == "rejected" else "delivered"} for i in todo])
     return set(open_rows)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -62,7 +62,8 @@ class DeliveryWorker:
         self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
                                         thread_name_prefix=f"deliver-{node.party}")
         self._again_after_delivery = False  # claim again as soon as a delivery ends (not at the next poll)
-        self._unbatched: set[tuple[str, int]] = set()  # peers (party, bundle version) that answered 404 to a batch
+        # Peers (party, bundle version) that answered a batch with 404: sent one envelope at a time.
+        self._unbatched: set[tuple[str, int]] = set()
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -162,7 +163,8 @@ class DeliveryWorker:
                 groups.append([c])
                 continue
             group, size = filling.get(c.peer, ([], 0))
-            if not group or len(group) >= settings.batch_max_items or size + c.envelope_size > settings.batch_max_bytes:
+            full = len(group) >= settings.batch_max_items or size + c.envelope_size > settings.batch_max_bytes
+            if not group or full:
                 group, size = [], 0
                 groups.append(group)
             group.append(c)
@@ -178,7 +180,7 @@ class DeliveryWorker:
     # --- deliveries ------------------------------------------------------------
 
     def _client(self, party: str) -> tuple[httpx.Client, str]:
-        """A keep-alive client for ``party`` (its current bundle's TLS CA) and the base URL of its peer API."""
+        """A keep-alive client for ``party`` (its current bundle's TLS CA) and its peer API's base URL."""
         trusted = self.node.peer(party)
         key = (party, trusted.bundle.version)
         with self._clients_lock:
@@ -234,7 +236,8 @@ class DeliveryWorker:
             version = node.peer(peer).bundle.version
             body = protocol.encode_batch(small_blobs(node.engine, [c.blob_id for c in claims],
                                                      max_total=node.settings.batch_max_bytes))
-            response = client.post(base + BATCH_PATH, content=body, headers={"content-type": BATCH_MEDIA_TYPE})
+            response = client.post(base + BATCH_PATH, content=body,
+                                   headers={"content-type": BATCH_MEDIA_TYPE})
         except (httpx.HTTPError, OSError) as exc:
             return self._failed_many(claims, f"transport: {type(exc).__name__}: {exc}"[:500])
         except ProlinkError as exc:
@@ -302,7 +305,7 @@ class DeliveryWorker:
             return f"peer answered HTTP {status}"
         try:
             receipt_bytes = protocol.Signed.from_json(body["receipt"], what="receipt").to_bytes()
-            on_receipt(self.node, claim.peer, receipt_bytes)  # the peer may have rotated its keys, or been down
+            on_receipt(self.node, claim.peer, receipt_bytes)  # the peer may have rotated its keys or been down
             receipt = protocol.verify_receipt(receipt_bytes, self.node.peer(claim.peer),
                                               envelope_sha256=bytes.fromhex(claim.envelope_sha256),
                                               message_id=claim.message_id, sender=self.node.party)

@@ -10,15 +10,23 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-import protocol
-from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH
 from sqlalchemy import select
 
+import protocol
 from service.db import make_engine, session_scope
 from service.models import Outbox
+from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH
 from service.settings import Settings
-from tests.integration.helpers import (craft_envelope, messages, peer_client, request_fields, row_counts, send,
-                                       trusted, wait_for)
+from tests.integration.helpers import (
+    craft_envelope,
+    messages,
+    peer_client,
+    request_fields,
+    row_counts,
+    send,
+    trusted,
+    wait_for,
+)
 
 
 def outbox_rows(p) -> list[Outbox]:

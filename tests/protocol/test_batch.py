@@ -35,7 +35,8 @@ def test_bytes_after_the_last_envelope_are_refused(items: list[bytes], extra: by
 
 
 def test_batch_layout_is_magic_count_then_length_prefixed_envelopes() -> None:
-    assert encode_batch([b"ab", b"c"]) == BATCH_MAGIC + struct.pack(">II", 2, 2) + b"ab" + struct.pack(">I", 1) + b"c"
+    expected = BATCH_MAGIC + struct.pack(">II", 2, 2) + b"ab" + struct.pack(">I", 1) + b"c"
+    assert encode_batch([b"ab", b"c"]) == expected
 
 
 @pytest.mark.parametrize(("raw", "code"), [
