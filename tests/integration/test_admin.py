@@ -669,11 +669,14 @@ def test_cli_twins_steer_a_running_node(make_pair) -> None:
     assert _sender_key(kz, sent["id"]) != old
 
     assert "suspended" in cli("peer", "suspend", "BY", "--reason", "техническое окно")
-    time.sleep(2.5)  # the running node re-reads peer facts within seconds
-    with kz.client("signatory") as c:
-        assert c.post("/v1/messages", json=request_fields("BY")).status_code == 404
+    held = send(kz, request_fields("BY"))["id"]  # queued, and held by the running node
+    time.sleep(2.5)
+    with op(kz) as c:
+        item = c.get(f"/v1/admin/outbox/{held}").json()
+        assert item["state"] == "queued" and item["attempts"] == 0 and item["held"] is True
     assert "resumed" in cli("peer", "resume", "BY")
     assert '"status": "active"' in cli("peer", "show", "BY")
+    helpers.wait_status(kz, held)  # delivered once BY is resumed
 
     listing = cli("user", "list")
     clerk_id = next(line.split("\t")[0] for line in listing.splitlines() if "\tclerk\t" in line)
