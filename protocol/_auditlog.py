@@ -57,7 +57,7 @@ from ._checkpoint import (
 )
 from ._encoding import canonical_json, parse_json
 from ._errors import EncodingError, LogError, ProlinkError
-from ._merkle import HASH_SIZE, CompactRange, verify_consistency
+from ._merkle import HASH_SIZE, CompactRange, leaf_hash, verify_consistency, verify_inclusion
 from ._primitives import VerifyKey
 from ._trust import TrustedParty, format_time
 
@@ -225,6 +225,104 @@ class ExportFailure(LogError):
         super().__init__(message, code=code)
         self.line = line
         self.interval = interval
+
+
+def open_head(raw: bytes, party: str, bundles: Mapping[str, TrustedParty],
+              what: str = "head") -> tuple[Checkpoint, HeadInfo]:
+    """A signed (and perhaps cosigned) head of ``party``'s log, checked against the bundles.
+
+    The log's signature must verify with a node key of ``party``'s bundle that
+    was valid and unrevoked at the head's time; cosignatures by the other
+    Parties in ``bundles`` are verified the same way and listed.
+    """
+    origin = log_origin(party)
+    note = parse_note(raw)
+    cp = Checkpoint.parse(note.text)
+    if cp.origin != origin:
+        raise LogError(f"{what} is for log {cp.origin!r}, not {origin!r}", code="audit.wrong_origin")
+    trusted = bundles[party]
+    key = verify_note(note, origin, [k for k, _ in trusted.bundle.signing_keys])
+    at = datetime.fromtimestamp(cp.time, UTC) if cp.time is not None else None
+    if at is not None:
+        trusted.signing_key(key.key_id, at)  # valid and unrevoked when it signed
+    return cp, HeadInfo(cp.size, cp.root, at, key.key_id, tuple(_cosignatures(note, party, bundles)), what)
+
+
+def _cosignatures(note: Note, party: str,
+                  bundles: Mapping[str, TrustedParty]) -> Iterator[tuple[str, datetime]]:
+    for witness, trusted in bundles.items():
+        if witness == party:
+            continue
+        keys: list[VerifyKey] = [k for k, _ in trusted.bundle.signing_keys]
+        for key, ts in find_cosignatures(note, witness_name(witness), keys):
+            when = datetime.fromtimestamp(ts, UTC)
+            trusted.signing_key(key.key_id, when)
+            yield witness, when
+
+
+# --- one entry and its proof ----------------------------------------------------
+
+PROOF_FORMAT = "prolink-audit-proof/1"
+_PROOF_FIELDS = {"format", "party", "seq", "entry", "tree_size", "inclusion", "checkpoint"}
+
+
+def entry_proof(party: str, seq: int, entry: bytes, inclusion: Sequence[bytes], checkpoint: bytes) -> bytes:
+    """A self-contained proof that entry ``seq`` is in ``party``'s log under a signed head (canonical JSON).
+
+    ``checkpoint`` is the signed (and cosigned) note of the head; ``inclusion``
+    the RFC 9162 audit path from the entry's leaf to that head's root.
+    """
+    size = Checkpoint.parse(parse_note(checkpoint).text).size
+    return canonical_json({"format": PROOF_FORMAT, "party": party, "seq": seq,
+                           "entry": base64.b64encode(entry).decode("ascii"), "tree_size": size,
+                           "inclusion": [base64.b64encode(h).decode("ascii") for h in inclusion],
+                           "checkpoint": checkpoint.decode("utf-8")}) + b"\n"
+
+
+@dataclass(frozen=True)
+class ProvenEntry:
+    """An entry shown to be in a log under a head its Party signed (and perhaps its peers cosigned)."""
+
+    party: str
+    seq: int
+    entry: dict[str, Any]
+    head: HeadInfo
+
+    def summary(self) -> str:
+        e = self.entry
+        return (f"PROVEN: entry {self.seq} of log {log_origin(self.party)} is in its "
+                f"{self.head.describe()}.\n"
+                f"  {e['at']} {e['type']} {e['outcome']} actor={e['actor']} party={e['party']} "
+                f"object={e['object_id']}")
+
+
+def verify_entry_proof(data: bytes, bundles: Mapping[str, TrustedParty]) -> ProvenEntry:
+    """Check a proof from ``entry_proof`` with nothing but the Parties' bundles; ``LogError`` says why not."""
+    try:
+        obj = parse_json(data, what="audit proof")
+        if not isinstance(obj, dict) or obj.get("format") != PROOF_FORMAT or set(obj) != _PROOF_FIELDS:
+            raise LogError("not a prolink audit proof", code="audit.bad_proof")
+        party, seq, size = obj["party"], obj["seq"], obj["tree_size"]
+        if not isinstance(party, str) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in (seq, size)):
+            raise LogError("audit proof: bad party, seq or tree size", code="audit.bad_proof")
+        entry = base64.b64decode(obj["entry"], validate=True)
+        path = [base64.b64decode(h, validate=True) for h in obj["inclusion"]]
+        note = obj["checkpoint"].encode("utf-8")
+    except (binascii.Error, TypeError, AttributeError, UnicodeError):
+        raise LogError("audit proof: bad base64 or field types", code="audit.bad_proof") from None
+    except EncodingError as exc:
+        raise LogError(f"audit proof: {exc.message}", code="audit.bad_proof") from None
+    if party not in bundles:
+        raise LogError(f"no bundle given for {party}, whose log this is", code="audit.unknown_key")
+    parsed = parse_entry(entry)
+    if parsed["seq"] != seq:
+        raise LogError(f"the entry is seq {parsed['seq']}, the proof says {seq}", code="audit.entry_mismatch")
+    cp, head = open_head(note, party, bundles, "the proof's head")
+    if cp.size != size:
+        raise LogError(f"the head has size {cp.size}, the proof says {size}", code="audit.bad_proof")
+    verify_inclusion(leaf_hash(entry), seq, cp.size, path, cp.root)
+    return ProvenEntry(party, seq, parsed, head)
 
 
 class ExportVerifier:
@@ -454,28 +552,7 @@ class ExportVerifier:
     # -- signatures ------------------------------------------------------------
 
     def _open(self, raw: bytes, what: str) -> tuple[Checkpoint, HeadInfo]:
-        note = parse_note(raw)
-        cp = Checkpoint.parse(note.text)
-        if cp.origin != self._origin:
-            raise LogError(f"{what} is for log {cp.origin!r}, not {self._origin!r}",
-                           code="audit.wrong_origin")
-        trusted = self.bundles[self._party]
-        key = verify_note(note, self._origin, [k for k, _ in trusted.bundle.signing_keys])
-        at = datetime.fromtimestamp(cp.time, UTC) if cp.time is not None else None
-        if at is not None:
-            trusted.signing_key(key.key_id, at)  # valid and unrevoked when it signed
-        cosigned = tuple(self._cosignatures(note, what))
-        return cp, HeadInfo(cp.size, cp.root, at, key.key_id, cosigned, what)
-
-    def _cosignatures(self, note: Note, what: str) -> Iterator[tuple[str, datetime]]:
-        for party, trusted in self.bundles.items():
-            if party == self._party:
-                continue
-            keys: list[VerifyKey] = [k for k, _ in trusted.bundle.signing_keys]
-            for key, ts in find_cosignatures(note, witness_name(party), keys):
-                when = datetime.fromtimestamp(ts, UTC)
-                trusted.signing_key(key.key_id, when)
-                yield party, when
+        return open_head(raw, self._party, self.bundles, what)
 
     # -- the end -----------------------------------------------------------------
 

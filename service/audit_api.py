@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from protocol import ProlinkError
@@ -93,6 +93,14 @@ def install_admin_routes(app: FastAPI, node: Node) -> None:
                                  headers={"content-disposition":
                                           f'attachment; filename="audit-{node.party}-{stamp}.{fmt}"',
                                           "x-prolink-head-size": str(plan.head.size)})
+
+    @app.get("/v1/admin/audit/entries/{seq}/proof")
+    def entry_proof(user: Auditor, seq: int) -> Response:
+        """Proof that one entry is in the log under a signed (cosigned when possible) head: for a court."""
+        proof = audit_export.entry_proof(node, seq, actor=f"user:{user.id}")
+        name = f"audit-{node.party}-{seq}.proof.json"
+        return Response(proof, media_type="application/json",
+                        headers={"content-disposition": f'attachment; filename="{name}"'})
 
     @app.get("/v1/admin/audit/alerts")
     def alerts(user: Auditor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:

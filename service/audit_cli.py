@@ -5,7 +5,8 @@ from __future__ import annotations
 import getpass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -68,33 +69,81 @@ def verify(
         "--head", help="A signed head obtained elsewhere (e.g. from the other Party); must match.")] = None,
 ) -> None:
     """Verify an export offline: recompute the tree, check every signature, cosignature and proof."""
-    from service.audit_export import load_bundle, verify_file
+    from service.audit_export import verify_file
 
-    expected: dict[str, str] = {}
-    for item in fingerprint or []:
-        party, _, fp = item.partition("=")
-        if not fp:
-            raise typer.BadParameter("--fingerprint takes PARTY=FINGERPRINT")
-        expected[party.strip().upper()] = fp
+    _report(export_file, lambda: verify_file(export_file, _bundles(bundle, fingerprint),
+                                             [p.read_bytes() for p in head or []]).summary())
+
+
+def _report(path: Path, check: Callable[[], str]) -> None:
+    """Print what ``check`` proved about ``path``, or why it failed (exit status 1)."""
     try:
-        bundles = {}
-        for path in bundle:
-            trusted = load_bundle(path)
-            if trusted.party in expected:
-                trusted = load_bundle(path, expected[trusted.party])
-            bundles[trusted.party] = trusted
-        missing = sorted(set(expected) - set(bundles))
-        if missing:
-            raise typer.BadParameter(f"no bundle given for {', '.join(missing)}")
-        report = verify_file(export_file, bundles, [p.read_bytes() for p in head or []])
+        summary = check()
     except ProlinkError as exc:
-        typer.echo(f"FAILED: {export_file} does not verify.", err=True)
+        typer.echo(f"FAILED: {path} does not verify.", err=True)
         typer.echo(f"  [{exc.code}] {exc.message}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"FAILED: cannot read {exc.filename}: {exc.strerror}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(report.summary())
+    typer.echo(summary)
+
+
+def _bundles(paths: list[Path], fingerprints: list[str] | None) -> dict[str, Any]:
+    """The Parties' bundles by code; those named in ``--fingerprint`` must match what was read out."""
+    from service.audit_export import load_bundle
+
+    expected: dict[str, str] = {}
+    for item in fingerprints or []:
+        party, _, fp = item.partition("=")
+        if not fp:
+            raise typer.BadParameter("--fingerprint takes PARTY=FINGERPRINT")
+        expected[party.strip().upper()] = fp
+    bundles = {}
+    for path in paths:
+        trusted = load_bundle(path)
+        if trusted.party in expected:
+            trusted = load_bundle(path, expected[trusted.party])
+        bundles[trusted.party] = trusted
+    missing = sorted(set(expected) - set(bundles))
+    if missing:
+        raise typer.BadParameter(f"no bundle given for {', '.join(missing)}")
+    return bundles
+
+
+@audit_app.command("proof")
+def proof(
+    data_dir: DataDir,
+    seq: Annotated[int, typer.Argument(help="The entry's sequence number.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the proof.")],
+) -> None:
+    """Write a proof that one entry is in the log under a signed (cosigned when possible) head."""
+    from service.audit_export import entry_proof
+    from service.server import build_node
+
+    node = build_node(data_dir)
+    try:
+        output.write_bytes(entry_proof(node, seq, actor=f"cli:{getpass.getuser()}"))
+    except ProlinkError as exc:
+        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        node.engine.dispose()
+    typer.echo(f"Proof of entry {seq} of {node.party}'s audit log written to {output}")
+
+
+@audit_app.command("verify-proof")
+def verify_proof(
+    proof_file: Annotated[Path, typer.Argument(help="A proof from 'prolink audit proof' or the API.")],
+    bundle: Annotated[list[Path], typer.Option("--bundle", help="A Party's public bundle (one per Party).")],
+    fingerprint: Annotated[list[str] | None, typer.Option(
+        "--fingerprint", help="PARTY=FINGERPRINT read out of band; the bundle must match it.")] = None,
+) -> None:
+    """Verify, offline, that an entry is in a Party's log under the head it names."""
+    import protocol
+
+    _report(proof_file, lambda: protocol.verify_entry_proof(proof_file.read_bytes(),
+                                                            _bundles(bundle, fingerprint)).summary())
 
 
 @audit_app.command("witnessed")

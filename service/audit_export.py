@@ -34,6 +34,7 @@ import protocol
 from protocol import EXPORT_FORMAT, ExportFailure, ExportReport, ExportVerifier, TrustedParty, record_line
 from service import audit
 from service.db import session_scope
+from service.errors import ServiceError
 from service.models import AuditCosignature, AuditHead, Event
 from service.node import Node, record_event
 
@@ -78,6 +79,34 @@ def prepare(node: Node, *, actor: str, fmt: str = "jsonl", start: datetime | Non
     with node.engine.connect() as conn:
         first, count = _range(conn, head.size, start, end)
     return ExportPlan(node.party, head, first, count, fmt, start, end, now, actor)
+
+
+def entry_proof(node: Node, seq: int, *, actor: str) -> bytes:
+    """A proof, checkable offline with the bundles alone, that entry ``seq`` is in this node's log.
+
+    The head is the newest one a peer cosigned that covers the entry; if none
+    does yet, a head signed now (the request itself is recorded first, so the
+    log always grows and such a head exists). ``protocol.verify_entry_proof``
+    checks it; ``prolink audit verify-proof`` is its command line.
+    """
+    now = node.clock()
+    with session_scope(node.engine) as s:
+        conn = s.connection()
+        size = audit.size(conn)
+        if not 0 <= seq < size:
+            raise ServiceError(f"the log has {size} entries; there is no entry {seq}",
+                               code="audit.no_such_entry", status=404)
+        record_event(s, now, "audit.proof_issued", "ok", actor=actor, object_id=str(seq))
+        s.flush()
+        audit.sign_head(s, node.identity.node_keys.signing, node.party, now)
+        cosigned = s.execute(select(func.max(AuditCosignature.head_size))
+                             .where(AuditCosignature.head_size > seq)).scalar()
+        head = audit.head_at(s, int(cosigned)) if cosigned is not None else audit.latest_head(s)
+        assert head is not None and head.size > seq
+        entry = bytes(conn.execute(select(_event.c.entry).where(_event.c.seq == seq)).scalar_one())
+        path = audit.inclusion(conn, seq, head.size)
+        note = audit.cosigned_note(s, head)
+    return protocol.entry_proof(node.party, seq, entry, path, note)
 
 
 def _range(conn: Connection, size: int, start: datetime | None, end: datetime | None) -> tuple[int, int]:

@@ -333,3 +333,90 @@ def test_truncating_and_rewriting_the_log_is_caught_by_verify_and_by_the_peer(lo
     # ...and BY refuses the rewritten head when KZ pushes it.
     answer = cosign(by, kz)
     assert answer["status"] == 409 and answer["error"]["code"] == "audit.inconsistent_head"
+
+
+# --- one entry's proof (for a court: no export, no database, the bundles alone) -------------------
+
+
+def test_an_entry_proof_verifies_offline_under_the_newest_cosigned_head(logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from service.audit_export import entry_proof
+
+    kz, _ = logged
+    proof = entry_proof(kz, 7, actor="test")
+    proven = protocol.verify_entry_proof(proof, bundles(tmp_path))
+    assert proven.seq == proven.entry["seq"] == 7 and proven.entry["type"] == "message.received"
+    assert proven.head.size == 31 and proven.head.cosigned_by[0][0] == "BY"
+    assert "PROVEN: entry 7 of log prolink.kz/audit" in proven.summary()
+    with session_scope(kz.engine, readonly=True) as s:  # asking for a proof is itself recorded
+        assert s.execute(select(Event).where(Event.type == "audit.proof_issued")).scalars().one().object_id == "7"
+
+
+def test_an_entry_newer_than_every_cosigned_head_is_proven_under_a_head_signed_now(logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from service.audit_export import entry_proof
+
+    kz, _ = logged
+    log_events(kz, 3, start=100)  # seq 31..33: no head covers them yet
+    proven = protocol.verify_entry_proof(entry_proof(kz, 32, actor="test"), bundles(tmp_path))
+    assert proven.seq == 32 and proven.head.size == 35 and proven.head.cosigned_by == ()
+
+
+@pytest.mark.parametrize("change", ["entry", "seq", "path", "head", "party"])
+def test_a_changed_entry_proof_is_refused_with_a_code(logged, tmp_path: Path, change: str) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    from service.audit_export import entry_proof
+
+    kz, _ = logged
+    doc = json.loads(entry_proof(kz, 7, actor="test"))
+    if change == "entry":
+        entry = json.loads(base64.b64decode(doc["entry"]))
+        entry["outcome"] = "rejected"
+        doc["entry"] = base64.b64encode(protocol.canonical_json(entry)).decode()
+    elif change == "seq":
+        doc["seq"] = 8
+    elif change == "path":
+        doc["inclusion"][0] = base64.b64encode(bytes(32)).decode()
+    elif change == "head":
+        doc["checkpoint"] = doc["checkpoint"].replace("\n31\n", "\n30\n")
+    else:
+        doc["party"] = "BY"
+    with pytest.raises(protocol.ProlinkError) as err:
+        protocol.verify_entry_proof(json.dumps(doc).encode(), bundles(tmp_path))
+    assert err.value.code.startswith("audit."), err.value.code
+
+
+def test_the_cli_writes_and_verifies_an_entry_proof(logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    kz, by = logged
+    runner = CliRunner()
+    out = tmp_path / "entry-5.proof.json"
+    kz.engine.dispose()
+    r = runner.invoke(app, ["audit", "proof", "--data-dir", str(kz.settings.data_dir), "5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["audit", "verify-proof", str(out), "--bundle", str(tmp_path / "KZ.json"),
+                            "--bundle", str(tmp_path / "BY.json"), "--fingerprint", f"BY={by.identity.fingerprint}"])
+    assert r.exit_code == 0 and "PROVEN: entry 5" in r.output and "cosigned by BY" in r.output, r.output
+    r = runner.invoke(app, ["audit", "proof", "--data-dir", str(kz.settings.data_dir), "9999", "-o", str(out)])
+    assert r.exit_code == 2 and "audit.no_such_entry" in r.output
+    out.write_text(out.read_text().replace('"seq":5', '"seq":6'))
+    r = runner.invoke(app, ["audit", "verify-proof", str(out), "--bundle", str(tmp_path / "KZ.json")])
+    assert r.exit_code == 1 and "FAILED" in r.output
+
+
+def test_the_api_gives_an_entry_proof_to_auditors_only(logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from service.auth import create_user
+    from service.user_api import create_user_app
+
+    kz, _ = logged
+    _, auditor = create_user(kz.engine, "auditor KZ", "auditor", T0)
+    _, clerk = create_user(kz.engine, "clerk KZ", "clerk", T0)
+    with TestClient(create_user_app(kz)) as c:
+        ok = c.get("/v1/admin/audit/entries/3/proof", headers={"authorization": f"Bearer {auditor}"})
+        assert ok.status_code == 200, ok.text
+        assert protocol.verify_entry_proof(ok.content, bundles(tmp_path)).seq == 3
+        assert c.get("/v1/admin/audit/entries/3/proof",
+                     headers={"authorization": f"Bearer {clerk}"}).status_code == 403
+        assert c.get("/v1/admin/audit/entries/3/proof").status_code == 401
+        missing = c.get("/v1/admin/audit/entries/9999/proof", headers={"authorization": f"Bearer {auditor}"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "audit.no_such_entry"
