@@ -34,7 +34,6 @@ from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH, ENVELOPE_MEDIA_TYPE
 
 log = structlog.get_logger("prolink.worker")
 
-CLAIM_BATCH = 16
 RENEW_EVERY_BYTES = 8 * 1024 * 1024
 #: An envelope bigger than this always travels alone (streamed from the database).
 BATCH_ENVELOPE_LIMIT = 256 * 1024
@@ -64,6 +63,8 @@ class DeliveryWorker:
         self._again_after_delivery = False  # claim again as soon as a delivery ends (not at the next poll)
         # Peers (party, bundle version) that answered a batch with 404: sent one envelope at a time.
         self._unbatched: set[tuple[str, int]] = set()
+        # Peers that refused a batch as too big: the most envelopes we put in one batch to them from now on.
+        self._batch_items: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -136,23 +137,6 @@ class DeliveryWorker:
             if self._again_after_delivery:
                 self._wake.set()
 
-    def run_once(self) -> int:
-        """Claim what is due and deliver it, waiting until every delivery of this round has ended."""
-        claims = self._claim(max(CLAIM_BATCH, self.node.settings.delivery_concurrency))
-        groups = self._groups(claims)
-        if len(groups) <= 1:
-            for group in groups:
-                self.deliver_group(group)
-        else:
-            # Groups go out in parallel; the outbox never hands out two messages of one thread at
-            # once, so the order within a thread is kept.
-            list(self._pool.map(self.deliver_group, groups))
-        return len(claims)
-
-    def _claim(self, limit: int) -> list[outbox.Claim]:
-        return outbox.claim(self.node.engine, self.worker_id, self.node.clock(), limit,
-                            self.node.settings.delivery_lease_seconds)
-
     def _groups(self, claims: list[outbox.Claim]) -> list[list[outbox.Claim]]:
         """Claims cut into deliveries: batches of small envelopes to one peer, each big envelope alone."""
         settings = self.node.settings
@@ -163,7 +147,8 @@ class DeliveryWorker:
                 groups.append([c])
                 continue
             group, size = filling.get(c.peer, ([], 0))
-            full = len(group) >= settings.batch_max_items or size + c.envelope_size > settings.batch_max_bytes
+            most = min(settings.batch_max_items, self._batch_items.get(c.peer, settings.batch_max_items))
+            full = len(group) >= most or size + c.envelope_size > settings.batch_max_bytes
             if not group or full:
                 group, size = [], 0
                 groups.append(group)
@@ -247,9 +232,12 @@ class DeliveryWorker:
             log.info("peer_takes_no_batches", peer=peer, status=response.status_code)
             return [self.deliver(c) for c in claims]
         if response.status_code in (400, 413) and _error_code(response).startswith("batch."):
-            # The peer takes smaller batches than ours (its own limits): these go one by one.
-            log.info("peer_refused_batch", peer=peer, code=_error_code(response), envelopes=len(claims))
-            return [self.deliver(c) for c in claims]
+            # The peer takes smaller batches than ours (its own limits): halve, remember, try the halves.
+            half = len(claims) // 2
+            self._batch_items[peer] = max(1, min(half, self._batch_items.get(peer, half)))
+            log.info("peer_refused_batch", peer=peer, code=_error_code(response), envelopes=len(claims),
+                     next_batch_items=self._batch_items[peer])
+            return [outcome for part in (claims[:half], claims[half:]) for outcome in self.deliver_group(part)]
         if response.status_code >= 500:
             return self._failed_many(claims, f"peer answered HTTP {response.status_code} to a batch")
         answer = _json_or_none(response)
