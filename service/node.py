@@ -57,14 +57,6 @@ class _StoredInbound:
     peer: str
 
 
-def _message_id_or_none(envelope: bytes) -> str | None:
-    """The message id in an envelope's clear header, if its framing reads at all (nothing verified)."""
-    try:
-        return read_framing(envelope).header.message_id
-    except ProlinkError:
-        return None
-
-
 @dataclass(frozen=True)
 class _Checked:
     """An envelope that passed every check that needs no write, with its accepting receipt signed."""
@@ -262,9 +254,11 @@ class Node:
         checked: list[tuple[int, _Checked]] = []
         first: dict[str, tuple[int, str]] = {}  # message id -> (index, digest) of its first checked envelope
         repeats: list[tuple[int, int]] = []  # (index, index of the same bytes earlier in the batch)
-        known = self._stored_inbound(list({i for i in map(_message_id_or_none, envelopes) if i is not None}))
-        for index, envelope in enumerate(envelopes):
-            result = self._check_delivery(io.BytesIO(envelope), tls_peer, now, known)
+        framed = [(src, self._frame(src, now)) for src in map(io.BytesIO, envelopes)]
+        known = self._stored_inbound(list({f.header.message_id for _, f in framed if not isinstance(f, Delivery)}))
+        for index, (src, framing) in enumerate(framed):
+            result = framing if isinstance(framing, Delivery) else \
+                self._check_framed(src, framing, tls_peer, now, known)
             earlier = None if isinstance(result, Delivery) else first.get(result.message_id)
             if isinstance(result, Delivery):
                 answers.append(result)
@@ -310,19 +304,28 @@ class Node:
         """A batched delivery that could not be read at all: recorded like a malformed envelope."""
         self._reject_event(self.clock(), None, None, exc)
 
-    def _check_delivery(self, src: BinaryIO, tls_peer: str | None, now: datetime,
-                        known: dict[str, _StoredInbound] | None = None) -> Delivery | _Checked:
+    def _check_delivery(self, src: BinaryIO, tls_peer: str | None, now: datetime) -> Delivery | _Checked:
         """Everything about a delivery that needs no write: framing, sender, redelivery, signature, decryption.
 
         Returns the answer when there is nothing to store (a rejection, or the
         stored receipt of a redelivery), else what ``_store_delivery`` needs.
         """
+        framing = self._frame(src, now)
+        if isinstance(framing, Delivery):
+            return framing
+        return self._check_framed(src, framing, tls_peer, now)
+
+    def _frame(self, src: BinaryIO, now: datetime) -> protocol.Framing | Delivery:
+        """The envelope's framing (header read, bytes hashed, nothing verified), or the refusal to answer."""
         try:
-            framing = read_framing(src)
+            return read_framing(src)
         except ProlinkError as exc:
             self._reject_event(now, None, None, exc)
-            return Delivery(400,
-                            {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
+            return Delivery(400, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
+
+    def _check_framed(self, src: BinaryIO, framing: protocol.Framing, tls_peer: str | None, now: datetime,
+                      known: dict[str, _StoredInbound] | None = None) -> Delivery | _Checked:
+        """``_check_delivery`` after the framing; ``known``: a batch's stored rows, looked up together."""
         header = framing.header
         digest_hex = framing.envelope_sha256.hex()
         try:
