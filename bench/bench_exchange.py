@@ -492,14 +492,16 @@ def sender_clients(pair: Pair, concurrency: int) -> list[httpx.Client]:
             for _ in range(concurrency)]
 
 
-def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int,
-             timeout: float) -> tuple[Figures, dict[str, float]]:
-    """``count`` messages posted by ``concurrency`` senders as fast as accepted; waits for every delivery."""
+def post_all(pair: Pair, doc: dict[str, Any], concurrency: int, count: int,
+             after_each: Callable[[str], None] | None = None) -> dict[str, float]:
+    """``count`` messages posted by ``concurrency`` senders; ``after_each(id)`` runs before a sender's next.
+
+    Returns when every sender is done: message id -> wall-clock time its POST began.
+    """
     clients = sender_clients(pair, concurrency)
     sent: dict[str, float] = {}
     lock = threading.Lock()
     counter = iter(range(count))
-    before = out.counts()
 
     def sender(client: httpx.Client) -> None:
         while True:
@@ -509,18 +511,28 @@ def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, c
             mid, t0, _ = post_message(client, doc)
             with lock:
                 sent[mid] = t0
+            if after_each is not None:
+                after_each(mid)
 
-    pids = {"KZ": pair.kz.process.pid, "BY": pair.by.process.pid}
-    cpu_before = {party: process_cpu(pid) for party, pid in pids.items()}
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             for f in [pool.submit(sender, c) for c in clients]:
                 f.result()
-        accepted = time.time() - min(sent.values())
-        out.wait_all(list(sent), timeout, before)
     finally:
         for c in clients:
             c.close()
+    return sent
+
+
+def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int,
+             timeout: float) -> tuple[Figures, dict[str, float]]:
+    """``count`` messages posted by ``concurrency`` senders as fast as accepted; waits for every delivery."""
+    before = out.counts()
+    pids = {"KZ": pair.kz.process.pid, "BY": pair.by.process.pid}
+    cpu_before = {party: process_cpu(pid) for party, pid in pids.items()}
+    sent = post_all(pair, doc, concurrency, count)
+    accepted = time.time() - min(sent.values())
+    out.wait_all(list(sent), timeout, before)
     figures = figures_from_db(out, "open", sent)
     figures.accept_seconds = accepted
     figures.cpu = {party: process_cpu(pid) - cpu_before[party] for party, pid in pids.items()}
@@ -530,34 +542,19 @@ def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, c
 def run_closed(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int,
                timeout: float) -> tuple[Figures, dict[str, float]]:
     """Each sender posts one message, waits until it is delivered, then posts the next."""
-    clients = sender_clients(pair, concurrency)
-    sent: dict[str, float] = {}
-    lock = threading.Lock()
-    counter = iter(range(count))
 
-    def sender(client: httpx.Client) -> None:
-        while True:
-            with lock:
-                if next(counter, None) is None:
-                    return
-            mid, t0, _ = post_message(client, doc)
-            with lock:
-                sent[mid] = t0
-            if not out.expect(mid).wait(timeout):
-                raise RuntimeError(f"message {mid} not delivered within {timeout} s")
-            if out.error:
-                raise RuntimeError(f"database watcher failed: {out.error}")
+    def wait_delivered(mid: str) -> None:
+        if not out.expect(mid).wait(timeout):
+            raise RuntimeError(f"message {mid} not delivered within {timeout} s")
+        if out.error:
+            raise RuntimeError(f"database watcher failed: {out.error}")
 
     out.start_watching()
     try:
-        with ThreadPoolExecutor(concurrency) as pool:
-            for f in [pool.submit(sender, c) for c in clients]:
-                f.result()
+        sent = post_all(pair, doc, concurrency, count, wait_delivered)
         out.wait_all(list(sent), timeout)
     finally:
         out.stop_watching()
-        for c in clients:
-            c.close()
     return figures_from_db(out, "closed", sent), sent
 
 
