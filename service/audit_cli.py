@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +16,9 @@ audit_app = typer.Typer(help="The tamper-evident audit log: export and offline v
                         no_args_is_help=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
+Bundles = Annotated[list[Path], typer.Option("--bundle", help="A Party's public bundle (one per Party).")]
+Fingerprints = Annotated[list[str] | None, typer.Option(
+    "--fingerprint", help="PARTY=FINGERPRINT read out of band; the bundle must match it.")]
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -62,9 +65,8 @@ def export(
 @audit_app.command("verify")
 def verify(
     export_file: Annotated[Path, typer.Argument(help="An export from 'prolink audit export' or the API.")],
-    bundle: Annotated[list[Path], typer.Option("--bundle", help="A Party's public bundle (one per Party).")],
-    fingerprint: Annotated[list[str] | None, typer.Option(
-        "--fingerprint", help="PARTY=FINGERPRINT read out of band; the bundle must match it.")] = None,
+    bundle: Bundles,
+    fingerprint: Fingerprints = None,
     head: Annotated[list[Path] | None, typer.Option(
         "--head", help="A signed head obtained elsewhere (e.g. from the other Party); must match.")] = None,
 ) -> None:
@@ -135,9 +137,8 @@ def proof(
 @audit_app.command("verify-proof")
 def verify_proof(
     proof_file: Annotated[Path, typer.Argument(help="A proof from 'prolink audit proof' or the API.")],
-    bundle: Annotated[list[Path], typer.Option("--bundle", help="A Party's public bundle (one per Party).")],
-    fingerprint: Annotated[list[str] | None, typer.Option(
-        "--fingerprint", help="PARTY=FINGERPRINT read out of band; the bundle must match it.")] = None,
+    bundle: Bundles,
+    fingerprint: Fingerprints = None,
 ) -> None:
     """Verify, offline, that an entry is in a Party's log under the head it names."""
     import protocol
