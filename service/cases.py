@@ -116,24 +116,20 @@ def _original(session: Session, doc: Document) -> Original:
     return original
 
 
-def _original_dispatched(session: Session, doc: Document, now: datetime, due_days: int) -> None:
-    original = _original(session, doc)
-    if doc.sender_party != original.owed_by:
-        raise LifecycleError("only the Party that owes the original dispatches it", code="lifecycle.wrong_side")
-    original.dispatched_on = doc.dispatched_on  # type: ignore[attr-defined]
-    original.tracking_number = doc.tracking_number  # type: ignore[attr-defined]
-    original.updated_at = now
-    session.add(original)
+def _original_step(side: str, fields: tuple[str, ...], who: str) -> Any:
+    """The effect of a message about the paper original: only the Party on ``side`` of it may send it,
+    and it copies ``fields`` from the document onto the original's record."""
 
+    def effect(session: Session, doc: Document, now: datetime, due_days: int) -> None:
+        original = _original(session, doc)
+        if doc.sender_party != getattr(original, side):
+            raise LifecycleError(f"only {who}", code="lifecycle.wrong_side")
+        for name in fields:
+            setattr(original, name, getattr(doc, name))
+        original.updated_at = now
+        session.add(original)
 
-def _original_received(session: Session, doc: Document, now: datetime, due_days: int) -> None:
-    original = _original(session, doc)
-    if doc.sender_party != original.owed_to:
-        raise LifecycleError("only the Party the original is owed to confirms it", code="lifecycle.wrong_side")
-    original.received_on = doc.received_on  # type: ignore[attr-defined]
-    original.matches_electronic = doc.matches_electronic  # type: ignore[attr-defined]
-    original.updated_at = now
-    session.add(original)
+    return effect
 
 
 def _directory_update(session: Session, doc: Document, now: datetime, due_days: int) -> None:
@@ -191,8 +187,10 @@ _KIND_EFFECTS = {
     "consent_refused": _consent_answer("refused"),
     "consent_withdrawn": _consent_answer("withdrawn"),
     "request": _request,
-    "original_dispatched": _original_dispatched,
-    "original_received": _original_received,
+    "original_dispatched": _original_step("owed_by", ("dispatched_on", "tracking_number"),
+                                          "the Party that owes the original dispatches it"),
+    "original_received": _original_step("owed_to", ("received_on", "matches_electronic"),
+                                        "the Party the original is owed to confirms it"),
     "directory_update": _directory_update,
     "termination_notice": _termination_notice,
 }
