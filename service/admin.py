@@ -60,6 +60,7 @@ from protocol._lifecycle import NOTICE_PERIOD_DAYS
 from service import outbox
 from service.admin_models import AgreementConfigVersion, PeerAdmin
 from service.auth import hash_token, new_token
+from service.background import BackgroundLoop
 from service.case_models import Original, TerminationNotice, Thread
 from service.cases import agreement_ends_on, termination_received_on
 from service.db import session_scope
@@ -622,7 +623,7 @@ def _bundle_file(node: Node) -> Path:
     return Path(node.settings.data_dir) / "keys" / "bundle.json"
 
 
-class KeySync:
+class KeySync(BackgroundLoop):
     """Reloads the node identity after a rotation or revocation, pushes our bundle, extends TLS trust.
 
     One per node (``key_sync(node)``); ``prolink serve`` runs it in a thread and
@@ -630,12 +631,10 @@ class KeySync:
     """
 
     def __init__(self, node: Node, interval: float = 1.0) -> None:
+        super().__init__(f"keysync-{node.party}")
         self.node = node
-        self.interval = interval
+        self._every = interval
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ssl_context: Any = None
         self._trusted_cas: set[tuple[str, int]] = set()
         self._bundle_stat: tuple[int, int] | None = None
@@ -648,19 +647,14 @@ class KeySync:
         """The live server context of the peer listener: new peer CAs are added to it."""
         self._ssl_context = ssl_context
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"keysync-{self.node.party}", daemon=True)
-        self._thread.start()
+    failure_event = "key_sync_failed"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def interval(self) -> float:
+        return self._every
 
     def wake(self) -> None:
         self._push_failures.clear()
-        self._wake.set()
+        super().wake()
 
     def peer_answered(self, party: str) -> None:
         """A peer we failed to push to is reachable again: try at once."""
@@ -676,14 +670,9 @@ class KeySync:
             log.error("tls_trust_update_failed", error_type=type(exc).__name__, error=str(exc)[:200])
         self._wake.set()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception as exc:  # noqa: BLE001 - the loop must survive (database down, disk full...)
-                log.error("key_sync_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-            self._wake.wait(self.interval)
-            self._wake.clear()
+    def round(self) -> bool:
+        self.check()
+        return False  # then wait: a rotation or a new peer wakes us
 
     # --- one round ----------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ and still pushes, with no proof, so the peer judges and raises its alert.
 from __future__ import annotations
 
 import base64
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ import protocol
 from keys import client_ssl_context
 from protocol import LogError, ProlinkError
 from service import audit
+from service.background import BackgroundLoop
 from service.db import session_scope
 from service.models import AuditAlert, AuditCosignature, Peer
 from service.node import Node
@@ -40,40 +40,26 @@ log = structlog.get_logger("prolink.audit")
 HEADS_PATH = "/v1/log/heads"
 
 
-class HeadPublisher:
+class HeadPublisher(BackgroundLoop):
     """Signs tree heads and collects peers' cosignatures; one per ``prolink serve`` process."""
 
+    failure_event = "audit_heads_round_failed"
+
     def __init__(self, node: Node) -> None:
+        super().__init__(f"{node.party}-heads-{uuid.uuid4().hex[:8]}")
         self.node = node
-        self.name = f"{node.party}-heads-{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._clients: dict[tuple[str, int], httpx.Client] = {}
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
-        self._thread.start()
+    def interval(self) -> float:
+        return self.node.settings.audit_head_interval_seconds
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def close(self) -> None:
         for client in self._clients.values():
             client.close()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:
-                log.error("audit_heads_round_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-            self._wake.wait(self.node.settings.audit_head_interval_seconds)
-            self._wake.clear()
+    def round(self) -> bool:
+        self.run_once()
+        return False  # then wait for the interval (or a peer holding a newer head wakes us)
 
     def run_once(self) -> dict[str, str]:
         """Sign a head if the log grew, then push the newest head to every active peer; returns outcomes."""

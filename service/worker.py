@@ -26,6 +26,7 @@ from keys import client_ssl_context
 from protocol import ProlinkError
 from service import outbox
 from service.admin import hold_if_suspended, on_receipt, peer_is_active
+from service.background import BackgroundLoop
 from service.blobs import read_blob, small_blobs
 from service.db import session_scope
 from service.metrics import observe_delivery
@@ -39,7 +40,7 @@ RENEW_EVERY_BYTES = 8 * 1024 * 1024
 BATCH_ENVELOPE_LIMIT = 256 * 1024
 
 
-class DeliveryWorker:
+class DeliveryWorker(BackgroundLoop):
     """Runs in a thread beside the web servers of ``prolink serve``.
 
     Claims due deliveries and hands them to a pool of ``delivery_concurrency``
@@ -52,11 +53,9 @@ class DeliveryWorker:
     def __init__(self, node: Node, worker_id: str | None = None) -> None:
         self.node = node
         self.worker_id = worker_id or f"{node.party}-{uuid.uuid4().hex[:12]}"
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        super().__init__(f"delivery-{self.worker_id}")
         self._clients: dict[tuple[str, int], httpx.Client] = {}
         self._clients_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(node.settings.delivery_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
                                         thread_name_prefix=f"deliver-{node.party}")
@@ -68,33 +67,18 @@ class DeliveryWorker:
 
     # --- lifecycle -------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"delivery-{self.worker_id}", daemon=True)
-        self._thread.start()
+    failure_event = "delivery_round_failed"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def interval(self) -> float:
+        return self.node.settings.worker_poll_seconds
+
+    def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for client in self._clients.values():
             client.close()
 
-    def wake(self) -> None:
-        """Something was queued: look at the outbox now instead of at the next poll."""
-        self._wake.set()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                worked = self._dispatch()
-            except Exception as exc:  # noqa: BLE001 - the loop must survive a bad round (e.g. database down)
-                log.error("delivery_round_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-                worked = 0
-            if not worked:
-                self._wake.wait(self.node.settings.worker_poll_seconds)
+    def round(self) -> bool:
+        return self._dispatch() > 0
 
     def _dispatch(self) -> int:
         """Claim for every free delivery thread and start the deliveries; returns how many were claimed."""
