@@ -64,7 +64,7 @@ from service.background import BackgroundLoop
 from service.case_models import Original, TerminationNotice, Thread
 from service.cases import agreement_ends_on, termination_received_on
 from service.db import session_scope
-from service.errors import ServiceError
+from service.errors import ServiceError, peer_error_code
 from service.models import OUTBOX_STATES, USER_ROLES, Message, Outbox, Peer, User
 from service.node import Node, record_event
 
@@ -785,7 +785,7 @@ class KeySync(BackgroundLoop):
                 else httpx.Timeout(min(10.0, timeout), connect=min(3.0, timeout)),
             )
             if r.status_code != 200:
-                code = _error_code(r)
+                code = peer_error_code(r)
                 error = f"HTTP {r.status_code} {code}"
             elif r.json().get("version") != version:
                 error = f"peer holds version {r.json().get('version')}"
@@ -840,13 +840,6 @@ def _usable_for(trusted: TrustedParty, key_id: str, now: datetime) -> float:
     if rev is not None:
         ends.append(rev.revoked_at)
     return min((e - now).total_seconds() for e in ends) if ends else float("inf")
-
-
-def _error_code(r: httpx.Response) -> str:
-    try:
-        return str(r.json()["error"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return ""
 
 
 _syncs: weakref.WeakKeyDictionary[Node, KeySync] = weakref.WeakKeyDictionary()

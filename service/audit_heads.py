@@ -32,6 +32,7 @@ from protocol import LogError, ProlinkError
 from service import audit
 from service.background import BackgroundLoop
 from service.db import session_scope
+from service.errors import peer_error_code
 from service.models import AuditAlert, AuditCosignature, Peer
 from service.node import Node
 
@@ -117,7 +118,7 @@ class HeadPublisher(BackgroundLoop):
                 if response.status_code == 200:
                     self._store(party, head, str(body["cosignature"]))
                     return "cosigned"
-                code = body.get("error", {}).get("code", "") if isinstance(body, dict) else ""
+                code = peer_error_code(response)
                 accepted = body.get("accepted", {}).get("size") if isinstance(body, dict) else None
                 if code in ("audit.base_mismatch", "audit.stale_head") and isinstance(accepted, int):
                     base = accepted

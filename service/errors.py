@@ -73,6 +73,15 @@ def error_body(exc: ProlinkError, **extra: Any) -> dict[str, Any]:
     return {"error": err, **extra}
 
 
+def peer_error_code(response: Any) -> str:
+    """The stable code in another node's error answer (an ``httpx.Response``), or "" if it has none."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return code if isinstance(code, str) else ""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProlinkError)
     async def _prolink(_: Request, exc: ProlinkError) -> JSONResponse:

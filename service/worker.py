@@ -29,6 +29,7 @@ from service.admin import hold_if_suspended, on_receipt, peer_is_active
 from service.background import BackgroundLoop
 from service.blobs import read_blob, small_blobs
 from service.db import session_scope
+from service.errors import peer_error_code
 from service.metrics import observe_delivery
 from service.node import Node, record_event
 from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH, ENVELOPE_MEDIA_TYPE
@@ -215,11 +216,11 @@ class DeliveryWorker(BackgroundLoop):
             self._unbatched.add((peer, version))
             log.info("peer_takes_no_batches", peer=peer, status=response.status_code)
             return [self.deliver(c) for c in claims]
-        if response.status_code in (400, 413) and _error_code(response).startswith("batch."):
+        if response.status_code in (400, 413) and peer_error_code(response).startswith("batch."):
             # The peer takes smaller batches than ours (its own limits): halve, remember, try the halves.
             half = len(claims) // 2
             self._batch_items[peer] = max(1, min(half, self._batch_items.get(peer, half)))
-            log.info("peer_refused_batch", peer=peer, code=_error_code(response), envelopes=len(claims),
+            log.info("peer_refused_batch", peer=peer, code=peer_error_code(response), envelopes=len(claims),
                      next_batch_items=self._batch_items[peer])
             return [outcome for part in (claims[:half], claims[half:]) for outcome in self.deliver_group(part)]
         if response.status_code >= 500:
@@ -308,13 +309,6 @@ def _json_or_none(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _error_code(response: httpx.Response) -> str:
-    body = _json_or_none(response)
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else ""
 
 
 def _status_of(answer: dict[str, Any]) -> int:
