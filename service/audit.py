@@ -1,15 +1,17 @@
 """The audit log: append-only, one Merkle leaf per event, signed tree heads, proofs at any size.
 
-Every ``Event`` row is an entry. When a session flushes new Events (normally
-at the commit of the transaction that made the state change they record),
-``append_pending`` locks the log's state row (``SELECT ... FOR UPDATE`` on
+Every ``Event`` row is an entry. ``append_rows`` (what ``service.node.record_events``
+calls, inside the transaction that made the state change the entries record)
+locks the log's state row (``SELECT ... FOR UPDATE`` on
 PostgreSQL, so replicas queue; SQLite transactions are already serialised by
 ``BEGIN IMMEDIATE``), gives each Event the next ``seq``, its canonical bytes
 (``protocol.entry_bytes``, the leaf) and leaf hash, extends the tree's compact
 range and writes the perfect subtrees the new leaves complete into
 ``audit_node``. That is O(log n) hashing and amortised two rows per entry, and
-the lock is held only from that flush to the commit: sequence numbers are dense
-and follow commit order. A transaction that rolls back takes its entries and
+the lock is held from the append to the commit (callers record events last):
+sequence numbers are dense and follow commit order. ``Event`` objects added to
+an ORM session directly are appended the same way when it flushes
+(``append_pending``). A transaction that rolls back takes its entries and
 the state change with it.
 
 Because every perfect subtree is stored, the root at any size and any
@@ -85,6 +87,7 @@ _LOCK_STATE = select(_state.c.size, _state.c.frontier).where(_state.c.id == STAT
 _SAVE_STATE = update(_state).where(_state.c.id == STATE_ID).values(size=bindparam("new_size"),
                                                                      frontier=bindparam("new_frontier"))
 _INSERT_NODES = insert(_node)
+_INSERT_EVENTS = insert(_event)
 
 
 def _lock_state(conn: Connection) -> CompactRange:
@@ -120,9 +123,11 @@ def append(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
 
 
 def append_rows(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
-    """Append and insert the Event rows with Core (bulk loads, benchmarks): same result as record_event."""
+    """Append ``entries`` and insert their Event rows, with Core, in the caller's transaction."""
     done = append(conn, entries)
-    conn.execute(insert(_event), [
+    if not done:
+        return done
+    conn.execute(_INSERT_EVENTS, [
         {"at": e.at, "actor": e.actor, "party": e.party, "type": e.type, "object_id": e.object_id,
          "outcome": e.outcome, "detail": e.detail, "seq": a.seq, "entry": a.entry, "leaf_hash": a.leaf_hash}
         for e, a in zip(entries, done, strict=True)])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import Session
 
 from protocol import REQUESTED, REQUESTING, Document, LifecycleError, agreement_state_on, document_to_json, next_state
@@ -30,10 +30,23 @@ class Effect:
     state_before: str | None
     state_after: str
     sender_role: str
+    #: The thread's purpose code and case number (Art. 7), as it stands after the message.
+    thread_purpose_code: str | None = None
+    thread_case_number: str | None = None
+
+
+_thread = Thread.__table__  # type: ignore[attr-defined]
+# Built once: every message sent or received runs them (FOR UPDATE: replicas on PostgreSQL queue per thread).
+_THREAD_FOR_UPDATE = select(_thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
+                            _thread.c.case_number).where(_thread.c.id == bindparam("id")).with_for_update()
+_INSERT_THREAD = insert(_thread)
+_FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
 
 def termination_received_on(session: Session) -> date | None:
-    return session.execute(select(func.min(TerminationNotice.received_on))).scalar_one_or_none()
+    session.flush()  # a notice added in this transaction counts (no-op when nothing is pending)
+    received: date | None = session.connection().execute(_FIRST_TERMINATION).scalar_one_or_none()
+    return received
 
 
 def agreement_state(session: Session, today: date) -> str:
@@ -48,10 +61,12 @@ def agreement_ends_on(session: Session) -> date | None:
 def apply(session: Session, me: str, doc: Document, now: datetime, *, originals_due_days: int) -> Effect:
     """Check ``doc`` (sent or received by Party ``me``) against its thread and record its effects.
 
-    Raises ``LifecycleError``.
+    Raises ``LifecycleError``. The thread row is read and written with Core
+    (every message does it; no ORM object is built for it).
     """
     opens = doc.thread_id == doc.id
-    thread = session.get(Thread, doc.thread_id, with_for_update=True)
+    conn = session.connection()
+    thread = conn.execute(_THREAD_FOR_UPDATE, {"id": doc.thread_id}).one_or_none()
     if thread is None and not opens:
         raise LifecycleError(f"no thread {doc.thread_id} is known here", code="lifecycle.unknown_thread")
     if thread is not None and opens:
@@ -66,32 +81,33 @@ def apply(session: Session, me: str, doc: Document, now: datetime, *, originals_
     after = next_state(before, doc.kind, role, agreement_state(session, now.date()),
                        refusal_scope=getattr(doc, "scope", None))
     if thread is None:
-        thread = Thread(id=doc.id, kind=doc.kind, requesting_party=requesting, peer=peer_of_thread,
-                        state=after, urgent=bool(getattr(doc, "urgent", False)),
-                        direction=getattr(doc, "direction", None), form=getattr(doc, "form", None),
-                        confidentiality=doc.confidentiality, due_on=getattr(doc, "expected_execution_date", None),
-                        purpose_code=doc.purpose_code, case_number=doc.case_number,
-                        opened_at=now, updated_at=now, last_message_id=doc.id)
-        session.add(thread)
+        purpose_code, case_number = doc.purpose_code, doc.case_number
+        conn.execute(_INSERT_THREAD, {
+            "id": doc.id, "kind": doc.kind, "requesting_party": requesting, "peer": peer_of_thread,
+            "state": after, "urgent": bool(getattr(doc, "urgent", False)),
+            "direction": getattr(doc, "direction", None), "form": getattr(doc, "form", None),
+            "confidentiality": doc.confidentiality, "due_on": getattr(doc, "expected_execution_date", None),
+            "purpose_code": purpose_code, "case_number": case_number, "opened_at": now, "updated_at": now,
+            "last_message_id": doc.id})
     else:
-        thread.state, thread.updated_at, thread.last_message_id = after, now, doc.id
+        purpose_code, case_number = thread.purpose_code, thread.case_number
+        changes: dict[str, Any] = {"state": after, "updated_at": now, "last_message_id": doc.id}
         new_date = getattr(doc, "new_expected_date", None)
         if doc.kind == "delay_notice" and new_date is not None:
-            thread.due_on = new_date
-        session.add(thread)
+            changes["due_on"] = new_date
+        conn.execute(update(_thread).where(_thread.c.id == doc.thread_id).values(changes))
     _KIND_EFFECTS.get(doc.kind, _nothing)(session, doc, now, originals_due_days)
-    return Effect(doc.thread_id, before, after, role)
+    return Effect(doc.thread_id, before, after, role, purpose_code, case_number)
 
 
-def item_policy(session: Session, doc: Document) -> dict[str, Any]:
+def item_policy(doc: Document, effect: Effect) -> dict[str, Any]:
     """Art. 7 facts about a received item, kept in clear so access can be decided before decrypting:
     the provider's confidentiality level, the purpose and case it is bound to (its own if the provider set
     one, else its thread's), and which handling conditions apply. No free text."""
-    thread = session.get(Thread, doc.thread_id)
     own = doc.purpose_code is not None
     return {"confidentiality": doc.confidentiality,
-            "purpose_code": doc.purpose_code if own else (thread.purpose_code if thread else None),
-            "case_number": doc.case_number if own else (thread.case_number if thread else None),
+            "purpose_code": doc.purpose_code if own else effect.thread_purpose_code,
+            "case_number": doc.case_number if own else effect.thread_case_number,
             "no_court_use": doc.handling.no_court_use_without_consent,
             "no_onward_transfer": doc.handling.no_onward_transfer_without_consent,
             "conditions": len(doc.handling.conditions)}

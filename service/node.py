@@ -12,14 +12,14 @@ import io
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, BinaryIO, cast
 
 import structlog
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -27,11 +27,11 @@ from sqlmodel import Session
 import protocol
 from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import (Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing)
-from service import cases, outbox
+from service import audit, cases, outbox
 from service.blobs import read_blob, write_blob
 from service.db import session_scope
 from service.errors import ServiceError, status_for
-from service.models import Event, Message, Peer
+from service.models import Message, Peer
 from service.settings import Settings
 
 log = structlog.get_logger("prolink.node")
@@ -46,6 +46,7 @@ def utcnow() -> datetime:
 
 
 _message = Message.__table__  # type: ignore[attr-defined]
+_INSERT_MESSAGE = insert(_message)
 _STORED_INBOUND = select(_message.c.id, _message.c.envelope_sha256, _message.c.receipt, _message.c.peer).where(
     _message.c.direction == "in", _message.c.id.in_(bindparam("ids", expanding=True)))
 
@@ -95,17 +96,30 @@ class Delivery:
     body: dict[str, Any]
 
 
+def event_entry(at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR, party: str | None = None,
+                object_id: str | None = None, **detail: Any) -> audit.NewEntry:
+    """An audit log entry to append (``record_events``). Never content: ids, hashes, codes, counts."""
+    protocol.check_detail(detail)
+    return audit.NewEntry(at, actor, party, type, object_id, outcome, detail)
+
+
+def record_events(session: Session, entries: Sequence[audit.NewEntry]) -> None:
+    """Append ``entries`` to the audit log, in order, in this transaction (one lock, one insert).
+
+    The entries get their place in the log (seq, Merkle leaf) at once, under
+    the log's lock (``service.audit``), which is then held until the commit:
+    record events last in a write transaction, so the lock is held briefly.
+    Inside a savepoint they are rolled back with it.
+    """
+    if entries:
+        audit.append_rows(session.connection(), entries)
+
+
 def record_event(session: Session, at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR,
                  party: str | None = None, object_id: str | None = None, **detail: Any) -> None:
-    """Append an event to the audit log, in this transaction. Never content: ids, hashes, codes, counts.
-
-    The entry gets its place in the log (seq, Merkle leaf) when the session
-    flushes, under the log's lock (``service.audit``); record events last in a
-    write transaction, so the lock is held briefly.
-    """
-    protocol.check_detail(detail)
-    session.add(Event(at=at, actor=actor, party=party, type=type, object_id=object_id, outcome=outcome,
-                      detail=detail))
+    """Append one event to the audit log, in this transaction (``record_events``)."""
+    record_events(session, [event_entry(at, type, outcome, actor=actor, party=party, object_id=object_id,
+                                        **detail)])
 
 
 def spool(chunks: Iterable[bytes]) -> IO[bytes]:
@@ -228,7 +242,7 @@ class Node:
         try:
             with session_scope(self.engine) as s:
                 effect = self._store_delivery(s, checked, now)
-                self._record_received(s, checked, effect, now)
+                record_events(s, self._received_events(checked, effect, now))
         except IntegrityError:
             # A concurrent delivery of the same message id won the race; answer as for a redelivery.
             stored = self._stored_receipt(checked.message_id, checked.digest_hex)
@@ -277,6 +291,7 @@ class Node:
         raced: list[tuple[int, _Checked]] = []
         if checked:
             with session_scope(self.engine) as s:
+                events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
                 for index, item in checked:
                     try:
                         with s.begin_nested():
@@ -285,10 +300,11 @@ class Node:
                         raced.append((index, item))
                     except ProlinkError as exc:
                         answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
-                                                      item.sender, exc, session=s)
+                                                      item.sender, exc, events=events)
                     else:
-                        self._record_received(s, item, effect, now)
+                        events.extend(self._received_events(item, effect, now))
                         answers[index] = item.accepted()
+                record_events(s, events)
             for index, item in checked:
                 if answers[index] is not None and answers[index].status == 200:
                     item.log_received()
@@ -360,7 +376,7 @@ class Node:
     def _store_delivery(self, s: Session, item: _Checked, now: datetime) -> cases.Effect:
         """Apply and store one checked envelope in ``s`` (raises ``ProlinkError`` to refuse it).
 
-        Its audit events are recorded by the caller (``_record_received``), after
+        Its audit events are recorded by the caller (``_received_events``), after
         the store succeeded: a batch appends all of them to the log at once.
         """
         message, digest_hex = item.message, item.digest_hex
@@ -368,33 +384,35 @@ class Node:
         blob = write_blob(s, file_chunks(item.src), max_size=self.settings.max_envelope_bytes)
         if blob.sha256 != digest_hex:
             raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
-        row = self._inbound_row(message, blob.id, item.framing.size, now, item.receipt)
-        row.summary["policy"] = cases.item_policy(s, message.document)
-        s.add(row)
-        s.flush()  # inside a savepoint: a duplicate id fails here, and only this envelope is rolled back
+        # Inside a savepoint (a batch): a duplicate id fails here, and only this envelope is rolled back.
+        s.connection().execute(_INSERT_MESSAGE, self._inbound_row(message, blob.id, item.framing.size, now,
+                                                                  item.receipt, effect))
         return effect
 
-    def _record_received(self, s: Session, item: _Checked, effect: cases.Effect, now: datetime) -> None:
+    def _received_events(self, item: _Checked, effect: cases.Effect, now: datetime) -> list[audit.NewEntry]:
         header, message = item.framing.header, item.message
-        record_event(s, now, "message.received", "accepted", party=header.sender,
-                     object_id=header.message_id, envelope_sha256=item.digest_hex, kind=message.document.kind,
-                     thread_id=effect.thread_id, state_before=effect.state_before,
-                     state_after=effect.state_after, signer_key=message.authorisation.key.key_id)
-        record_event(s, now, "receipt.issued", "accepted", party=header.sender,
-                     object_id=header.message_id, envelope_sha256=item.digest_hex)
+        return [event_entry(now, "message.received", "accepted", party=header.sender,
+                            object_id=header.message_id, envelope_sha256=item.digest_hex,
+                            kind=message.document.kind, thread_id=effect.thread_id,
+                            state_before=effect.state_before, state_after=effect.state_after,
+                            signer_key=message.authorisation.key.key_id),
+                event_entry(now, "receipt.issued", "accepted", party=header.sender,
+                            object_id=header.message_id, envelope_sha256=item.digest_hex)]
 
     def _inbound_row(self, message: VerifiedMessage, blob_id: int, size: int, now: datetime,
-                     receipt: bytes) -> Message:
+                     receipt: bytes, effect: cases.Effect) -> dict[str, Any]:
+        """The ``message`` row of a received envelope (inserted with Core: ``_INSERT_MESSAGE``)."""
         doc = message.document
-        return Message(id=message.message_id, direction="in", peer=message.header.sender, kind=doc.kind,
-                       thread_id=doc.thread_id, in_reply_to=doc.in_reply_to,
-                       envelope_sha256=message.envelope_sha256.hex(), envelope_size=size, blob_id=blob_id,
-                       created_at=now, status="received", receipt=receipt, receipt_status=protocol.ACCEPTED,
-                       receipt_verified=True,
-                       summary={"sent_at": message.header.sent_at.isoformat(),
-                                "signed_by_key": message.authorisation.key.key_id,
-                                "signer": f"{message.authorisation.person}, {message.authorisation.position}",
-                                "attachments": len(doc.attachments)})
+        return {"id": message.message_id, "direction": "in", "peer": message.header.sender, "kind": doc.kind,
+                "thread_id": doc.thread_id, "in_reply_to": doc.in_reply_to,
+                "envelope_sha256": message.envelope_sha256.hex(), "envelope_size": size, "blob_id": blob_id,
+                "created_at": now, "status": "received", "receipt": receipt,
+                "receipt_status": protocol.ACCEPTED, "receipt_verified": True, "delivered_at": None,
+                "summary": {"sent_at": message.header.sent_at.isoformat(),
+                            "signed_by_key": message.authorisation.key.key_id,
+                            "signer": f"{message.authorisation.person}, {message.authorisation.position}",
+                            "attachments": len(doc.attachments),
+                            "policy": cases.item_policy(doc, effect)}}
 
     def _stored_receipt(self, message_id: str, digest_hex: str,
                         known: dict[str, _StoredInbound] | None = None) -> Delivery | None:
@@ -422,23 +440,25 @@ class Node:
         return {r.id: _StoredInbound(r.envelope_sha256, r.receipt, r.peer) for r in rows}
 
     def _reject(self, now: datetime, envelope_sha256: bytes, message_id: str, sender: str,
-                exc: ProlinkError, session: Session | None = None) -> Delivery:
+                exc: ProlinkError, events: list[audit.NewEntry] | None = None) -> Delivery:
         receipt = protocol.make_receipt(envelope_sha256, message_id, sender, protocol.REJECTED, exc.code,
                                         self.identity.node_keys, now)
-        self._reject_event(now, message_id, sender, exc, session=session, envelope_sha256=envelope_sha256.hex())
+        self._reject_event(now, message_id, sender, exc, events=events, envelope_sha256=envelope_sha256.hex())
         return Delivery(status_for(exc), {"status": "rejected",
                                           "error": {"code": exc.code, "message": exc.message},
                                           "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json()})
 
     def _reject_event(self, now: datetime, message_id: str | None, sender: str | None, exc: ProlinkError,
-                      session: Session | None = None, **detail: Any) -> None:
-        """Record a refusal: in ``session`` when given (a batch's transaction), else in a transaction of its own."""
+                      events: list[audit.NewEntry] | None = None, **detail: Any) -> None:
+        """Record a refusal: into ``events`` when given (a batch's, recorded with it), else in a transaction
+        of its own."""
         log.warning("envelope_rejected", code=exc.code, message_id=message_id, sender=sender)
-        if session is not None:
-            record_event(session, now, "message.rejected", exc.code, party=sender, object_id=message_id, **detail)
+        entry = event_entry(now, "message.rejected", exc.code, party=sender, object_id=message_id, **detail)
+        if events is not None:
+            events.append(entry)
             return
         with session_scope(self.engine) as s:
-            record_event(s, now, "message.rejected", exc.code, party=sender, object_id=message_id, **detail)
+            record_events(s, [entry])
 
     # --- sending -----------------------------------------------------------
 
@@ -475,21 +495,23 @@ class Node:
             effect = cases.apply(s, self.party, document, now, originals_due_days=self.settings.originals_due_days)
             blob = write_blob(s, protocol.seal_stream(signed, signatory.authorisation, sources,
                                                       self.identity.node_keys, recipient, now, document))
-            row = Message(id=document.id, direction="out", peer=recipient.party, kind=document.kind,
-                          thread_id=document.thread_id, in_reply_to=document.in_reply_to,
-                          envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id, created_at=now,
-                          status="queued", summary={"signed_by_key": signatory.key.key_id,
-                                                    "policy": {"confidentiality": document.confidentiality},
-                                                    "signer": f"{signatory.person}, {signatory.position}",
-                                                    "attachments": len(document.attachments)})
-            s.add(row)
-            outbox.enqueue(s, document.id, recipient.party, now)  # flushes the thread and message first
+            values = {"id": document.id, "direction": "out", "peer": recipient.party, "kind": document.kind,
+                      "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
+                      "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
+                      "created_at": now, "status": "queued", "receipt": None, "receipt_status": None,
+                      "receipt_verified": False, "delivered_at": None,
+                      "summary": {"signed_by_key": signatory.key.key_id,
+                                  "policy": {"confidentiality": document.confidentiality},
+                                  "signer": f"{signatory.person}, {signatory.position}",
+                                  "attachments": len(document.attachments)}}
+            s.connection().execute(_INSERT_MESSAGE, values)
+            outbox.enqueue(s, document.id, recipient.party, now, stored_queued=True)
             record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
                          object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
                          thread_id=effect.thread_id, state_before=effect.state_before,
                          state_after=effect.state_after, signer_key=signatory.key.key_id)
         log.info("message_queued", message_id=document.id, peer=recipient.party, kind=document.kind)
-        return row
+        return Message(**values)  # as stored (not attached to a session)
 
     # --- reading -------------------------------------------------------------
 

@@ -51,19 +51,22 @@ class Claim:
     created_at: datetime | None = None  # when the message was sealed (for the latency metric)
 
 
-def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> int:
+def enqueue(session: Session, message_id: str, peer: str, now: datetime, *, stored_queued: bool = False) -> int:
     """Queue the outgoing message ``message_id`` for delivery to ``peer``, due at once; returns the outbox id.
 
     Flushes first, so a message added to ``session`` is stored before its
     outbox row refers to it. The message's status becomes ``queued``; the
-    UPDATE is skipped when the row this session just stored already says so
-    (``Node.send`` creates it queued), as it would change nothing.
+    UPDATE is skipped when the caller has just stored the row as queued
+    (``stored_queued``, as ``Node.send`` does) or this session holds it so, as
+    it would change nothing.
     """
     session.flush()
     outbox_id: int = session.connection().execute(
         _INSERT_OUTBOX,
         {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now},
     ).scalar_one()
+    if stored_queued:
+        return outbox_id
     message = session.identity_map.get(identity_key(Message, (message_id, "out")))
     if message is None or message.status != "queued":
         _set_message_status(session, message_id, "queued")
