@@ -33,6 +33,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # 100 ms, which under concurrent writes cost far more than the writes did.
 # Other processes (the CLI beside `prolink serve`) still meet the busy timeout.
 _sqlite_writer_locks: dict[str, threading.RLock] = {}
+_READER_ATTRIBUTE = "_prolink_read_only"
 _sqlite_writer_locks_guard = threading.Lock()
 
 # Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default)
@@ -132,8 +133,16 @@ def _sqlite_engine(database_url: str, *, echo: bool) -> Engine:
 
 
 def read_only(engine: Engine) -> Engine:
-    """The same engine, but its SQLite transactions begin deferred (readers never queue)."""
-    return engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+    """The same engine, but its SQLite transactions begin deferred (readers never queue).
+
+    Made once per engine (every read transaction asks for it) and kept on the engine itself, so it
+    goes when the engine goes.
+    """
+    reader: Engine | None = engine.__dict__.get(_READER_ATTRIBUTE)
+    if reader is None:
+        reader = engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+        engine.__dict__[_READER_ATTRIBUTE] = reader
+    return reader
 
 
 @contextmanager
