@@ -17,7 +17,15 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import Session
 
-from protocol import REQUESTED, REQUESTING, Document, LifecycleError, agreement_state_on, document_to_json, next_state
+from protocol import (
+    REQUESTED,
+    REQUESTING,
+    Document,
+    LifecycleError,
+    agreement_state_on,
+    document_to_json,
+    next_state,
+)
 from service.case_models import Consent, DirectoryVersion, Original, TerminationNotice, Thread
 from service.models import Message
 
@@ -37,8 +45,10 @@ class Effect:
 
 _thread = Thread.__table__  # type: ignore[attr-defined]
 # Built once: every message sent or received runs them (FOR UPDATE: replicas on PostgreSQL queue per thread).
-_THREAD_FOR_UPDATE = select(_thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
-                            _thread.c.case_number).where(_thread.c.id == bindparam("id")).with_for_update()
+_THREAD_FOR_UPDATE = (
+    select(_thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
+           _thread.c.case_number)
+    .where(_thread.c.id == bindparam("id")).with_for_update())
 _INSERT_THREAD = insert(_thread)
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 

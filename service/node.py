@@ -26,7 +26,7 @@ from sqlmodel import Session
 
 import protocol
 from keys import Identity, Signatory, load_signatory, storage_key
-from protocol import (Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing)
+from protocol import Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing
 from service import audit, cases, outbox
 from service.blobs import read_blob, write_blob
 from service.db import session_scope

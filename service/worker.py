@@ -31,7 +31,7 @@ from service.blobs import read_blob, small_blobs
 from service.db import session_scope
 from service.errors import peer_error_code
 from service.metrics import observe_delivery
-from service.node import Node, record_event
+from service.node import Node, event_entry, record_events
 from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH, ENVELOPE_MEDIA_TYPE
 
 log = structlog.get_logger("prolink.worker")
@@ -262,10 +262,11 @@ class DeliveryWorker(BackgroundLoop):
             with session_scope(self.node.engine) as s:
                 outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
                                                for c, rb, r in receipted], now)
-                for claim, _, receipt in receipted:
-                    record_event(s, now, "receipt.received", receipt.status, party=claim.peer,
-                                 object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
-                                 reason_code=receipt.reason_code)
+                record_events(s, [
+                    event_entry(now, "receipt.received", receipt.status, party=claim.peer,
+                                object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
+                                reason_code=receipt.reason_code)
+                    for claim, _, receipt in receipted])
             for claim, _, receipt in receipted:
                 observe_delivery(self.node, claim.peer, claim.created_at, now)
                 outcomes[claim.outbox_id] = "delivered" if receipt.accepted else "rejected"
@@ -298,9 +299,11 @@ class DeliveryWorker(BackgroundLoop):
             for claim in claims:
                 state = outbox.mark_failed(s, claim.outbox_id, error, now, self.node.settings,
                                            worker_id=self.worker_id)
-                record_event(s, now, "delivery.failed", state or "stale", party=claim.peer,
-                             object_id=claim.message_id, attempt=claim.attempts, error=error[:300])
                 states.append(state or "stale")
+            record_events(s, [
+                event_entry(now, "delivery.failed", state, party=claim.peer, object_id=claim.message_id,
+                            attempt=claim.attempts, error=error[:300])
+                for claim, state in zip(claims, states, strict=True)])
         return states
 
 
