@@ -10,6 +10,7 @@ Pure: no I/O; time is always an argument.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
@@ -323,10 +324,20 @@ def issue_authorisation(auth: Authorisation, root: SigningKey) -> bytes:
 
 
 def verify_authorisation(data: bytes, party: TrustedParty) -> Authorisation:
-    """Verify an authorisation against the issuing Party's root key (validity dates are checked by the caller)."""
+    """Verify an authorisation against the issuing Party's root key (validity dates are checked by the caller).
+
+    Every envelope carries its signer's authorisation; the few a Party issues
+    are verified once each per root key and remembered (the result depends on
+    nothing else). Refusals are not remembered.
+    """
+    return _verified_authorisation(data, party.root, party.party)
+
+
+@functools.lru_cache(maxsize=256)
+def _verified_authorisation(data: bytes, root: VerifyKey, issuer: str) -> Authorisation:
     try:
         obj = verify_statement(Signed.from_bytes(data, what="authorisation"), AUTHORISATION_TYPE,
-                               party.root, what="authorisation", code="trust.bad_authorisation")
+                               root, what="authorisation", code="trust.bad_authorisation")
         key = VerifyKey(b64d(obj["public"], what="authorisation.public"))
         auth = Authorisation(
             party=obj["party"], person=obj["person"], position=obj["position"], key=key,
@@ -338,8 +349,8 @@ def verify_authorisation(data: bytes, party: TrustedParty) -> Authorisation:
             raise TrustError("authorisation fields are inconsistent", code="trust.bad_authorisation")
     except (KeyError, TypeError, EncodingError):
         raise TrustError("authorisation is malformed", code="trust.bad_authorisation") from None
-    if auth.party != party.party:
-        raise TrustError(f"authorisation is for {auth.party}, not {party.party}", code="trust.bad_authorisation")
+    if auth.party != issuer:
+        raise TrustError(f"authorisation is for {auth.party}, not {issuer}", code="trust.bad_authorisation")
     return auth
 
 
