@@ -2,7 +2,9 @@
 
 Measured in one run, on the same machine:
 
-* **Baseline**: a plain FastAPI/uvicorn server (h11, like the node's peer API)
+* **Baseline**: a plain FastAPI/uvicorn server on the node's HTTP stack (the
+  peer API's protocol class and event loop from ``service.server``: httptools
+  and uvloop where installed, else h11 and asyncio), in a child process,
   behind the node's own TLS set-up (TLS 1.3 only, client certificate required,
   ``keys.server_ssl_context`` / ``keys.client_ssl_context`` with BY's and KZ's
   real node certificates). ``--concurrency`` threads, each with its own
@@ -163,11 +165,18 @@ class Figures:
 # --- the echo baseline ---------------------------------------------------------------------------
 
 def echo_server_main(server_dir: Path, client_dir: Path, port: int) -> None:
-    """Run in a child process: FastAPI echo over the node's mutual TLS (server: ``server_dir``'s identity)."""
+    """Run in a child process: FastAPI echo over the node's mutual TLS (server: ``server_dir``'s identity).
+
+    On the node's HTTP stack, so the comparison measures what the node adds: the
+    peer API's protocol class and the event loop ``prolink serve`` runs on.
+    """
+    import asyncio
+
     import uvicorn
 
     import protocol
     from keys import export_bundle, load_identity, server_ssl_context
+    from service.server import http_protocols, loop_factory
 
     identity = load_identity(server_dir)
     bundle, fp = export_bundle(client_dir)
@@ -200,10 +209,12 @@ def echo_server_main(server_dir: Path, client_dir: Path, port: int) -> None:
         db.execute("COMMIT")
         return {"status": "accepted", "size": len(body)}
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http="h11", lifespan="off", log_level="warning",
-                            access_log=False, timeout_keep_alive=30,
+    peer_http, _ = http_protocols()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=peer_http, lifespan="off",
+                            log_level="warning", access_log=False, timeout_keep_alive=30,
                             ssl_context_factory=lambda _config, _default: ctx)
-    uvicorn.Server(config).run()
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(uvicorn.Server(config).serve())
 
 
 @contextmanager

@@ -157,11 +157,13 @@ def user_add(
 def serve(data_dir: DataDir) -> None:
     """Run the node: peer API (mutual TLS), user API and delivery worker."""
     from service.logging import configure_logging
+    from service.server import loop_factory
     from service.server import serve as run
 
     configure_logging()
     try:
-        asyncio.run(run(data_dir))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
+            runner.run(run(data_dir))
     except ProlinkError as exc:
         _fail(exc)
 

@@ -26,14 +26,41 @@ BATCH_MEDIA_TYPE = "application/vnd.prolink.envelope-batch"
 BATCH_PATH = "/v1/envelopes/batch"
 
 
+def _with_peer_cert(app_state: dict[str, Any], transport: asyncio.Transport) -> dict[str, Any]:
+    """``app_state`` plus the DER of the client certificate the TLS handshake verified (None without TLS).
+
+    A connection reaches ``connection_made`` only after a completed handshake, so
+    a connection refused by the TLS context never gets here.
+    """
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return {**app_state, "tls_peer_cert": der}
+
+
 class PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, handing the verified client certificate to the app via ``scope["state"]``."""
+    """uvicorn's h11 protocol, handing the verified client certificate to the app via ``scope["state"]``.
+
+    The fallback where httptools is not installed (``service.server.http_protocols``).
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        self.app_state = {**self.app_state, "tls_peer_cert": der}
+        self.app_state = _with_peer_cert(self.app_state, transport)
+
+
+PeerCertHttpToolsProtocol: type[asyncio.Protocol] | None
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is not installed: service.server falls back to h11
+    PeerCertHttpToolsProtocol = None
+else:
+
+    class PeerCertHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[no-redef]
+        """uvicorn's httptools protocol, capturing the client certificate like ``PeerCertH11Protocol``."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.app_state = _with_peer_cert(self.app_state, transport)
 
 
 def party_of_certificate(node: Node, der: bytes | None,

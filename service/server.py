@@ -4,12 +4,18 @@ The peer listener speaks TLS 1.3 only (1.2 where the operator allows it),
 demands a client certificate and trusts only the CAs in known peers' bundles:
 a connection without a certificate, with a stranger's, or with an older TLS
 version fails in the handshake and never reaches HTTP.
+
+Both servers run on uvloop's event loop and parse HTTP with httptools, the
+fastest stack uvicorn offers; where either is not installed (another
+platform) they fall back to asyncio's loop and h11, with the same behaviour.
+The choice is made here only: ``loop_factory`` and ``http_protocols``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -22,12 +28,31 @@ from service.db import make_engine, session_scope
 from service.migrate import upgrade
 from service.models import Peer
 from service.node import Node
-from service.peer_api import PeerCertH11Protocol, create_peer_app
+from service.peer_api import PeerCertH11Protocol, PeerCertHttpToolsProtocol, create_peer_app
 from service.settings import Settings
 from service.user_api import create_user_app
 from service.worker import DeliveryWorker
 
 log = structlog.get_logger("prolink.server")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop if it is installed; None (asyncio's default loop) if not."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def http_protocols() -> tuple[type[asyncio.Protocol], str]:
+    """The peer API's protocol class (it captures the client certificate) and the user API's ``http``.
+
+    httptools if it is installed, else h11.
+    """
+    if PeerCertHttpToolsProtocol is not None:
+        return PeerCertHttpToolsProtocol, "httptools"
+    return PeerCertH11Protocol, "h11"
 
 
 def build_node(data_dir: Path) -> Node:
@@ -52,15 +77,16 @@ async def serve(data_dir: Path) -> None:
     peer_tls = server_ssl_context(node.identity, peer_ca_pems(node), allow_tls12=settings.allow_tls12)
     keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
     keys_sync.attach_tls(peer_tls)
+    peer_http, user_http = http_protocols()
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
-                                 http=PeerCertH11Protocol, lifespan="off", log_level="warning",
+                                 http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,
                                  ssl_context_factory=lambda _config, _default: peer_tls)
 
     user_app = create_user_app(node)
     user_app.state.wake_worker = worker.wake
     user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
-                                 log_level="warning", access_log=False, http="h11")
+                                 log_level="warning", access_log=False, http=user_http)
     peer_server, user_server = uvicorn.Server(peer_config), uvicorn.Server(user_config)
 
     loop = asyncio.get_running_loop()

@@ -1,0 +1,131 @@
+"""The peer API's HTTP stack (``service.server.http_protocols`` and ``loop_factory``), on real sockets.
+
+Whichever protocol class serves the peer port (httptools where installed, h11
+as the fallback), on whichever loop the node runs (uvloop where installed), the
+app sees the DER of the client certificate the TLS handshake verified: the
+node binds an envelope's sender to it. A CA that the key sync adds to the live
+TLS context is trusted from the next connection on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from keys import Identity, client_ssl_context, generate_identity, server_ssl_context
+from keys._files import ScryptParams
+from service.demo import free_port
+from service.peer_api import PeerCertH11Protocol, PeerCertHttpToolsProtocol
+from service.server import http_protocols, loop_factory
+
+PROTOCOLS = [PeerCertH11Protocol] + ([PeerCertHttpToolsProtocol] if PeerCertHttpToolsProtocol else [])
+
+
+def _identity(tmp_path: Path, party: str) -> Identity:
+    return generate_identity(tmp_path / party.lower(), party, f"{party} office", "https://127.0.0.1:9443",
+                             datetime.now(UTC), scrypt=ScryptParams(n=2**12))
+
+
+@pytest.fixture
+def by(tmp_path: Path) -> Identity:
+    return _identity(tmp_path, "BY")
+
+
+@pytest.fixture
+def kz(tmp_path: Path) -> Identity:
+    return _identity(tmp_path, "KZ")
+
+
+def _der(identity: Identity) -> bytes:
+    return x509.load_pem_x509_certificate(identity.tls_cert_path.read_bytes()).public_bytes(Encoding.DER)
+
+
+async def _whoami(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the SHA-256 of the captured client certificate and the running loop's module."""
+    der = scope["state"]["tls_peer_cert"]
+    body = json.dumps({"cert_sha256": hashlib.sha256(der).hexdigest() if der is not None else None,
+                       "loop": type(asyncio.get_running_loop()).__module__}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def _serving(protocol: type[asyncio.Protocol], ctx: ssl.SSLContext) -> Iterator[int]:
+    """The protocol class behind mutual TLS on 127.0.0.1, on the node's loop, in a thread; yields the port."""
+    port = free_port()
+    config = uvicorn.Config(_whoami, host="127.0.0.1", port=port, http=protocol, lifespan="off",
+                            log_level="warning", access_log=False, ssl_context_factory=lambda _c, _d: ctx)
+    server = uvicorn.Server(config)
+    server.capture_signals = nullcontext  # type: ignore[assignment,method-assign]
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(server.serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _ask(port: int, client: Identity, server: Identity) -> dict[str, Any] | None:
+    """GET over mutual TLS with ``client``'s certificate; None if the server gave no HTTP answer."""
+    try:
+        with httpx.Client(verify=client_ssl_context(client, server.tls_ca_pem), timeout=5) as h:
+            return h.get(f"https://127.0.0.1:{port}/").json()  # type: ignore[no-any-return]
+    except (TimeoutError, httpx.TransportError, ssl.SSLError):
+        return None
+
+
+def test_httptools_and_uvloop_are_chosen_where_installed() -> None:
+    pytest.importorskip("httptools")
+    uvloop = pytest.importorskip("uvloop")
+    assert http_protocols() == (PeerCertHttpToolsProtocol, "httptools")
+    assert loop_factory() is uvloop.new_event_loop
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
+def test_app_sees_the_verified_client_certificate(protocol: type[asyncio.Protocol], by: Identity,
+                                                  kz: Identity) -> None:
+    with _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem])) as port:
+        answer = _ask(port, kz, by)
+    assert answer is not None
+    assert answer["cert_sha256"] == hashlib.sha256(_der(kz)).hexdigest()
+    factory = loop_factory()
+    assert answer["loop"] == (factory.__module__.split(".")[0] if factory else "asyncio.unix_events")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
+def test_a_ca_added_to_the_live_context_is_trusted_from_the_next_connection(
+        protocol: type[asyncio.Protocol], tmp_path: Path, by: Identity, kz: Identity) -> None:
+    ru = _identity(tmp_path, "RU")
+    ctx = server_ssl_context(by, [kz.tls_ca_pem])
+    with _serving(protocol, ctx) as port:
+        assert _ask(port, ru, by) is None
+        ctx.load_verify_locations(cadata=ru.tls_ca_pem)  # what the key sync does (``KeySync.refresh_tls``)
+        answer = _ask(port, ru, by)
+    assert answer is not None
+    assert answer["cert_sha256"] == hashlib.sha256(_der(ru)).hexdigest()
