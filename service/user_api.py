@@ -56,11 +56,8 @@ def create_user_app(node: Node) -> FastAPI:
     app = FastAPI(title="prolink user API")
     app.state.node = node
     install_error_handlers(app)
-    app.include_router(cases_router(node))
-    from service.admin_api import admin_router, ops_router  # operator endpoints, /healthz, /readyz, /metrics
-
-    app.include_router(ops_router(node))
-    app.include_router(admin_router(node))
+    # The message routes are declared first: they carry the traffic, and the router tries routes in
+    # order (no other router has a path under /v1/messages).
 
     @app.post("/v1/messages", status_code=201, openapi_extra=document_body(
         "Поля документа (JSON) или multipart: часть document (JSON) и вложения attachments."))
@@ -160,6 +157,11 @@ def create_user_app(node: Node) -> FastAPI:
                     "operation": operation, "purpose_code": purpose_code, "case_number": case_number,
                     "consent_relied_on": decision.consent_id}
 
+    app.include_router(cases_router(node))
+    from service.admin_api import admin_router, ops_router  # operator endpoints, /healthz, /readyz, /metrics
+
+    app.include_router(ops_router(node))
+    app.include_router(admin_router(node))
     from service.audit_api import install_admin_routes  # audit export, alerts, heads
 
     install_admin_routes(app, node)
