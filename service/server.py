@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def peer_ca_pems(node: Node) -> list[str]:
 async def serve(data_dir: Path) -> None:
     node = build_node(data_dir)
     settings = node.settings
+    sys.setswitchinterval(settings.thread_switch_seconds)
     worker = DeliveryWorker(node)
     heads = HeadPublisher(node)  # signs audit log heads and has peers cosign them
 

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
         description="Largest batched delivery in bytes, sent or accepted; a bigger envelope travels alone.",
     )
+    thread_switch_seconds: float = Field(
+        default=0.001, gt=0, le=0.1,
+        description="How long a busy Python thread keeps the interpreter before another may run "
+        "(sys.setswitchinterval; Python's default is 0.005). The node's API, delivery and database "
+        "threads hand over often; a shorter interval keeps them from queueing behind each other.",
+    )
     delivery_lease_seconds: float = Field(
         default=60.0, gt=0,
         description="How long a worker's claim on a delivery lasts without renewal; after a crash, "
