@@ -37,8 +37,9 @@ ratios to it too. CPU seconds per delivered message (each node) and per echo
 request are read from /proc.
 
 Targets: throughput >= 0.3 x baseline requests/s; closed-loop p99 <= 3 x
-baseline p99 (the plain echo, as the issue defines it). Everything (processes, temporary directory, databases) is cleaned
-up, also on failure or Ctrl-C. Runs in about a minute or two:
+baseline p99 (the plain echo, as the issue defines it). Everything (processes,
+temporary directory, databases) is cleaned up, also on failure or Ctrl-C. Runs
+in about a minute or two:
 
     python bench/bench_exchange.py            # both backends
     python bench/bench_exchange.py --backends sqlite --messages 200
@@ -739,8 +740,9 @@ def report(base: Figures, r: BackendResult, durable: Figures | None = None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=300, help="messages per backend, open pipeline")
-    parser.add_argument("--latency-messages", type=int, default=160, help="messages per backend, closed loop")
+    # Each phase runs for a few seconds: runs of one or two seconds swung by a third on this shared machine.
+    parser.add_argument("--messages", type=int, default=1000, help="messages per backend, open pipeline")
+    parser.add_argument("--latency-messages", type=int, default=400, help="messages per backend, closed loop")
     parser.add_argument("--echo-requests", type=int, default=2000, help="requests to the echo baseline")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent senders (and echo clients)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
