@@ -18,6 +18,7 @@ Time is always passed in (``now``, aware UTC); this module never reads a clock.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -96,6 +97,8 @@ def _claim_statements() -> tuple[Any, Any, Any, Any, Any]:
         .where(_due(bindparam("now")))
         # A suspended peer's messages are held: never claimed, so no attempt is spent on them.
         .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
+        # Peers the claiming worker is busy with (``claim_due``'s ``busy_peers``) are left for later.
+        .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True)))
         .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
@@ -151,7 +154,7 @@ _CANDIDATES, _THREAD_HEADS, _TAKE, _TAKEN, _SET_IN_FLIGHT = _claim_statements()
 CLAIM_SCAN_LIMIT = 4096
 
 
-def _deliverable(conn: Connection, now: datetime, limit: int) -> tuple[list[int], bool]:
+def _deliverable(conn: Connection, now: datetime, limit: int, busy: list[str]) -> tuple[list[int], bool]:
     """Up to ``limit`` due outbox ids, oldest first, each the oldest undelivered row of its thread and peer;
     and whether due rows were passed over because an earlier row of their thread is not delivered yet.
 
@@ -166,7 +169,7 @@ def _deliverable(conn: Connection, now: datetime, limit: int) -> tuple[list[int]
     page = max(4 * limit, 64)
     offset = 0
     while len(chosen) < limit and offset < CLAIM_SCAN_LIMIT:
-        rows = conn.execute(_CANDIDATES, {"now": now, "limit": page, "offset": offset}).all()
+        rows = conn.execute(_CANDIDATES, {"now": now, "limit": page, "offset": offset, "busy": busy}).all()
         threads = sorted({r.thread_id for r in rows if r.thread_id is not None})
         heads = {(h.thread_id, h.peer): h.head
                  for h in conn.execute(_THREAD_HEADS, {"threads": threads})} if threads else {}
@@ -179,7 +182,8 @@ def _deliverable(conn: Connection, now: datetime, limit: int) -> tuple[list[int]
     return chosen[:limit], held
 
 
-_ANY_DUE = select(col(Outbox.id)).where(_due(bindparam("now"))).limit(1)
+_ANY_DUE = (select(col(Outbox.id)).where(_due(bindparam("now")))
+            .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True))).limit(1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,17 +211,23 @@ def claim(
 
 
 def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
-              lease_seconds: float = 120.0) -> ClaimResult:
-    """``claim``, also telling whether due rows were left behind."""
+              lease_seconds: float = 120.0, busy_peers: Sequence[str] = ()) -> ClaimResult:
+    """``claim``, also telling whether due rows were left behind.
+
+    Rows for ``busy_peers`` are not claimed (nor counted as left behind): the
+    worker already has deliveries to them in flight and takes their rows when
+    one of those ends.
+    """
     if limit <= 0:
         return ClaimResult([], False)
+    busy = list(busy_peers)
     with read_only(engine).connect() as conn, conn.begin():  # nothing due (the common case): no write lock
-        if conn.execute(_ANY_DUE, {"now": now}).first() is None:
+        if conn.execute(_ANY_DUE, {"now": now, "busy": busy}).first() is None:
             return ClaimResult([], False)
     lease_until = now + timedelta(seconds=lease_seconds)
     with session_scope(engine) as session:
         conn = session.connection()
-        ids, held = _deliverable(conn, now, limit)
+        ids, held = _deliverable(conn, now, limit, busy)
         if not ids:
             return ClaimResult([], held)
         conn.execute(_TAKE, {"ids": ids, "now": now, "worker_id": worker_id, "lease_until": lease_until})

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     delivery_concurrency: int = Field(default=8, ge=1, le=64,
                                       description="Deliveries in flight at once (different threads only).")
+    delivery_batches_per_peer: int = Field(
+        default=2, ge=1, le=64,
+        description="Deliveries of small envelopes in flight to one peer at once (two: one travels while "
+        "the next is claimed). What becomes due meanwhile waits for one of them to end and travels in "
+        "the next batch: under load, fewer and fuller batches. Big envelopes are not counted.",
+    )
     batch_max_items: int = Field(
         default=64, ge=1, le=1000,
         description="Most envelopes carried in one batched delivery, sent or accepted; 1 turns batching off.",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,7 +49,10 @@ class DeliveryWorker(BackgroundLoop):
     threads, claiming again as soon as a thread is free, so new messages go out
     while earlier ones are still in flight. Small envelopes to one peer travel
     together in a batch (one request, one commit on each side, one receipt
-    each); big ones are streamed alone.
+    each); big ones are streamed alone. At most ``delivery_batches_per_peer``
+    deliveries of small envelopes are in flight to one peer: what becomes due
+    meanwhile is claimed when one of them ends, so under load batches fill up
+    instead of many small ones each paying a request, a claim and two commits.
     """
 
     def __init__(self, node: Node, worker_id: str | None = None) -> None:
@@ -58,6 +62,9 @@ class DeliveryWorker(BackgroundLoop):
         self._clients: dict[tuple[str, int], httpx.Client] = {}
         self._clients_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(node.settings.delivery_concurrency)
+        # Deliveries of small envelopes in flight, per peer (``delivery_batches_per_peer``).
+        self._small_in_flight: Counter[str] = Counter()
+        self._small_in_flight_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
                                         thread_name_prefix=f"deliver-{node.party}")
         self._again_after_delivery = False  # claim again as soon as a delivery ends (not at the next poll)
@@ -89,37 +96,52 @@ class DeliveryWorker(BackgroundLoop):
         if not free:  # every thread busy: a finishing delivery wakes us
             self._again_after_delivery = True
             return 0
+        settings = self.node.settings
+        with self._small_in_flight_lock:  # what becomes due for these waits for their deliveries to end
+            busy = sorted(peer for peer, n in self._small_in_flight.items()
+                          if n >= settings.delivery_batches_per_peer)
         try:
             result = outbox.claim_due(self.node.engine, self.worker_id, self.node.clock(),
-                                      free * self.node.settings.batch_max_items,
-                                      self.node.settings.delivery_lease_seconds)
+                                      free * settings.batch_max_items, settings.delivery_lease_seconds,
+                                      busy_peers=busy)
         except BaseException:
             for _ in range(free):
                 self._slots.release()
             raise
         claims = result.claims
         # Look again when a delivery ends only if something due was left behind (the rest of a thread
-        # waits for its earlier message; or more was due than we took); else the next send wakes us.
-        self._again_after_delivery = result.more
+        # waits for its earlier message; or more was due than we took; or a busy peer's rows were not
+        # looked at); else the next send wakes us.
+        self._again_after_delivery = result.more or bool(busy)
         groups = self._groups(claims)
         for index, group in enumerate(groups):
             # More groups than free threads (big envelopes travel alone): wait for a thread.
             while index >= free and not self._slots.acquire(timeout=0.5):
                 if self._stop.is_set():
                     return len(claims)  # unstarted claims come back when their lease runs out
-            self._pool.submit(self._run_group, group)
+            small = group[0].envelope_size <= BATCH_ENVELOPE_LIMIT
+            if small:
+                with self._small_in_flight_lock:
+                    self._small_in_flight[group[0].peer] += 1
+            self._pool.submit(self._run_group, group, small)
         for _ in range(free - len(groups)):
             self._slots.release()
         return len(claims)
 
-    def _run_group(self, group: list[outbox.Claim]) -> None:
+    def _run_group(self, group: list[outbox.Claim], small: bool) -> None:
         try:
             self.deliver_group(group)
         except Exception as exc:  # noqa: BLE001 - a thread of the pool must not die silently
             log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__, error=str(exc)[:300])
         finally:
+            was_busy = False  # a claim may have passed over this peer's rows meanwhile: look again
+            if small:
+                with self._small_in_flight_lock:
+                    in_flight = self._small_in_flight[group[0].peer]
+                    was_busy = in_flight >= self.node.settings.delivery_batches_per_peer
+                    self._small_in_flight[group[0].peer] = in_flight - 1
             self._slots.release()
-            if self._again_after_delivery:
+            if self._again_after_delivery or was_busy:
                 self._wake.set()
 
     def _groups(self, claims: list[outbox.Claim]) -> list[list[outbox.Claim]]:

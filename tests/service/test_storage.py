@@ -334,6 +334,20 @@ def test_altered_or_missing_chunks_are_detected(engine: Engine) -> None:
 # -- outbox -------------------------------------------------------------------------
 
 
+def test_claim_passes_over_busy_peers_and_takes_their_rows_once_they_are_free(engine: Engine) -> None:
+    add_peer(engine, "BY")
+    add_peer(engine, "CN")
+    add_outgoing(engine, "m-by", peer="BY")
+    add_outgoing(engine, "m-cn", peer="CN")
+    result = outbox.claim_due(engine, "w", T0, 10, busy_peers=["BY"])
+    assert [c.message_id for c in result.claims] == ["m-cn"] and not result.more
+    assert message_row(engine, "m-by").status == "queued"
+    # Only a busy peer's rows are due: nothing is claimed (the read finds nothing, no write is made).
+    assert outbox.claim_due(engine, "w", T0, 10, busy_peers=["BY"]).claims == []
+    [c] = outbox.claim_due(engine, "w", T0, 10).claims  # BY's delivery ended
+    assert c.message_id == "m-by" and c.attempts == 1
+
+
 def test_claim_leases_a_row_and_an_expired_lease_is_claimed_again(engine: Engine) -> None:
     add_peer(engine)
     oid = add_outgoing(engine, "m-1")
