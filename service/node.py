@@ -149,8 +149,6 @@ class Node:
         self.party = identity.party
         self._peers: dict[str, tuple[float, int, str, TrustedParty]] = {}
         self._signatories: dict[str, Signatory] = {}
-        # authorisation bytes -> (the bundle it was verified under, the verified authorisation)
-        self._authorisations: dict[bytes, tuple[TrustedParty, protocol.Authorisation]] = {}
         self._storage_key: bytes | None = None
 
     def storage_key(self) -> bytes:
@@ -465,14 +463,9 @@ class Node:
     def check_signatory(self, signatory: Signatory, at: datetime) -> protocol.Authorisation:
         """Art. 4: the signer must hold an authorisation from our root, valid and unrevoked on ``at``."""
         me = self.identity.trusted_self()
-        # Verified once per (authorisation, our bundle as verified): the signature check depends on nothing
-        # else. Dates and revocation below are checked on every send.
-        cached = self._authorisations.get(signatory.authorisation)
-        if cached is not None and cached[0] is me:
-            auth = cached[1]
-        else:
-            auth = protocol.verify_authorisation(signatory.authorisation, me)
-            self._authorisations[signatory.authorisation] = (me, auth)
+        # The signature is verified once per root key (protocol.verify_authorisation remembers it); dates
+        # and revocation below are checked on every send.
+        auth = protocol.verify_authorisation(signatory.authorisation, me)
         if not auth.covers(at.date()):
             raise protocol.TrustError(
                 f"{auth.person}'s signing authorisation is valid {auth.valid_from.isoformat()}.."
