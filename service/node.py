@@ -498,7 +498,7 @@ class Node:
                                   "signer": f"{signatory.person}, {signatory.position}",
                                   "attachments": len(document.attachments)}}
             s.connection().execute(_INSERT_MESSAGE, values)
-            outbox.enqueue(s, document.id, recipient.party, now, stored_queued=True)
+            outbox.enqueue(s, document.id, recipient.party, now)
             record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
                          object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
                          thread_id=effect.thread_id, state_before=effect.state_before,

@@ -26,7 +26,6 @@ from typing import Any, cast
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
 from service.db import read_only, session_scope
@@ -52,25 +51,18 @@ class Claim:
     created_at: datetime | None = None  # when the message was sealed (for the latency metric)
 
 
-def enqueue(session: Session, message_id: str, peer: str, now: datetime, *, stored_queued: bool = False) -> int:
+def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> int:
     """Queue the outgoing message ``message_id`` for delivery to ``peer``, due at once; returns the outbox id.
 
-    Flushes first, so a message added to ``session`` is stored before its
-    outbox row refers to it. The message's status becomes ``queued``; the
-    UPDATE is skipped when the caller has just stored the row as queued
-    (``stored_queued``, as ``Node.send`` does) or this session holds it so, as
-    it would change nothing.
+    The message is stored as ``queued`` by its caller (a message is created
+    queued). Flushes first, so a message added to ``session`` is stored before
+    its outbox row refers to it.
     """
     session.flush()
     outbox_id: int = session.connection().execute(
         _INSERT_OUTBOX,
         {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now},
     ).scalar_one()
-    if stored_queued:
-        return outbox_id
-    message = session.identity_map.get(identity_key(Message, (message_id, "out")))
-    if message is None or message.status != "queued":
-        _set_message_status(session, message_id, "queued")
     return outbox_id
 
 
