@@ -33,7 +33,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # 100 ms, which under concurrent writes cost far more than the writes did.
 # Other processes (the CLI beside `prolink serve`) still meet the busy timeout.
 _sqlite_writer_locks: dict[str, threading.RLock] = {}
-_READER_ATTRIBUTE = "_prolink_read_only"
 _sqlite_writer_locks_guard = threading.Lock()
 
 # Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default)
@@ -130,6 +129,9 @@ def _sqlite_engine(database_url: str, *, echo: bool) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+_READER_ATTRIBUTE = "_prolink_read_only"  # where ``read_only`` keeps an engine's reader
 
 
 def read_only(engine: Engine) -> Engine:
