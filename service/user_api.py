@@ -30,6 +30,7 @@ from service.db import session_scope
 from service.errors import ServiceError, install_error_handlers
 from service.models import Message
 from service.node import Node, new_message_id
+from service.worker import message_queued
 
 Sender = Annotated[Principal, Depends(require_role("signatory"))]
 Viewer = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
@@ -77,7 +78,7 @@ def create_user_app(node: Node) -> FastAPI:
         finally:
             for f in uploads:
                 await f.close()
-        request.app.state.wake_worker()
+        message_queued(request.app.state, row.peer)
         return message_view(row)
 
     @app.get("/v1/messages")

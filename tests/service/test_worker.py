@@ -1,0 +1,53 @@
+"""The delivery worker's wake-ups: a sent message is claimed at once unless its peer's deliveries are full."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from service.settings import Settings
+from service.worker import DeliveryWorker, message_queued
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[DeliveryWorker]:
+    node = SimpleNamespace(party="KZ", settings=Settings(data_dir=tmp_path, party="KZ"))
+    w = DeliveryWorker(node)  # type: ignore[arg-type] - only settings and party are read here
+    yield w
+    w.close()
+
+
+def claim_of(peer: str) -> SimpleNamespace:
+    return SimpleNamespace(peer=peer, envelope_size=4096)
+
+
+def test_a_message_to_a_peer_with_room_wakes_the_worker(worker: DeliveryWorker) -> None:
+    worker._small_in_flight["BY"] = worker.node.settings.delivery_batches_per_peer - 1
+    worker.queued("BY")
+    assert worker._wake.is_set()
+
+
+def test_a_message_to_a_busy_peer_waits_for_the_end_of_a_delivery_to_it(worker: DeliveryWorker,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = worker.node.settings.delivery_batches_per_peer
+    worker._small_in_flight["BY"] = limit
+    worker.queued("BY")
+    assert not worker._wake.is_set()  # a claim now would pass over the row: no claim is made
+    worker.queued("AM")  # another peer is not held back by BY
+    assert worker._wake.is_set()
+
+    worker._wake.clear()
+    monkeypatch.setattr(worker, "deliver_group", lambda group: ["delivered"])
+    worker._slots.acquire()
+    worker._run_group([claim_of("BY")], small=True)  # a delivery to BY ends: its queued row is claimed now
+    assert worker._wake.is_set()
+    assert worker._small_in_flight["BY"] == limit - 1
+
+
+def test_message_queued_reaches_the_worker_of_the_app_if_it_has_one(worker: DeliveryWorker) -> None:
+    message_queued(SimpleNamespace(), "BY")  # an app without a worker (tests, tools): nothing to tell
+    message_queued(SimpleNamespace(message_queued=worker.queued), "BY")
+    assert worker._wake.is_set()
