@@ -12,6 +12,7 @@ wall time.
 
     python bench/bench_pipeline.py 2>/dev/null      # SQLite, batches of 8 (the nodes log to stderr)
     python bench/bench_pipeline.py --batch 1        # one envelope per delivery
+    python bench/bench_pipeline.py --senders 8      # each batch sent by 8 threads at once
     python bench/bench_pipeline.py --postgres       # PROLINK_BENCH_POSTGRES_URL, else the test server
     python bench/bench_pipeline.py --profile        # cProfile of the measured part, by own time
 """
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,13 +80,18 @@ def run(root: Path, urls: dict[str, str | None], args: argparse.Namespace) -> di
     signatory = kz.signatory(key_id)
     fields = russian_document("BY")
     worker = DeliveryWorker(kz)
+    senders = ThreadPoolExecutor(args.senders) if args.senders > 1 else None
     spent = dict.fromkeys(STEPS, 0.0)
 
     def rounds(messages: int) -> None:
         for _ in range(0, messages, args.batch):
             t0 = time.process_time()
-            for _ in range(args.batch):
-                kz.send(compose_for(kz, dict(fields), []), signatory, [], actor="user:bench")
+            if senders is None:
+                for _ in range(args.batch):
+                    kz.send(compose_for(kz, dict(fields), []), signatory, [], actor="user:bench")
+            else:  # as concurrent API requests would: sends that arrive together share a transaction
+                list(senders.map(lambda _: kz.send(compose_for(kz, dict(fields), []), signatory, [],
+                                                   actor="user:bench"), range(args.batch)))
             t1 = time.process_time()
             claims = outbox.claim_due(kz.engine, "bench", kz.clock(), args.batch, 60).claims
             envelopes = [bytes(b) for b in small_blobs(kz.engine, [c.blob_id for c in claims],
@@ -111,6 +118,8 @@ def run(root: Path, urls: dict[str, str | None], args: argparse.Namespace) -> di
             pstats.Stats(profile).sort_stats("tottime").print_stats(35)
     finally:
         worker.close()
+        if senders is not None:
+            senders.shutdown()
         kz.engine.dispose()
         by.engine.dispose()
     return {step: seconds / args.messages * 1000 for step, seconds in spent.items()}
@@ -120,6 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=800)
     parser.add_argument("--batch", type=int, default=8, help="envelopes per delivery")
+    parser.add_argument("--senders", type=int, default=1,
+                        help="threads sending each batch's messages at once (1: one after another)")
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()

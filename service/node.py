@@ -31,6 +31,7 @@ from service import audit, cases, outbox
 from service.blobs import read_blob, write_blob
 from service.db import session_scope
 from service.errors import ServiceError, status_for
+from service.group_commit import GroupCommit
 from service.models import Message, Peer
 from service.settings import Settings
 
@@ -86,6 +87,18 @@ class _Checked:
     def accepted(self) -> Delivery:
         return Delivery(200, {"status": "accepted",
                               "receipt": protocol.Signed.from_bytes(self.receipt, what="receipt").to_json()})
+
+
+@dataclass(frozen=True, slots=True)
+class _Sending:
+    """A signed message on its way into the outbox (``Node.send``)."""
+
+    document: Document
+    signatory: Signatory
+    peer: str
+    envelope: Iterable[bytes]  # the sealed envelope's bytes (sealed as they are read, with attachments)
+    actor: str
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,8 @@ class Node:
         self._peers: dict[str, tuple[float, int, str, TrustedParty]] = {}
         self._signatories: dict[str, Signatory] = {}
         self._storage_key: bytes | None = None
+        # Sends without attachments that arrive together are stored in one transaction.
+        self._sends: GroupCommit[_Sending, dict[str, Any]] = GroupCommit(self._store_sends)
 
     def storage_key(self) -> bytes:
         if self._storage_key is None:
@@ -476,7 +491,14 @@ class Node:
 
     def send(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]],
              actor: str) -> Message:
-        """Sign ``document`` as ``signatory``, seal it for its recipient and queue it, in one transaction."""
+        """Sign ``document`` as ``signatory``, seal it for its recipient and queue it, in one transaction.
+
+        Signing and sealing happen before the transaction. Without attachments
+        the envelope is small: it is sealed into memory, and sends that arrive
+        together share one transaction (``group_commit``). With attachments it
+        is sealed as it is stored, in a transaction of its own, so its size
+        never bounds memory.
+        """
         now = self.clock()
         # A suspended peer still gets its messages queued: they are held (never claimed) until an
         # operator resumes it, exactly like those queued before the suspension.
@@ -484,27 +506,44 @@ class Node:
         self.check_signatory(signatory, document.created_at)
         signed = protocol.sign_document(document, signatory.key)
         sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]
-        with session_scope(self.engine) as s:
-            effect = cases.apply(s, self.party, document, now, originals_due_days=self.settings.originals_due_days)
-            blob = write_blob(s, protocol.seal_stream(signed, signatory.authorisation, sources,
-                                                      self.identity.node_keys, recipient, now, document))
-            values = {"id": document.id, "direction": "out", "peer": recipient.party, "kind": document.kind,
-                      "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
-                      "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
-                      "created_at": now, "status": "queued", "receipt": None, "receipt_status": None,
-                      "receipt_verified": False, "delivered_at": None,
-                      "summary": {"signed_by_key": signatory.key.key_id,
-                                  "policy": {"confidentiality": document.confidentiality},
-                                  "signer": f"{signatory.person}, {signatory.position}",
-                                  "attachments": len(document.attachments)}}
-            s.connection().execute(_INSERT_MESSAGE, values)
-            outbox.enqueue(s, document.id, recipient.party, now)
-            record_event(s, now, "message.sealed", "ok", actor=actor, party=recipient.party,
-                         object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
-                         thread_id=effect.thread_id, state_before=effect.state_before,
-                         state_after=effect.state_after, signer_key=signatory.key.key_id)
+        envelope = protocol.seal_stream(signed, signatory.authorisation, sources, self.identity.node_keys,
+                                        recipient, now, document)
+        if attachments:
+            values = self._store_sends([_Sending(document, signatory, recipient.party, envelope, actor, now)])[0]
+        else:
+            values = self._sends.submit(_Sending(document, signatory, recipient.party, [b"".join(envelope)],
+                                                 actor, now))
         log.info("message_queued", message_id=document.id, peer=recipient.party, kind=document.kind)
         return Message(**values)  # as stored (not attached to a session)
+
+    def _store_sends(self, sends: Sequence[_Sending]) -> list[dict[str, Any]]:
+        """Store sealed messages, queued for delivery, in one transaction; the ``message`` row of each."""
+        stored: list[dict[str, Any]] = []
+        events: list[audit.NewEntry] = []
+        with session_scope(self.engine) as s:
+            for send in sends:
+                document, signatory = send.document, send.signatory
+                effect = cases.apply(s, self.party, document, send.at,
+                                     originals_due_days=self.settings.originals_due_days)
+                blob = write_blob(s, send.envelope)
+                values = {"id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
+                          "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
+                          "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
+                          "created_at": send.at, "status": "queued", "receipt": None, "receipt_status": None,
+                          "receipt_verified": False, "delivered_at": None,
+                          "summary": {"signed_by_key": signatory.key.key_id,
+                                      "policy": {"confidentiality": document.confidentiality},
+                                      "signer": f"{signatory.person}, {signatory.position}",
+                                      "attachments": len(document.attachments)}}
+                s.connection().execute(_INSERT_MESSAGE, values)
+                outbox.enqueue(s, document.id, send.peer, send.at)
+                events.append(event_entry(send.at, "message.sealed", "ok", actor=send.actor, party=send.peer,
+                                          object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
+                                          thread_id=effect.thread_id, state_before=effect.state_before,
+                                          state_after=effect.state_after, signer_key=signatory.key.key_id))
+                stored.append(values)
+            record_events(s, events)
+        return stored
 
     # --- reading -------------------------------------------------------------
 

@@ -1,0 +1,160 @@
+"""Group commit: sends that arrive together share one transaction, and never one another's failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bench.bench_exchange import russian_document
+from protocol import LifecycleError
+from service import audit, demo
+from service.compose import compose
+from service.db import session_scope
+from service.group_commit import GroupCommit
+from service.models import Event, Message, Outbox, User
+from service.node import Node
+from service.server import build_node
+
+
+class Recorder:
+    """A ``store_group`` that records its groups and refuses items named ``bad``."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+
+    def __call__(self, items: Sequence[str]) -> list[str]:
+        self.groups.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [f"stored {item}" for item in items]
+
+
+def submit_together(group: GroupCommit[Any, Any], items: list[Any],
+                    submit: Callable[[Any], Any] | None = None) -> list[Any]:
+    """Submit ``items`` from one thread each while a group is being stored, so they queue together;
+    each thread's result, or the exception it raised."""
+    submit = submit or group.submit
+
+    def one(item: Any) -> Any:
+        try:
+            return submit(item)
+        except Exception as exc:  # noqa: BLE001 - the test looks at what each caller got
+            return exc
+
+    with ThreadPoolExecutor(len(items)) as pool:
+        with group._leader:  # as if a group were being stored: the callers queue behind it
+            futures = [pool.submit(one, item) for item in items]
+            deadline = time.monotonic() + 10
+            while len(group._queue) < len(items) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(group._queue) == len(items)
+        return [f.result(10) for f in futures]
+
+
+def test_items_that_arrive_together_are_stored_as_one_group() -> None:
+    store = Recorder()
+    group = GroupCommit(store)
+    assert group.submit("alone") == "stored alone"
+    results = submit_together(group, ["a", "b", "c", "d"])
+    assert results == ["stored a", "stored b", "stored c", "stored d"]
+    assert store.groups == [["alone"], ["a", "b", "c", "d"]]
+
+
+def test_a_failing_group_is_stored_again_item_by_item_and_only_the_bad_caller_gets_the_error() -> None:
+    store = Recorder()
+    group = GroupCommit(store)
+    results = submit_together(group, ["a", "bad", "c"])
+    assert results[0] == "stored a" and results[2] == "stored c"
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad item"
+    assert store.groups == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+
+
+def test_a_group_holds_at_most_max_items_and_the_rest_follow() -> None:
+    store = Recorder()
+    group = GroupCommit(store, max_items=2)
+    assert submit_together(group, ["a", "b", "c", "d", "e"]) == [f"stored {x}" for x in "abcde"]
+    assert all(len(g) <= 2 for g in store.groups)
+    assert sorted(x for g in store.groups for x in g) == list("abcde")
+
+
+def test_an_interrupted_group_never_leaves_a_caller_waiting() -> None:
+    def interrupted(items: Sequence[str]) -> list[str]:
+        raise KeyboardInterrupt
+
+    group = GroupCommit(interrupted)
+    results: list[BaseException] = []
+
+    def call(item: str) -> None:
+        try:
+            group.submit(item)
+        except BaseException as exc:  # noqa: BLE001
+            results.append(exc)
+
+    with group._leader:
+        threads = [threading.Thread(target=call, args=(x,)) for x in "ab"]
+        for t in threads:
+            t.start()
+        while len(group._queue) < 2:
+            time.sleep(0.005)
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert [type(r) for r in results] == [KeyboardInterrupt, KeyboardInterrupt]
+
+
+# --- Node.send ------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kz(request: pytest.FixtureRequest, tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[Node]:
+    url = postgres_database() if request.param == "postgres" else None
+    kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", url)
+    by_party = demo.setup_party(tmp_path, "BY", "Bel", None)
+    demo.introduce(kz_party, by_party)
+    node = build_node(kz_party.data_dir)
+    yield node
+    node.engine.dispose()
+
+
+def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_changes_nothing(kz: Node) -> None:
+    with session_scope(kz.engine, readonly=True) as s:
+        key_id = s.execute(select(User.signatory_key_id).where(
+            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+    signatory = kz.signatory(key_id)
+    now = datetime.now(UTC)
+    good = [compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
+                    attachments=[], answered=None)
+            for _ in range(3)]
+    unknown = str(uuid.uuid4())  # a result in a thread this node never heard of: the lifecycle refuses it
+    refused = compose({"kind": "execution_result", "recipient_party": "BY", "thread_id": unknown,
+                       "in_reply_to": unknown, "confidentiality": "confidential", "summary": "Исполнено."},
+                      message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
+                    attachments=[], answered=None)
+    with session_scope(kz.engine, readonly=True) as s:
+        events_before = s.execute(select(func.count()).select_from(Event)).scalar_one()
+
+    documents = [good[0], refused, good[1], good[2]]
+    results = submit_together(kz._sends, documents,
+                              submit=lambda doc: kz.send(doc, signatory, [], actor="user:test"))
+
+    assert isinstance(results[1], LifecycleError) and results[1].code == "lifecycle.unknown_thread"
+    sent = [results[0], results[2], results[3]]
+    assert [m.id for m in sent] == [d.id for d in good] and {m.status for m in sent} == {"queued"}
+    with session_scope(kz.engine, readonly=True) as s:
+        stored = set(s.execute(select(Message.id).where(Message.direction == "out")).scalars())
+        queued = set(s.execute(select(Outbox.message_id)).scalars())
+        sealed = list(s.execute(select(Event.object_id).where(Event.type == "message.sealed")
+                                .order_by(Event.seq)).scalars())
+        events_after = s.execute(select(func.count()).select_from(Event)).scalar_one()
+        log_size = audit.size(s.connection())
+    assert stored == queued == {d.id for d in good}  # the refused one left nothing behind
+    assert sorted(sealed) == sorted(d.id for d in good)
+    assert events_after == events_before + 3 == log_size  # the log's tree holds every entry, none twice
