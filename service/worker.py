@@ -13,6 +13,7 @@ receiver answers a redelivery of the same bytes with the receipt it stored.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from service.blobs import read_blob, small_blobs
 from service.db import session_scope
 from service.errors import peer_error_code
 from service.metrics import observe_delivery
-from service.node import Node, event_entry, record_events
+from service.node import PEER_CACHE_SECONDS, Node, event_entry, record_events
 from service.peer_api import BATCH_MEDIA_TYPE, BATCH_PATH, ENVELOPE_MEDIA_TYPE
 
 log = structlog.get_logger("prolink.worker")
@@ -68,6 +69,8 @@ class DeliveryWorker(BackgroundLoop):
         self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
                                         thread_name_prefix=f"deliver-{node.party}")
         self._again_after_delivery = False  # claim again as soon as a delivery ends (not at the next poll)
+        self._peers: set[str] = set()  # ``_peer_parties``
+        self._peers_read_at = float("-inf")
         # Peers (party, bundle version) that answered a batch with 404: sent one envelope at a time.
         self._unbatched: set[tuple[str, int]] = set()
         # Peers that refused a batch as too big: the most envelopes we put in one batch to them from now on.
@@ -114,6 +117,11 @@ class DeliveryWorker(BackgroundLoop):
         with self._small_in_flight_lock:  # what becomes due for these waits for their deliveries to end
             busy = sorted(peer for peer, n in self._small_in_flight.items()
                           if n >= settings.delivery_batches_per_peer)
+        if busy and set(busy) >= self._peer_parties():  # nothing could be claimed: spare the query
+            for _ in range(free):
+                self._slots.release()
+            self._again_after_delivery = True  # the end of a delivery to one of them claims again
+            return 0
         try:
             result = outbox.claim_due(self.node.engine, self.worker_id, self.node.clock(),
                                       free * settings.batch_max_items, settings.delivery_lease_seconds,
@@ -141,6 +149,14 @@ class DeliveryWorker(BackgroundLoop):
         for _ in range(free - len(groups)):
             self._slots.release()
         return len(claims)
+
+    def _peer_parties(self) -> set[str]:
+        """This node's peers (every outbox row is for one of them), read again after ``PEER_CACHE_SECONDS``."""
+        now = time.monotonic()
+        if now - self._peers_read_at > PEER_CACHE_SECONDS:
+            self._peers = set(self.node.peer_parties())
+            self._peers_read_at = now
+        return self._peers
 
     def _run_group(self, group: list[outbox.Claim], small: bool) -> None:
         try:

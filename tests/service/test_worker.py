@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from service import outbox
 from service.settings import Settings
 from service.worker import DeliveryWorker, message_queued
 
@@ -51,3 +53,30 @@ def test_message_queued_reaches_the_worker_of_the_app_if_it_has_one(worker: Deli
     message_queued(SimpleNamespace(), "BY")  # an app without a worker (tests, tools): nothing to tell
     message_queued(SimpleNamespace(message_queued=worker.queued), "BY")
     assert worker._wake.is_set()
+
+
+def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(worker: DeliveryWorker,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    claims: list[list[str]] = []
+
+    def claim_due(*args: object, busy_peers: list[str], **kwargs: object) -> outbox.ClaimResult:
+        claims.append(list(busy_peers))
+        return outbox.ClaimResult([], False)
+
+    monkeypatch.setattr(outbox, "claim_due", claim_due)
+    monkeypatch.setattr(worker.node, "clock", lambda: datetime.now(UTC), raising=False)
+    monkeypatch.setattr(worker.node, "engine", None, raising=False)
+    monkeypatch.setattr(worker.node, "peer_parties", lambda: ["BY", "AM"], raising=False)
+    slots = worker.node.settings.delivery_concurrency
+    worker._small_in_flight["BY"] = worker._small_in_flight["AM"] = worker.node.settings.delivery_batches_per_peer
+
+    assert worker._dispatch() == 0
+    assert claims == []  # AM and BY are both full: their rows wait, and there is no one else
+    assert worker._again_after_delivery  # the end of one of their deliveries claims again
+    assert all(worker._slots.acquire(blocking=False) for _ in range(slots))  # every slot was given back
+    for _ in range(slots):
+        worker._slots.release()
+
+    worker._small_in_flight["AM"] -= 1  # AM has room: its rows are claimed (BY's are passed over)
+    assert worker._dispatch() == 0
+    assert claims == [["BY"]]
