@@ -23,7 +23,7 @@ Result = TypeVar("Result")
 
 
 class _Slot(Generic[Item, Result]):
-    __slots__ = ("item", "result", "error", "done")
+    __slots__ = ("done", "error", "item", "result")
 
     def __init__(self, item: Item) -> None:
         self.item = item
@@ -39,7 +39,8 @@ class GroupCommit(Generic[Item, Result]):
     result per item, in order, or raises (the transaction rolled back).
     """
 
-    def __init__(self, store_group: Callable[[Sequence[Item]], Sequence[Result]], max_items: int = 64) -> None:
+    def __init__(self, store_group: Callable[[Sequence[Item]], Sequence[Result]],
+                 max_items: int = 64) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self._store_group = store_group

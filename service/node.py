@@ -540,7 +540,8 @@ class Node:
         envelope = protocol.seal_stream(signed, signatory.authorisation, sources, self.identity.node_keys,
                                         recipient, now, document)
         if attachments:
-            values = self._store_sends([_Sending(document, signatory, recipient.party, envelope, actor, now)])[0]
+            sending = _Sending(document, signatory, recipient.party, envelope, actor, now)
+            values = self._store_sends([sending])[0]
         else:
             values = self._sends.submit(_Sending(document, signatory, recipient.party, [b"".join(envelope)],
                                                  actor, now))
@@ -568,10 +569,11 @@ class Node:
                                       "attachments": len(document.attachments)}}
                 s.connection().execute(_INSERT_MESSAGE, values)
                 outbox.enqueue(s, document.id, send.peer, send.at)
-                events.append(event_entry(send.at, "message.sealed", "ok", actor=send.actor, party=send.peer,
-                                          object_id=document.id, envelope_sha256=blob.sha256, kind=document.kind,
-                                          thread_id=effect.thread_id, state_before=effect.state_before,
-                                          state_after=effect.state_after, signer_key=signatory.key.key_id))
+                events.append(event_entry(
+                    send.at, "message.sealed", "ok", actor=send.actor, party=send.peer, object_id=document.id,
+                    envelope_sha256=blob.sha256, kind=document.kind, thread_id=effect.thread_id,
+                    state_before=effect.state_before, state_after=effect.state_after,
+                    signer_key=signatory.key.key_id))
                 stored.append(values)
             record_events(s, events)
         return stored

@@ -151,7 +151,7 @@ class DeliveryWorker(BackgroundLoop):
         return len(claims)
 
     def _peer_parties(self) -> set[str]:
-        """This node's peers (every outbox row is for one of them), read again after ``PEER_CACHE_SECONDS``."""
+        """The peers (every outbox row is for one of them), read again every ``PEER_CACHE_SECONDS``."""
         now = time.monotonic()
         if now - self._peers_read_at > PEER_CACHE_SECONDS:
             self._peers = set(self.node.peer_parties())

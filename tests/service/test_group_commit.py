@@ -47,7 +47,7 @@ def submit_together(group: GroupCommit[Any, Any], items: list[Any],
     def one(item: Any) -> Any:
         try:
             return submit(item)
-        except Exception as exc:  # noqa: BLE001 - the test looks at what each caller got
+        except Exception as exc:
             return exc
 
     with ThreadPoolExecutor(len(items)) as pool:
@@ -96,7 +96,7 @@ def test_an_interrupted_group_never_leaves_a_caller_waiting() -> None:
     def call(item: str) -> None:
         try:
             group.submit(item)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             results.append(exc)
 
     with group._leader:
@@ -114,7 +114,8 @@ def test_an_interrupted_group_never_leaves_a_caller_waiting() -> None:
 # --- Node.send ------------------------------------------------------------------------------------
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def kz(request: pytest.FixtureRequest, tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[Node]:
+def kz(request: pytest.FixtureRequest, tmp_path: Path,
+       postgres_database: Callable[[], str]) -> Iterator[Node]:
     url = postgres_database() if request.param == "postgres" else None
     kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", url)
     by_party = demo.setup_party(tmp_path, "BY", "Bel", None)

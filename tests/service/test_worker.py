@@ -68,7 +68,8 @@ def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(worker: Deliv
     monkeypatch.setattr(worker.node, "engine", None, raising=False)
     monkeypatch.setattr(worker.node, "peer_parties", lambda: ["BY", "AM"], raising=False)
     slots = worker.node.settings.delivery_concurrency
-    worker._small_in_flight["BY"] = worker._small_in_flight["AM"] = worker.node.settings.delivery_batches_per_peer
+    full = worker.node.settings.delivery_batches_per_peer
+    worker._small_in_flight["BY"] = worker._small_in_flight["AM"] = full
 
     assert worker._dispatch() == 0
     assert claims == []  # AM and BY are both full: their rows wait, and there is no one else
