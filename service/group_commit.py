@@ -59,30 +59,26 @@ class GroupCommit(Generic[Item, Result]):
                     break
                 with self._queue_lock:
                     group, self._queue = self._queue[:self._max_items], self._queue[self._max_items:]
-                self._store(group)
+                try:
+                    self._store(group)
+                except BaseException as exc:  # interrupted: no caller may wait for ever on an unstored item
+                    for other in group:
+                        if not other.done:
+                            other.error, other.done = exc, True
+                    raise
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value] - set with done, unless error is
 
     def _store(self, group: list[_Slot[Item, Result]]) -> None:
-        if not group:
-            return
         try:
-            try:
-                results = self._store_group([s.item for s in group])
-            except Exception as exc:
-                if len(group) == 1:
-                    group[0].error = exc
-                    group[0].done = True
-                    return
-                for slot in group:  # find the one that failed: each alone, in its own transaction
+            results = self._store_group([s.item for s in group])
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error, group[0].done = exc, True
+            else:  # find the one that failed: each alone, in its own transaction
+                for slot in group:
                     self._store([slot])
-                return
-            for slot, result in zip(group, results, strict=True):
-                slot.result = result
-                slot.done = True
-        except BaseException as exc:  # interrupted: no caller may wait for ever on an item not stored
-            for slot in group:
-                if not slot.done:
-                    slot.error, slot.done = exc, True
-            raise
+            return
+        for slot, result in zip(group, results, strict=True):
+            slot.result, slot.done = result, True
