@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, BinaryIO, cast
@@ -272,9 +272,9 @@ class Node:
 
         Each envelope is checked on its own. If one is refused (a lifecycle step
         out of order, say), it is answered with its signed rejection and
-        changes nothing, while the others are stored (``_store_all``, else
-        ``_store_each``); the receipts are only sent once the one transaction
-        holding all of them has committed.
+        changes nothing, while the others are stored (``_store_checked``); the
+        receipts are only sent once the one transaction holding all of them
+        has committed.
         """
         now = self.clock()
         answers: list[Delivery | None] = []
@@ -303,8 +303,7 @@ class Node:
                                             exc))
         raced: list[tuple[int, _Checked]] = []
         if checked:
-            if not self._store_all(checked, now, answers):  # one was refused or raced: judge each alone
-                raced = self._store_each(checked, now, answers)
+            raced = self._store_checked(checked, now, answers)
             for index, item in checked:
                 if answers[index] is not None and answers[index].status == 200:
                     item.log_received()
@@ -316,48 +315,50 @@ class Node:
             answers[index] = answers[earlier_index]
         return cast("list[Delivery]", answers)  # every envelope has its answer by now
 
-    def _store_all(self, checked: list[tuple[int, _Checked]], now: datetime,
-                   answers: list[Delivery | None]) -> bool:
-        """Store a batch's checked envelopes in one transaction, as the common case is: all accepted.
+    def _store_checked(self, checked: list[tuple[int, _Checked]], now: datetime,
+                       answers: list[Delivery | None]) -> list[tuple[int, _Checked]]:
+        """Store a batch's checked envelopes in one transaction; returns those a concurrent delivery of the
+        same message id stored first (answered by the caller).
 
-        False, with nothing stored, if any of them is refused or was stored by
-        a concurrent delivery; ``_store_each`` then judges each in its own
-        savepoint. (A savepoint per envelope costs more than its envelope's
-        inserts, so it is only paid for when one is needed.)
+        First without a savepoint per envelope, as the common case is: all
+        accepted (a savepoint costs more than its envelope's inserts). If one
+        is refused or raced, nothing of that attempt is kept, and the batch is
+        stored again with a savepoint each: a refused one is answered with its
+        signed rejection and changes nothing, the others are stored.
         """
         try:
-            with session_scope(self.engine) as s:
-                events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
-                for _, item in checked:
-                    events.extend(self._received_events(item, self._store_delivery(s, item, now), now))
-                record_events(s, events)
+            return self._store_in_one_transaction(checked, now, answers, savepoints=False)
         except (IntegrityError, ProlinkError):
-            return False
-        for index, item in checked:
-            answers[index] = item.accepted()
-        return True
+            return self._store_in_one_transaction(checked, now, answers, savepoints=True)
 
-    def _store_each(self, checked: list[tuple[int, _Checked]], now: datetime,
-                    answers: list[Delivery | None]) -> list[tuple[int, _Checked]]:
-        """Store a batch's checked envelopes in one transaction, each in its own savepoint: a refused one
-        is answered with its signed rejection and changes nothing. Returns those that a concurrent
-        delivery of the same message id stored first."""
+    def _store_in_one_transaction(self, checked: list[tuple[int, _Checked]], now: datetime,
+                                  answers: list[Delivery | None], *,
+                                  savepoints: bool) -> list[tuple[int, _Checked]]:
+        """``_store_checked``'s one attempt. Without ``savepoints``, a refused or raced envelope raises (and
+        the transaction rolls back) instead of being answered."""
         raced: list[tuple[int, _Checked]] = []
+        accepted: list[tuple[int, _Checked]] = []
         with session_scope(self.engine) as s:
             events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
             for index, item in checked:
                 try:
-                    with s.begin_nested():
+                    with s.begin_nested() if savepoints else nullcontext():
                         effect = self._store_delivery(s, item, now)
                 except IntegrityError:
+                    if not savepoints:
+                        raise
                     raced.append((index, item))
                 except ProlinkError as exc:
+                    if not savepoints:
+                        raise
                     answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
                                                   item.sender, exc, events=events)
                 else:
                     events.extend(self._received_events(item, effect, now))
-                    answers[index] = item.accepted()
+                    accepted.append((index, item))
             record_events(s, events)
+        for index, item in accepted:  # committed: now their receipts may go out
+            answers[index] = item.accepted()
         return raced
 
     def record_refused_batch(self, exc: ProlinkError) -> None:
