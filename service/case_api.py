@@ -26,7 +26,6 @@ from service.db import session_scope
 from service.errors import ServiceError
 from service.models import Message
 from service.node import Node, record_event
-from service.worker import message_queued
 
 Staff = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
 Drafter = Annotated[Principal, Depends(require_role("clerk", "signatory", "operator"))]
@@ -187,7 +186,7 @@ def cases_router(node: Node) -> APIRouter:
                                status=403)
         draft, message = await asyncio.to_thread(drafts.sign_and_send, node, draft_id, user.id,
                                                  user.signatory_key_id)
-        message_queued(request.app.state, message.peer)
+        request.app.state.wake_worker()
         return {"id": draft.id, "status": draft.status, "message_id": message.id}
 
     @router.delete("/v1/drafts/{draft_id}", tags=["drafts"])

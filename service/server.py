@@ -86,8 +86,7 @@ async def serve(data_dir: Path) -> None:
                                  ssl_context_factory=lambda _config, _default: peer_tls)
 
     user_app = create_user_app(node)
-    user_app.state.wake_worker = worker.wake  # something is due again (an operator's retry or requeue)
-    user_app.state.message_queued = worker.queued  # a message was sent
+    user_app.state.wake_worker = worker.wake
     user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
                                  log_level="warning", access_log=False, http=user_http)
     peer_server, user_server = uvicorn.Server(peer_config), uvicorn.Server(user_config)

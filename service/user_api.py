@@ -30,7 +30,6 @@ from service.db import session_scope
 from service.errors import ServiceError, install_error_handlers
 from service.models import Message
 from service.node import Node, new_message_id
-from service.worker import message_queued
 
 Sender = Annotated[Principal, Depends(require_role("signatory"))]
 Viewer = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
@@ -78,7 +77,7 @@ def create_user_app(node: Node) -> FastAPI:
         finally:
             for f in uploads:
                 await f.close()
-        message_queued(request.app.state, row.peer)
+        request.app.state.wake_worker()
         return message_view(row)
 
     @app.get("/v1/messages")

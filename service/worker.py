@@ -91,20 +91,6 @@ class DeliveryWorker(BackgroundLoop):
     def round(self) -> bool:
         return self._dispatch() > 0
 
-    def queued(self, peer: str) -> None:
-        """A message to ``peer`` was just committed to the outbox: claim it now, unless it must wait anyway.
-
-        It must wait when ``peer`` already has ``delivery_batches_per_peer``
-        small deliveries in flight: a claim now would pass over its rows, and
-        the first of those deliveries to end wakes us (``_run_group``). Under
-        load that saves a claim per message sent. (The count is read after the
-        commit, so the delivery that ends next always finds the row.)
-        """
-        with self._small_in_flight_lock:
-            if self._small_in_flight[peer] >= self.node.settings.delivery_batches_per_peer:
-                return
-        self.wake()
-
     def _dispatch(self) -> int:
         """Claim for every free delivery thread and start the deliveries; returns how many were claimed."""
         free = 0
@@ -357,14 +343,6 @@ class DeliveryWorker(BackgroundLoop):
                             attempt=claim.attempts, error=error[:300])
                 for claim, state in zip(claims, states, strict=True)])
         return states
-
-
-def message_queued(app_state: Any, peer: str) -> None:
-    """Tell the delivery worker of an app (``app.state.message_queued``, set by ``prolink serve``), if it
-    has one, that a message to ``peer`` is queued."""
-    notify = getattr(app_state, "message_queued", None)
-    if notify is not None:
-        notify(peer)
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -1,4 +1,4 @@
-"""The delivery worker's wake-ups: a sent message is claimed at once unless its peer's deliveries are full."""
+"""The delivery worker's claims: none while every peer's deliveries are full; the end of one claims again."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from service import outbox
 from service.settings import Settings
-from service.worker import DeliveryWorker, message_queued
+from service.worker import DeliveryWorker
 
 
 @pytest.fixture
@@ -26,33 +26,15 @@ def claim_of(peer: str) -> SimpleNamespace:
     return SimpleNamespace(peer=peer, envelope_size=4096)
 
 
-def test_a_message_to_a_peer_with_room_wakes_the_worker(worker: DeliveryWorker) -> None:
-    worker._small_in_flight["BY"] = worker.node.settings.delivery_batches_per_peer - 1
-    worker.queued("BY")
-    assert worker._wake.is_set()
-
-
-def test_a_message_to_a_busy_peer_waits_for_the_end_of_a_delivery_to_it(worker: DeliveryWorker,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(worker: DeliveryWorker,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     limit = worker.node.settings.delivery_batches_per_peer
-    worker._small_in_flight["BY"] = limit
-    worker.queued("BY")
-    assert not worker._wake.is_set()  # a claim now would pass over the row: no claim is made
-    worker.queued("AM")  # another peer is not held back by BY
-    assert worker._wake.is_set()
-
-    worker._wake.clear()
+    worker._small_in_flight["BY"] = limit  # a claim meanwhile passed over BY's rows
     monkeypatch.setattr(worker, "deliver_group", lambda group: ["delivered"])
     worker._slots.acquire()
-    worker._run_group([claim_of("BY")], small=True)  # a delivery to BY ends: its queued row is claimed now
+    worker._run_group([claim_of("BY")], small=True)  # a delivery to BY ends: its queued rows are claimed now
     assert worker._wake.is_set()
     assert worker._small_in_flight["BY"] == limit - 1
-
-
-def test_message_queued_reaches_the_worker_of_the_app_if_it_has_one(worker: DeliveryWorker) -> None:
-    message_queued(SimpleNamespace(), "BY")  # an app without a worker (tests, tools): nothing to tell
-    message_queued(SimpleNamespace(message_queued=worker.queued), "BY")
-    assert worker._wake.is_set()
 
 
 def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(worker: DeliveryWorker,
