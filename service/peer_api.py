@@ -19,6 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from keys import peer_party
 from protocol import BatchError, ProlinkError, decode_batch
 from service.errors import error_body, install_error_handlers, status_for
+from service.http_head import HeadLimitedHttpToolsProtocol
 from service.node import PEER_CACHE_SECONDS, SPOOL_MEMORY, Node
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.prolink.envelope"
@@ -49,14 +50,13 @@ class PeerCertH11Protocol(H11Protocol):
 
 
 PeerCertHttpToolsProtocol: type[asyncio.Protocol] | None
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # httptools is not installed: service.server falls back to h11
+if HeadLimitedHttpToolsProtocol is None:  # httptools is not installed: service.server falls back to h11
     PeerCertHttpToolsProtocol = None
 else:
 
-    class PeerCertHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[no-redef]
-        """uvicorn's httptools protocol, capturing the client certificate like ``PeerCertH11Protocol``."""
+    class PeerCertHttpToolsProtocol(HeadLimitedHttpToolsProtocol):  # type: ignore[no-redef,valid-type,misc]
+        """uvicorn's httptools protocol (heads bounded: ``service.http_head``), capturing the client
+        certificate like ``PeerCertH11Protocol``."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import structlog
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keys import load_identity, server_ssl_context
 from service.admin import key_sync
 from service.audit_heads import HeadPublisher
 from service.db import make_engine, session_scope
+from service.http_head import DEFAULT_MAX_HEAD_BYTES, HeadLimitedHttpToolsProtocol, head_limited
 from service.migrate import upgrade
 from service.models import Peer
 from service.node import Node
@@ -46,14 +48,17 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def http_protocols() -> tuple[type[asyncio.Protocol], str]:
-    """The peer API's protocol class (it captures the client certificate) and the user API's ``http``.
+def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> tuple[type[asyncio.Protocol],
+                                                                            type[asyncio.Protocol]]:
+    """The peer API's protocol class (it captures the client certificate) and the user API's.
 
-    httptools if it is installed, else h11.
+    httptools if it is installed, with request heads bounded at ``max_head_bytes``
+    (``service.http_head``); else h11, bounded by its ``Config`` (``h11_max_incomplete_event_size``).
     """
-    if PeerCertHttpToolsProtocol is not None:
-        return PeerCertHttpToolsProtocol, "httptools"
-    return PeerCertH11Protocol, "h11"
+    if PeerCertHttpToolsProtocol is not None and HeadLimitedHttpToolsProtocol is not None:
+        return (head_limited(PeerCertHttpToolsProtocol, max_head_bytes),
+                head_limited(HeadLimitedHttpToolsProtocol, max_head_bytes))
+    return PeerCertH11Protocol, H11Protocol
 
 
 def build_node(data_dir: Path) -> Node:
@@ -79,16 +84,18 @@ async def serve(data_dir: Path) -> None:
     peer_tls = server_ssl_context(node.identity, peer_ca_pems(node), allow_tls12=settings.allow_tls12)
     keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
     keys_sync.attach_tls(peer_tls)
-    peer_http, user_http = http_protocols()
+    peer_http, user_http = http_protocols(settings.max_request_head_bytes)
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,
+                                 h11_max_incomplete_event_size=settings.max_request_head_bytes,
                                  ssl_context_factory=lambda _config, _default: peer_tls)
 
     user_app = create_user_app(node)
     user_app.state.wake_worker = worker.wake
     user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
-                                 log_level="warning", access_log=False, http=user_http)
+                                 log_level="warning", access_log=False, http=user_http,
+                                 h11_max_incomplete_event_size=settings.max_request_head_bytes)
     peer_server, user_server = uvicorn.Server(peer_config), uvicorn.Server(user_config)
 
     loop = asyncio.get_running_loop()

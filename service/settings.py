@@ -76,6 +76,11 @@ class Settings(BaseSettings):
 
     allow_tls12: bool = False
     max_envelope_bytes: int = Field(default=4 * GiB, gt=0)
+    max_request_head_bytes: int = Field(
+        default=64 * 1024, ge=8 * 1024, le=1024 * 1024,
+        description="Largest request line and headers either listener reads; a longer head is refused "
+        "(431, request.headers_too_large) and its connection closed.",
+    )
     clock_skew_seconds: int = Field(default=300, ge=0)
 
     delivery_max_age_seconds: int = Field(default=3 * 24 * 3600, gt=0)

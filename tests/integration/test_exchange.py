@@ -185,3 +185,26 @@ def test_user_token_does_not_open_the_peer_port(pair) -> None:
     with pytest.raises((httpx.ConnectError, ssl.SSLError, httpx.ReadError, httpx.RemoteProtocolError)):
         httpx.post(pair.by.url + "/v1/envelopes", headers={"authorization": f"Bearer {pair.by.tokens['operator']}"},
                    verify=_client_ctx(pair.by), content=b"x")
+
+
+def test_an_endless_request_head_is_refused_and_the_node_keeps_serving(pair) -> None:
+    """httptools alone would buffer it all (``service.http_head``): the user port needs no token to be sent one."""
+    before = row_counts(pair.by)
+    with socket.create_connection(("127.0.0.1", pair.by.user_port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        try:
+            for _ in range(64):
+                sock.sendall(b"x-long: " + b"a" * (1024 * 1024) + b"\r\n")
+        except OSError:  # the node closed the connection
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b'"request.headers_too_large"' in answer
+    with pair.by.client("operator") as c:
+        assert c.get("/healthz").status_code == 200
+    assert row_counts(pair.by) == before

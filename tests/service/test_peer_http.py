@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
 import ssl
 import threading
 import time
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from keys import Identity, client_ssl_context, generate_identity, server_ssl_context
 from keys._files import ScryptParams
 from service.demo import free_port
+from service.http_head import HEAD_TOO_LARGE_CODE, HeadLimitedHttpToolsProtocol, head_limited
 from service.peer_api import PeerCertH11Protocol, PeerCertHttpToolsProtocol
 from service.server import http_protocols, loop_factory
 
@@ -103,7 +105,9 @@ def _ask(port: int, client: Identity, server: Identity) -> dict[str, Any] | None
 def test_httptools_and_uvloop_are_chosen_where_installed() -> None:
     pytest.importorskip("httptools")
     uvloop = pytest.importorskip("uvloop")
-    assert http_protocols() == (PeerCertHttpToolsProtocol, "httptools")
+    peer, user = http_protocols()
+    assert issubclass(peer, PeerCertHttpToolsProtocol)
+    assert issubclass(user, HeadLimitedHttpToolsProtocol) and not issubclass(user, PeerCertHttpToolsProtocol)
     assert loop_factory() is uvloop.new_event_loop
 
 
@@ -129,3 +133,27 @@ def test_a_ca_added_to_the_live_context_is_trusted_from_the_next_connection(
         answer = _ask(port, ru, by)
     assert answer is not None
     assert answer["cert_sha256"] == hashlib.sha256(_der(ru)).hexdigest()
+
+
+@pytest.mark.skipif(PeerCertHttpToolsProtocol is None, reason="httptools is not installed")
+def test_a_peer_cannot_send_an_endless_head(by: Identity, kz: Identity) -> None:
+    """Behind mutual TLS too, a head past the bound gets 431 and the connection closes."""
+    limit = 16 * 1024
+    protocol = head_limited(PeerCertHttpToolsProtocol, limit)  # type: ignore[arg-type]
+    with _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem])) as port, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            client_ssl_context(kz, by.tls_ca_pem).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        try:
+            for _ in range(16):
+                tls.sendall(b"x-long: " + b"a" * (256 * 1024) + b"\r\n")
+        except (ssl.SSLError, OSError):
+            pass
+        answer = b""
+        try:
+            while chunk := tls.recv(65536):
+                answer += chunk
+        except (ssl.SSLError, OSError):
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == HEAD_TOO_LARGE_CODE

@@ -1,0 +1,156 @@
+"""Request heads are bounded on the node's HTTP stack (``service.http_head``), on real sockets.
+
+httptools alone buffers a request line and headers of any size; the node's
+protocol classes answer 431 ``request.headers_too_large`` and close the
+connection once a head passes the limit, and serve everything below it,
+whatever the size of the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service.demo import free_port
+from service.http_head import HEAD_TOO_LARGE_CODE, HeadLimitedHttpToolsProtocol, head_limited
+from service.server import http_protocols, loop_factory
+
+pytestmark = pytest.mark.skipif(HeadLimitedHttpToolsProtocol is None, reason="httptools is not installed")
+
+LIMIT = 16 * 1024
+
+
+async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the number of headers and body bytes it was given."""
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = json.dumps({"headers": len(scope["headers"]), "body": size}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def _serving(protocol: type[asyncio.Protocol]) -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(_echo, host="127.0.0.1", port=port, http=protocol, lifespan="off",
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    server.capture_signals = nullcontext  # type: ignore[assignment,method-assign]
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(server.serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _user_protocol() -> type[asyncio.Protocol]:
+    return http_protocols(LIMIT)[1]
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (which it must, within seconds)."""
+    sock.settimeout(5)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:  # closed with our unread bytes still in its buffer
+        pass
+    return answer
+
+
+def _header_lines(total: int, line: int = 1024) -> bytes:
+    count = total // line
+    return b"".join(b"x-filler-%d: %s\r\n" % (i, b"a" * (line - 20)) for i in range(count))
+
+
+def _status_and_json(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+def test_a_head_past_the_limit_is_refused_with_431_and_the_connection_closed() -> None:
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        sent = 0
+        try:  # headers without end: the server must stop reading long before this is all sent
+            for _ in range(64):
+                sock.sendall(b"x-long: " + b"a" * (1024 * 1024) + b"\r\n")
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"connection: close" in answer.lower()
+    status, body = _status_and_json(answer)
+    assert status == 431 and body["error"]["code"] == HEAD_TOO_LARGE_CODE
+
+
+def test_a_single_header_line_past_the_limit_is_refused() -> None:
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"b" * (4 * LIMIT) + b"\r\n\r\n")
+        answer = _read_answer(sock)
+    assert _status_and_json(answer)[1]["error"]["code"] == HEAD_TOO_LARGE_CODE
+
+
+def test_a_head_just_under_the_limit_is_served() -> None:
+    headers = _header_lines(LIMIT - 2048)
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n" + headers + b"connection: close\r\n\r\n")
+        status, body = _status_and_json(_read_answer(sock))
+    assert status == 200 and body["headers"] == headers.count(b"\r\n") + 2
+
+
+def test_a_large_body_is_not_taken_for_a_large_head() -> None:
+    body = b"z" * (4 * 1024 * 1024)  # arrives in the same reads as the head
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        head = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        sock.sendall(head + body)
+        status, answer = _status_and_json(_read_answer(sock))
+    assert status == 200 and answer["body"] == len(body)
+
+
+def test_the_bound_is_per_request_on_a_kept_alive_connection() -> None:
+    headers = _header_lines(LIMIT * 3 // 4)  # three quarters each: together they pass the limit
+    request = b"GET / HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n"
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        for _ in range(3):
+            sock.sendall(request)
+            answer = b""
+            while b"}" not in answer:
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_both_listeners_are_bounded_at_the_configured_size() -> None:
+    peer, user = http_protocols(LIMIT)
+    assert issubclass(user, HeadLimitedHttpToolsProtocol)
+    assert issubclass(peer, HeadLimitedHttpToolsProtocol)
+    assert peer.max_head_bytes == user.max_head_bytes == LIMIT
+    with pytest.raises(TypeError):
+        head_limited(asyncio.Protocol, LIMIT)
