@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.integration.helpers import messages, request_fields, send, wait_for
+from tests.integration.helpers import messages, request_fields, send, wait_for, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +50,18 @@ def test_crash_of_both_nodes_loses_and_duplicates_nothing(make_pair, backend) ->
     for m in inbound:
         assert m.envelope_sha256 == outbound[m.id].envelope_sha256
     assert all(m.receipt is not None and m.receipt_verified for m in outbound.values())
+
+
+def test_a_graceful_stop_is_not_held_up_by_the_peers_idle_connection(make_pair) -> None:
+    """After a delivery the sender's worker keeps its TLS connection to the receiver open and idle; stopping
+    the receiver must not wait for it (it did, 30 s: the TLS close waited for a close_notify that never came)."""
+    pair = make_pair("sqlite")
+    pair.start()
+    wait_status(pair.kz, send(pair.kz, request_fields("BY"))["id"])
+    process = pair.by.process
+    assert process is not None
+    started = time.monotonic()
+    process.terminate()
+    assert process.wait(20) == 0  # stopped by itself, not killed
+    assert time.monotonic() - started < 10
+    pair.by.process = None

@@ -157,3 +157,19 @@ def test_a_peer_cannot_send_an_endless_head(by: Identity, kz: Identity) -> None:
             pass
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == HEAD_TOO_LARGE_CODE
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
+def test_a_stop_does_not_wait_for_a_peers_idle_kept_alive_connection(protocol: type[asyncio.Protocol],
+                                                                    by: Identity, kz: Identity) -> None:
+    """A TLS close waits for the client's close_notify, which an idle pooled connection never sends: 30 s."""
+    client = httpx.Client(verify=client_ssl_context(kz, by.tls_ca_pem), timeout=5)
+    serving = _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem]))
+    try:
+        port = serving.__enter__()
+        assert client.get(f"https://127.0.0.1:{port}/").status_code == 200  # the connection stays in the pool
+        started = time.monotonic()
+        serving.__exit__(None, None, None)  # should_exit, then the server thread is joined (10 s at most)
+        assert time.monotonic() - started < 5
+    finally:
+        client.close()
