@@ -133,17 +133,20 @@ def _check_pem(pem: str) -> str:
 
 
 def server_ssl_context(identity: Identity, peer_ca_pems: list[str],
-                       allow_tls12: bool = False) -> ssl.SSLContext:
+                       allow_tls12: bool = False, *, allow_no_peer: bool = False) -> ssl.SSLContext:
     """Server side of the peer API: client certificates required, issued by one of ``peer_ca_pems``.
 
     Only the given CAs (from peers' verified bundles) are trusted; the system
-    store is never loaded.
+    store is never loaded. No CA at all is refused (the server would accept no
+    client) unless ``allow_no_peer``: a node started before its first peer was
+    added, whose key sync adds each peer's CA to the live context.
     """
-    if not peer_ca_pems:
+    if not peer_ca_pems and not allow_no_peer:
         raise TrustError("no peer TLS CA given: the server would accept no client", code="trust.no_peer_ca")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _base(ctx, identity, allow_tls12)
-    ctx.load_verify_locations(cadata="\n".join(_check_pem(p) for p in peer_ca_pems))
+    if peer_ca_pems:
+        ctx.load_verify_locations(cadata="\n".join(_check_pem(p) for p in peer_ca_pems))
     return ctx
 
 

@@ -81,7 +81,11 @@ async def serve(data_dir: Path) -> None:
     worker = DeliveryWorker(node)
     heads = HeadPublisher(node)  # signs audit log heads and has peers cosign them
 
-    peer_tls = server_ssl_context(node.identity, peer_ca_pems(node), allow_tls12=settings.allow_tls12)
+    peer_cas = peer_ca_pems(node)
+    if not peer_cas:  # the key sync trusts each peer's CA once it is added (``prolink peer add``)
+        log.warning("no_peer_yet", detail="the peer port accepts no client until a peer is added")
+    peer_tls = server_ssl_context(node.identity, peer_cas, allow_tls12=settings.allow_tls12,
+                                  allow_no_peer=True)
     keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
     keys_sync.attach_tls(peer_tls)
     peer_http, user_http = http_protocols(settings.max_request_head_bytes)

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from service.demo import introduce, setup_party, start, stop, wait_ready
+from tests.integration.conftest import NAMES
 from tests.integration.helpers import messages, request_fields, send, wait_for, wait_status
 
 pytestmark = pytest.mark.integration
@@ -54,7 +56,7 @@ def test_crash_of_both_nodes_loses_and_duplicates_nothing(make_pair, backend) ->
 
 def test_a_graceful_stop_is_not_held_up_by_the_peers_idle_connection(make_pair) -> None:
     """After a delivery the sender's worker keeps its TLS connection to the receiver open and idle; stopping
-    the receiver must not wait for it (it did, 30 s: the TLS close waited for a close_notify that never came)."""
+    the receiver must not wait for it (it did, 30 s: its TLS close waited for a close_notify)."""
     pair = make_pair("sqlite")
     pair.start()
     wait_status(pair.kz, send(pair.kz, request_fields("BY"))["id"])
@@ -65,3 +67,25 @@ def test_a_graceful_stop_is_not_held_up_by_the_peers_idle_connection(make_pair) 
     assert process.wait(20) == 0  # stopped by itself, not killed
     assert time.monotonic() - started < 10
     pair.by.process = None
+
+
+def test_a_node_started_before_its_first_peer_trusts_the_peer_once_added(tmp_path) -> None:
+    """``prolink serve`` runs with no peer yet (its peer port accepts no client); ``peer add`` while it
+    runs is enough: the key sync trusts the new peer's TLS CA, and the peer's deliveries are taken."""
+    kz = setup_party(tmp_path, "KZ", NAMES["KZ"], **FAST_RETRY)
+    by = setup_party(tmp_path, "BY", NAMES["BY"], **FAST_RETRY)
+    try:
+        start(by, tmp_path)
+        wait_ready(by)
+        with by.client("operator") as c:
+            assert c.get("/readyz").json()["status"] == "ready"
+        introduce(by, kz)  # as ``prolink peer add`` does, while BY runs
+        introduce(kz, by)
+        start(kz, tmp_path)
+        wait_ready(kz)
+        message_id = send(kz, request_fields("BY"))["id"]
+        wait_status(kz, message_id)
+        assert [m.id for m in messages(by, "in")] == [message_id]
+    finally:
+        stop(kz)
+        stop(by)

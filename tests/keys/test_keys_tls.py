@@ -140,6 +140,8 @@ def test_contexts_are_strict(kz: Identity, by: Identity) -> None:
     with pytest.raises(TrustError) as exc:
         server_ssl_context(by, [])
     assert exc.value.code == "trust.no_peer_ca"
+    alone = server_ssl_context(by, [], allow_no_peer=True)  # a node before its first peer: trusts no one yet
+    assert alone.verify_mode == ssl.CERT_REQUIRED and alone.get_ca_certs() == []
     with pytest.raises(TrustError) as exc:
         client_ssl_context(kz, "not a pem")
     assert exc.value.code == "trust.bad_tls_ca"
