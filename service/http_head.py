@@ -8,11 +8,17 @@ no token (heads are read before any route runs); on the peer port, any peer.
 
 ``HeadLimitedHttpToolsProtocol`` answers a head over ``max_head_bytes`` with
 ``431`` and the coded error ``request.headers_too_large``, and closes the
-connection; the app never sees the request. A head still incomplete is
-measured by what has been read since the request began, and refused as soon as
-that passes the bound, without reading more: what httptools buffered
-meanwhile is at most one read (uvloop reads up to 256 KiB). A head that arrived
-whole is measured exactly (request target and headers).
+connection; the app never sees the request. A head that arrived whole is
+measured exactly (request target and headers). One still arriving is measured
+by what has been read since the parse last got somewhere (a request began or
+ended, its head ended, body arrived), and refused once that passes the bound,
+without reading more: httptools has then buffered at most the bound and one
+read (uvloop reads up to 256 KiB). The same holds for trailers after a chunked
+body. An answer still owed on the connection (pipelined requests) goes out
+before it closes.
+
+h11, the fallback where httptools is not installed, has its own bound
+(``h11_max_incomplete_event_size``, set to the same value) and answers 400.
 """
 
 from __future__ import annotations
@@ -69,13 +75,16 @@ else:
         max_head_bytes = DEFAULT_MAX_HEAD_BYTES
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            self._head_open = False  # between a request's first byte and the end of its headers
-            self._head_bytes = 0  # read since the request began (while its head is open)
-            self._head_size = 0  # its target and headers, as parsed
+            self._progressed = False  # the parse got somewhere in the current read (``data_received``)
+            self._stalled_bytes = 0  # read since it last did: a head or trailers still being sent
+            self._head_size = 0  # the current request's target and headers, as parsed
+            self._refused = False  # once refused, nothing more is read from the connection
             super().connection_made(transport)
 
+        # Progress: a request began, its head ended, body arrived, or it ended. Header lines are not
+        # progress: an endless head (or endless trailers after a chunked body) never makes any.
         def on_message_begin(self) -> None:
-            self._head_open, self._head_bytes, self._head_size = True, 0, 0
+            self._progressed, self._head_size = True, 0
             super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
@@ -87,29 +96,51 @@ else:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            self._head_open = False
+            self._progressed = True
             if self._head_size <= self.max_head_bytes:
                 super().on_headers_complete()
                 return
             self._log_refusal(self._head_size)
             app, self.app = self.app, head_too_large_app(self.max_head_bytes)
-            try:  # uvicorn answers with ``app`` as it would with ours, and closes the connection after
+            try:  # uvicorn answers with ``app`` in turn, as with ours, and closes the connection after
                 super().on_headers_complete()
             finally:
                 self.app = app
 
+        def on_body(self, body: bytes) -> None:
+            self._progressed = True
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._progressed = True
+            super().on_message_complete()
+
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if not self._head_open or self.transport.is_closing():
+            if self._refused:
                 return
-            # The head is still open after all of ``data``: every byte of it belongs to the head (or to the
-            # request before it, if it began in this read: counted too, which only errs on the safe side).
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes:
-                self._log_refusal(self._head_bytes)
+            self._progressed = False
+            super().data_received(data)
+            if self._progressed:
+                self._stalled_bytes = 0
+                return
+            if self.transport.is_closing():
+                return
+            self._stalled_bytes += len(data)
+            if self._stalled_bytes > self.max_head_bytes:
+                self._refuse(self._stalled_bytes)
+
+        def _refuse(self, size: int) -> None:
+            """Stop reading a head (or trailers) past the bound, without cutting short an answer owed."""
+            self._log_refusal(size)
+            self._refused = True
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:  # nothing owed: answer this one, and close
                 self.transport.write(head_too_large_response(self.max_head_bytes))
                 self.transport.close()
-                self._head_open = False
+            elif cycle.more_body:  # the request being served never ends (endless trailers): drop it
+                self.transport.abort()
+            else:  # an earlier request (pipelined) is still being answered: finish it, then close
+                cycle.keep_alive = False
 
         def _log_refusal(self, size: int) -> None:
             log.warning("request_head_too_large", limit=self.max_head_bytes, size=size,

@@ -48,7 +48,8 @@ def _dropped_if_idle(protocol: Any) -> bool:
     it, and the peer's client opens a new connection for its next one. A
     connection with a request on it finishes the request first, as before.
     """
-    if protocol.cycle is None or protocol.cycle.response_complete:
+    idle = protocol.cycle is None or protocol.cycle.response_complete
+    if idle and protocol.transport.get_write_buffer_size() == 0:  # no answer is still on its way out either
         protocol.transport.abort()
         return True
     return False

@@ -92,14 +92,14 @@ async def serve(data_dir: Path) -> None:
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,
-                                 h11_max_incomplete_event_size=settings.max_request_head_bytes,
+                                 h11_max_incomplete_event_size=settings.max_request_head_bytes, ws="none",
                                  ssl_context_factory=lambda _config, _default: peer_tls)
 
     user_app = create_user_app(node)
     user_app.state.wake_worker = worker.wake
     user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
                                  log_level="warning", access_log=False, http=user_http,
-                                 h11_max_incomplete_event_size=settings.max_request_head_bytes)
+                                 h11_max_incomplete_event_size=settings.max_request_head_bytes, ws="none")
     peer_server, user_server = uvicorn.Server(peer_config), uvicorn.Server(user_config)
 
     loop = asyncio.get_running_loop()

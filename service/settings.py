@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     max_request_head_bytes: int = Field(
         default=64 * 1024, ge=8 * 1024, le=1024 * 1024,
         description="Largest request line and headers either listener reads; a longer head is refused "
-        "(431, request.headers_too_large) and its connection closed.",
+        "(431, request.headers_too_large; 400 from h11 where httptools is not installed) and its "
+        "connection closed.",
     )
     clock_skew_seconds: int = Field(default=300, ge=0)
 

@@ -104,6 +104,7 @@ def test_a_head_past_the_limit_is_refused_with_431_and_the_connection_closed() -
         except (BrokenPipeError, ConnectionResetError):
             pass
         answer = _read_answer(sock)
+    assert sent < 64  # it stopped reading, and closed
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert b"connection: close" in answer.lower()
     status, body = _status_and_json(answer)
@@ -154,3 +155,70 @@ def test_both_listeners_are_bounded_at_the_configured_size() -> None:
     assert peer.max_head_bytes == user.max_head_bytes == LIMIT
     with pytest.raises(TypeError):
         head_limited(asyncio.Protocol, LIMIT)
+
+
+def _endless(sock: socket.socket, line: bytes) -> int:
+    """Sends ``line`` (about 1 MiB) up to 64 times, until the server closes; how many went."""
+    sent = 0
+    try:
+        for _ in range(64):
+            sock.sendall(line)
+            sent += 1
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+def _answers(raw: bytes) -> list[tuple[int, bytes]]:
+    """The HTTP answers in ``raw``, in order: (status, body), bodies by content-length."""
+    found = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = dict(h.partition(b": ")[::2] for h in lines[1:])
+        length = int(next(v for k, v in fields.items() if k.lower() == b"content-length"))
+        found.append((int(lines[0].split(b" ")[1]), rest[:length]))
+        raw = rest[length:]
+    return found
+
+
+def test_a_large_body_before_a_pipelined_request_is_not_taken_for_a_head() -> None:
+    body = b"z" * (3 * LIMIT)  # its tail and the next request's head share a read
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+                     + b"GET /b HTTP/1.1\r\nhost: x\r\n")
+        time.sleep(0.3)  # the second head is incomplete at the end of that read
+        sock.sendall(b"connection: close\r\n\r\n")
+        answers = _answers(_read_answer(sock))
+    assert [status for status, _ in answers] == [200, 200]
+    assert json.loads(answers[0][1])["body"] == len(body)
+
+
+def test_an_endless_head_after_a_pipelined_request_leaves_that_request_its_answer() -> None:
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+                     b"GET /b HTTP/1.1\r\nhost: x\r\n")
+        sent = _endless(sock, b"x-long: " + b"a" * (1024 * 1024) + b"\r\n")
+        answers = _answers(_read_answer(sock))
+    assert sent < 64
+    assert answers[0][0] == 200 and json.loads(answers[0][1])["body"] == 3  # its own answer, not a 431
+    assert [status for status, _ in answers[1:]] in ([], [431])  # then the connection closed
+
+
+def test_endless_trailers_after_a_chunked_body_are_refused() -> None:
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\n")
+        sent = _endless(sock, b"x-trailer: " + b"t" * (1024 * 1024) + b"\r\n")
+        _read_answer(sock)  # whatever came back, the server closed the connection (else this times out)
+    assert sent < 64
+
+
+def test_a_head_sent_byte_by_byte_is_served() -> None:
+    request = b"GET / HTTP/1.1\r\nhost: x\r\nx-a: " + b"a" * 200 + b"\r\nconnection: close\r\n\r\n"
+    with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in request:
+            sock.sendall(bytes([byte]))
+        status, body = _status_and_json(_read_answer(sock))
+    assert status == 200 and body["headers"] == 3
