@@ -547,7 +547,7 @@ class Node:
             values = self._sends.submit(_Sending(document, signatory, recipient.party, [b"".join(envelope)],
                                                  actor, now))
         log.info("message_queued", message_id=document.id, peer=recipient.party, kind=document.kind)
-        return Message(**values)  # as stored (not attached to a session)
+        return Message.model_construct(**values)  # as stored (validated by the insert; no session)
 
     def _store_sends(self, sends: Sequence[_Sending]) -> list[dict[str, Any]]:
         """Store sealed messages, queued for delivery, in one transaction; the ``message`` row of each."""
