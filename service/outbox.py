@@ -174,7 +174,10 @@ def _deliverable(conn: Connection, now: datetime, limit: int, busy: list[str]) -
     return chosen[:limit], held
 
 
+# Whether a claim could take anything (read without the write lock): a suspended peer's held rows and a busy
+# peer's do not count, or every wake while a peer is suspended would take the write lock for nothing.
 _ANY_DUE = (select(col(Outbox.id)).where(_due(bindparam("now")))
+            .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
             .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True))).limit(1))
 
 

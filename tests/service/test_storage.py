@@ -16,13 +16,14 @@ import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import inspect, update
+from sqlalchemy import event, inspect, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
@@ -346,6 +347,33 @@ def test_claim_passes_over_busy_peers_and_takes_their_rows_once_they_are_free(en
     assert outbox.claim_due(engine, "w", T0, 10, busy_peers=["BY"]).claims == []
     [c] = outbox.claim_due(engine, "w", T0, 10).claims  # BY's delivery ended
     assert c.message_id == "m-by" and c.attempts == 1
+
+
+def _writes(engine: Engine) -> list[str]:
+    """The statements run on ``engine`` from now on that lock for writing: SQLite's ``BEGIN IMMEDIATE``,
+    a ``FOR UPDATE`` read (PostgreSQL), an ``UPDATE``."""
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith(("BEGIN IMMEDIATE", "UPDATE")) or "FOR UPDATE" in statement:
+            seen.append(statement)
+
+    return seen
+
+
+def test_claim_makes_no_write_while_only_a_busy_or_suspended_peers_rows_are_due(engine: Engine) -> None:
+    add_peer(engine, "BY")
+    add_peer(engine, "CN")
+    with session_scope(engine) as s:
+        s.execute(update(Peer).where(Peer.party == "CN").values(status="suspended"))
+    add_outgoing(engine, "m-by", peer="BY")
+    add_outgoing(engine, "m-cn", peer="CN")  # held while CN is suspended
+    writes = _writes(engine)
+    assert outbox.claim_due(engine, "w", T0, 10, busy_peers=["BY"]).claims == []
+    assert writes == []  # the read found nothing deliverable: no write lock, no commit
+    assert [c.message_id for c in outbox.claim_due(engine, "w", T0, 10).claims] == ["m-by"]
+    assert writes  # a real claim does lock
 
 
 def test_claim_leases_a_row_and_an_expired_lease_is_claimed_again(engine: Engine) -> None:
