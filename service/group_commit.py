@@ -10,10 +10,16 @@ stores its item at once, as before.
 If storing a group fails, every item of it is stored again alone, in a
 transaction of its own: one bad item never fails another, and each caller
 gets exactly its own result or its own error.
+
+Coroutines ``submit_async`` instead: their items are queued for one committer
+thread, which leads as a caller would, then resolves their futures on their
+event loop. A coroutine takes no pool thread and blocks no loop while it waits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -48,6 +54,11 @@ class GroupCommit(Generic[Item, Result]):
         self._queue: list[_Slot[Item, Result]] = []
         self._queue_lock = threading.Lock()
         self._leader = threading.Lock()  # held while a group is stored
+        # ``submit_async``: items of coroutines, stored by one committer thread.
+        self._async_lock = threading.Condition()
+        self._async_queue: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
+                                      asyncio.Future[Result]]] = []
+        self._committer: threading.Thread | None = None
 
     def submit(self, item: Item) -> Result:
         slot: _Slot[Item, Result] = _Slot(item)
@@ -57,18 +68,61 @@ class GroupCommit(Generic[Item, Result]):
             with self._leader:
                 if slot.done:  # a leader stored it while we waited
                     break
-                with self._queue_lock:
-                    group, self._queue = self._queue[:self._max_items], self._queue[self._max_items:]
-                try:
-                    self._store(group)
-                except BaseException as exc:  # interrupted: no caller may wait for ever on an unstored item
-                    for other in group:
-                        if not other.done:
-                            other.error, other.done = exc, True
-                    raise
+                self._store_next()
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value] - set with done, unless error is
+
+    def submit_async(self, item: Item) -> asyncio.Future[Result]:
+        """``submit`` for a coroutine on an event loop: the item is stored by this object's committer
+        thread (started on first use), and the future is resolved on the caller's loop.
+
+        The event loop never blocks and no thread of a pool is taken per item: the
+        committer stores what every caller queued meanwhile as one group (with the
+        items of threads that ``submit`` at the same time), then resolves all of
+        their futures in one call into each loop.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        with self._async_lock:
+            self._async_queue.append((_Slot(item), loop, future))
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_forever, daemon=True,
+                                                   name="group-commit")
+                self._committer.start()
+            self._async_lock.notify()
+        return future
+
+    def _commit_forever(self) -> None:
+        while True:
+            with self._async_lock:
+                while not self._async_queue:
+                    self._async_lock.wait()
+                waiting, self._async_queue = self._async_queue, []
+            slots = [slot for slot, _, _ in waiting]
+            with self._queue_lock:
+                self._queue.extend(slots)
+            while not all(slot.done for slot in slots):  # lead until every one of them is stored
+                with self._leader, contextlib.suppress(BaseException):  # its callers have the error
+                    self._store_next()
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter[Item, Result]]] = {}
+            for slot, loop, future in waiting:
+                by_loop.setdefault(loop, []).append((future, slot))
+            for loop, done in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, done)
+
+    def _store_next(self) -> None:
+        """Store the next group from the queue (the caller leads: it holds ``_leader``)."""
+        with self._queue_lock:
+            group, self._queue = self._queue[:self._max_items], self._queue[self._max_items:]
+        try:
+            self._store(group)
+        except BaseException as exc:  # interrupted: no caller may wait for ever on an unstored item
+            for slot in group:
+                if not slot.done:
+                    slot.error, slot.done = exc, True
+            raise
 
     def _store(self, group: list[_Slot[Item, Result]]) -> None:
         try:
@@ -82,3 +136,17 @@ class GroupCommit(Generic[Item, Result]):
             return
         for slot, result in zip(group, results, strict=True):
             slot.result, slot.done = result, True
+
+
+_Waiter = tuple[asyncio.Future[Result], _Slot[Item, Result]]
+
+
+def _resolve(done: list[_Waiter[Item, Result]]) -> None:
+    """On the callers' loop: hand each waiting coroutine its result or its error."""
+    for future, slot in done:
+        if future.cancelled():
+            continue
+        if slot.error is not None:
+            future.set_exception(slot.error)
+        else:
+            future.set_result(slot.result)  # type: ignore[arg-type] - set with done, unless error is

@@ -72,11 +72,16 @@ def create_user_app(node: Node) -> FastAPI:
         if user.signatory_key_id is None:
             raise ServiceError("this signatory has no signing key on this node", code="auth.no_signing_key",
                                status=403)
-        try:
-            row = await asyncio.to_thread(_send, node, user, fields, uploads)
-        finally:
-            for f in uploads:
-                await f.close()
+        if not uploads:  # nothing to stream: no thread hop for this request (``Node.send_async``)
+            signatory = node.loaded_signatory(user.signatory_key_id) or await asyncio.to_thread(
+                node.signatory, user.signatory_key_id)
+            row = await node.send_async(await _compose(node, fields), signatory, actor=f"user:{user.id}")
+        else:
+            try:
+                row = await asyncio.to_thread(_send, node, user, fields, uploads)
+            finally:
+                for f in uploads:
+                    await f.close()
         request.app.state.wake_worker()
         return message_view(row)
 
@@ -191,11 +196,29 @@ def upload_refs(uploads: list[UploadFile]) -> list[AttachmentRef]:
             for i, u in enumerate(uploads)]
 
 
+def _references(fields: dict[str, Any]) -> tuple[Any, Any]:
+    """The message a document answers and the thread it names, as given (looked up by ``compose_for``)."""
+    return fields.get("in_reply_to"), fields.get("thread_id") or fields.get("request_id")
+
+
+async def _compose(node: Node, fields: dict[str, Any]) -> Document:
+    """``compose_for`` without attachments, on the event loop unless it must wait for a database server.
+
+    A new request looks nothing up; a reply reads the message it answers and its
+    thread: from SQLite on the loop (a local read, as the token check), from
+    PostgreSQL in a thread.
+    """
+    reply_to, thread_ref = _references(fields)
+    looks_up = isinstance(reply_to, str) or isinstance(thread_ref, str)
+    if looks_up and node.engine.dialect.name != "sqlite":
+        return await asyncio.to_thread(compose_for, node, fields, [])
+    return compose_for(node, fields, [])
+
+
 def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef]) -> Document:
     """Compose a document, finding the message it answers and the thread it belongs to."""
     answered = None
-    reply_to = fields.get("in_reply_to")
-    thread_ref = fields.get("thread_id") or fields.get("request_id")
+    reply_to, thread_ref = _references(fields)
     thread = None
     if isinstance(reply_to, str) or isinstance(thread_ref, str):  # else nothing to look up: no transaction
         with session_scope(node.engine, readonly=True) as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -111,6 +112,76 @@ def test_an_interrupted_group_never_leaves_a_caller_waiting() -> None:
     assert [type(r) for r in results] == [KeyboardInterrupt, KeyboardInterrupt]
 
 
+# --- submit_async: coroutines, stored by the committer thread ------------------------------------
+
+async def _submit_all_async(group: GroupCommit[Any, Any], items: list[Any]) -> list[Any]:
+    """Submit every item from one coroutine each while a group is being stored; results or exceptions."""
+    with group._leader:  # as if a group were being stored: the committer queues them behind it
+        futures = [group.submit_async(item) for item in items]
+        await asyncio.sleep(0.05)
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
+def test_coroutines_that_submit_together_are_stored_as_one_group_by_the_committer() -> None:
+    store = Recorder()
+    group = GroupCommit(store)
+    results = asyncio.run(_submit_all_async(group, ["a", "b", "c"]))
+    assert results == ["stored a", "stored b", "stored c"]
+    assert store.groups == [["a", "b", "c"]]
+    assert group._committer is not None and group._committer.name == "group-commit"
+
+
+def test_a_refused_coroutine_item_fails_only_its_own_future() -> None:
+    store = Recorder()
+    group = GroupCommit(store)
+    results = asyncio.run(_submit_all_async(group, ["a", "bad", "c"]))
+    assert results[0] == "stored a" and results[2] == "stored c"
+    assert isinstance(results[1], ValueError)
+    assert store.groups == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+
+
+def test_threads_and_coroutines_submitting_together_share_a_group() -> None:
+    store = Recorder()
+    group = GroupCommit(store)
+
+    async def both() -> tuple[list[Any], Any]:
+        with group._leader:
+            thread_result: list[Any] = []
+            thread = threading.Thread(target=lambda: thread_result.append(group.submit("from a thread")))
+            thread.start()
+            while len(group._queue) < 1:
+                await asyncio.sleep(0.005)
+            future = group.submit_async("from a coroutine")
+            await asyncio.sleep(0.05)
+        result = await future
+        thread.join(10)
+        return thread_result, result
+
+    thread_result, result = asyncio.run(both())
+    assert thread_result == ["stored from a thread"] and result == "stored from a coroutine"
+    assert sorted(x for g in store.groups for x in g) == ["from a coroutine", "from a thread"]
+
+
+def test_the_committer_survives_an_interrupted_group_and_stores_the_next() -> None:
+    calls: list[list[str]] = []
+
+    def store(items: Sequence[str]) -> list[str]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # not an ordinary failure: no retry item by item
+        return [f"stored {x}" for x in items]
+
+    group = GroupCommit(store)
+
+    async def twice() -> tuple[Any, Any]:
+        first = await asyncio.gather(group.submit_async("a"), return_exceptions=True)
+        return first[0], await group.submit_async("b")
+
+    first, second = asyncio.run(twice())
+    assert isinstance(first, KeyboardInterrupt)  # its caller got the error instead of waiting for ever
+    assert second == "stored b"
+
+
 # --- Node.send ------------------------------------------------------------------------------------
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -159,3 +230,25 @@ def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_change
     assert stored == queued == {d.id for d in good}  # the refused one left nothing behind
     assert sorted(sealed) == sorted(d.id for d in good)
     assert events_after == events_before + 3 == log_size  # the log's tree holds every entry, none twice
+
+
+def test_send_async_stores_and_queues_like_send(kz: Node) -> None:
+    with session_scope(kz.engine, readonly=True) as s:
+        key_id = s.execute(select(User.signatory_key_id).where(
+            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+    signatory = kz.signatory(key_id)
+    now = datetime.now(UTC)
+    documents = [compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
+                         attachments=[], answered=None) for _ in range(4)]
+    kz.peers_changed()  # a stale peer entry is read again off the loop first
+
+    async def send_all() -> list[Message]:
+        sends = (kz.send_async(d, signatory, actor="user:test") for d in documents)
+        return list(await asyncio.gather(*sends))
+
+    sent = asyncio.run(send_all())
+    assert [m.id for m in sent] == [d.id for d in documents] and {m.status for m in sent} == {"queued"}
+    with session_scope(kz.engine, readonly=True) as s:
+        queued = set(s.execute(select(Outbox.message_id)).scalars())
+        sealed = set(s.execute(select(Event.object_id).where(Event.type == "message.sealed")).scalars())
+    assert queued == sealed == {d.id for d in documents}
