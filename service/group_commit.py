@@ -24,6 +24,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+#: A committer thread with nothing to store for this long ends (a node in a test, say, does not keep one).
+COMMITTER_IDLE_SECONDS = 10.0
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -96,8 +99,11 @@ class GroupCommit(Generic[Item, Result]):
     def _commit_forever(self) -> None:
         while True:
             with self._async_lock:
-                while not self._async_queue:
-                    self._async_lock.wait()
+                if not self._async_queue:
+                    self._async_lock.wait(COMMITTER_IDLE_SECONDS)
+                if not self._async_queue:  # idle: end (the next ``submit_async`` starts another)
+                    self._committer = None
+                    return
                 waiting, self._async_queue = self._async_queue, []
             slots = [slot for slot, _, _ in waiting]
             with self._queue_lock:

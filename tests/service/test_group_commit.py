@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from bench.bench_exchange import russian_document
 from protocol import LifecycleError
-from service import audit, demo
+from service import audit, demo, group_commit
 from service.compose import compose
 from service.db import session_scope
 from service.group_commit import GroupCommit
@@ -160,6 +160,21 @@ def test_threads_and_coroutines_submitting_together_share_a_group() -> None:
     thread_result, result = asyncio.run(both())
     assert thread_result == ["stored from a thread"] and result == "stored from a coroutine"
     assert sorted(x for g in store.groups for x in g) == ["from a coroutine", "from a thread"]
+
+
+def test_an_idle_committer_ends_and_the_next_item_starts_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_commit, "COMMITTER_IDLE_SECONDS", 0.05)
+    group = GroupCommit(Recorder())
+
+    async def one(item: str) -> Any:
+        return await group.submit_async(item)
+
+    assert asyncio.run(one("a")) == "stored a"
+    first = group._committer
+    assert first is not None
+    first.join(5)
+    assert not first.is_alive() and group._committer is None  # nothing left to store: it ended
+    assert asyncio.run(one("b")) == "stored b"
 
 
 def test_the_committer_survives_an_interrupted_group_and_stores_the_next() -> None:
