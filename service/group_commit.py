@@ -82,46 +82,65 @@ class GroupCommit(Generic[Item, Result]):
 
         The event loop never blocks and no thread of a pool is taken per item: the
         committer stores what every caller queued meanwhile as one group (with the
-        items of threads that ``submit`` at the same time), then resolves all of
-        their futures in one call into each loop.
+        items of threads that ``submit`` at the same time), then resolves that
+        group's futures in one call into each loop.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         with self._async_lock:
             self._async_queue.append((_Slot(item), loop, future))
             if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_forever, daemon=True,
-                                                   name="group-commit")
-                self._committer.start()
+                committer = threading.Thread(target=self._commit_forever, daemon=True, name="group-commit")
+                try:
+                    committer.start()
+                except BaseException:
+                    self._async_queue.pop()
+                    raise
+                self._committer = committer
             self._async_lock.notify()
         return future
 
     def _commit_forever(self) -> None:
-        while True:
-            with self._async_lock:
-                if not self._async_queue:
-                    self._async_lock.wait(COMMITTER_IDLE_SECONDS)
-                if not self._async_queue:  # idle: end (the next ``submit_async`` starts another)
-                    self._committer = None
-                    return
-                waiting, self._async_queue = self._async_queue, []
-            slots = [slot for slot, _, _ in waiting]
-            with self._queue_lock:
-                self._queue.extend(slots)
-            while not all(slot.done for slot in slots):  # lead until every one of them is stored
-                with self._leader, contextlib.suppress(BaseException):  # its callers have the error
-                    self._store_next()
+        try:
+            while True:
+                with self._async_lock:
+                    if not self._async_queue:
+                        self._async_lock.wait(COMMITTER_IDLE_SECONDS)
+                    if not self._async_queue:  # idle: end (the next ``submit_async`` starts another)
+                        return
+                    waiting, self._async_queue = self._async_queue, []
+                self._commit(waiting)
+        finally:
+            with self._async_lock:  # ended (idle, or by a bug): the next ``submit_async`` starts another
+                self._committer = None
+                if self._async_queue:
+                    self._async_lock.notify()  # pragma: no cover - only if this thread died with work queued
+
+    def _commit(self, waiting: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
+                                          asyncio.Future[Result]]]) -> None:
+        """Store what coroutines queued (leading as ``submit`` would); answer each group's callers as
+        soon as it is stored."""
+        with self._queue_lock:
+            self._queue.extend(slot for slot, _, _ in waiting)
+        while waiting:
+            with self._leader, contextlib.suppress(BaseException):  # its callers have the error
+                self._store_next()
+            done = [w for w in waiting if w[0].done]
+            waiting = [w for w in waiting if not w[0].done]
             by_loop: dict[asyncio.AbstractEventLoop, list[_Waiter[Item, Result]]] = {}
-            for slot, loop, future in waiting:
+            for slot, loop, future in done:
                 by_loop.setdefault(loop, []).append((future, slot))
-            for loop, done in by_loop.items():
+            for loop, answers in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                    loop.call_soon_threadsafe(_resolve, done)
+                    loop.call_soon_threadsafe(_resolve, answers)
 
     def _store_next(self) -> None:
-        """Store the next group from the queue (the caller leads: it holds ``_leader``)."""
+        """Store the next group from the queue (the caller leads: it holds ``_leader``); nothing if a
+        leader before it stored everything queued."""
         with self._queue_lock:
             group, self._queue = self._queue[:self._max_items], self._queue[self._max_items:]
+        if not group:
+            return
         try:
             self._store(group)
         except BaseException as exc:  # interrupted: no caller may wait for ever on an unstored item
@@ -150,9 +169,11 @@ _Waiter = tuple[asyncio.Future[Result], _Slot[Item, Result]]
 def _resolve(done: list[_Waiter[Item, Result]]) -> None:
     """On the callers' loop: hand each waiting coroutine its result or its error."""
     for future, slot in done:
-        if future.cancelled():
+        if future.cancelled():  # its request went away; the item is stored all the same
             continue
-        if slot.error is not None:
-            future.set_exception(slot.error)
-        else:
+        if slot.error is None:
             future.set_result(slot.result)  # type: ignore[arg-type] - set with done, unless error is
+        elif isinstance(slot.error, StopIteration):  # a future refuses it (TypeError): the others must go on
+            future.set_exception(RuntimeError(f"storing raised {slot.error!r}"))
+        else:
+            future.set_exception(slot.error)

@@ -213,10 +213,12 @@ class Node:
             raise ServiceError(f"{party} is not an active peer of this node", code="peer.unknown", status=404)
         return cached[3]
 
-    def _peer_is_fresh(self, party: str) -> bool:
-        """Whether ``peer(party)`` would answer from memory, without reading the database."""
+    def _fresh_peer(self, party: str) -> TrustedParty | None:
+        """``peer(party, active_only=False)`` if it can answer from memory (no database read), else None."""
         cached = self._peers.get(party)
-        return cached is not None and time.monotonic() - cached[0] <= PEER_CACHE_SECONDS
+        if cached is None or time.monotonic() - cached[0] > PEER_CACHE_SECONDS:
+            return None
+        return cached[3]
 
     def peers_changed(self, party: str | None = None) -> None:
         """Forget cached peer facts (after adding, updating, suspending or resuming a peer)."""
@@ -541,7 +543,10 @@ class Node:
         is sealed as it is stored, in a transaction of its own, so its size
         never bounds memory.
         """
-        sending = self._seal(document, signatory, attachments, actor)
+        # A suspended peer still gets its messages queued: they are held (never claimed) until an
+        # operator resumes it, exactly like those queued before the suspension.
+        recipient = self.peer(document.recipient_party, active_only=False)
+        sending = self._seal(document, signatory, attachments, actor, recipient)
         values = self._store_sends([sending])[0] if attachments else self._sends.submit(sending)
         return self._queued(values)
 
@@ -554,18 +559,16 @@ class Node:
         the loop serves other requests. Under load, a hop to a pool thread and
         back for every request cost more CPU than the send itself.
         """
-        if not self._peer_is_fresh(document.recipient_party):
-            await asyncio.to_thread(self.peer, document.recipient_party, active_only=False)
-        values = await self._sends.submit_async(self._seal(document, signatory, [], actor))
+        recipient = self._fresh_peer(document.recipient_party) or await asyncio.to_thread(
+            self.peer, document.recipient_party, active_only=False)  # (held if suspended, as in ``send``)
+        values = await self._sends.submit_async(self._seal(document, signatory, [], actor, recipient))
         return self._queued(values)
 
-    def _seal(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]],
-              actor: str) -> _Sending:
-        """Sign and seal (``send``); without attachments the envelope is sealed into memory here."""
+    def _seal(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]], actor: str,
+              recipient: TrustedParty) -> _Sending:
+        """Sign and seal (``send``) for ``recipient``; without attachments the envelope is sealed into
+        memory here. CPU only: no database."""
         now = self.clock()
-        # A suspended peer still gets its messages queued: they are held (never claimed) until an
-        # operator resumes it, exactly like those queued before the suspension.
-        recipient = self.peer(document.recipient_party, active_only=False)
         self.check_signatory(signatory, document.created_at)
         signed = protocol.sign_document(document, signatory.key)
         sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]

@@ -117,9 +117,17 @@ def test_an_interrupted_group_never_leaves_a_caller_waiting() -> None:
 async def _submit_all_async(group: GroupCommit[Any, Any], items: list[Any]) -> list[Any]:
     """Submit every item from one coroutine each while a group is being stored; results or exceptions."""
     with group._leader:  # as if a group were being stored: the committer queues them behind it
-        futures = [group.submit_async(item) for item in items]
-        await asyncio.sleep(0.05)
+        with group._async_lock:  # the committer takes them all at once
+            futures = [group.submit_async(item) for item in items]
+        await _until(lambda: len(group._queue) == len(items))
     return await asyncio.gather(*futures, return_exceptions=True)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
 
 
 def test_coroutines_that_submit_together_are_stored_as_one_group_by_the_committer() -> None:
@@ -149,28 +157,64 @@ def test_threads_and_coroutines_submitting_together_share_a_group() -> None:
             thread_result: list[Any] = []
             thread = threading.Thread(target=lambda: thread_result.append(group.submit("from a thread")))
             thread.start()
-            while len(group._queue) < 1:
-                await asyncio.sleep(0.005)
+            await _until(lambda: len(group._queue) == 1)
             future = group.submit_async("from a coroutine")
-            await asyncio.sleep(0.05)
+            await _until(lambda: len(group._queue) == 2)
         result = await future
         thread.join(10)
         return thread_result, result
 
     thread_result, result = asyncio.run(both())
     assert thread_result == ["stored from a thread"] and result == "stored from a coroutine"
-    assert sorted(x for g in store.groups for x in g) == ["from a coroutine", "from a thread"]
+    assert store.groups == [["from a thread", "from a coroutine"]]  # one group; whoever led, no empty one
+
+
+def test_each_group_is_answered_as_soon_as_it_is_stored() -> None:
+    release = threading.Event()
+
+    def store(items: Sequence[str]) -> list[str]:
+        if "b" in items:
+            assert release.wait(10)  # the second group takes its time
+        return [f"stored {x}" for x in items]
+
+    group = GroupCommit(store, max_items=1)
+
+    async def run() -> list[Any]:
+        with group._async_lock:
+            first, second = group.submit_async("a"), group.submit_async("b")
+        assert await asyncio.wait_for(first, 10) == "stored a"  # not held back until "b" is stored
+        assert not second.done()
+        release.set()
+        return [await second]
+
+    assert asyncio.run(run()) == ["stored b"]
+
+
+def test_a_stop_iteration_from_storing_fails_its_caller_and_not_the_others() -> None:
+    def store(items: Sequence[str]) -> list[str]:
+        if "odd" in items:
+            raise StopIteration  # an asyncio future refuses to carry it
+        return [f"stored {x}" for x in items]
+
+    group = GroupCommit(store)
+    results = asyncio.run(_submit_all_async(group, ["a", "odd", "c"]))
+    assert results[0] == "stored a" and results[2] == "stored c"
+    assert isinstance(results[1], RuntimeError) and "StopIteration" in str(results[1])
 
 
 def test_an_idle_committer_ends_and_the_next_item_starts_another(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(group_commit, "COMMITTER_IDLE_SECONDS", 0.05)
     group = GroupCommit(Recorder())
 
+    committers: list[threading.Thread | None] = []
+
     async def one(item: str) -> Any:
-        return await group.submit_async(item)
+        future = group.submit_async(item)
+        committers.append(group._committer)
+        return await future
 
     assert asyncio.run(one("a")) == "stored a"
-    first = group._committer
+    first = committers[0]
     assert first is not None
     first.join(5)
     assert not first.is_alive() and group._committer is None  # nothing left to store: it ended
