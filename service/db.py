@@ -132,6 +132,26 @@ def _sqlite_engine(database_url: str, *, echo: bool) -> Engine:
 
 
 _READER_ATTRIBUTE = "_prolink_read_only"  # where ``read_only`` keeps an engine's reader
+_LOOP_READER_ATTRIBUTE = "_prolink_loop_reader"  # where ``loop_reader`` keeps it
+
+
+def loop_reader(engine: Engine) -> Engine:
+    """For the few SQLite reads the event loop makes itself (the token check, a reply's lookups): the
+    same database through a pool of its own, deferred transactions like ``read_only``.
+
+    The loop never waits for a connection: it reads one thing at a time, with no
+    await inside, so one connection of this pool is always free; from the shared
+    pool it could wait while threads hold every connection (streams hold one
+    while the loop sends what they read), and the loop would stall them all.
+    Made once per engine and kept on it. SQLite only.
+    """
+    if engine.dialect.name != "sqlite":
+        raise ValueError("loop_reader is for SQLite: a database server is never read from the event loop")
+    reader: Engine | None = engine.__dict__.get(_LOOP_READER_ATTRIBUTE)
+    if reader is None:
+        reader = read_only(_sqlite_engine(engine.url.render_as_string(hide_password=False), echo=False))
+        engine.__dict__[_LOOP_READER_ATTRIBUTE] = reader
+    return reader
 
 
 def read_only(engine: Engine) -> Engine:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from starlette.datastructures import UploadFile
 
 from protocol import AttachmentRef, Document, document_to_json
@@ -26,7 +27,7 @@ from service.reading import can_see
 from service.case_models import Thread
 from service.auth import Principal, require_role
 from service.compose import attachment_ref, compose
-from service.db import session_scope
+from service.db import loop_reader, session_scope
 from service.errors import ServiceError, install_error_handlers
 from service.models import Message
 from service.node import Node, new_message_id
@@ -210,18 +211,22 @@ async def _compose(node: Node, fields: dict[str, Any]) -> Document:
     """
     reply_to, thread_ref = _references(fields)
     looks_up = isinstance(reply_to, str) or isinstance(thread_ref, str)
-    if looks_up and node.engine.dialect.name != "sqlite":
-        return await asyncio.to_thread(compose_for, node, fields, [])
-    return compose_for(node, fields, [])
+    if not looks_up:
+        return compose_for(node, fields, [])
+    if node.engine.dialect.name == "sqlite":
+        return compose_for(node, fields, [], reader=loop_reader(node.engine))
+    return await asyncio.to_thread(compose_for, node, fields, [])
 
 
-def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef]) -> Document:
-    """Compose a document, finding the message it answers and the thread it belongs to."""
+def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef], *,
+                reader: Engine | None = None) -> Document:
+    """Compose a document, finding the message it answers and the thread it belongs to (read through
+    ``reader`` if given, else the node's engine)."""
     answered = None
     reply_to, thread_ref = _references(fields)
     thread = None
     if isinstance(reply_to, str) or isinstance(thread_ref, str):  # else nothing to look up: no transaction
-        with session_scope(node.engine, readonly=True) as s:
+        with session_scope(reader or node.engine, readonly=True) as s:
             if isinstance(reply_to, str):
                 answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
                 if answered is None:

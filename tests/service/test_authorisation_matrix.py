@@ -86,3 +86,28 @@ def test_role_matrix(client, role: str, method: str, template: str, path: str, a
 def test_no_token_is_401_everywhere(client, method: str, template: str, path: str, allowed: set[str]) -> None:
     r = client[0].request(method, path, json={})
     assert r.status_code == 401 and r.json()["error"]["code"] == "auth.missing_token"
+
+
+def test_the_token_check_does_not_wait_for_a_connection_held_by_other_threads(tmp_path: Path) -> None:
+    """On SQLite the token is checked on the event loop, through a pool of the loop's own: with every
+    connection of the node's pool held elsewhere (streams hold one while the loop sends), it still answers
+    at once instead of stalling the loop until the pool's timeout."""
+    import time
+
+    party = setup_party(tmp_path, "KZ", "Генеральная прокуратура")
+    node = build_node(party.data_dir)
+    app = create_user_app(node)
+    app.state.wake_worker = lambda: None
+    pool = node.engine.pool
+    held = [node.engine.raw_connection() for _ in range(pool.size() + pool._max_overflow)]  # type: ignore[attr-defined]
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            started = time.monotonic()
+            r = c.post("/v1/messages", headers={"authorization": f"Bearer {party.tokens['reader']}"}, json={})
+            elapsed = time.monotonic() - started
+    finally:
+        for connection in held:
+            connection.close()
+        node.engine.dispose()
+    assert r.status_code == 403 and r.json()["error"]["code"] == "auth.wrong_role"  # the token was read
+    assert elapsed < 5
