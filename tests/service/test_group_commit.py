@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bench.bench_exchange import russian_document
-from protocol import LifecycleError
+from keys import Signatory
+from protocol import Document, LifecycleError
 from service import audit, demo, group_commit
 from service.compose import compose
 from service.db import session_scope
@@ -255,15 +256,22 @@ def kz(request: pytest.FixtureRequest, tmp_path: Path,
     node.engine.dispose()
 
 
-def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_changes_nothing(kz: Node) -> None:
+def _signatory(kz: Node) -> Signatory:
     with session_scope(kz.engine, readonly=True) as s:
         key_id = s.execute(select(User.signatory_key_id).where(
             User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    signatory = kz.signatory(key_id)
+    return kz.signatory(key_id)
+
+
+def _requests(count: int, now: datetime) -> list[Document]:
+    return [compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
+                    attachments=[], answered=None) for _ in range(count)]
+
+
+def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_changes_nothing(kz: Node) -> None:
+    signatory = _signatory(kz)
     now = datetime.now(UTC)
-    good = [compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
-                    attachments=[], answered=None)
-            for _ in range(3)]
+    good = _requests(3, now)
     unknown = str(uuid.uuid4())  # a result in a thread this node never heard of: the lifecycle refuses it
     refused = compose({"kind": "execution_result", "recipient_party": "BY", "thread_id": unknown,
                        "in_reply_to": unknown, "confidentiality": "confidential", "summary": "Исполнено."},
@@ -292,13 +300,8 @@ def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_change
 
 
 def test_send_async_stores_and_queues_like_send(kz: Node) -> None:
-    with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    signatory = kz.signatory(key_id)
-    now = datetime.now(UTC)
-    documents = [compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
-                         attachments=[], answered=None) for _ in range(4)]
+    signatory = _signatory(kz)
+    documents = _requests(4, datetime.now(UTC))
     kz.peers_changed()  # a stale peer entry is read again off the loop first
 
     async def send_all() -> list[Message]:

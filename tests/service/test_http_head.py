@@ -11,18 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytest
-import uvicorn
 
-from service.demo import free_port
 from service.http_head import HEAD_TOO_LARGE_CODE, HeadLimitedHttpToolsProtocol, head_limited
-from service.server import http_protocols, loop_factory
+from service.server import http_protocols
+from tests.service.http_server import serving
 
 pytestmark = pytest.mark.skipif(HeadLimitedHttpToolsProtocol is None, reason="httptools is not installed")
 
@@ -42,29 +38,8 @@ async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@contextmanager
-def _serving(protocol: type[asyncio.Protocol]) -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(_echo, host="127.0.0.1", port=port, http=protocol, lifespan="off",
-                            log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    server.capture_signals = nullcontext  # type: ignore[assignment,method-assign]
-
-    def run() -> None:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(server.serve())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def _serving(protocol: type[asyncio.Protocol]) -> Any:
+    return serving(_echo, protocol)
 
 
 def _user_protocol() -> type[asyncio.Protocol]:

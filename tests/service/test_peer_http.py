@@ -14,26 +14,22 @@ import hashlib
 import json
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keys import Identity, client_ssl_context, generate_identity, server_ssl_context
 from keys._files import ScryptParams
-from service.demo import free_port
 from service.http_head import HEAD_TOO_LARGE_CODE, HeadLimitedHttpToolsProtocol, head_limited
 from service.peer_api import PeerCertH11Protocol, PeerCertHttpToolsProtocol
 from service.server import http_protocols, loop_factory
+from tests.service.http_server import serving
 
 PROTOCOLS = [PeerCertH11Protocol] + ([PeerCertHttpToolsProtocol] if PeerCertHttpToolsProtocol else [])
 
@@ -67,30 +63,9 @@ async def _whoami(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@contextmanager
-def _serving(protocol: type[asyncio.Protocol], ctx: ssl.SSLContext) -> Iterator[int]:
+def _serving(protocol: type[asyncio.Protocol], ctx: ssl.SSLContext) -> Any:
     """The protocol class behind mutual TLS on 127.0.0.1, on the node's loop, in a thread; yields the port."""
-    port = free_port()
-    config = uvicorn.Config(_whoami, host="127.0.0.1", port=port, http=protocol, lifespan="off",
-                            log_level="warning", access_log=False, ssl_context_factory=lambda _c, _d: ctx)
-    server = uvicorn.Server(config)
-    server.capture_signals = nullcontext  # type: ignore[assignment,method-assign]
-
-    def run() -> None:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(server.serve())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serving(_whoami, protocol, ctx)
 
 
 def _ask(port: int, client: Identity, server: Identity) -> dict[str, Any] | None:
@@ -164,12 +139,12 @@ def test_a_stop_does_not_wait_for_a_peers_idle_kept_alive_connection(protocol: t
                                                                     by: Identity, kz: Identity) -> None:
     """A TLS close waits for the client's close_notify, which an idle pooled connection never sends: 30 s."""
     client = httpx.Client(verify=client_ssl_context(kz, by.tls_ca_pem), timeout=5)
-    serving = _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem]))
+    running = _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem]))
     try:
-        port = serving.__enter__()
+        port = running.__enter__()
         assert client.get(f"https://127.0.0.1:{port}/").status_code == 200  # the connection stays in the pool
         started = time.monotonic()
-        serving.__exit__(None, None, None)  # should_exit, then the server thread is joined (10 s at most)
+        running.__exit__(None, None, None)  # should_exit, then the server thread is joined (10 s at most)
         assert time.monotonic() - started < 5
     finally:
         client.close()
