@@ -94,9 +94,15 @@ def _postgresql_engine(engine: Engine) -> Engine:
     return engine
 
 
-def _sqlite_engine(database_url: str, *, echo: bool) -> Engine:
+def _sqlite_engine(database_url: str, *, echo: bool, create_file: bool = True) -> Engine:
+    """The SQLite engine; ``create_file``: make the database file first (owner-only) if it is missing.
+
+    Never with ``create_file`` once the process has the database open: closing any
+    descriptor of the file drops every POSIX lock the process holds on it, SQLite's
+    included, and another process may then check the WAL out from under it.
+    """
     database = make_url(database_url).database
-    if database and database != ":memory:" and not database.startswith("file:") \
+    if create_file and database and database != ":memory:" and not database.startswith("file:") \
             and os.path.isdir(os.path.dirname(os.path.abspath(database))):
         # The database holds case metadata: create it owner-only (SQLite gives its -wal and -shm files
         # the database file's permissions), whatever the process umask.
@@ -149,7 +155,9 @@ def loop_reader(engine: Engine) -> Engine:
         raise ValueError("loop_reader is for SQLite: a database server is never read from the event loop")
     reader: Engine | None = engine.__dict__.get(_LOOP_READER_ATTRIBUTE)
     if reader is None:
-        reader = read_only(_sqlite_engine(engine.url.render_as_string(hide_password=False), echo=False))
+        # The file exists and this process has it open: touching it would drop SQLite's locks (above).
+        reader = read_only(_sqlite_engine(engine.url.render_as_string(hide_password=False), echo=False,
+                                          create_file=False))
         engine.__dict__[_LOOP_READER_ATTRIBUTE] = reader
     return reader
 
