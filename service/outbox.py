@@ -73,6 +73,10 @@ _INSERT_OUTBOX = (
 )
 
 
+#: Peers whose rows are held (suspended): never claimed, and not "due" for the claim's first read either.
+_HELD_PEERS = select(col(Peer.party)).where(col(Peer.status) != "active")
+
+
 def _due(now: datetime) -> Any:
     return or_(
         and_(col(Outbox.state) == "queued", col(Outbox.next_attempt_at) <= now),
@@ -88,7 +92,7 @@ def _claim_statements() -> tuple[Any, Any, Any, Any, Any]:
         .join(Message, joined)
         .where(_due(bindparam("now")))
         # A suspended peer's messages are held: never claimed, so no attempt is spent on them.
-        .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
+        .where(col(Outbox.peer).not_in(_HELD_PEERS))
         # Peers the claiming worker is busy with (``claim_due``'s ``busy_peers``) are left for later.
         .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True)))
         .order_by(col(Outbox.next_attempt_at), col(Outbox.id))
@@ -174,10 +178,10 @@ def _deliverable(conn: Connection, now: datetime, limit: int, busy: list[str]) -
     return chosen[:limit], held
 
 
-# Whether a claim could take anything (read without the write lock): a suspended peer's held rows and a busy
-# peer's do not count, or every wake while a peer is suspended would take the write lock for nothing.
+# Whether a claim could take anything (read without the write lock): held rows and a busy peer's do not
+# count, or every wake while a peer is suspended would take the write lock for nothing.
 _ANY_DUE = (select(col(Outbox.id)).where(_due(bindparam("now")))
-            .where(col(Outbox.peer).not_in(select(col(Peer.party)).where(col(Peer.status) != "active")))
+            .where(col(Outbox.peer).not_in(_HELD_PEERS))
             .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True))).limit(1))
 
 
