@@ -194,31 +194,36 @@ class Node:
         ``peers_changed`` drops the cache at once after a change in this process,
         and other processes (replicas, the CLI) are seen within the TTL.
         """
-        now = time.monotonic()
-        cached = self._peers.get(party)
-        if cached is None or now - cached[0] > PEER_CACHE_SECONDS:
+        cached = self._cached_peer(party)
+        if cached is None:
+            stale = self._peers.get(party)
             with session_scope(self.engine, readonly=True) as s:
                 row = s.get(Peer, party)
                 if row is None:
                     self._peers.pop(party, None)
                     raise ServiceError(f"{party} is not a peer of this node", code="peer.unknown", status=404)
                 version, status, bundle, fp = row.bundle_version, row.status, row.bundle, row.fingerprint
-            if cached is not None and cached[1] == version:
-                trusted = cached[3]
+            if stale is not None and stale[1] == version:
+                trusted = stale[3]
             else:
                 trusted = protocol.verify_bundle(bundle, expected_fingerprint=fp)
-            cached = (now, version, status, trusted)
+            cached = (time.monotonic(), version, status, trusted)
             self._peers[party] = cached
         if active_only and cached[2] != "active":
             raise ServiceError(f"{party} is not an active peer of this node", code="peer.unknown", status=404)
         return cached[3]
 
-    def _fresh_peer(self, party: str) -> TrustedParty | None:
-        """``peer(party, active_only=False)`` if it can answer from memory (no database read), else None."""
+    def _cached_peer(self, party: str) -> tuple[float, int, str, TrustedParty] | None:
+        """``party``'s entry in the peer cache if it is fresh (``peer`` answers from it), else None."""
         cached = self._peers.get(party)
         if cached is None or time.monotonic() - cached[0] > PEER_CACHE_SECONDS:
             return None
-        return cached[3]
+        return cached
+
+    def _fresh_peer(self, party: str) -> TrustedParty | None:
+        """``peer(party, active_only=False)`` if it can answer from memory (no database read), else None."""
+        cached = self._cached_peer(party)
+        return cached[3] if cached is not None else None
 
     def peers_changed(self, party: str | None = None) -> None:
         """Forget cached peer facts (after adding, updating, suspending or resuming a peer)."""
