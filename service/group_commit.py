@@ -113,8 +113,6 @@ class GroupCommit(Generic[Item, Result]):
         finally:
             with self._async_lock:  # ended (idle, or by a bug): the next ``submit_async`` starts another
                 self._committer = None
-                if self._async_queue:
-                    self._async_lock.notify()  # pragma: no cover - only if this thread died with work queued
 
     def _commit(self, waiting: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
                                           asyncio.Future[Result]]]) -> None:
