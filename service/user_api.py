@@ -197,9 +197,11 @@ def upload_refs(uploads: list[UploadFile]) -> list[AttachmentRef]:
             for i, u in enumerate(uploads)]
 
 
-def _references(fields: dict[str, Any]) -> tuple[Any, Any]:
-    """The message a document answers and the thread it names, as given (looked up by ``compose_for``)."""
-    return fields.get("in_reply_to"), fields.get("thread_id") or fields.get("request_id")
+def _references(fields: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The message a document answers and the thread it names, if given (looked up by ``compose_for``)."""
+    reply_to, thread_ref = fields.get("in_reply_to"), fields.get("thread_id") or fields.get("request_id")
+    return (reply_to if isinstance(reply_to, str) else None,
+            thread_ref if isinstance(thread_ref, str) else None)
 
 
 async def _compose(node: Node, fields: dict[str, Any]) -> Document:
@@ -209,9 +211,7 @@ async def _compose(node: Node, fields: dict[str, Any]) -> Document:
     thread: from SQLite on the loop (a local read, as the token check), from
     PostgreSQL in a thread.
     """
-    reply_to, thread_ref = _references(fields)
-    looks_up = isinstance(reply_to, str) or isinstance(thread_ref, str)
-    if not looks_up:
+    if _references(fields) == (None, None):
         return compose_for(node, fields, [])
     if node.engine.dialect.name == "sqlite":
         return compose_for(node, fields, [], reader=loop_reader(node.engine))
@@ -225,14 +225,14 @@ def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef], *
     answered = None
     reply_to, thread_ref = _references(fields)
     thread = None
-    if isinstance(reply_to, str) or isinstance(thread_ref, str):  # else nothing to look up: no transaction
+    if reply_to is not None or thread_ref is not None:  # else nothing to look up: no transaction
         with session_scope(reader or node.engine, readonly=True) as s:
-            if isinstance(reply_to, str):
+            if reply_to is not None:
                 answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
                 if answered is None:
                     raise ServiceError(f"in_reply_to names no known message {reply_to}",
                                        code="message.not_found", status=422, field="in_reply_to")
-            thread = s.get(Thread, thread_ref) if isinstance(thread_ref, str) else None
+            thread = s.get(Thread, thread_ref) if thread_ref is not None else None
     if answered is None and thread is not None:
         fields = {"thread_id": thread.id, "recipient_party": thread.peer, **fields}
     return compose(fields, message_id=new_message_id(), sender_party=node.party, now=node.clock(),
