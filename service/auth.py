@@ -70,9 +70,10 @@ async def authenticate(request: Request) -> Principal:
     digest = hash_token(token.strip())
     # Read on every request (no cache), so a disabled user or a rotated token is refused at once.
     # SQLite: one indexed read of a local file, on the event loop. A hop to a worker thread and back costs
-    # more than the read, several times more while other requests hold the interpreter (measured: 0.6 ms
-    # less CPU per request under 8 concurrent clients). A WAL reader never waits for writers, and the
-    # loop's reads have a pool of their own (``loop_reader``), so the read does not stall the loop.
+    # more than the read, several times more while other requests hold the interpreter (measured with
+    # bench/bench_user_api.py: 0.5-0.8 ms less CPU per request under 8 concurrent clients). A WAL reader
+    # never waits for writers, and the loop's reads have a pool of their own (``loop_reader``), so the
+    # read does not stall the loop.
     # PostgreSQL: a round trip to the server, so never on the loop.
     engine = request.app.state.node.engine
     if engine.dialect.name == "sqlite":
