@@ -14,15 +14,17 @@ This module never reads configuration itself: callers pass the URL.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.sql.expression import Executable
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -160,6 +162,43 @@ def loop_reader(engine: Engine) -> Engine:
                                           create_file=False))
         engine.__dict__[_LOOP_READER_ATTRIBUTE] = reader
     return reader
+
+
+_LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
+_compiled_for_loop: dict[Any, tuple[str, tuple[str, ...]]] = {}  # statement -> (SQL, parameter names)
+
+
+def loop_fetchall(engine: Engine, statement: Executable, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """One SELECT read on the event loop, straight through the sqlite3 driver: its rows, as stored.
+
+    For the reads the loop makes on every request (the token check). Going through
+    SQLAlchemy's ``Connection`` (pool check-out, events, result objects) costs
+    several times the read itself; here each thread keeps one connection of the
+    ``loop_reader`` pool for good and runs the statement, compiled once, in
+    autocommit mode: a snapshot of its own that ends when its rows are fetched,
+    so it never holds back a checkpoint. Values come as SQLite stores them, without
+    SQLAlchemy's type processing (a boolean is 0 or 1, a timestamp a string): for
+    statements whose columns need none. A driver error comes out as SQLAlchemy's
+    (``OperationalError``: the API answers 503) and the connection is dropped.
+    """
+    compiled = _compiled_for_loop.get(statement)
+    if compiled is None:
+        c = statement.compile(dialect=engine.dialect)
+        compiled = (c.string, tuple(c.positiontup or ()))
+        _compiled_for_loop[statement] = compiled
+    sql, names = compiled
+    reader = loop_reader(engine)
+    local: threading.local = reader.__dict__.setdefault(_LOOP_CONNECTIONS_ATTRIBUTE, threading.local())
+    held = getattr(local, "connection", None)
+    if held is None:
+        held = local.connection = reader.raw_connection()  # kept: one per thread, checked out for good
+    values = [params[name] for name in names]
+    try:
+        return held.dbapi_connection.execute(sql, values).fetchall()  # type: ignore[union-attr,no-any-return]
+    except sqlite3.Error as exc:
+        local.connection = None
+        held.invalidate()
+        raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
 
 
 def read_only(engine: Engine) -> Engine:

@@ -731,3 +731,54 @@ def test_a_connection_killed_moments_ago_fails_one_transaction_then_the_pool_rec
     assert lost.value.connection_invalidated  # the API answers it with 503 database.unavailable
     with session_scope(engine, readonly=True) as s:  # the pool was dropped: a fresh connection
         assert s.get(Peer, "BY") is not None
+
+
+def test_loop_fetchall_sees_each_commit_and_holds_no_snapshot_between_reads(sqlite_url: str) -> None:
+    from sqlalchemy import bindparam
+
+    from service.db import loop_fetchall
+
+    upgrade(sqlite_url)
+    eng = make_engine(sqlite_url)
+    try:
+        by_name = select(User.id, User.disabled).where(User.name == bindparam("name"))  # type: ignore[call-overload]
+        assert loop_fetchall(eng, by_name, {"name": "Clerk"}) == []
+        with session_scope(eng) as s:
+            s.add(User(name="Clerk", role="clerk", token_hash="h" * 64, disabled=False, created_at=T0))
+        rows = loop_fetchall(eng, by_name, {"name": "Clerk"})
+        assert len(rows) == 1 and rows[0][1] == 0  # as stored: SQLite keeps a boolean as 0 or 1
+        with session_scope(eng) as s:
+            s.execute(update(User).where(User.name == "Clerk").values(disabled=True))  # type: ignore[arg-type]
+        assert loop_fetchall(eng, by_name, {"name": "Clerk"})[0][1] == 1  # the next read sees the commit
+        # No read transaction is left open between reads: a full checkpoint can reset the WAL.
+        import sqlite3
+
+        other = sqlite3.connect(eng.url.database or "", isolation_level=None)
+        try:
+            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            other.close()
+        assert busy == 0
+    finally:
+        eng.dispose()
+
+
+def test_loop_fetchall_reports_a_driver_error_as_sqlalchemys_and_reconnects(sqlite_url: str) -> None:
+    from sqlalchemy import bindparam
+    from sqlalchemy.exc import OperationalError
+
+    from service.db import loop_fetchall
+
+    upgrade(sqlite_url)
+    eng = make_engine(sqlite_url)
+    try:
+        by_name = select(User.id).where(User.name == bindparam("name"))  # type: ignore[call-overload]
+        assert loop_fetchall(eng, by_name, {"name": "x"}) == []
+        missing = select(Meta.key).where(Meta.key == bindparam("key"))  # type: ignore[call-overload]
+        with eng.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE meta RENAME TO meta_gone")
+        with pytest.raises(OperationalError):  # the API's handler answers 503 database.unavailable
+            loop_fetchall(eng, missing, {"key": "k"})
+        assert loop_fetchall(eng, by_name, {"name": "x"}) == []  # a fresh connection serves the next read
+    finally:
+        eng.dispose()
