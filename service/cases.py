@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlmodel import Session
 
 from protocol import (
@@ -53,10 +53,32 @@ _INSERT_THREAD = insert(_thread)
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
 
+_TERMINATION_READ = "prolink_termination_received_on"  # session.info: (transaction, date) last read
+
+
 def termination_received_on(session: Session) -> date | None:
+    """When the first termination notice was received (Art. 14), as this transaction sees it.
+
+    Read once per transaction (or savepoint), not once per message of a batch: a
+    notice added to the session since drops what was read (``_notice_added``).
+    """
+    read = session.info.get(_TERMINATION_READ)
+    if read is not None and read[0] is _innermost(session):
+        return read[1]  # type: ignore[no-any-return]
     session.flush()  # a notice added in this transaction counts (no-op when nothing is pending)
     received: date | None = session.connection().execute(_FIRST_TERMINATION).scalar_one_or_none()
+    session.info[_TERMINATION_READ] = (_innermost(session), received)
     return received
+
+
+def _innermost(session: Session) -> object:
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+@event.listens_for(Session, "transient_to_pending")
+def _notice_added(session: Session, instance: object) -> None:
+    if isinstance(instance, TerminationNotice):
+        session.info.pop(_TERMINATION_READ, None)
 
 
 def agreement_state(session: Session, today: date) -> str:
