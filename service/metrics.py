@@ -10,6 +10,11 @@ The delivery latency histogram is observed in-process by the delivery worker
 as Prometheus counters may.
 
 Never: a label value taken from content; only Party codes, states and codes.
+
+FastAPI's own OpenTelemetry instrumentation is off in both APIs (``NO_TELEMETRY``):
+it would look for a configured exporter on every request, and an operator's
+``OTEL_*`` environment must not start sending request data (paths carry message
+ids) anywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +36,9 @@ from service.case_models import Original
 from service.db import session_scope
 from service.models import MESSAGE_STATUSES, OUTBOX_STATES, Event, Message, Outbox, Peer
 from service.node import Node
+
+#: ``FastAPI(telemetry=...)``, a ``TelemetryConfig``: none of FastAPI's native OpenTelemetry (see above).
+NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
 
 __all__ = ["CONTENT_TYPE_LATEST", "observe_delivery", "render"]
 

@@ -20,6 +20,7 @@ from keys import peer_party
 from protocol import BatchError, ProlinkError, decode_batch
 from service.errors import error_body, install_error_handlers, status_for
 from service.http_head import HeadLimitedHttpToolsProtocol
+from service.metrics import NO_TELEMETRY
 from service.node import PEER_CACHE_SECONDS, SPOOL_MEMORY, Node
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.prolink.envelope"
@@ -113,7 +114,8 @@ def party_of_certificate(node: Node, der: bytes | None,
 
 
 def create_peer_app(node: Node) -> FastAPI:
-    app = FastAPI(title="prolink peer API", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="prolink peer API", docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=NO_TELEMETRY)
     install_error_handlers(app)
     cert_parties: dict[bytes, tuple[float, str | None]] = {}
 

@@ -29,6 +29,7 @@ from service.auth import Principal, require_role
 from service.compose import attachment_ref, compose
 from service.db import loop_reader, session_scope
 from service.errors import ServiceError, install_error_handlers
+from service.metrics import NO_TELEMETRY
 from service.models import Message
 from service.node import Node, new_message_id
 
@@ -54,7 +55,7 @@ def message_view(row: Message, user: Principal | None = None) -> dict[str, Any]:
 
 
 def create_user_app(node: Node) -> FastAPI:
-    app = FastAPI(title="prolink user API")
+    app = FastAPI(title="prolink user API", telemetry=NO_TELEMETRY)
     app.state.node = node
     install_error_handlers(app)
     # The message routes are declared first: they carry the traffic, and the router tries routes in
