@@ -19,6 +19,7 @@ the root key and rewrites ``bundle.json``. Time is always an argument.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,7 +223,7 @@ class Identity:
         self.tls_key_path: Path = self._kd / state["tls"]["key"]
         self._passphrase = passphrase
         self._root: SigningKey | None = None
-        self._trusted_self: tuple[bytes, TrustedParty] | None = None
+        self._trusted_self: tuple[tuple[int, int, int, int], TrustedParty] | None = None
 
     def __repr__(self) -> str:
         return (f"Identity(party={self.party!r}, data_dir={str(self.data_dir)!r}, "
@@ -255,14 +256,20 @@ class Identity:
     def trusted_self(self) -> TrustedParty:
         """Our own bundle verified against our own root: what a peer holds about us.
 
-        bundle.json is read every time (a revocation written by the CLI counts
-        at once), but verified again only when its bytes changed: verification
-        depends on nothing else, and every send asks.
+        bundle.json is looked at every time (a revocation written by the CLI counts
+        at once), but read and verified again only when the file changed: every
+        write replaces it (``atomic_write``), so its inode, change time or size
+        differ; verification depends on nothing else, and every send asks. A
+        stat costs a fraction of reading the file.
         """
-        data = self.bundle_bytes()
+        st = os.stat(self._kd / BUNDLE_FILE)
+        version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         cached = self._trusted_self
-        if cached is None or cached[0] != data:
-            cached = (data, verify_bundle(data, pinned_root=self.root_public))
+        if cached is None or cached[0] != version:
+            # Replaced between the stat and the read: we hold the newer bytes under the older version,
+            # and the next call reads them again.
+            data = self.bundle_bytes()
+            cached = (version, verify_bundle(data, pinned_root=self.root_public))
             self._trusted_self = cached
         return cached[1]
 

@@ -174,3 +174,19 @@ def test_backdated_revocation(kz: Identity, kz_dir: Path, now: datetime) -> None
     assert exc.value.code == "trust.key_revoked"
     with pytest.raises(ValueError):
         revoke_key(kz_dir, kz.node_keys.decryption[0].key_id, "future", now, revoked_at=now + SECOND)
+
+
+def test_art4_a_signatory_revoked_by_the_cli_is_refused_by_the_running_identity_at_once(
+        kz: Identity, kz_dir: Path, now: datetime) -> None:
+    """The running node's view of its own bundle (``trusted_self``, asked on every send) follows each write
+    of bundle.json, however soon after the last it comes."""
+    sig = add_signatory(kz_dir, "A. Prosecutor", "Prosecutor", date(2026, 1, 1), date(2026, 12, 31), now,
+                        scrypt=CHEAP)
+    at = now + timedelta(days=3)
+    before = kz.trusted_self()
+    assert kz.trusted_self() is before  # unchanged file: the verified bundle is reused
+    before.check_not_revoked(sig.key_id, at, what="signatory key")
+    revoke_key(kz_dir, sig.key_id, "left office", at)  # as `prolink keys revoke` does, beside the node
+    with pytest.raises(TrustError) as exc:
+        kz.trusted_self().check_not_revoked(sig.key_id, at, what="signatory key")
+    assert exc.value.code == "trust.key_revoked"
