@@ -41,7 +41,8 @@ class BackgroundLoop:
 
     def wake(self) -> None:
         """Run the next round now instead of after the interval."""
-        self._wake.set()
+        if not self._wake.is_set():  # under load most wakes find it set: spare the lock and the notify
+            self._wake.set()
 
     def run(self) -> None:
         while not self._stop.is_set():
