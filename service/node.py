@@ -29,7 +29,7 @@ import protocol
 from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing
 from service import audit, cases, outbox
-from service.blobs import read_blob, write_blob
+from service.blobs import read_blob, write_blob, write_small_blobs
 from service.db import session_scope
 from service.errors import ServiceError, status_for
 from service.group_commit import GroupCommit
@@ -587,32 +587,41 @@ class Node:
         return Message.model_construct(**values)  # as stored (validated by the insert; no session)
 
     def _store_sends(self, sends: Sequence[_Sending]) -> list[dict[str, Any]]:
-        """Store sealed messages, queued for delivery, in one transaction; the ``message`` row of each."""
+        """Store sealed messages, queued for delivery, in one transaction; the ``message`` row of each.
+
+        Each message's lifecycle step is checked and recorded in order (a later
+        one may follow from an earlier); then the rows of all of them are
+        written with one statement per table (blobs, chunks, messages, outbox
+        rows, audit events), not several per message.
+        """
         stored: list[dict[str, Any]] = []
         events: list[audit.NewEntry] = []
         with session_scope(self.engine) as s:
-            for send in sends:
+            effects = [cases.apply(s, self.party, send.document, send.at,
+                                   originals_due_days=self.settings.originals_due_days) for send in sends]
+            if all(isinstance(send.envelope, list) for send in sends):  # sealed into memory (no attachments)
+                blobs = write_small_blobs(s, [b"".join(send.envelope) for send in sends])
+            else:  # streamed as it is sealed
+                blobs = [write_blob(s, send.envelope) for send in sends]
+            for send, effect, blob in zip(sends, effects, blobs, strict=True):
                 document, signatory = send.document, send.signatory
-                effect = cases.apply(s, self.party, document, send.at,
-                                     originals_due_days=self.settings.originals_due_days)
-                blob = write_blob(s, send.envelope)
-                values = {"id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
-                          "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
-                          "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
-                          "created_at": send.at, "status": "queued", "receipt": None, "receipt_status": None,
-                          "receipt_verified": False, "delivered_at": None,
-                          "summary": {"signed_by_key": signatory.key.key_id,
-                                      "policy": {"confidentiality": document.confidentiality},
-                                      "signer": f"{signatory.person}, {signatory.position}",
-                                      "attachments": len(document.attachments)}}
-                s.connection().execute(_INSERT_MESSAGE, values)
-                outbox.enqueue(s, document.id, send.peer, send.at)
+                stored.append({
+                    "id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
+                    "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
+                    "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
+                    "created_at": send.at, "status": "queued", "receipt": None, "receipt_status": None,
+                    "receipt_verified": False, "delivered_at": None,
+                    "summary": {"signed_by_key": signatory.key.key_id,
+                                "policy": {"confidentiality": document.confidentiality},
+                                "signer": f"{signatory.person}, {signatory.position}",
+                                "attachments": len(document.attachments)}})
                 events.append(event_entry(
                     send.at, "message.sealed", "ok", actor=send.actor, party=send.peer, object_id=document.id,
                     envelope_sha256=blob.sha256, kind=document.kind, thread_id=effect.thread_id,
                     state_before=effect.state_before, state_after=effect.state_after,
                     signer_key=signatory.key.key_id))
-                stored.append(values)
+            s.connection().execute(_INSERT_MESSAGE, stored)
+            outbox.enqueue_many(s, [(row["id"], row["peer"], row["created_at"]) for row in stored])
             record_events(s, events)
         return stored
 

@@ -66,11 +66,20 @@ def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> int:
     return outbox_id
 
 
+def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]]) -> None:
+    """``enqueue`` for several stored messages at once, (message id, peer, now) each: one insert."""
+    if rows:
+        session.connection().execute(_INSERT_OUTBOX_ROWS, [
+            {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
+            for message_id, peer, now in rows])
+
+
 _INSERT_OUTBOX = (
     insert(Outbox)
     .values(direction="out", state="queued", attempts=0)
     .returning(col(Outbox.id))
 )
+_INSERT_OUTBOX_ROWS = insert(Outbox).values(direction="out", state="queued", attempts=0)
 
 
 #: Peers whose rows are held (suspended): never claimed, and not "due" for the claim's first read either.

@@ -38,10 +38,11 @@ from service.blobs import (
     read_blob,
     small_blobs,
     write_blob,
+    write_small_blobs,
 )
 from service.db import make_engine, session_scope
 from service.migrate import current_revisions, downgrade, head_revisions, is_up_to_date, upgrade
-from service.models import BLOB_CHUNK_SIZE, BlobChunk, Event, Message, Meta, Outbox, Peer, User
+from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk, Event, Message, Meta, Outbox, Peer, User
 from service.settings import Settings
 
 MiB = 1024 * 1024
@@ -315,6 +316,47 @@ def test_small_blobs_reads_several_whole_blobs_in_order_and_verifies_each(engine
             BlobChunk.blob_id == ids[1], BlobChunk.seq == 0))
     with pytest.raises(BlobCorrupt, match="missing"):
         small_blobs(engine, [ids[1]])
+
+
+def test_write_small_blobs_stores_each_as_write_blob_would_in_the_order_given(engine: Engine) -> None:
+    contents = [b"a" * 10, b"", b"b" * 25, b"c" * 8, bytes(range(256)) * 3]
+    with session_scope(engine) as s:
+        one_by_one = [write_blob(s, [c], chunk_size=8) for c in contents]
+        together = write_small_blobs(s, contents, chunk_size=8)
+        assert write_small_blobs(s, []) == []
+    assert [(b.sha256, b.size) for b in together] == [(b.sha256, b.size) for b in one_by_one]
+    assert len({b.id for b in together + one_by_one}) == 2 * len(contents)
+    for blob, content in zip(together, contents, strict=True):
+        assert blob_info(engine, blob.id) == blob
+        assert b"".join(read_blob(engine, blob.id)) == content  # verified against the stored hash
+    with session_scope(engine, readonly=True) as s:
+        counts = {b.id: s.get(Blob, b.id).chunk_count for b in together}  # type: ignore[union-attr]
+    assert [counts[b.id] for b in together] == [2, 0, 4, 1, 96]  # cut as write_blob cuts
+
+
+def test_write_small_blobs_rolls_back_with_its_transaction(engine: Engine) -> None:
+    with pytest.raises(RuntimeError), session_scope(engine) as s:
+        ids = [b.id for b in write_small_blobs(s, [b"x" * 10, b"y" * 20])]
+        raise RuntimeError("the caller's transaction fails")
+    for blob_id in ids:
+        with pytest.raises(BlobNotFound):
+            blob_info(engine, blob_id)
+
+
+def test_enqueue_many_queues_each_message_due_at_once(engine: Engine) -> None:
+    add_peer(engine)
+    ids = [add_outgoing(engine, f"m-{i}") for i in range(3)]  # each queued by enqueue, as a single send is
+    assert len(ids) == 3
+    with session_scope(engine) as s:
+        for i, blob in zip(range(3, 6), write_small_blobs(s, [b"a", b"b", b"c"]), strict=True):
+            s.add(Message(id=f"m-{i}", direction="out", peer="BY", kind="request", status="queued",
+                          envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id, created_at=T0,
+                          summary={}))
+        s.flush()
+        outbox.enqueue_many(s, [(f"m-{i}", "BY", T0) for i in range(3, 6)])
+        outbox.enqueue_many(s, [])
+    claimed = outbox.claim_due(engine, "w", T0, 10, 60.0).claims
+    assert sorted(c.message_id for c in claimed) == [f"m-{i}" for i in range(6)]
 
 
 def test_altered_or_missing_chunks_are_detected(engine: Engine) -> None:
