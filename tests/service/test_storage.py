@@ -350,8 +350,8 @@ def test_enqueue_many_queues_each_message_due_at_once(engine: Engine) -> None:
     with session_scope(engine) as s:
         for i, blob in zip(range(3, 6), write_small_blobs(s, [b"a", b"b", b"c"]), strict=True):
             s.add(Message(id=f"m-{i}", direction="out", peer="BY", kind="request", status="queued",
-                          envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id, created_at=T0,
-                          summary={}))
+                          envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id,
+                          created_at=T0, summary={}))
         s.flush()
         outbox.enqueue_many(s, [(f"m-{i}", "BY", T0) for i in range(3, 6)])
         outbox.enqueue_many(s, [])
@@ -783,14 +783,16 @@ def test_loop_fetchall_sees_each_commit_and_holds_no_snapshot_between_reads(sqli
     upgrade(sqlite_url)
     eng = make_engine(sqlite_url)
     try:
-        by_name = select(User.id, User.disabled).where(User.name == bindparam("name"))  # type: ignore[call-overload]
+        by_name = select(User.id, User.disabled).where(  # type: ignore[call-overload]
+            User.name == bindparam("name"))
         assert loop_fetchall(eng, by_name, {"name": "Clerk"}) == []
         with session_scope(eng) as s:
             s.add(User(name="Clerk", role="clerk", token_hash="h" * 64, disabled=False, created_at=T0))
         rows = loop_fetchall(eng, by_name, {"name": "Clerk"})
         assert len(rows) == 1 and rows[0][1] == 0  # as stored: SQLite keeps a boolean as 0 or 1
         with session_scope(eng) as s:
-            s.execute(update(User).where(User.name == "Clerk").values(disabled=True))  # type: ignore[arg-type]
+            s.execute(update(User).where(  # type: ignore[arg-type]
+                User.name == "Clerk").values(disabled=True))
         assert loop_fetchall(eng, by_name, {"name": "Clerk"})[0][1] == 1  # the next read sees the commit
         # No read transaction is left open between reads: a full checkpoint can reset the WAL.
         import sqlite3
