@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, BinaryIO, cast
@@ -357,22 +357,24 @@ class Node:
         accepted: list[tuple[int, _Checked]] = []
         with session_scope(self.engine) as s:
             events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
-            for index, item in checked:
-                try:
-                    with s.begin_nested() if savepoints else nullcontext():
-                        effect = self._store_delivery(s, item, now)
-                except IntegrityError:
-                    if not savepoints:
-                        raise
-                    raced.append((index, item))
-                except ProlinkError as exc:
-                    if not savepoints:
-                        raise
-                    answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
-                                                  item.sender, exc, events=events)
-                else:
+            if not savepoints:  # all or nothing: the rows of all of them with one statement per table
+                effects = self._store_deliveries(s, [item for _, item in checked], now)
+                for (index, item), effect in zip(checked, effects, strict=True):
                     events.extend(self._received_events(item, effect, now))
                     accepted.append((index, item))
+            else:  # each on its own
+                for index, item in checked:
+                    try:
+                        with s.begin_nested():
+                            effect = self._store_delivery(s, item, now)
+                    except IntegrityError:
+                        raced.append((index, item))
+                    except ProlinkError as exc:
+                        answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
+                                                      item.sender, exc, events=events)
+                    else:
+                        events.extend(self._received_events(item, effect, now))
+                        accepted.append((index, item))
             record_events(s, events)
         for index, item in accepted:  # committed: now their receipts may go out
             answers[index] = item.accepted()
@@ -441,15 +443,31 @@ class Node:
         Its audit events are recorded by the caller (``_received_events``), after
         the store succeeded: a batch appends all of them to the log at once.
         """
-        message, digest_hex = item.message, item.digest_hex
-        effect = cases.apply(s, self.party, message.document, now, originals_due_days=self.settings.originals_due_days)
-        blob = write_blob(s, file_chunks(item.src), max_size=self.settings.max_envelope_bytes)
-        if blob.sha256 != digest_hex:
-            raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
-        # Inside a savepoint (a batch): a duplicate id fails here, and only this envelope is rolled back.
-        s.connection().execute(_INSERT_MESSAGE, self._inbound_row(message, blob.id, item.framing.size, now,
-                                                                  item.receipt, effect))
-        return effect
+        return self._store_deliveries(s, [item], now)[0]
+
+    def _store_deliveries(self, s: Session, items: Sequence[_Checked], now: datetime) -> list[cases.Effect]:
+        """``_store_delivery`` for several envelopes, all or none (the first refused raises).
+
+        The lifecycle step of each is checked and recorded in order; then the rows
+        of all of them are written with one statement per table. Envelopes a
+        batch brought in memory are stored as they are; a spooled one is streamed.
+        A duplicate message id fails the message insert (inside a savepoint, only
+        that envelope's).
+        """
+        effects = [cases.apply(s, self.party, item.message.document, now,
+                               originals_due_days=self.settings.originals_due_days) for item in items]
+        limit = self.settings.max_envelope_bytes
+        if all(isinstance(item.src, io.BytesIO) and item.framing.size <= limit for item in items):
+            blobs = write_small_blobs(s, [item.src.getvalue() for item in items])  # type: ignore[union-attr]
+        else:
+            blobs = [write_blob(s, file_chunks(item.src), max_size=limit) for item in items]
+        rows = []
+        for item, effect, blob in zip(items, effects, blobs, strict=True):
+            if blob.sha256 != item.digest_hex:
+                raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
+            rows.append(self._inbound_row(item.message, blob.id, item.framing.size, now, item.receipt, effect))
+        s.connection().execute(_INSERT_MESSAGE, rows)
+        return effects
 
     def _received_events(self, item: _Checked, effect: cases.Effect, now: datetime) -> list[audit.NewEntry]:
         header, message = item.framing.header, item.message
