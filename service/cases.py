@@ -10,6 +10,7 @@ agreement asks for: originals owed by post (Art. 4), contact directories
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -44,11 +45,11 @@ class Effect:
 
 
 _thread = Thread.__table__  # type: ignore[attr-defined]
-# Built once: every message sent or received runs them (FOR UPDATE: replicas on PostgreSQL queue per thread).
-_THREAD_FOR_UPDATE = (
-    select(_thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
+# Built once: every message sent or received runs them.
+_THREADS_FOR_UPDATE = (
+    select(_thread.c.id, _thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
            _thread.c.case_number)
-    .where(_thread.c.id == bindparam("id")).with_for_update())
+    .where(_thread.c.id.in_(bindparam("ids", expanding=True))).with_for_update())
 _INSERT_THREAD = insert(_thread)
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
@@ -93,43 +94,70 @@ def agreement_ends_on(session: Session) -> date | None:
 def apply(session: Session, me: str, doc: Document, now: datetime, *, originals_due_days: int) -> Effect:
     """Check ``doc`` (sent or received by Party ``me``) against its thread and record its effects.
 
-    Raises ``LifecycleError``. The thread row is read and written with Core
-    (every message does it; no ORM object is built for it).
+    Raises ``LifecycleError``. ``apply_many`` for one message.
     """
-    opens = doc.thread_id == doc.id
+    return apply_many(session, me, [(doc, now)], originals_due_days=originals_due_days)[0]
+
+
+def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetime]], *,
+               originals_due_days: int) -> list[Effect]:
+    """``apply`` for several messages (each with its time) in order, as if one after the other; all or none
+    (the first one out of step raises ``LifecycleError``; the caller's transaction rolls back).
+
+    The thread rows are read and written with Core, and for all the messages at
+    once: one read of every thread they name (locked: replicas on PostgreSQL
+    queue per thread), then one insert of the threads they open and one update
+    per thread they move on. A later message sees what an earlier one did to
+    its thread (a reply in the same batch as its request).
+    """
     conn = session.connection()
-    thread = conn.execute(_THREAD_FOR_UPDATE, {"id": doc.thread_id}).one_or_none()
-    if thread is None and not opens:
-        raise LifecycleError(f"no thread {doc.thread_id} is known here", code="lifecycle.unknown_thread")
-    if thread is not None and opens:
-        raise LifecycleError(f"thread {doc.thread_id} already exists", code="lifecycle.thread_exists")
-    requesting = thread.requesting_party if thread is not None else (
-        doc.sender_party if doc.kind == "request" else doc.recipient_party)
-    peer_of_thread = doc.recipient_party if doc.sender_party == me else doc.sender_party
-    if thread is not None and {me, thread.peer} != {doc.sender_party, doc.recipient_party}:
-        raise LifecycleError("the message's Parties are not the thread's", code="lifecycle.wrong_parties")
-    role = REQUESTING if doc.sender_party == requesting else REQUESTED
-    before = thread.state if thread is not None else None
-    after = next_state(before, doc.kind, role, agreement_state(session, now.date()),
-                       refusal_scope=getattr(doc, "scope", None))
-    if thread is None:
-        purpose_code, case_number = doc.purpose_code, doc.case_number
-        conn.execute(_INSERT_THREAD, {
-            "id": doc.id, "kind": doc.kind, "requesting_party": requesting, "peer": peer_of_thread,
-            "state": after, "urgent": bool(getattr(doc, "urgent", False)),
-            "direction": getattr(doc, "direction", None), "form": getattr(doc, "form", None),
-            "confidentiality": doc.confidentiality, "due_on": getattr(doc, "expected_execution_date", None),
-            "purpose_code": purpose_code, "case_number": case_number, "opened_at": now, "updated_at": now,
-            "last_message_id": doc.id})
-    else:
-        purpose_code, case_number = thread.purpose_code, thread.case_number
-        changes: dict[str, Any] = {"state": after, "updated_at": now, "last_message_id": doc.id}
-        new_date = getattr(doc, "new_expected_date", None)
-        if doc.kind == "delay_notice" and new_date is not None:
-            changes["due_on"] = new_date
-        conn.execute(update(_thread).where(_thread.c.id == doc.thread_id).values(changes))
-    _KIND_EFFECTS.get(doc.kind, _nothing)(session, doc, now, originals_due_days)
-    return Effect(doc.thread_id, before, after, role, purpose_code, case_number)
+    threads: dict[str, dict[str, Any]] = {
+        row.id: dict(row._mapping)
+        for row in conn.execute(_THREADS_FOR_UPDATE, {"ids": sorted({doc.thread_id for doc, _ in docs})})}
+    opened: dict[str, dict[str, Any]] = {}  # the rows to insert, by thread id
+    moved: dict[str, dict[str, Any]] = {}  # the changes to write to threads that were there, by thread id
+    effects: list[Effect] = []
+    for doc, now in docs:
+        opens = doc.thread_id == doc.id
+        thread = threads.get(doc.thread_id)
+        if thread is None and not opens:
+            raise LifecycleError(f"no thread {doc.thread_id} is known here", code="lifecycle.unknown_thread")
+        if thread is not None and opens:
+            raise LifecycleError(f"thread {doc.thread_id} already exists", code="lifecycle.thread_exists")
+        requesting = thread["requesting_party"] if thread is not None else (
+            doc.sender_party if doc.kind == "request" else doc.recipient_party)
+        peer_of_thread = doc.recipient_party if doc.sender_party == me else doc.sender_party
+        if thread is not None and {me, thread["peer"]} != {doc.sender_party, doc.recipient_party}:
+            raise LifecycleError("the message's Parties are not the thread's", code="lifecycle.wrong_parties")
+        role = REQUESTING if doc.sender_party == requesting else REQUESTED
+        before = thread["state"] if thread is not None else None
+        after = next_state(before, doc.kind, role, agreement_state(session, now.date()),
+                           refusal_scope=getattr(doc, "scope", None))
+        if thread is None:
+            thread = threads[doc.id] = opened[doc.id] = {
+                "id": doc.id, "kind": doc.kind, "requesting_party": requesting, "peer": peer_of_thread,
+                "state": after, "urgent": bool(getattr(doc, "urgent", False)),
+                "direction": getattr(doc, "direction", None), "form": getattr(doc, "form", None),
+                "confidentiality": doc.confidentiality,
+                "due_on": getattr(doc, "expected_execution_date", None),
+                "purpose_code": doc.purpose_code, "case_number": doc.case_number, "opened_at": now,
+                "updated_at": now, "last_message_id": doc.id}
+        else:
+            changes: dict[str, Any] = {"state": after, "updated_at": now, "last_message_id": doc.id}
+            new_date = getattr(doc, "new_expected_date", None)
+            if doc.kind == "delay_notice" and new_date is not None:
+                changes["due_on"] = new_date
+            thread.update(changes)  # an opened thread's row is inserted with them
+            if doc.thread_id not in opened:
+                moved.setdefault(doc.thread_id, {}).update(changes)
+        _KIND_EFFECTS.get(doc.kind, _nothing)(session, doc, now, originals_due_days)
+        effects.append(Effect(doc.thread_id, before, after, role, thread["purpose_code"],
+                              thread["case_number"]))
+    if opened:
+        conn.execute(_INSERT_THREAD, list(opened.values()))
+    for thread_id, changes in moved.items():
+        conn.execute(update(_thread).where(_thread.c.id == thread_id).values(changes))
+    return effects
 
 
 def item_policy(doc: Document, effect: Effect) -> dict[str, Any]:

@@ -454,8 +454,8 @@ class Node:
         A duplicate message id fails the message insert (inside a savepoint, only
         that envelope's).
         """
-        effects = [cases.apply(s, self.party, item.message.document, now,
-                               originals_due_days=self.settings.originals_due_days) for item in items]
+        effects = cases.apply_many(s, self.party, [(item.message.document, now) for item in items],
+                                   originals_due_days=self.settings.originals_due_days)
         limit = self.settings.max_envelope_bytes
         if all(isinstance(item.src, io.BytesIO) and item.framing.size <= limit for item in items):
             blobs = write_small_blobs(s, [item.src.getvalue() for item in items])  # type: ignore[union-attr]
@@ -615,8 +615,8 @@ class Node:
         stored: list[dict[str, Any]] = []
         events: list[audit.NewEntry] = []
         with session_scope(self.engine) as s:
-            effects = [cases.apply(s, self.party, send.document, send.at,
-                                   originals_due_days=self.settings.originals_due_days) for send in sends]
+            effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
+                                       originals_due_days=self.settings.originals_due_days)
             if all(isinstance(send.envelope, list) for send in sends):  # sealed into memory (no attachments)
                 blobs = write_small_blobs(s, [b"".join(send.envelope) for send in sends])
             else:  # streamed as it is sealed
