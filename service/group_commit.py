@@ -62,6 +62,7 @@ class GroupCommit(Generic[Item, Result]):
         self._async_queue: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
                                       asyncio.Future[Result]]] = []
         self._committer: threading.Thread | None = None
+        self._wakes_due: set[asyncio.AbstractEventLoop] = set()  # loops that will wake the committer
 
     def submit(self, item: Item) -> Result:
         slot: _Slot[Item, Result] = _Slot(item)
@@ -97,8 +98,18 @@ class GroupCommit(Generic[Item, Result]):
                     self._async_queue.pop()
                     raise
                 self._committer = committer
-            self._async_lock.notify()
+            wake = loop not in self._wakes_due
+            self._wakes_due.add(loop)
+        if wake:
+            # The committer is told once the loop has run what is ready now: the other requests of this turn
+            # queue their items first and join the same group, instead of each waking it for a group alone.
+            loop.call_soon(self._wake_committer, loop)
         return future
+
+    def _wake_committer(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._async_lock:
+            self._wakes_due.discard(loop)
+            self._async_lock.notify()
 
     def _commit_forever(self) -> None:
         try:
