@@ -164,7 +164,9 @@ def _letter_counts(text: str) -> tuple[int, int, int]:
 
 
 def _russian_share(cyrillic: int, other: int) -> bool:
-    return cyrillic > 0 and cyrillic >= MIN_CYRILLIC_SHARE * (cyrillic + other)
+    # In integers (Fraction arithmetic costs more than counting the letters did).
+    share = MIN_CYRILLIC_SHARE
+    return cyrillic > 0 and cyrillic * share.denominator >= share.numerator * (cyrillic + other)
 
 
 def is_russian(text: str) -> bool:

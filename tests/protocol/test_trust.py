@@ -7,9 +7,11 @@ import hashlib
 import json
 import re
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import (
     CLASSIC,
@@ -35,7 +37,8 @@ from protocol import (
     verify_bundle,
     verify_revocation,
 )
-from protocol._trust import BUNDLE_TYPE, sign_statement
+from protocol._errors import EncodingError
+from protocol._trust import BUNDLE_TYPE, format_time, parse_time, sign_statement
 from tests.protocol.conftest import (
     AUTH_FROM,
     AUTH_UNTIL,
@@ -459,3 +462,35 @@ def test_unknown_suite_is_refused() -> None:
 def test_b64_fields_in_bundle_are_strict(kz: Party) -> None:
     obj = json.loads(Signed.from_bytes(kz.bundle, what="t").payload)
     assert b64d(obj["root_key"]["public"], what="t") == kz.root.public.public
+
+
+# --- timestamps ----------------------------------------------------------------------------------
+
+_STAMP_PIECES = st.lists(st.sampled_from([*"0123456789-T:.Z ", "2026", "12", "31", "23", "59", "999999"]),
+                         max_size=14).map("".join)
+
+
+@given(st.one_of(_STAMP_PIECES, st.text(alphabet="0123456789-T:.Z", max_size=30),
+                 st.datetimes(timezones=st.just(UTC)).map(format_time)))
+def test_parse_time_takes_exactly_what_strptime_took(text: str) -> None:
+    """The hand-matched parser accepts what ``strptime("%Y-%m-%dT%H:%M:%S.%fZ")`` did (ASCII digits), and
+    gives the same instant."""
+    try:
+        expected: datetime | None = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    try:
+        got: datetime | None = parse_time(text, what="t")
+    except EncodingError as exc:
+        assert "t:" in exc.message
+        got = None
+    assert got == expected
+
+
+def test_parse_time_round_trips_format_time_and_refuses_other_forms() -> None:
+    t = datetime(2026, 11, 26, 4, 30, 5, 123456, tzinfo=UTC)
+    assert parse_time(format_time(t), what="t") == t
+    for bad in ("2026-11-26T04:30:05Z", "2026-11-26T04:30:05.123456+00:00", "2026-11-26 04:30:05.1Z",
+                "2026-02-30T04:30:05.1Z", "2026-11-26T24:00:00.0Z", "\u0662026-11-26T04:30:05.1Z", 5):
+        with pytest.raises(EncodingError):
+            parse_time(bad, what="t")
