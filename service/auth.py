@@ -17,11 +17,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import Row, bindparam, select
-from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy import bindparam, select
 
-from service.db import loop_fetchall, read_only, session_scope
+from service.db import loop_fetchall, loop_fetchall_async, session_scope
 from service.errors import ServiceError
 from service.models import USER_ROLES, User
 
@@ -74,26 +72,23 @@ async def authenticate(request: Request) -> Principal:
     # while other requests hold the interpreter, and so does SQLAlchemy's connection machinery (measured
     # with bench/bench_user_api.py under 8 concurrent clients: the hop 0.5-0.8 ms of CPU per request, the
     # machinery about 0.2 ms). A WAL reader never waits for writers, so the read does not stall the loop.
-    # PostgreSQL: a round trip to the server, so never on the loop.
+    # PostgreSQL: a round trip to the server, awaited on the loop over its own connection
+    # (``loop_fetchall_async``), so no thread hop either.
     engine = request.app.state.node.engine
+    params = {"token_hash": digest}
     if engine.dialect.name == "sqlite":
-        rows = loop_fetchall(engine, _USER_BY_TOKEN, {"token_hash": digest})
-        user: Sequence[Any] | None = rows[0] if rows else None
+        rows = loop_fetchall(engine, _USER_BY_TOKEN, params)
     else:
-        user = await run_in_threadpool(_user_by_token, engine, digest)
+        rows = await loop_fetchall_async(engine, _USER_BY_TOKEN, params)
+    user: Sequence[Any] | None = rows[0] if rows else None
     if user is None:
         raise ServiceError("unknown token", code="auth.bad_token", status=401)
     user_id, name, role, clearance, token_hash, disabled, signatory_key_id = user  # _USER_BY_TOKEN's columns
     if not hmac.compare_digest(token_hash, digest):
         raise ServiceError("unknown token", code="auth.bad_token", status=401)
-    if disabled:  # SQLite's driver gives 0 or 1
+    if disabled:  # SQLite gives 0 or 1, PostgreSQL a bool
         raise ServiceError("this user is disabled", code="auth.user_disabled", status=403)
     return Principal(user_id, name, role, clearance, signatory_key_id)
-
-
-def _user_by_token(engine: Engine, digest: str) -> Row[Any] | None:
-    with read_only(engine).connect() as conn:
-        return conn.execute(_USER_BY_TOKEN, {"token_hash": digest}).one_or_none()
 
 
 _user = User.__table__  # type: ignore[attr-defined]

@@ -13,18 +13,21 @@ This module never reads configuration itself: callers pass the URL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -165,10 +168,24 @@ def loop_reader(engine: Engine) -> Engine:
 
 
 _LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
-_compiled_for_loop: dict[Any, tuple[str, tuple[str, ...]]] = {}  # statement -> (SQL, parameter names)
+#: (statement, dialect) -> ``_compiled``'s answer.
+_compiled_for_loop: dict[tuple[Any, str], tuple[str, tuple[str, ...]]] = {}
 
 
-def loop_fetchall(engine: Engine, statement: Executable, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def _compiled(engine: Engine, statement: ClauseElement) -> tuple[str, tuple[str, ...]]:
+    """``statement``'s SQL for ``engine``'s driver and its parameter names (in order where positional), made
+    once."""
+    key = (statement, engine.dialect.name)
+    compiled = _compiled_for_loop.get(key)
+    if compiled is None:
+        c = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
+        compiled = (c.string, tuple(c.positiontup) if c.positiontup else tuple(c.bind_names.values()))
+        _compiled_for_loop[key] = compiled
+    return compiled
+
+
+def loop_fetchall(engine: Engine, statement: ClauseElement,
+                  params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """One SELECT read on the event loop, straight through the sqlite3 driver: its rows, as stored.
 
     For the reads the loop makes on every request (the token check). Going through
@@ -181,12 +198,7 @@ def loop_fetchall(engine: Engine, statement: Executable, params: Mapping[str, An
     statements whose columns need none. A driver error comes out as SQLAlchemy's
     (``OperationalError``: the API answers 503) and the connection is dropped.
     """
-    compiled = _compiled_for_loop.get(statement)
-    if compiled is None:
-        c = statement.compile(dialect=engine.dialect)
-        compiled = (c.string, tuple(c.positiontup or ()))
-        _compiled_for_loop[statement] = compiled
-    sql, names = compiled
+    sql, names = _compiled(engine, statement)
     reader = loop_reader(engine)
     local: threading.local = reader.__dict__.setdefault(_LOOP_CONNECTIONS_ATTRIBUTE, threading.local())
     held = getattr(local, "connection", None)
@@ -199,6 +211,51 @@ def loop_fetchall(engine: Engine, statement: Executable, params: Mapping[str, An
         local.connection = None
         held.invalidate()
         raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+
+
+_LOOP_PG_ATTRIBUTE = "_prolink_loop_pg"  # ``loop_fetchall_async``'s connections: event loop -> connection
+
+
+async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
+                              params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """PostgreSQL: ``loop_fetchall`` awaited on the event loop itself, with no hop to a worker thread.
+
+    Each event loop keeps one asynchronous psycopg connection (autocommit: each
+    statement its own snapshot) for the reads it makes on every request (the
+    token check). A hop to a worker thread and back, contending for the
+    interpreter, costs more than the round trip to the server. Concurrent reads
+    queue on the connection. Values come as psycopg gives them, without
+    SQLAlchemy's type processing. A driver error comes out as SQLAlchemy's
+    (``OperationalError``: the API answers 503) and the connection is dropped;
+    the next read connects again. ``close_loop_connections`` closes it.
+    """
+    import psycopg
+
+    sql, names = _compiled(engine, statement)
+    values = {name: params[name] for name in names}
+    connections: dict[Any, Any] = engine.__dict__.setdefault(_LOOP_PG_ATTRIBUTE, {})
+    loop = asyncio.get_running_loop()
+    conn = connections.get(loop)
+    try:
+        if conn is None or conn.closed:
+            libpq = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = connections[loop] = await psycopg.AsyncConnection.connect(libpq, autocommit=True,
+                                                                             connect_timeout=10)
+        cursor = await conn.execute(sql, values)
+        return [tuple(row) for row in await cursor.fetchall()]
+    except psycopg.Error as exc:
+        connections.pop(loop, None)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+        raise DBAPIError.instance(sql, values, exc, psycopg.Error) from exc
+
+
+async def close_loop_connections(engine: Engine) -> None:
+    """Close the connection ``loop_fetchall_async`` keeps for the running event loop, if any."""
+    conn = engine.__dict__.get(_LOOP_PG_ATTRIBUTE, {}).pop(asyncio.get_running_loop(), None)
+    if conn is not None:
+        await conn.close()
 
 
 def read_only(engine: Engine) -> Engine:

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from keys import load_identity, server_ssl_context
 from service.admin import key_sync
 from service.audit_heads import HeadPublisher
-from service.db import make_engine, session_scope
+from service.db import close_loop_connections, make_engine, session_scope
 from service.http_head import DEFAULT_MAX_HEAD_BYTES, HeadLimitedHttpToolsProtocol, head_limited
 from service.migrate import upgrade
 from service.models import Peer
@@ -125,6 +125,7 @@ async def serve(data_dir: Path) -> None:
         keys_sync.stop()
         heads.stop()
         worker.stop()
+        await close_loop_connections(node.engine)
         log.info("node_stopped", party=node.party)
 
 

@@ -826,3 +826,44 @@ def test_loop_fetchall_reports_a_driver_error_as_sqlalchemys_and_reconnects(sqli
         assert loop_fetchall(eng, by_name, {"name": "x"}) == []  # a fresh connection serves the next read
     finally:
         eng.dispose()
+
+
+@pytest.mark.postgres
+def test_loop_fetchall_async_reads_on_the_loop_reconnects_after_an_error_and_closes(
+        postgres_url: str) -> None:
+    import asyncio
+
+    import psycopg
+    from sqlalchemy import bindparam
+    from sqlalchemy.exc import OperationalError
+
+    from service.db import close_loop_connections, loop_fetchall_async
+
+    upgrade(postgres_url)
+    eng = make_engine(postgres_url)
+    by_name = select(User.id, User.disabled).where(  # type: ignore[call-overload]
+        User.name == bindparam("name"))
+
+    async def scenario() -> None:
+        assert await loop_fetchall_async(eng, by_name, {"name": "Clerk"}) == []
+        with session_scope(eng) as s:
+            s.add(User(name="Clerk", role="clerk", token_hash="h" * 64, disabled=False, created_at=T0))
+        rows = await loop_fetchall_async(eng, by_name, {"name": "Clerk"})
+        assert len(rows) == 1 and rows[0][1] is False  # psycopg gives a bool
+        # Concurrent reads share the loop's one connection, queued.
+        many = await asyncio.gather(*(loop_fetchall_async(eng, by_name, {"name": "Clerk"}) for _ in range(8)))
+        assert all(len(r) == 1 for r in many)
+        [conn] = eng.__dict__["_prolink_loop_pg"].values()
+        with psycopg.connect(eng.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                             autocommit=True) as admin:  # the server drops it (a restart, an idle timeout)
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        with pytest.raises(OperationalError):  # the API answers 503 database.unavailable
+            await loop_fetchall_async(eng, by_name, {"name": "Clerk"})
+        assert len(await loop_fetchall_async(eng, by_name, {"name": "Clerk"})) == 1  # connected again
+        await close_loop_connections(eng)
+        assert eng.__dict__["_prolink_loop_pg"] == {}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        eng.dispose()
