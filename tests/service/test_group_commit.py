@@ -140,22 +140,21 @@ def test_coroutines_that_submit_together_are_stored_as_one_group_by_the_committe
     assert group._committer is not None and group._committer.name == "group-commit"
 
 
-def test_coroutines_of_one_loop_turn_wake_the_committer_once_and_share_its_group() -> None:
+def test_coroutines_of_one_loop_turn_wake_the_committer_once_after_the_turn() -> None:
     store = Recorder()
     group = GroupCommit(store)
+    notified: list[int] = []
+    notify = group._async_lock.notify
+    group._async_lock.notify = lambda n=1: (notified.append(n), notify(n))[1]  # type: ignore[method-assign]
 
-    async def turns() -> list[Any]:
-        assert await group.submit_async("first") == "stored first"  # the committer now waits for work
-        await _until(lambda: group._committer is not None and not group._async_queue)
-        burst = []
-        for item in ("a", "b", "c"):  # one turn of the loop (no await), however long it takes
-            burst.append(group.submit_async(item))
-            time.sleep(0.05)  # a committer told at once would have taken what was queued by now
-        assert len(group._async_queue) == 3  # all still queued: the committer is told after the turn
-        return await asyncio.gather(*burst)
+    async def one_turn() -> list[Any]:
+        futures = [group.submit_async(item) for item in ("a", "b", "c")]  # one turn of the loop: no await
+        assert notified == []  # the committer is told once the loop has run what was ready
+        return await asyncio.gather(*futures)
 
-    assert asyncio.run(turns()) == ["stored a", "stored b", "stored c"]
-    assert store.groups == [["first"], ["a", "b", "c"]]
+    assert asyncio.run(one_turn()) == ["stored a", "stored b", "stored c"]
+    assert notified == [1]  # once for the turn, not once per item
+    assert [item for g in store.groups for item in g] == ["a", "b", "c"]
 
 
 def test_a_refused_coroutine_item_fails_only_its_own_future() -> None:
