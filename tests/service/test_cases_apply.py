@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,20 +15,9 @@ from protocol import Document, LifecycleError
 from service import cases
 from service.case_models import Thread
 from service.compose import compose
-from service.db import make_engine, session_scope
-from service.migrate import upgrade
+from service.db import session_scope
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    upgrade(database_url)
-    eng = make_engine(database_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def request(at: datetime = T0) -> Document:

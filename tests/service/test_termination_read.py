@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
-import pytest
 from sqlalchemy.engine import Engine
 
 from service.case_models import TerminationNotice
 from service.cases import agreement_state, termination_received_on
-from service.db import make_engine, session_scope
-from service.migrate import upgrade
+from service.db import session_scope
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    upgrade(database_url)
-    eng = make_engine(database_url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def notice(received_on: date) -> TerminationNotice:
