@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 from sqlmodel import Session, create_engine
@@ -195,8 +195,9 @@ def loop_fetchall(engine: Engine, statement: ClauseElement,
     autocommit mode: a snapshot of its own that ends when its rows are fetched,
     so it never holds back a checkpoint. Values come as SQLite stores them, without
     SQLAlchemy's type processing (a boolean is 0 or 1, a timestamp a string): for
-    statements whose columns need none. A driver error comes out as SQLAlchemy's
-    (``OperationalError``: the API answers 503) and the connection is dropped.
+    statements whose columns need none, and whose parameters are all named
+    ``bindparam``s. A driver error comes out as SQLAlchemy's (``OperationalError``:
+    the API answers 503) and the connection is dropped.
     """
     sql, names = _compiled(engine, statement)
     reader = loop_reader(engine)
@@ -213,7 +214,41 @@ def loop_fetchall(engine: Engine, statement: ClauseElement,
         raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
 
 
-_LOOP_PG_ATTRIBUTE = "_prolink_loop_pg"  # ``loop_fetchall_async``'s connections: event loop -> connection
+_LOOP_PG_ATTRIBUTE = "_prolink_loop_pg"  # ``loop_fetchall_async``'s readers: event loop -> ``_LoopReader``
+#: The longest a read on the loop's connection may take before it is given up (503) and the connection
+#: dropped: a connection a firewall silently cut would otherwise hold every token check until TCP gives up.
+LOOP_READ_TIMEOUT_SECONDS = 10.0
+
+
+class _LoopReader:
+    """One event loop's asynchronous psycopg connection (``loop_fetchall_async``): made by one coroutine
+    while the others wait for it, replaced when it fails."""
+
+    def __init__(self, libpq: str) -> None:
+        self.libpq = libpq
+        self.conn: Any = None
+        self.connecting = asyncio.Lock()
+
+    async def connection(self) -> Any:
+        import psycopg
+
+        async with self.connecting:
+            if self.conn is None or self.conn.closed:
+                # Keepalives: a connection cut without a word (NAT, firewall) is noticed in about a minute.
+                self.conn = await psycopg.AsyncConnection.connect(
+                    self.libpq, autocommit=True, connect_timeout=10, keepalives=1, keepalives_idle=30,
+                    keepalives_interval=10, keepalives_count=3)
+            return self.conn
+
+    async def drop(self, conn: Any) -> None:
+        """Forget ``conn`` (if it is still the one in use: another coroutine may have replaced it) and
+        close it."""
+        import psycopg
+
+        if self.conn is conn:
+            self.conn = None
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()
 
 
 async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
@@ -224,38 +259,51 @@ async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
     statement its own snapshot) for the reads it makes on every request (the
     token check). A hop to a worker thread and back, contending for the
     interpreter, costs more than the round trip to the server. Concurrent reads
-    queue on the connection. Values come as psycopg gives them, without
-    SQLAlchemy's type processing. A driver error comes out as SQLAlchemy's
-    (``OperationalError``: the API answers 503) and the connection is dropped;
-    the next read connects again. ``close_loop_connections`` closes it.
+    queue on the connection; while it is being made, they wait for it rather
+    than each making their own. A connection found dead (the server restarted,
+    an idle timeout) is replaced and the read tried once more on the new one;
+    otherwise a driver error, or a read over ``LOOP_READ_TIMEOUT_SECONDS``, comes
+    out as SQLAlchemy's ``OperationalError`` (the API answers 503). Values come
+    as psycopg gives them, without SQLAlchemy's type processing; parameters are
+    the statement's named ``bindparam``s. ``close_loop_connections`` closes it.
     """
     import psycopg
 
     sql, names = _compiled(engine, statement)
     values = {name: params[name] for name in names}
-    connections: dict[Any, Any] = engine.__dict__.setdefault(_LOOP_PG_ATTRIBUTE, {})
+    readers: dict[Any, _LoopReader] = engine.__dict__.setdefault(_LOOP_PG_ATTRIBUTE, {})
     loop = asyncio.get_running_loop()
-    conn = connections.get(loop)
-    try:
-        if conn is None or conn.closed:
-            libpq = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            conn = connections[loop] = await psycopg.AsyncConnection.connect(libpq, autocommit=True,
-                                                                             connect_timeout=10)
-        cursor = await conn.execute(sql, values)
-        return [tuple(row) for row in await cursor.fetchall()]
-    except psycopg.Error as exc:
-        connections.pop(loop, None)
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-        raise DBAPIError.instance(sql, values, exc, psycopg.Error) from exc
+    reader = readers.get(loop)
+    if reader is None:
+        reader = readers[loop] = _LoopReader(engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False))
+    for attempt in (1, 2):
+        conn = None
+        try:
+            conn = await reader.connection()
+            async with asyncio.timeout(LOOP_READ_TIMEOUT_SECONDS):
+                cursor = await conn.execute(sql, values)
+                rows = await cursor.fetchall()
+            return [tuple(row) for row in rows]
+        except TimeoutError as exc:
+            if conn is not None:
+                await reader.drop(conn)
+            raise OperationalError(sql, values, exc) from exc
+        except psycopg.Error as exc:
+            lost = conn is None or conn.broken or conn.closed
+            if conn is not None and lost:
+                await reader.drop(conn)
+            if attempt == 1 and conn is not None and lost:
+                continue  # the connection had gone (a restart, an idle timeout): once more, on a new one
+            raise DBAPIError.instance(sql, values, exc, psycopg.Error) from exc
+    raise AssertionError("unreachable")  # pragma: no cover - the second attempt returns or raises
 
 
 async def close_loop_connections(engine: Engine) -> None:
     """Close the connection ``loop_fetchall_async`` keeps for the running event loop, if any."""
-    conn = engine.__dict__.get(_LOOP_PG_ATTRIBUTE, {}).pop(asyncio.get_running_loop(), None)
-    if conn is not None:
-        await conn.close()
+    reader = engine.__dict__.get(_LOOP_PG_ATTRIBUTE, {}).pop(asyncio.get_running_loop(), None)
+    if reader is not None and reader.conn is not None:
+        await reader.drop(reader.conn)
 
 
 def read_only(engine: Engine) -> Engine:

@@ -819,41 +819,59 @@ def test_loop_fetchall_reports_a_driver_error_as_sqlalchemys_and_reconnects(sqli
 
 
 @pytest.mark.postgres
-def test_loop_fetchall_async_reads_on_the_loop_reconnects_after_an_error_and_closes(
-        postgres_url: str) -> None:
+def test_loop_fetchall_async_shares_one_connection_outlives_a_server_restart_and_closes(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     import psycopg
     from sqlalchemy import bindparam
     from sqlalchemy.exc import OperationalError
 
+    from service import db
     from service.db import close_loop_connections, loop_fetchall_async
 
     upgrade(postgres_url)
     eng = make_engine(postgres_url)
+    libpq = eng.url.set(drivername="postgresql").render_as_string(hide_password=False)
     by_name = select(User.id, User.disabled).where(  # type: ignore[call-overload]
         User.name == bindparam("name"))
 
-    async def scenario() -> None:
-        assert await loop_fetchall_async(eng, by_name, {"name": "Clerk"}) == []
+    def backends(admin: psycopg.Connection[Any]) -> set[int]:
+        mine = "datname = current_database() AND pid <> pg_backend_pid()"
+        return {pid for (pid,) in admin.execute(f"SELECT pid FROM pg_stat_activity WHERE {mine}")}
+
+    async def read() -> list[tuple[Any, ...]]:
+        return await loop_fetchall_async(eng, by_name, {"name": "Clerk"})
+
+    async def scenario(admin: psycopg.Connection[Any]) -> None:
+        before = backends(admin)
+        # Many requests at once before there is a connection: one is made, the others wait for it.
+        assert await asyncio.gather(*(read() for _ in range(30))) == [[]] * 30
+        [pid] = backends(admin) - before
         with session_scope(eng) as s:
             s.add(User(name="Clerk", role="clerk", token_hash="h" * 64, disabled=False, created_at=T0))
-        rows = await loop_fetchall_async(eng, by_name, {"name": "Clerk"})
+        rows = await read()
         assert len(rows) == 1 and rows[0][1] is False  # psycopg gives a bool
-        # Concurrent reads share the loop's one connection, queued.
-        many = await asyncio.gather(*(loop_fetchall_async(eng, by_name, {"name": "Clerk"}) for _ in range(8)))
-        assert all(len(r) == 1 for r in many)
-        [conn] = eng.__dict__["_prolink_loop_pg"].values()
-        with psycopg.connect(eng.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                             autocommit=True) as admin:  # the server drops it (a restart, an idle timeout)
-            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        with pytest.raises(OperationalError):  # the API answers 503 database.unavailable
-            await loop_fetchall_async(eng, by_name, {"name": "Clerk"})
-        assert len(await loop_fetchall_async(eng, by_name, {"name": "Clerk"})) == 1  # connected again
+        # The server drops it (a restart, an idle timeout): the reads in flight get a new connection.
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert [len(r) for r in await asyncio.gather(*(read() for _ in range(8)))] == [1] * 8
+        [reader] = eng.__dict__["_prolink_loop_pg"].values()
+        new_pid = reader.conn.info.backend_pid
+        assert new_pid != pid and new_pid in backends(admin) and pid not in backends(admin)
+        # A read that takes too long is given up (503) and its connection dropped; the next connects again.
+        monkeypatch.setattr(db, "LOOP_READ_TIMEOUT_SECONDS", 0.0)
+        with pytest.raises(OperationalError):
+            await read()
+        monkeypatch.setattr(db, "LOOP_READ_TIMEOUT_SECONDS", 10.0)
+        assert len(await read()) == 1
+        reader_pid = reader.conn.info.backend_pid
         await close_loop_connections(eng)
         assert eng.__dict__["_prolink_loop_pg"] == {}
+        await asyncio.sleep(0.2)  # the server ends the backend
+        assert reader_pid not in backends(admin)
 
     try:
-        asyncio.run(scenario())
+        with psycopg.connect(libpq, autocommit=True) as admin:
+            asyncio.run(scenario(admin))
     finally:
         eng.dispose()
