@@ -117,13 +117,17 @@ class GroupCommit(Generic[Item, Result]):
                 with self._async_lock:
                     if not self._async_queue:
                         self._async_lock.wait(COMMITTER_IDLE_SECONDS)
-                    if not self._async_queue:  # idle: end (the next ``submit_async`` starts another)
+                    if not self._async_queue:
+                        # Idle: end, saying so before the lock is let go, so that an item queued from now
+                        # on starts another committer instead of waiting for this one.
+                        self._committer = None
                         return
                     waiting, self._async_queue = self._async_queue, []
                 self._commit(waiting)
         finally:
-            with self._async_lock:  # ended (idle, or by a bug): the next ``submit_async`` starts another
-                self._committer = None
+            with self._async_lock:  # ended by a bug: the next ``submit_async`` starts another
+                if self._committer is threading.current_thread():
+                    self._committer = None
 
     def _commit(self, waiting: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
                                           asyncio.Future[Result]]]) -> None:
