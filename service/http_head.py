@@ -17,8 +17,16 @@ read (uvloop reads up to 256 KiB). The same holds for trailers after a chunked
 body. An answer still owed on the connection (pipelined requests) goes out
 before it closes.
 
+A head must also arrive in time: ``head_timeout_seconds`` after the connection
+was made, or after a kept-alive connection's next request began, a head still
+incomplete (or not begun) is answered ``408`` with ``request.head_timeout`` and
+the connection closed. Without it a client could hold a connection open for ever
+by sending nothing, or a byte of head now and then (uvicorn times out only the
+idle gap between requests), and so use up the node's connections.
+
 h11, the fallback where httptools is not installed, has its own bound
-(``h11_max_incomplete_event_size``, set to the same value) and answers 400.
+(``h11_max_incomplete_event_size``, set to the same value) and answers 400; it
+has no head timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +43,19 @@ log = structlog.get_logger("prolink.http")
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 
 HEAD_TOO_LARGE_CODE = "request.headers_too_large"
+
+#: The default time a request's head may take (``Settings.request_head_timeout_seconds``).
+DEFAULT_HEAD_TIMEOUT_SECONDS = 30.0
+
+HEAD_TIMEOUT_CODE = "request.head_timeout"
+
+
+def head_timeout_response(seconds: float) -> bytes:
+    """The whole HTTP answer to a head that did not arrive in ``seconds`` (the connection closes after it)."""
+    message = f"the request line and headers did not arrive within {seconds:g} s"
+    body = json.dumps({"error": {"code": HEAD_TIMEOUT_CODE, "message": message}}).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
 
 
 def _error_body(limit: int) -> bytes:
@@ -73,18 +94,27 @@ else:
         """uvicorn's httptools protocol, refusing a request whose head passes ``max_head_bytes`` (431)."""
 
         max_head_bytes = DEFAULT_MAX_HEAD_BYTES
+        head_timeout_seconds = DEFAULT_HEAD_TIMEOUT_SECONDS
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._progressed = False  # the parse got somewhere in the current read (``data_received``)
             self._stalled_bytes = 0  # read since it last did: a head or trailers still being sent
             self._head_size = 0  # the current request's target and headers, as parsed
             self._refused = False  # once refused, nothing more is read from the connection
+            self._head_timer: asyncio.TimerHandle | None = None  # runs while a head is awaited
             super().connection_made(transport)
+            self._start_head_timer()  # the first request's head (uvicorn times out no connection before it)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
 
         # Progress: a request began, its head ended, body arrived, or it ended. Header lines are not
         # progress: an endless head (or endless trailers after a chunked body) never makes any.
         def on_message_begin(self) -> None:
             self._progressed, self._head_size = True, 0
+            if self._head_timer is None:  # a later request on a kept-alive connection: its head is timed too
+                self._start_head_timer()
             super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
@@ -97,6 +127,7 @@ else:
 
         def on_headers_complete(self) -> None:
             self._progressed = True
+            self._stop_head_timer()
             if self._head_size <= self.max_head_bytes:
                 super().on_headers_complete()
                 return
@@ -142,13 +173,39 @@ else:
             else:  # an earlier request (pipelined) is still being answered: finish it, then close
                 cycle.keep_alive = False
 
+        def _start_head_timer(self) -> None:
+            self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            """No whole head in time: answer 408 and close, once an answer still owed has gone out."""
+            self._head_timer = None
+            if self._refused or self.transport.is_closing():
+                return
+            log.warning("request_head_timeout", seconds=self.head_timeout_seconds,
+                        client=self.client[0] if self.client else None)
+            self._refused = True
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                self.transport.write(head_timeout_response(self.head_timeout_seconds))
+                self.transport.close()
+            else:  # an earlier request (pipelined) is still being answered: finish it, then close
+                cycle.keep_alive = False
+
         def _log_refusal(self, size: int) -> None:
             log.warning("request_head_too_large", limit=self.max_head_bytes, size=size,
                         client=self.client[0] if self.client else None)
 
 
-def head_limited(protocol: type[asyncio.Protocol], max_head_bytes: int) -> type[asyncio.Protocol]:
-    """``protocol`` (a ``HeadLimitedHttpToolsProtocol``) bounded at ``max_head_bytes``, not the default."""
+def head_limited(protocol: type[asyncio.Protocol], max_head_bytes: int,
+                 head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS) -> type[asyncio.Protocol]:
+    """``protocol`` (a ``HeadLimitedHttpToolsProtocol``) bounded at ``max_head_bytes`` and timing heads out
+    after ``head_timeout_seconds``, not the defaults."""
     if HeadLimitedHttpToolsProtocol is None or not issubclass(protocol, HeadLimitedHttpToolsProtocol):
         raise TypeError(f"{protocol.__name__} does not bound request heads")
-    return type(protocol.__name__, (protocol,), {"max_head_bytes": max_head_bytes})
+    return type(protocol.__name__, (protocol,), {"max_head_bytes": max_head_bytes,
+                                                  "head_timeout_seconds": head_timeout_seconds})

@@ -28,7 +28,12 @@ from keys import load_identity, server_ssl_context
 from service.admin import key_sync
 from service.audit_heads import HeadPublisher
 from service.db import close_loop_connections, make_engine, session_scope
-from service.http_head import DEFAULT_MAX_HEAD_BYTES, HeadLimitedHttpToolsProtocol, head_limited
+from service.http_head import (
+    DEFAULT_HEAD_TIMEOUT_SECONDS,
+    DEFAULT_MAX_HEAD_BYTES,
+    HeadLimitedHttpToolsProtocol,
+    head_limited,
+)
 from service.migrate import upgrade
 from service.models import Peer
 from service.node import Node
@@ -49,16 +54,18 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> tuple[type[asyncio.Protocol],
-                                                                            type[asyncio.Protocol]]:
+def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+                   head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
+                   ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
     """The peer API's protocol class (it captures the client certificate) and the user API's.
 
-    httptools if it is installed, with request heads bounded at ``max_head_bytes``
-    (``service.http_head``); else h11, bounded by its ``Config`` (``h11_max_incomplete_event_size``).
+    httptools if it is installed, with request heads bounded at ``max_head_bytes`` and timed out after
+    ``head_timeout_seconds`` (``service.http_head``); else h11, bounded by its ``Config``
+    (``h11_max_incomplete_event_size``).
     """
     if PeerCertHttpToolsProtocol is not None and HeadLimitedHttpToolsProtocol is not None:
-        return (head_limited(PeerCertHttpToolsProtocol, max_head_bytes),
-                head_limited(HeadLimitedHttpToolsProtocol, max_head_bytes))
+        return (head_limited(PeerCertHttpToolsProtocol, max_head_bytes, head_timeout_seconds),
+                head_limited(HeadLimitedHttpToolsProtocol, max_head_bytes, head_timeout_seconds))
     return PeerCertH11Protocol, H11Protocol
 
 
@@ -89,7 +96,8 @@ async def serve(data_dir: Path) -> None:
                                   allow_no_peer=True)
     keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
     keys_sync.attach_tls(peer_tls)
-    peer_http, user_http = http_protocols(settings.max_request_head_bytes)
+    peer_http, user_http = http_protocols(settings.max_request_head_bytes,
+                                          settings.request_head_timeout_seconds)
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,

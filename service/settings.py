@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "(431, request.headers_too_large; 400 from h11 where httptools is not installed) and its "
         "connection closed.",
     )
+    request_head_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600,
+        description="How long either listener waits for a request's line and headers, from the connection "
+        "(or, on a kept-alive connection, from the request's first byte); then 408, request.head_timeout, "
+        "and the connection closed. Not applied where httptools is not installed (h11).",
+    )
     clock_skew_seconds: int = Field(default=300, ge=0)
 
     delivery_max_age_seconds: int = Field(default=3 * 24 * 3600, gt=0)

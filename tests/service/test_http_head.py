@@ -16,7 +16,12 @@ from typing import Any
 
 import pytest
 
-from service.http_head import HEAD_TOO_LARGE_CODE, HeadLimitedHttpToolsProtocol, head_limited
+from service.http_head import (
+    HEAD_TIMEOUT_CODE,
+    HEAD_TOO_LARGE_CODE,
+    HeadLimitedHttpToolsProtocol,
+    head_limited,
+)
 from service.server import http_protocols
 from tests.service.http_server import serving
 
@@ -124,10 +129,11 @@ def test_the_bound_is_per_request_on_a_kept_alive_connection() -> None:
 
 
 def test_both_listeners_are_bounded_at_the_configured_size() -> None:
-    peer, user = http_protocols(LIMIT)
+    peer, user = http_protocols(LIMIT, 7.5)
     assert issubclass(user, HeadLimitedHttpToolsProtocol)
     assert issubclass(peer, HeadLimitedHttpToolsProtocol)
     assert peer.max_head_bytes == user.max_head_bytes == LIMIT
+    assert peer.head_timeout_seconds == user.head_timeout_seconds == 7.5
     with pytest.raises(TypeError):
         head_limited(asyncio.Protocol, LIMIT)
 
@@ -197,3 +203,52 @@ def test_a_head_sent_byte_by_byte_is_served() -> None:
             sock.sendall(bytes([byte]))
         status, body = _status_and_json(_read_answer(sock))
     assert status == 200 and body["headers"] == 3
+
+
+# --- heads must arrive in time (slow clients) ---------------------------------------------------------
+
+TIMEOUT = 0.5
+
+
+def _timed_protocol() -> type[asyncio.Protocol]:
+    return http_protocols(LIMIT, TIMEOUT)[1]
+
+
+def test_a_head_that_trickles_in_is_answered_408_and_the_connection_closed() -> None:
+    with _serving(_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        try:  # a header line now and then, never the end of the head
+            for i in range(8):
+                time.sleep(TIMEOUT / 4)
+                sock.sendall(b"x-slow-%d: a\r\n" % i)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_answer(sock)
+        elapsed = time.monotonic() - started
+    status, body = _status_and_json(answer)
+    assert status == 408 and body["error"]["code"] == HEAD_TIMEOUT_CODE
+    assert b"connection: close" in answer.lower()
+    assert TIMEOUT <= elapsed < TIMEOUT + 3
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout() -> None:
+    with _serving(_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        answer = _read_answer(sock)
+    assert _status_and_json(answer)[1]["error"]["code"] == HEAD_TIMEOUT_CODE
+
+
+def test_heads_in_time_are_served_and_each_request_of_a_kept_alive_connection_is_timed_anew() -> None:
+    with _serving(_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        for _ in range(3):  # slower than the timeout in all, but each head within it
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            time.sleep(TIMEOUT / 3)
+            sock.sendall(b"host: x\r\n\r\n")
+            answer = b""
+            while b"}" not in answer:
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            time.sleep(TIMEOUT / 2)  # idle between requests (uvicorn's keep-alive timeout is 5 s)
+        sock.sendall(b"GET / HTTP/1.1\r\n")  # then a head that never ends
+        assert _status_and_json(_read_answer(sock))[1]["error"]["code"] == HEAD_TIMEOUT_CODE
