@@ -163,10 +163,14 @@ else:
         def _refuse(self, size: int) -> None:
             """Stop reading a head (or trailers) past the bound, without cutting short an answer owed."""
             self._log_refusal(size)
+            self._stop_reading(head_too_large_response(self.max_head_bytes))
+
+        def _stop_reading(self, answer: bytes) -> None:
+            """Read nothing more; send ``answer`` and close, or finish an answer still owed first."""
             self._refused = True
             cycle = self.cycle
             if cycle is None or cycle.response_complete:  # nothing owed: answer this one, and close
-                self.transport.write(head_too_large_response(self.max_head_bytes))
+                self.transport.write(answer)
                 self.transport.close()
             elif cycle.more_body:  # the request being served never ends (endless trailers): drop it
                 self.transport.abort()
@@ -188,13 +192,7 @@ else:
                 return
             log.warning("request_head_timeout", seconds=self.head_timeout_seconds,
                         client=self.client[0] if self.client else None)
-            self._refused = True
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete:
-                self.transport.write(head_timeout_response(self.head_timeout_seconds))
-                self.transport.close()
-            else:  # an earlier request (pipelined) is still being answered: finish it, then close
-                cycle.keep_alive = False
+            self._stop_reading(head_timeout_response(self.head_timeout_seconds))
 
         def _log_refusal(self, size: int) -> None:
             log.warning("request_head_too_large", limit=self.max_head_bytes, size=size,
