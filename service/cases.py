@@ -1,6 +1,6 @@
 """What each message does to the node's records, the same on the sending and the receiving side.
 
-``apply`` runs inside the transaction that stores a message (sent or received),
+``apply_many`` runs inside the transaction that stores a message (sent or received),
 so a message and its effects commit or vanish together. It moves the thread by
 the protocol's one lifecycle table (Art. 4-6, 14) and keeps the records the
 agreement asks for: originals owed by post (Art. 4), contact directories
@@ -33,7 +33,7 @@ from service.models import Message
 
 @dataclass(frozen=True)
 class Effect:
-    """What ``apply`` did, for the audit record and the API answer."""
+    """What ``apply_many`` did for a message, for the audit record and the API answer."""
 
     thread_id: str
     state_before: str | None
@@ -91,18 +91,11 @@ def agreement_ends_on(session: Session) -> date | None:
     return None if received is None else received + timedelta(days=60)
 
 
-def apply(session: Session, me: str, doc: Document, now: datetime, *, originals_due_days: int) -> Effect:
-    """Check ``doc`` (sent or received by Party ``me``) against its thread and record its effects.
-
-    Raises ``LifecycleError``. ``apply_many`` for one message.
-    """
-    return apply_many(session, me, [(doc, now)], originals_due_days=originals_due_days)[0]
-
-
 def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetime]], *,
                originals_due_days: int) -> list[Effect]:
-    """``apply`` for several messages (each with its time) in order, as if one after the other; all or none
-    (the first one out of step raises ``LifecycleError``; the caller's transaction rolls back).
+    """Check each of ``docs`` (sent or received by Party ``me``, each with its time) against its thread and
+    record its effects, in order, as if one after the other; all or none (the first one out of step raises
+    ``LifecycleError``; the caller's transaction rolls back).
 
     The thread rows are read and written with Core, and for all the messages at
     once: one read of every thread they name (locked: replicas on PostgreSQL

@@ -51,35 +51,23 @@ class Claim:
     created_at: datetime | None = None  # when the message was sealed (for the latency metric)
 
 
-def enqueue(session: Session, message_id: str, peer: str, now: datetime) -> int:
-    """Queue the outgoing message ``message_id`` for delivery to ``peer``, due at once; returns the outbox id.
-
-    The message is stored as ``queued`` by its caller (a message is created
-    queued). Flushes first, so a message added to ``session`` is stored before
-    its outbox row refers to it.
-    """
-    session.flush()
-    outbox_id: int = session.connection().execute(
-        _INSERT_OUTBOX,
-        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now},
-    ).scalar_one()
-    return outbox_id
-
-
 def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]]) -> None:
-    """``enqueue`` for several stored messages at once, (message id, peer, now) each: one insert."""
-    if rows:
-        session.connection().execute(_INSERT_OUTBOX_ROWS, [
-            {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
-            for message_id, peer, now in rows])
+    """Queue stored outgoing messages, (message id, peer, now) each, for delivery to that peer, due at once:
+    one insert for all of them.
+
+    The messages are stored as ``queued`` by the caller (a message is created
+    queued). Flushes first, so messages added to ``session`` are stored before
+    their outbox rows refer to them.
+    """
+    if not rows:
+        return
+    session.flush()
+    session.connection().execute(_INSERT_OUTBOX, [
+        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
+        for message_id, peer, now in rows])
 
 
-_INSERT_OUTBOX = (
-    insert(Outbox)
-    .values(direction="out", state="queued", attempts=0)
-    .returning(col(Outbox.id))
-)
-_INSERT_OUTBOX_ROWS = insert(Outbox).values(direction="out", state="queued", attempts=0)
+_INSERT_OUTBOX = insert(Outbox).values(direction="out", state="queued", attempts=0)
 
 
 #: Peers whose rows are held (suspended): never claimed, and not "due" for the claim's first read either.

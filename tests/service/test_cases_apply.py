@@ -62,7 +62,7 @@ def test_art5_a_request_and_its_replies_in_one_batch_end_as_applied_one_by_one(e
         s.execute(Thread.__table__.delete())  # type: ignore[attr-defined]
     for doc, at in sequence:
         with session_scope(engine) as s:
-            cases.apply(s, "BY", doc, at, originals_due_days=30)
+            cases.apply_many(s, "BY", [(doc, at)], originals_due_days=30)
     assert threads(engine) == batched
     by_id = {t["id"]: t for t in batched}
     assert by_id[first.id]["state"] == "delayed" and by_id[first.id]["last_message_id"] == delayed.id
