@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import bindparam, select
@@ -80,10 +80,9 @@ async def authenticate(request: Request) -> Principal:
         rows = loop_fetchall(engine, _USER_BY_TOKEN, params)
     else:
         rows = await loop_fetchall_async(engine, _USER_BY_TOKEN, params)
-    user: Sequence[Any] | None = rows[0] if rows else None
-    if user is None:
+    if not rows:
         raise ServiceError("unknown token", code="auth.bad_token", status=401)
-    user_id, name, role, clearance, token_hash, disabled, signatory_key_id = user  # _USER_BY_TOKEN's columns
+    user_id, name, role, clearance, token_hash, disabled, signatory_key_id = rows[0]  # _USER_BY_TOKEN's
     if not hmac.compare_digest(token_hash, digest):
         raise ServiceError("unknown token", code="auth.bad_token", status=401)
     if disabled:  # SQLite gives 0 or 1, PostgreSQL a bool

@@ -232,6 +232,9 @@ class _LoopReader:
     async def connection(self) -> Any:
         import psycopg
 
+        conn = self.conn
+        if conn is not None and not conn.closed:  # the usual case: no lock to take
+            return conn
         async with self.connecting:
             if self.conn is None or self.conn.closed:
                 # Keepalives: a connection cut without a word (NAT, firewall) is noticed in about a minute.
