@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -123,6 +124,16 @@ def write_blob(
     return BlobInfo(id=blob_id, sha256=sha256, size=size)
 
 
+def write_blobs(session: Session, contents: Sequence[bytes | Iterable[bytes]], *,
+                max_size: int | None = None) -> list[BlobInfo]:
+    """Store each of ``contents`` as a new blob: all together if every one is in memory (``bytes``) and
+    within ``max_size`` (``write_small_blobs``), else each alone, a stream read as it is stored
+    (``write_blob``, which raises ``BlobTooLarge`` past ``max_size``)."""
+    if all(isinstance(c, bytes) and (max_size is None or len(c) <= max_size) for c in contents):
+        return write_small_blobs(session, cast(Sequence[bytes], contents))
+    return [write_blob(session, [c] if isinstance(c, bytes) else c, max_size=max_size) for c in contents]
+
+
 def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
                       chunk_size: int = BLOB_CHUNK_SIZE) -> list[BlobInfo]:
     """Store several envelopes already in memory as new blobs, in ``session``'s transaction: one insert of
@@ -137,7 +148,7 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
     conn = session.connection()
     infos = [(hashlib.sha256(data).hexdigest(), len(data)) for data in envelopes]
     rows = [{"sha256": sha256, "size": size, "chunk_count": -(-size // chunk_size)} for sha256, size in infos]
-    ids = [int(i) for i in conn.execute(_INSERT_BLOBS, rows).scalars()]  # in the order of ``rows``
+    ids = [int(i) for i in conn.execute(_INSERT_BLOBS, rows).scalars()]  # type: ignore[arg-type]  # in order
     if len(ids) != len(envelopes):  # pragma: no cover - the database assigns one id per row
         raise BlobError("the database assigned no id to some blobs")
     chunks = [{"blob_id": blob_id, "seq": seq, "data": data[start:start + chunk_size]}

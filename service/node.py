@@ -29,7 +29,7 @@ import protocol
 from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing
 from service import audit, cases, outbox
-from service.blobs import read_blob, write_blob, write_small_blobs
+from service.blobs import read_blob, write_blobs
 from service.db import session_scope
 from service.errors import ServiceError, status_for
 from service.group_commit import GroupCommit
@@ -97,7 +97,7 @@ class _Sending:
     document: Document
     signatory: Signatory
     peer: str
-    envelope: Iterable[bytes]  # the sealed envelope's bytes (sealed as they are read, with attachments)
+    envelope: bytes | Iterable[bytes]  # in memory; or, with attachments, sealed as it is read
     actor: str
     at: datetime
 
@@ -456,11 +456,9 @@ class Node:
         """
         effects = cases.apply_many(s, self.party, [(item.message.document, now) for item in items],
                                    originals_due_days=self.settings.originals_due_days)
-        limit = self.settings.max_envelope_bytes
-        if all(isinstance(item.src, io.BytesIO) and item.framing.size <= limit for item in items):
-            blobs = write_small_blobs(s, [item.src.getvalue() for item in items])  # type: ignore[union-attr]
-        else:
-            blobs = [write_blob(s, file_chunks(item.src), max_size=limit) for item in items]
+        contents = [item.src.getvalue() if isinstance(item.src, io.BytesIO) else file_chunks(item.src)
+                    for item in items]
+        blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes)
         rows = []
         for item, effect, blob in zip(items, effects, blobs, strict=True):
             if blob.sha256 != item.digest_hex:
@@ -597,7 +595,7 @@ class Node:
         sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]
         envelope = protocol.seal_stream(signed, signatory.authorisation, sources, self.identity.node_keys,
                                         recipient, now, document)
-        sealed = envelope if attachments else [b"".join(envelope)]
+        sealed = envelope if attachments else b"".join(envelope)
         return _Sending(document, signatory, recipient.party, sealed, actor, now)
 
     def _queued(self, values: dict[str, Any]) -> Message:
@@ -617,10 +615,7 @@ class Node:
         with session_scope(self.engine) as s:
             effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
                                        originals_due_days=self.settings.originals_due_days)
-            if all(isinstance(send.envelope, list) for send in sends):  # sealed into memory (no attachments)
-                blobs = write_small_blobs(s, [b"".join(send.envelope) for send in sends])
-            else:  # streamed as it is sealed
-                blobs = [write_blob(s, send.envelope) for send in sends]
+            blobs = write_blobs(s, [send.envelope for send in sends])
             for send, effect, blob in zip(sends, effects, blobs, strict=True):
                 document, signatory = send.document, send.signatory
                 stored.append({

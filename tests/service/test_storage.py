@@ -38,6 +38,7 @@ from service.blobs import (
     read_blob,
     small_blobs,
     write_blob,
+    write_blobs,
     write_small_blobs,
 )
 from service.db import make_engine, session_scope
@@ -323,6 +324,17 @@ def test_write_small_blobs_stores_each_as_write_blob_would_in_the_order_given(en
     with session_scope(engine, readonly=True) as s:
         counts = {b.id: s.get(Blob, b.id).chunk_count for b in together}  # type: ignore[union-attr]
     assert [counts[b.id] for b in together] == [2, 0, 4, 1, 96]  # cut as write_blob cuts
+
+
+def test_write_blobs_stores_bytes_together_and_streams_alone_within_the_size_limit(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        in_memory = write_blobs(s, [b"a" * 10, b"b" * 20], max_size=20)
+        mixed = write_blobs(s, [b"c" * 5, iter([b"d" * 7, b"e" * 8])], max_size=20)
+    assert [b"".join(read_blob(engine, b.id)) for b in in_memory + mixed] == [
+        b"a" * 10, b"b" * 20, b"c" * 5, b"d" * 7 + b"e" * 8]
+    for too_big in ([b"f" * 21], [iter([b"g" * 15, b"h" * 15])]):  # in memory or streamed: refused alike
+        with pytest.raises(BlobTooLarge), session_scope(engine) as s:
+            write_blobs(s, too_big, max_size=20)
 
 
 def test_write_small_blobs_rolls_back_with_its_transaction(engine: Engine) -> None:
