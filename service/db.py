@@ -201,7 +201,9 @@ def loop_fetchall(engine: Engine, statement: ClauseElement,
     """
     sql, names = _compiled(engine, statement)
     reader = loop_reader(engine)
-    local: threading.local = reader.__dict__.setdefault(_LOOP_CONNECTIONS_ATTRIBUTE, threading.local())
+    local: threading.local | None = reader.__dict__.get(_LOOP_CONNECTIONS_ATTRIBUTE)
+    if local is None:  # (not setdefault: that would build a new one on every read)
+        local = reader.__dict__.setdefault(_LOOP_CONNECTIONS_ATTRIBUTE, threading.local())
     held = getattr(local, "connection", None)
     if held is None:
         held = local.connection = reader.raw_connection()  # kept: one per thread, checked out for good
@@ -274,12 +276,13 @@ async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
 
     sql, names = _compiled(engine, statement)
     values = {name: params[name] for name in names}
-    readers: dict[Any, _LoopReader] = engine.__dict__.setdefault(_LOOP_PG_ATTRIBUTE, {})
     loop = asyncio.get_running_loop()
-    reader = readers.get(loop)
+    readers: dict[Any, _LoopReader] | None = engine.__dict__.get(_LOOP_PG_ATTRIBUTE)
+    reader = readers.get(loop) if readers is not None else None
     if reader is None:
-        reader = readers[loop] = _LoopReader(engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False))
+        readers = engine.__dict__.setdefault(_LOOP_PG_ATTRIBUTE, {})
+        libpq = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        reader = readers.setdefault(loop, _LoopReader(libpq))
     for attempt in (1, 2):
         conn = None
         try:
