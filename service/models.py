@@ -164,7 +164,7 @@ class Message(SQLModel, table=True):
         ForeignKeyConstraint(["peer"], ["peer.party"]),
         ForeignKeyConstraint(["blob_id"], ["blob.id"]),
         Index("ix_message_peer_direction_created_at", "peer", "direction", "created_at"),
-        Index("ix_message_direction_status", "direction", "status"),
+        # Not indexed by status: its updates stay on the page without new index entries (migration 0005).
     )
 
     id: str = Field(sa_column=Column(String(128), primary_key=True))

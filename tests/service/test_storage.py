@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,79 @@ def test_migrations_build_the_models_schema_from_scratch(database_url: str) -> N
         eng.dispose()
     upgrade(database_url)
     assert is_up_to_date(database_url)
+
+
+def test_no_index_but_the_key_starts_with_a_column_of_a_key_that_a_foreign_key_refers_to() -> None:
+    """PostgreSQL checks a foreign key with a plan made once per connection, often while the table is
+    small: an index led by part of the referred key can then win over the key's own, and every check
+    reads every row that shares that part (migration 0005)."""
+    tables = SQLModel.metadata.tables
+    trapped = []
+    for table in tables.values():
+        for fk in table.foreign_key_constraints:
+            referred = tables[fk.referred_table.name]
+            key = {element.column.name for element in fk.elements}
+            for index in referred.indexes:
+                lead = next(iter(index.columns)).name
+                if lead in key and {c.name for c in index.columns} != key:
+                    trapped.append(f"{referred.name}.{index.name} (for {table.name} {sorted(key)})")
+    assert trapped == []
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_the_outbox_foreign_key_check_reads_one_message_however_many_were_sent_postgres(
+        engine: Engine, database_url: str) -> None:
+    """Sends on one pooled connection from an empty table on (the check's plan is cached from the
+    first): each check reads the one message it refers to, not all outgoing ones."""
+    sends = 200
+    add_peer(engine)
+    for i in range(sends):
+        add_outgoing(engine, f"m-{i}")
+    engine.dispose()  # the server processes end and publish their statistics
+
+    reads = server_statistics(
+        database_url, "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes WHERE relname = 'message'",
+        lambda found: found.get("pk_message", 0) >= sends)
+    assert reads.get("pk_message", 0) >= sends, reads  # one check per outbox row, through the key
+    assert sum(reads.values()) <= 2 * sends, reads  # and nothing much besides (quadratic before 0005)
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_message_status_update_writes_no_index_entries_postgres(engine: Engine, database_url: str) -> None:
+    """Queued, in flight, delivered: the status and receipt change in place on the page (a HOT update)."""
+    add_peer(engine)
+    add_outgoing(engine, "m-1")
+    for status in ("in_flight", "delivered"):
+        with session_scope(engine) as s:
+            s.execute(update(Message).where(Message.id == "m-1").values(status=status, receipt=b"r" * 400))
+    engine.dispose()
+    counts = server_statistics(database_url, "SELECT unnest(ARRAY['updates', 'in place']), "
+                               "unnest(ARRAY[n_tup_upd, n_tup_hot_upd]) FROM pg_stat_user_tables "
+                               "WHERE relname = 'message'", lambda found: found.get("updates", 0) >= 2)
+    assert counts == {"updates": 2, "in place": 2}
+
+
+def server_statistics(database_url: str, query: str,
+                      complete: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+    """(name, count) rows of a PostgreSQL statistics ``query``, read again until ``complete`` (they are
+    published a moment after the server processes that gathered them end)."""
+    found: dict[str, int] = {}
+    checker = make_engine(database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with checker.connect() as conn:
+                found = {str(name): int(n) for name, n in conn.exec_driver_sql(query)}
+            if complete(found):
+                break
+            time.sleep(0.1)
+    finally:
+        checker.dispose()
+    return found
 
 
 def test_constraints_are_enforced(engine: Engine) -> None:
