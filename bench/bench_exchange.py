@@ -806,10 +806,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = True
         print("interrupted", flush=True)
     finally:
-        pg.drop_all()
         if args.keep:
-            print(f"kept {root}")
-        else:
+            print(f"kept {root}" + "".join(f", database {name}" for name in pg.names))
+            pg.names.clear()
+        pg.drop_all()
+        if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
     if "echo" in baseline:
