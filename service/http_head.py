@@ -24,9 +24,18 @@ the connection closed. Without it a client could hold a connection open for ever
 by sending nothing, or a byte of head now and then (uvicorn times out only the
 idle gap between requests), and so use up the node's connections.
 
+So must its body: once the head is in, a body that makes no progress for
+``body_timeout_seconds`` (no byte arrives while the node is ready to read one) is
+answered ``408`` with ``request.body_timeout`` and the connection closed (if the
+app had already answered without reading the body, the connection is just
+closed). It is an idle bound, as nginx's ``client_body_timeout``: a big
+attachment on a slow line takes as long as it needs while bytes keep coming.
+Time the node spends not reading (its app is behind and reading is paused, or
+the client waits for ``100 Continue``) does not count.
+
 h11, the fallback where httptools is not installed, has its own bound
 (``h11_max_incomplete_event_size``, set to the same value) and answers 400; it
-has no head timeout.
+has neither timeout.
 """
 
 from __future__ import annotations
@@ -49,13 +58,27 @@ DEFAULT_HEAD_TIMEOUT_SECONDS = 30.0
 
 HEAD_TIMEOUT_CODE = "request.head_timeout"
 
+#: The default time a request body may go without progress (``Settings.request_body_timeout_seconds``).
+DEFAULT_BODY_TIMEOUT_SECONDS = 60.0
+
+BODY_TIMEOUT_CODE = "request.body_timeout"
+
+
+def _timeout_response(code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+
 
 def head_timeout_response(seconds: float) -> bytes:
     """The whole HTTP answer to a head that did not arrive in ``seconds`` (the connection closes after it)."""
-    message = f"the request line and headers did not arrive within {seconds:g} s"
-    body = json.dumps({"error": {"code": HEAD_TIMEOUT_CODE, "message": message}}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+    return _timeout_response(HEAD_TIMEOUT_CODE,
+                             f"the request line and headers did not arrive within {seconds:g} s")
+
+
+def body_timeout_response(seconds: float) -> bytes:
+    """The whole HTTP answer to a body that made no progress for ``seconds`` (the connection closes after)."""
+    return _timeout_response(BODY_TIMEOUT_CODE, f"no part of the request body arrived for {seconds:g} s")
 
 
 def _error_body(limit: int) -> bytes:
@@ -95,6 +118,7 @@ else:
 
         max_head_bytes = DEFAULT_MAX_HEAD_BYTES
         head_timeout_seconds = DEFAULT_HEAD_TIMEOUT_SECONDS
+        body_timeout_seconds = DEFAULT_BODY_TIMEOUT_SECONDS
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._progressed = False  # the parse got somewhere in the current read (``data_received``)
@@ -102,11 +126,15 @@ else:
             self._head_size = 0  # the current request's target and headers, as parsed
             self._refused = False  # once refused, nothing more is read from the connection
             self._head_timer: asyncio.TimerHandle | None = None  # runs while a head is awaited
+            self._in_body = False  # the current request's head is in, its body not yet whole
+            self._body_at = 0.0  # when its body last made progress (loop time)
+            self._body_timer: asyncio.TimerHandle | None = None  # runs while a body is awaited
             super().connection_made(transport)
             self._start_head_timer()  # the first request's head (uvicorn times out no connection before it)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head_timer()
+            self._stop_body_timer()
             super().connection_lost(exc)
 
         # Progress: a request began, its head ended, body arrived, or it ended. Header lines are not
@@ -129,6 +157,7 @@ else:
             self._progressed = True
             self._stop_head_timer()
             if self._head_size <= self.max_head_bytes:
+                self._in_body, self._body_at = True, self.loop.time()
                 super().on_headers_complete()
                 return
             self._log_refusal(self._head_size)
@@ -140,10 +169,13 @@ else:
 
         def on_body(self, body: bytes) -> None:
             self._progressed = True
+            self._body_at = self.loop.time()
             super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._progressed = True
+            self._in_body = False
+            self._stop_body_timer()
             super().on_message_complete()
 
         def data_received(self, data: bytes) -> None:
@@ -151,6 +183,9 @@ else:
                 return
             self._progressed = False
             super().data_received(data)
+            if self._in_body and self._body_timer is None and not self._refused:
+                # A body still to come (a request read whole in one go starts no timer).
+                self._body_timer = self.loop.call_later(self.body_timeout_seconds, self._check_body)
             if self._progressed:
                 self._stalled_bytes = 0
                 return
@@ -194,16 +229,48 @@ else:
                         client=self.client[0] if self.client else None)
             self._stop_reading(head_timeout_response(self.head_timeout_seconds))
 
+        def _stop_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _check_body(self) -> None:
+            """A body that made no progress for ``body_timeout_seconds`` while we were ready for it: 408."""
+            self._body_timer = None
+            if not self._in_body or self._refused or self.transport.is_closing():
+                return
+            now, cycle = self.loop.time(), self.cycle
+            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+                self._body_at = now  # the app is behind (or has not asked for the body): not the client
+            idle = now - self._body_at
+            if idle < self.body_timeout_seconds:
+                self._body_timer = self.loop.call_later(self.body_timeout_seconds - idle, self._check_body)
+                return
+            log.warning("request_body_timeout", seconds=self.body_timeout_seconds,
+                        client=self.client[0] if self.client else None)
+            self._refused = True
+            if cycle is not None and not cycle.response_started:
+                self.transport.write(body_timeout_response(self.body_timeout_seconds))
+                cycle.disconnected = True  # the app's wait for the body ends; what it answers is dropped
+                cycle.message_event.set()
+                self.transport.close()
+            elif cycle is not None and not cycle.response_complete:  # an answer begun: it cannot be finished
+                self.transport.abort()
+            else:  # the app answered without the body: nothing is owed
+                self.transport.close()
+
         def _log_refusal(self, size: int) -> None:
             log.warning("request_head_too_large", limit=self.max_head_bytes, size=size,
                         client=self.client[0] if self.client else None)
 
 
 def head_limited(protocol: type[asyncio.Protocol], max_head_bytes: int,
-                 head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS) -> type[asyncio.Protocol]:
-    """``protocol`` (a ``HeadLimitedHttpToolsProtocol``) bounded at ``max_head_bytes`` and timing heads out
-    after ``head_timeout_seconds``, not the defaults."""
+                 head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
+                 body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS) -> type[asyncio.Protocol]:
+    """``protocol`` (a ``HeadLimitedHttpToolsProtocol``) bounded at ``max_head_bytes``, timing heads out
+    after ``head_timeout_seconds`` and stalled bodies after ``body_timeout_seconds``, not the defaults."""
     if HeadLimitedHttpToolsProtocol is None or not issubclass(protocol, HeadLimitedHttpToolsProtocol):
         raise TypeError(f"{protocol.__name__} does not bound request heads")
     return type(protocol.__name__, (protocol,), {"max_head_bytes": max_head_bytes,
-                                                  "head_timeout_seconds": head_timeout_seconds})
+                                                  "head_timeout_seconds": head_timeout_seconds,
+                                                  "body_timeout_seconds": body_timeout_seconds})

@@ -29,6 +29,7 @@ from service.admin import key_sync
 from service.audit_heads import HeadPublisher
 from service.db import close_loop_connections, make_engine, session_scope
 from service.http_head import (
+    DEFAULT_BODY_TIMEOUT_SECONDS,
     DEFAULT_HEAD_TIMEOUT_SECONDS,
     DEFAULT_MAX_HEAD_BYTES,
     HeadLimitedHttpToolsProtocol,
@@ -56,16 +57,18 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
                    head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
+                   body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
                    ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
     """The peer API's protocol class (it captures the client certificate) and the user API's.
 
     httptools if it is installed, with request heads bounded at ``max_head_bytes`` and timed out after
-    ``head_timeout_seconds`` (``service.http_head``); else h11, bounded by its ``Config``
-    (``h11_max_incomplete_event_size``).
+    ``head_timeout_seconds``, and bodies timed out after ``body_timeout_seconds`` without progress
+    (``service.http_head``); else h11, bounded by its ``Config`` (``h11_max_incomplete_event_size``).
     """
     if PeerCertHttpToolsProtocol is not None and HeadLimitedHttpToolsProtocol is not None:
-        return (head_limited(PeerCertHttpToolsProtocol, max_head_bytes, head_timeout_seconds),
-                head_limited(HeadLimitedHttpToolsProtocol, max_head_bytes, head_timeout_seconds))
+        timing = (max_head_bytes, head_timeout_seconds, body_timeout_seconds)
+        return (head_limited(PeerCertHttpToolsProtocol, *timing),
+                head_limited(HeadLimitedHttpToolsProtocol, *timing))
     return PeerCertH11Protocol, H11Protocol
 
 
@@ -97,7 +100,8 @@ async def serve(data_dir: Path) -> None:
     keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
     keys_sync.attach_tls(peer_tls)
     peer_http, user_http = http_protocols(settings.max_request_head_bytes,
-                                          settings.request_head_timeout_seconds)
+                                          settings.request_head_timeout_seconds,
+                                          settings.request_body_timeout_seconds)
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "(or, on a kept-alive connection, from the request's first byte); then 408, request.head_timeout, "
         "and the connection closed. Not applied where httptools is not installed (h11).",
     )
+    request_body_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="How long either listener waits for the next part of a request's body while it is ready "
+        "to read it; then 408, request.body_timeout (or, after an answer, nothing), and the connection "
+        "closed. A body that keeps arriving is never cut off. Not applied where httptools is not installed.",
+    )
     clock_skew_seconds: int = Field(default=300, ge=0)
 
     delivery_max_age_seconds: int = Field(default=3 * 24 * 3600, gt=0)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from service.http_head import (
+    BODY_TIMEOUT_CODE,
     HEAD_TIMEOUT_CODE,
     HEAD_TOO_LARGE_CODE,
     HeadLimitedHttpToolsProtocol,
@@ -252,3 +253,103 @@ def test_heads_in_time_are_served_and_each_request_of_a_kept_alive_connection_is
             time.sleep(TIMEOUT / 2)  # idle between requests (uvicorn's keep-alive timeout is 5 s)
         sock.sendall(b"GET / HTTP/1.1\r\n")  # then a head that never ends
         assert _status_and_json(_read_answer(sock))[1]["error"]["code"] == HEAD_TIMEOUT_CODE
+
+
+# --- bodies must keep coming (slow clients) ----------------------------------------------------------
+
+def _body_timed_protocol() -> type[asyncio.Protocol]:
+    return http_protocols(LIMIT, 30.0, TIMEOUT)[1]
+
+
+def _post_head(length: int, extra: bytes = b"") -> bytes:
+    return b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n%s\r\n" % (length, extra)
+
+
+def test_a_body_that_stops_coming_is_answered_408_and_the_connection_closed() -> None:
+    with _serving(_body_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post_head(1000) + b"a" * 10)  # and nothing more
+        started = time.monotonic()
+        answer = _read_answer(sock)
+        elapsed = time.monotonic() - started
+    status, body = _status_and_json(answer)
+    assert status == 408 and body["error"]["code"] == BODY_TIMEOUT_CODE
+    assert b"connection: close" in answer.lower()
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 3
+
+
+def test_a_body_that_trickles_with_gaps_longer_than_the_timeout_is_cut_off() -> None:
+    with _serving(_body_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post_head(1000))
+        try:
+            for _ in range(4):
+                time.sleep(TIMEOUT * 1.5)
+                sock.sendall(b"a")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert _status_and_json(_read_answer(sock))[1]["error"]["code"] == BODY_TIMEOUT_CODE
+
+
+def test_a_slow_body_that_keeps_coming_is_served_however_long_it_takes_in_all() -> None:
+    with _serving(_body_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        parts = 8  # 8 gaps of half the timeout: twice the timeout in all
+        sock.sendall(_post_head(parts * 100))
+        for _ in range(parts):
+            time.sleep(TIMEOUT / 2)
+            sock.sendall(b"a" * 100)
+        answer = b""
+        while b"}" not in answer:
+            answer += sock.recv(65536)
+    status, body = _status_and_json(answer)
+    assert status == 200 and body["body"] == parts * 100
+
+
+async def _slow_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads its body only after three timeouts' worth of other work."""
+    await asyncio.sleep(TIMEOUT * 3)
+    await _echo(scope, receive, send)
+
+
+def test_time_the_app_takes_to_read_the_body_is_not_the_clients() -> None:
+    big = 1024 * 1024  # more than uvicorn buffers before it stops reading for the app
+    with serving(_slow_reader, _body_timed_protocol()) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(_post_head(big) + b"a" * big)
+        answer = b""
+        while b"}" not in answer:
+            answer += sock.recv(65536)
+    status, body = _status_and_json(answer)
+    assert status == 200 and body["body"] == big
+
+
+def test_a_client_waiting_for_100_continue_is_not_timed_out_before_the_app_asks_for_the_body() -> None:
+    with serving(_slow_reader, _body_timed_protocol()) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(_post_head(5, b"expect: 100-continue\r\n"))
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"hello")
+        answer = interim.partition(b"\r\n\r\n")[2]
+        while b"}" not in answer:
+            answer += sock.recv(65536)
+    status, body = _status_and_json(answer)
+    assert status == 200 and body["body"] == 5
+
+
+async def _early_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers without reading the body (as a route refusing a bad token does)."""
+    await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+def test_a_body_left_unsent_after_an_early_answer_does_not_hold_the_connection() -> None:
+    with serving(_early_answer, _body_timed_protocol()) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post_head(1000) + b"a" * 10)
+        started = time.monotonic()
+        answer = _read_answer(sock)  # the 401, then the connection closes once the body stalls
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"no")
+    assert elapsed < TIMEOUT + 3
