@@ -200,6 +200,30 @@ def test_a_message_status_update_writes_no_index_entries_postgres(engine: Engine
     assert counts == {"updates": 2, "in place": 2}
 
 
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_an_envelope_chunk_is_never_compressed_and_a_small_one_stays_in_its_row_postgres(
+        engine: Engine) -> None:
+    """Ciphertext does not compress; a 4 KB envelope (a document without attachments) is not moved out of
+    line into the TOAST table, a 100 KB chunk is (migration 0006)."""
+    rng = random.Random(6)
+    small, big = rng.randbytes(4400), rng.randbytes(100_000)
+    toast_size = "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = 'blob_chunk'"
+    with session_scope(engine) as s:
+        small_id = write_blob(s, [small]).id
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(toast_size).scalar_one() == 0
+    with session_scope(engine) as s:
+        big_id = write_blob(s, [big]).id
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(toast_size).scalar_one() > 0
+        storage = conn.exec_driver_sql("SELECT attstorage FROM pg_attribute WHERE attname = 'data' "
+                                       "AND attrelid = 'blob_chunk'::regclass").scalar_one()
+    assert storage == "e"  # external: out of line when it must be, never compressed
+    assert blob_bytes(engine, small_id) == small and blob_bytes(engine, big_id) == big
+
+
 def server_statistics(database_url: str, query: str,
                       complete: Callable[[dict[str, int]], bool]) -> dict[str, int]:
     """(name, count) rows of a PostgreSQL statistics ``query``, read again until ``complete`` (they are
