@@ -240,7 +240,7 @@ else:
             if not self._in_body or self._refused or self.transport.is_closing():
                 return
             now, cycle = self.loop.time(), self.cycle
-            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            if self.flow.read_paused or getattr(cycle, "waiting_for_100_continue", False):
                 self._body_at = now  # the app is behind (or has not asked for the body): not the client
             idle = now - self._body_at
             if idle < self.body_timeout_seconds:
