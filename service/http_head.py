@@ -26,12 +26,16 @@ idle gap between requests), and so use up the node's connections.
 
 So must its body: once the head is in, a body that makes no progress for
 ``body_timeout_seconds`` (no byte arrives while the node is ready to read one) is
-answered ``408`` with ``request.body_timeout`` and the connection closed (if the
-app had already answered without reading the body, the connection is just
-closed). It is an idle bound, as nginx's ``client_body_timeout``: a big
-attachment on a slow line takes as long as it needs while bytes keep coming.
-Time the node spends not reading (its app is behind and reading is paused, or
-the client waits for ``100 Continue``) does not count.
+answered ``408`` with ``request.body_timeout`` and the connection closed. If the
+app already answered without reading the body, the connection is closed one
+timeout after the answer at the latest, whatever still trickles in; if an
+earlier request on the connection is still being answered (pipelining), the
+stalled one is dropped and the connection closed after that answer. It is an
+idle bound, as nginx's ``client_body_timeout``: a big attachment on a slow line
+takes as long as it needs while bytes keep coming (so a byte now and then still
+keeps a body alive; there is no minimum rate). Time the node spends not reading
+does not count: the client's idle time starts when reading resumes (the app
+asked for the body, after ``100 Continue`` or after falling behind).
 
 h11, the fallback where httptools is not installed, has its own bound
 (``h11_max_incomplete_event_size``, set to the same value) and answers 400; it
@@ -108,10 +112,24 @@ def head_too_large_app(limit: int) -> Any:
 
 HeadLimitedHttpToolsProtocol: type[asyncio.Protocol] | None
 try:
+    from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools is not installed: the node uses h11, bounded by its own setting
     HeadLimitedHttpToolsProtocol = None
 else:
+
+    class _BodyAwareFlow(FlowControl):
+        """uvicorn's flow control, telling the protocol each time reading resumes: the app asked for the
+        body (after ``100 Continue``, or after it fell behind) or an answer ended. The client's idle time
+        is counted from then, never from before."""
+
+        def __init__(self, transport: asyncio.Transport, on_resume: Any) -> None:
+            super().__init__(transport)
+            self._on_resume = on_resume
+
+        def resume_reading(self) -> None:
+            self._on_resume()
+            super().resume_reading()
 
     class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[no-redef]
         """uvicorn's httptools protocol, refusing a request whose head passes ``max_head_bytes`` (431)."""
@@ -129,7 +147,9 @@ else:
             self._in_body = False  # the current request's head is in, its body not yet whole
             self._body_at = 0.0  # when its body last made progress (loop time)
             self._body_timer: asyncio.TimerHandle | None = None  # runs while a body is awaited
+            self._close_after_answer = False  # a queued request was dropped: close after the answer owed
             super().connection_made(transport)
+            self.flow = _BodyAwareFlow(transport, self._reading_resumed)
             self._start_head_timer()  # the first request's head (uvicorn times out no connection before it)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -169,8 +189,18 @@ else:
 
         def on_body(self, body: bytes) -> None:
             self._progressed = True
-            self._body_at = self.loop.time()
+            if self.cycle is None or not self.cycle.response_complete:  # after the answer, bytes are dropped
+                self._body_at = self.loop.time()
             super().on_body(body)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._close_after_answer and not self.transport.is_closing():
+                self.transport.close()
+
+        def _reading_resumed(self) -> None:
+            if self._in_body:
+                self._body_at = self.loop.time()
 
         def on_message_complete(self) -> None:
             self._progressed = True
@@ -249,7 +279,11 @@ else:
             log.warning("request_body_timeout", seconds=self.body_timeout_seconds,
                         client=self.client[0] if self.client else None)
             self._refused = True
-            if cycle is not None and not cycle.response_started:
+            queued = [item for item in self.pipeline if item[0] is cycle]
+            if queued:  # an earlier request is still being answered: drop this one, close after that answer
+                self.pipeline.remove(queued[0])
+                self._close_after_answer = True
+            elif cycle is not None and not cycle.response_started:
                 self.transport.write(body_timeout_response(self.body_timeout_seconds))
                 cycle.disconnected = True  # the app's wait for the body ends; what it answers is dropped
                 cycle.message_event.set()

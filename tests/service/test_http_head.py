@@ -292,10 +292,10 @@ def test_a_body_that_trickles_with_gaps_longer_than_the_timeout_is_cut_off() -> 
 def test_a_slow_body_that_keeps_coming_is_served_however_long_it_takes_in_all() -> None:
     with _serving(_body_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(5)
-        parts = 8  # 8 gaps of half the timeout: twice the timeout in all
+        parts = 12  # 12 gaps of a quarter of the timeout: three timeouts in all
         sock.sendall(_post_head(parts * 100))
         for _ in range(parts):
-            time.sleep(TIMEOUT / 2)
+            time.sleep(TIMEOUT / 4)
             sock.sendall(b"a" * 100)
         answer = b""
         while b"}" not in answer:
@@ -353,3 +353,65 @@ def test_a_body_left_unsent_after_an_early_answer_does_not_hold_the_connection()
         elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 401 ") and answer.endswith(b"no")
     assert elapsed < TIMEOUT + 3
+
+
+async def _reads_just_before_the_check(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Asks for its body a moment before a timeout counted from the head would run out."""
+    await asyncio.sleep(TIMEOUT * 0.9)
+    await _echo(scope, receive, send)
+
+
+def test_the_clients_idle_time_starts_when_the_app_asks_for_the_body() -> None:
+    """100 Continue goes out just before a timer counted from the head would fire: the client still has
+    a whole timeout from then (found in review: it got 408 at once)."""
+    with serving(_reads_just_before_the_check, _body_timed_protocol()) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(_post_head(5, b"expect: 100-continue\r\n"))
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        time.sleep(TIMEOUT * 0.3)
+        sock.sendall(b"hello")
+        answer = interim.partition(b"\r\n\r\n")[2]
+        while b"}" not in answer:
+            answer += sock.recv(65536)
+    assert _status_and_json(answer) == (200, {"headers": 3, "body": 5})
+
+
+async def _slow_then_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["path"] != "/slow":
+        await _echo(scope, receive, send)
+        return
+    await receive()  # reading resumes for the connection while it works (as a streaming answer's wait does)
+    await asyncio.sleep(TIMEOUT * 2)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    await send({"type": "http.response.body", "body": b"slow"})
+
+
+def test_a_stalled_pipelined_body_never_takes_the_place_of_the_answer_owed_before_it() -> None:
+    with serving(_slow_then_echo, _body_timed_protocol()) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n" + _post_head(100) + b"a")
+        answers = _answers(_read_answer(sock))  # the first request's answer, then the connection closes
+    assert [status for status, _ in answers] == [200]
+
+
+def test_a_body_trickling_in_after_an_early_answer_does_not_hold_the_connection() -> None:
+    with serving(_early_answer, _body_timed_protocol()) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post_head(10**12))
+        sock.settimeout(0.1)
+        started, closed, answer = time.monotonic(), False, b""
+        while not closed and time.monotonic() - started < TIMEOUT * 8:
+            time.sleep(TIMEOUT * 0.6)  # a byte within every timeout: progress, were it read
+            try:
+                sock.sendall(b"a")
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                closed = True
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert closed and time.monotonic() - started < TIMEOUT * 4

@@ -15,7 +15,10 @@ connection while the table was small and before autovacuum had analysed it,
 the check read every outgoing message (1,210 index entries per check after
 2,400 sends in a fresh database; now 1). Listing by status is rare (a clerk's
 filter) and scans the peer/direction/time index or the table; what operators
-look for by state (queued, parked) is indexed in the outbox.
+look for by state (queued, parked) is indexed in the outbox. The metrics' count
+of messages by direction and status (each scrape) now reads the table instead
+of that index: both grow with the table. ``fillfactor`` applies to pages
+written from now on.
 """
 
 from __future__ import annotations
