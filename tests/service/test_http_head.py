@@ -323,19 +323,23 @@ def test_time_the_app_takes_to_read_the_body_is_not_the_clients() -> None:
     assert status == 200 and body["body"] == big
 
 
-def test_a_client_waiting_for_100_continue_is_not_timed_out_before_the_app_asks_for_the_body() -> None:
-    with serving(_slow_reader, _body_timed_protocol()) as port, \
-            socket.create_connection(("127.0.0.1", port)) as sock:
+def _after_100_continue(app: Any, pause: float) -> tuple[int, dict[str, Any]]:
+    """A 5-byte body sent ``pause`` seconds after ``100 Continue``; the answer's status and JSON body."""
+    with serving(app, _body_timed_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(10)
         sock.sendall(_post_head(5, b"expect: 100-continue\r\n"))
         interim = sock.recv(65536)
         assert interim.startswith(b"HTTP/1.1 100 ")
+        time.sleep(pause)
         sock.sendall(b"hello")
         answer = interim.partition(b"\r\n\r\n")[2]
         while b"}" not in answer:
             answer += sock.recv(65536)
-    status, body = _status_and_json(answer)
-    assert status == 200 and body["body"] == 5
+    return _status_and_json(answer)
+
+
+def test_a_client_waiting_for_100_continue_is_not_timed_out_before_the_app_asks_for_the_body() -> None:
+    assert _after_100_continue(_slow_reader, 0) == (200, {"headers": 3, "body": 5})
 
 
 async def _early_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -364,18 +368,8 @@ async def _reads_just_before_the_check(scope: dict[str, Any], receive: Any, send
 def test_the_clients_idle_time_starts_when_the_app_asks_for_the_body() -> None:
     """100 Continue goes out just before a timer counted from the head would fire: the client still has
     a whole timeout from then (found in review: it got 408 at once)."""
-    with serving(_reads_just_before_the_check, _body_timed_protocol()) as port, \
-            socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(5)
-        sock.sendall(_post_head(5, b"expect: 100-continue\r\n"))
-        interim = sock.recv(65536)
-        assert interim.startswith(b"HTTP/1.1 100 ")
-        time.sleep(TIMEOUT * 0.3)
-        sock.sendall(b"hello")
-        answer = interim.partition(b"\r\n\r\n")[2]
-        while b"}" not in answer:
-            answer += sock.recv(65536)
-    assert _status_and_json(answer) == (200, {"headers": 3, "body": 5})
+    answer = _after_100_continue(_reads_just_before_the_check, TIMEOUT * 0.3)
+    assert answer == (200, {"headers": 3, "body": 5})
 
 
 async def _slow_then_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
