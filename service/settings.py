@@ -23,6 +23,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from service.http_head import (  # the HTTP layer's own bounds are the defaults
+    DEFAULT_BODY_TIMEOUT_SECONDS,
+    DEFAULT_HEAD_TIMEOUT_SECONDS,
+    DEFAULT_MAX_HEAD_BYTES,
+)
+
 NODE_FILE = "node.json"
 
 GiB = 1024**3
@@ -77,21 +83,21 @@ class Settings(BaseSettings):
     allow_tls12: bool = False
     max_envelope_bytes: int = Field(default=4 * GiB, gt=0)
     max_request_head_bytes: int = Field(
-        default=64 * 1024, ge=8 * 1024, le=1024 * 1024,
+        default=DEFAULT_MAX_HEAD_BYTES, ge=8 * 1024, le=1024 * 1024,
         description="Largest request line and headers either listener reads; a longer head is refused "
         "(431, request.headers_too_large; 400 from h11 where httptools is not installed) and its "
         "connection closed.",
     )
     request_head_timeout_seconds: float = Field(
-        default=30.0, gt=0, le=600,
+        default=DEFAULT_HEAD_TIMEOUT_SECONDS, gt=0, le=600,
         description="How long either listener waits for a request's line and headers, from the connection "
         "(or, on a kept-alive connection, from the request's first byte); then 408, request.head_timeout, "
         "and the connection closed. Not applied where httptools is not installed (h11).",
     )
     request_body_timeout_seconds: float = Field(
-        default=60.0, gt=0, le=3600,
+        default=DEFAULT_BODY_TIMEOUT_SECONDS, gt=0, le=3600,
         description="How long either listener waits for the next part of a request's body while it is ready "
-        "to read it; then 408, request.body_timeout (or, after an answer, nothing), and the connection "
+        "to read it; then 408, request.body_timeout (after an answer: no 408), and the connection "
         "closed. A body that keeps arriving is never cut off. Not applied where httptools is not installed.",
     )
     clock_skew_seconds: int = Field(default=300, ge=0)
