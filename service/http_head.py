@@ -118,6 +118,12 @@ except ImportError:  # httptools is not installed: the node uses h11, bounded by
     HeadLimitedHttpToolsProtocol = None
 else:
 
+    def _cancelled(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+        """Cancel ``timer`` if there is one; returns None, for the attribute that held it."""
+        if timer is not None:
+            timer.cancel()
+        return None
+
     class _BodyAwareFlow(FlowControl):
         """uvicorn's flow control, telling the protocol each time reading resumes: the app asked for the
         body (after ``100 Continue``, or after it fell behind) or an answer ended. The client's idle time
@@ -153,8 +159,8 @@ else:
             self._start_head_timer()  # the first request's head (uvicorn times out no connection before it)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_head_timer()
-            self._stop_body_timer()
+            self._head_timer = _cancelled(self._head_timer)
+            self._body_timer = _cancelled(self._body_timer)
             super().connection_lost(exc)
 
         # Progress: a request began, its head ended, body arrived, or it ended. Header lines are not
@@ -175,7 +181,7 @@ else:
 
         def on_headers_complete(self) -> None:
             self._progressed = True
-            self._stop_head_timer()
+            self._head_timer = _cancelled(self._head_timer)
             if self._head_size <= self.max_head_bytes:
                 self._in_body, self._body_at = True, self.loop.time()
                 super().on_headers_complete()
@@ -205,7 +211,7 @@ else:
         def on_message_complete(self) -> None:
             self._progressed = True
             self._in_body = False
-            self._stop_body_timer()
+            self._body_timer = _cancelled(self._body_timer)
             super().on_message_complete()
 
         def data_received(self, data: bytes) -> None:
@@ -245,10 +251,6 @@ else:
         def _start_head_timer(self) -> None:
             self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
 
-        def _stop_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
 
         def _head_timed_out(self) -> None:
             """No whole head in time: answer 408 and close, once an answer still owed has gone out."""
@@ -258,11 +260,6 @@ else:
             log.warning("request_head_timeout", seconds=self.head_timeout_seconds,
                         client=self.client[0] if self.client else None)
             self._stop_reading(head_timeout_response(self.head_timeout_seconds))
-
-        def _stop_body_timer(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
 
         def _check_body(self) -> None:
             """A body that made no progress for ``body_timeout_seconds`` while we were ready for it: 408."""
