@@ -296,11 +296,10 @@ async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
                 await reader.drop(conn)
             raise OperationalError(sql, values, exc) from exc
         except psycopg.Error as exc:
-            lost = conn is None or conn.broken or conn.closed
-            if conn is not None and lost:
+            if conn is not None and (conn.broken or conn.closed):  # it had gone (a restart, an idle timeout)
                 await reader.drop(conn)
-            if attempt == 1 and conn is not None and lost:
-                continue  # the connection had gone (a restart, an idle timeout): once more, on a new one
+                if attempt == 1:
+                    continue  # once more, on a new connection
             raise DBAPIError.instance(sql, values, exc, psycopg.Error) from exc
     raise AssertionError("unreachable")  # pragma: no cover - the second attempt returns or raises
 
