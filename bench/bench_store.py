@@ -91,6 +91,7 @@ def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         url = postgres.create() if postgres else None
+        database = make_url(url).database if url else None
         kz = demo.setup_party(root, "KZ", "Kaz", url)
         by = demo.setup_party(root, "BY", "Bel")
         demo.introduce(kz, by)
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
 
         count = 3 * args.groups * args.group
         node._store_sends(sealed(20))  # warm: caches, compiled statements
-        server = backend_cpu(postgres, make_url(url).database) if postgres and url else (lambda: 0.0)
+        server = backend_cpu(postgres, database) if postgres and database else (lambda: 0.0)
         alone, alone_server = cpu_per_message(node, sealed(count), 1, server_cpu=server)
         grouped, grouped_server = cpu_per_message(node, sealed(count), args.group, server_cpu=server)
         backend = "PostgreSQL" if postgres else "SQLite"
@@ -133,9 +134,9 @@ def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
             print(f"statements for one group of {args.group}: {len(statements)}")
             for text in statements:
                 print("   ", text)
-        if postgres and args.keep_database:
-            postgres.names.remove(make_url(url).database)
-            print(f"kept database {make_url(url).database}")
+        if postgres and database and args.keep_database:
+            postgres.names.remove(database)
+            print(f"kept database {database}")
         node.engine.dispose()
 
 
