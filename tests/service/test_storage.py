@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
-import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -46,6 +45,7 @@ from service.db import make_engine, session_scope
 from service.migrate import current_revisions, downgrade, head_revisions, is_up_to_date, upgrade
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk, Event, Message, Meta, Outbox, Peer, User
 from service.settings import Settings
+from tests.integration.helpers import wait_for
 
 MiB = 1024 * 1024
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -232,19 +232,17 @@ def server_statistics(database_url: str, query: str,
                       complete: Callable[[dict[str, int]], bool]) -> dict[str, int]:
     """(name, count) rows of a PostgreSQL statistics ``query``, read again until ``complete`` (they are
     published a moment after the server processes that gathered them end)."""
-    found: dict[str, int] = {}
     checker = make_engine(database_url)
+
+    def read() -> dict[str, int]:
+        with checker.connect() as conn:
+            return {str(name): int(n) for name, n in conn.exec_driver_sql(query)}
+
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with checker.connect() as conn:
-                found = {str(name): int(n) for name, n in conn.exec_driver_sql(query)}
-            if complete(found):
-                break
-            time.sleep(0.1)
+        found: dict[str, int] = wait_for(f"statistics: {query}", lambda: complete(got := read()) and got, 10)
+        return found
     finally:
         checker.dispose()
-    return found
 
 
 def test_constraints_are_enforced(engine: Engine) -> None:
