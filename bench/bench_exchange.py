@@ -808,10 +808,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep:
             print(f"kept {root}" + "".join(f", database {name}" for name in pg.names))
-            pg.names.clear()
-        pg.drop_all()
-        if not args.keep:
+            pg.names.clear()  # (``drop_all`` drops what is named there)
+        else:
             shutil.rmtree(root, ignore_errors=True)
+        pg.drop_all()
 
     if "echo" in baseline:
         base = baseline["echo"]
