@@ -81,6 +81,13 @@ class DemoParty:
     user_port: int
     tokens: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the node's log, to say why it stopped."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     @property
     def url(self) -> str:
@@ -138,7 +145,8 @@ def introduce(a: DemoParty, b: DemoParty) -> str:
 
 def start(p: DemoParty, log_dir: Path, env: dict[str, str] | None = None) -> None:
     """Start ``prolink serve`` for ``p`` as a separate process (output appended to its log)."""
-    log = (log_dir / f"{p.party.lower()}.log").open("ab")
+    p.log_path = log_dir / f"{p.party.lower()}.log"
+    log = p.log_path.open("ab")
     p.process = subprocess.Popen([sys.executable, "-m", "service", "serve", "--data-dir", str(p.data_dir)],
                                  stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     log.close()
@@ -147,7 +155,8 @@ def start(p: DemoParty, log_dir: Path, env: dict[str, str] | None = None) -> Non
 def wait_ready(p: DemoParty, timeout: float = 60.0) -> None:
     def ready() -> bool:
         if p.process is not None and p.process.poll() is not None:
-            raise RuntimeError(f"{p.party} node exited with {p.process.returncode}")
+            raise RuntimeError(f"{p.party} node exited with {p.process.returncode}; its log ends:\n"
+                               f"{p.log_tail()}")
         return httpx.get(p.api + "/healthz", timeout=2).status_code == 200
 
     wait_until(f"{p.party} node", ready, timeout)
