@@ -38,6 +38,16 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def main() -> None:
+    """The ``prolink`` command. A refusal no command caught itself (a data directory that holds no node,
+    a broken ``node.json``) still ends as ``error: CODE: message`` and exit status 2, not a traceback."""
+    try:
+        app()
+    except ProlinkError as exc:
+        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
+        sys.exit(2)
+
+
 @app.command()
 def init(
     party: Annotated[str, typer.Option(help="Party code, e.g. KZ.")],
@@ -51,18 +61,23 @@ def init(
         help="Name of an environment variable holding a passphrase to encrypt private keys.")] = None,
 ) -> None:
     """Create the Party's keys, configuration and database."""
+    from pydantic import ValidationError
+
     from keys import generate_identity
     from service.migrate import upgrade
-    from service.settings import Settings
+    from service.settings import ConfigError, Settings, describe
 
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         _fail(ValueError("--url must be https://HOST:PORT"))
     try:
-        settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
-                            peer_host=listen_host or parts.hostname, peer_port=parts.port or 443,
-                            user_port=user_port, database_url=database_url or "",
-                            key_passphrase_env=passphrase_env)
+        try:
+            settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
+                                peer_host=listen_host or parts.hostname, peer_port=parts.port or 443,
+                                user_port=user_port, database_url=database_url or "",
+                                key_passphrase_env=passphrase_env)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc)) from None
         if (settings.data_dir / "node.json").exists():
             _fail(FileExistsError(f"{settings.data_dir} already holds a node"))
         identity = generate_identity(settings.data_dir, party, name, url, _now(),

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from protocol import ProlinkError
 from service.http_head import (  # the HTTP layer's own bounds are the defaults
     DEFAULT_BODY_TIMEOUT_SECONDS,
     DEFAULT_HEAD_TIMEOUT_SECONDS,
@@ -32,6 +33,20 @@ from service.http_head import (  # the HTTP layer's own bounds are the defaults
 NODE_FILE = "node.json"
 
 GiB = 1024**3
+
+
+
+class ConfigError(ProlinkError):
+    """A node's configuration that cannot be used: no ``node.json``, bad JSON, a value out of range."""
+
+    code = "config.invalid"
+
+
+def describe(exc: ValidationError) -> str:
+    """Pydantic's complaints, one per setting, without the input values or its documentation links."""
+    return "; ".join(f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']}"
+                     for e in exc.errors(include_url=False, include_input=False))
+
 
 # Values read from node.json by ``Settings.load``; a context variable rather than
 # a class attribute so that two nodes configured in one process (tests, demo)
@@ -205,14 +220,22 @@ class Settings(BaseSettings):
         path = data_dir / NODE_FILE
         values: dict[str, Any] = {}
         if path.exists():
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path} cannot be read: {exc}") from None
             if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a JSON object")
+                raise ConfigError(f"{path}: expected a JSON object")
             values = loaded
         values.pop("data_dir", None)  # the directory is where the file is, not what it says
         token = _file_values.set(values)
         try:
             return cls(data_dir=data_dir, **overrides)
+        except ValidationError as exc:
+            if not path.exists():
+                raise ConfigError(f"{data_dir} holds no node ({NODE_FILE} is missing): run `prolink init`"
+                                  " first, or check --data-dir", code="config.missing") from None
+            raise ConfigError(f"{path}: {describe(exc)}") from None
         finally:
             _file_values.reset(token)
 

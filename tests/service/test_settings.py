@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import NODE_FILE, Settings
+from service.settings import NODE_FILE, ConfigError, Settings
 
 
 def test_defaults_derive_from_the_data_dir_and_party(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_bad_values_are_refused(tmp_path: Path, bad: dict[str, object]) -> None:
 
 def test_a_typo_in_node_json_is_refused(tmp_path: Path) -> None:
     (tmp_path / NODE_FILE).write_text(json.dumps({"party": "KZ", "user_prot": 1}))
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError, match="user_prot: Extra inputs are not permitted"):
         Settings.load(tmp_path)
 
 
