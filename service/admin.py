@@ -1103,6 +1103,14 @@ def list_users(node: Node, role: str | None = None, disabled: bool | None = None
         return [user_view(u) for u in s.execute(query).scalars()]
 
 
+def check_new_user(name: str, role: str, clearance: str) -> None:
+    """What ``add_user`` refuses before it writes anything (the CLI checks it before it makes a signing key)."""
+    if not name.strip():
+        raise ServiceError("a user needs a name", code="request.invalid", status=422, field="name")
+    _check_role(role)
+    _check_clearance(clearance)
+
+
 def _check_role(role: str) -> None:
     if role not in USER_ROLES:
         raise ServiceError(
@@ -1163,10 +1171,7 @@ def add_user(
     node: Node, name: str, role: str, clearance: str, actor: str, signatory_key_id: str | None = None
 ) -> tuple[dict[str, Any], str]:
     """Create a user; returns its view and its token (shown once; only the hash is stored)."""
-    if not name.strip():
-        raise ServiceError("a user needs a name", code="request.invalid", status=422, field="name")
-    _check_role(role)
-    _check_clearance(clearance)
+    check_new_user(name, role, clearance)
     if role == "signatory":
         _check_signing_key(node, signatory_key_id)
     now = node.clock()

@@ -40,11 +40,16 @@ def _fail(exc: Exception) -> None:
 
 def main() -> None:
     """The ``prolink`` command. A refusal no command caught itself (a data directory that holds no node,
-    a broken ``node.json``) still ends as ``error: CODE: message`` and exit status 2, not a traceback."""
+    a broken ``node.json``, a file that cannot be read or written) still ends as ``error: CODE: message``
+    and exit status 2, not a traceback."""
     try:
         app()
     except ProlinkError as exc:
         typer.echo(f"error: {exc.code}: {exc.message}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a file named on the command line that cannot be read or written
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"error: io.failed: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
 
 
@@ -69,7 +74,7 @@ def init(
 
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        _fail(ValueError("--url must be https://HOST:PORT"))
+        _fail(ConfigError("--url must be https://HOST:PORT", code="config.invalid"))
     try:
         try:
             settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
@@ -79,7 +84,7 @@ def init(
         except ValidationError as exc:
             raise ConfigError(describe(exc)) from None
         if (settings.data_dir / "node.json").exists():
-            _fail(FileExistsError(f"{settings.data_dir} already holds a node"))
+            raise ConfigError(f"{settings.data_dir} already holds a node", code="config.exists")
         identity = generate_identity(settings.data_dir, party, name, url, _now(),
                                      passphrase=settings.key_passphrase())
         settings.save()
@@ -150,21 +155,23 @@ def user_add(
     Party's root key (Art. 4: "a person he authorised").
     """
     from keys import add_signatory
-    from service.auth import create_user
+    from service import admin
 
     node = _node(data_dir)
     key_id = None
     try:
+        admin.check_new_user(name, role, clearance)  # before a signing key is made for nothing
         if role == "signatory":
             today = _now().date()
             signatory = add_signatory(node.settings.data_dir, name, position or "уполномоченное лицо", today,
                                       today + timedelta(days=valid_days), _now(),
                                       passphrase=node.settings.key_passphrase())
             key_id = signatory.key.key_id
-        user, token = create_user(node.engine, name, role, _now(), clearance=clearance, signatory_key_id=key_id)
+        # The admin API's own path: the same checks, and the audit log records who added the user.
+        user, token = admin.add_user(node, name, role, clearance, admin.cli_actor(), key_id)
     except ProlinkError as exc:
         _fail(exc)
-    typer.echo(f"User {user.id} ({name}, {role}) created." + (f" Signing key {key_id}." if key_id else ""))
+    typer.echo(f"User {user['id']} ({name}, {role}) created." + (f" Signing key {key_id}." if key_id else ""))
     typer.echo(f"Token (shown once): {token}")
 
 

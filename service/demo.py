@@ -104,7 +104,9 @@ class DemoParty:
 
 def setup_party(root: Path, party: str, name: str, database_url: str | None = None,
                 backdate: timedelta = timedelta(0), **settings: Any) -> DemoParty:
-    """Initialise a Party and its users through the same code the CLI runs (also used by the tests)."""
+    """Initialise a Party and its users (also used by the tests): keys, configuration and database as
+    ``prolink init`` makes them; the users are written straight to the database, without the audit
+    entries ``prolink user add`` records, so a test's audit log starts with what the test itself did."""
     from keys import add_signatory, generate_identity
     from service.auth import create_user
     from service.db import make_engine

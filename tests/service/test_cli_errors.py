@@ -3,6 +3,8 @@ never a traceback, and nothing written."""
 
 from __future__ import annotations
 
+import getpass
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,58 @@ def test_init_with_a_value_out_of_range_creates_nothing(tmp_path: Path) -> None:
     assert_refused(result, "config.invalid")
     assert "user_port" in result.stderr
     assert not (tmp_path / "kz" / "node.json").exists()
+
+
+@pytest.fixture(scope="module")
+def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("cli") / "kz"
+    result = prolink("init", "--party", "KZ", "--name", "Генеральная прокуратура", "--url",
+                     "https://127.0.0.1:8443", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    return data_dir
+
+
+def _users_and_events(data_dir: Path) -> tuple[list[tuple], list[tuple]]:
+    with sqlite3.connect(data_dir / "node.db") as db:
+        return (db.execute("SELECT id, name, role FROM user_account ORDER BY id").fetchall(),
+                db.execute("SELECT type, actor, object_id FROM event ORDER BY seq").fetchall())
+
+
+def test_init_twice_is_refused_and_the_node_is_left_as_it_was(node_dir: Path) -> None:
+    before = (node_dir / "node.json").read_bytes()
+    result = prolink("init", "--party", "KZ", "--name", "x", "--url", "https://127.0.0.1:9443",
+                     "--data-dir", str(node_dir))
+    assert_refused(result, "config.exists")
+    assert (node_dir / "node.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["--name", " ", "--role", "clerk"], "request.invalid"),
+    (["--name", "Петров", "--role", "judge"], "user.bad_role"),
+    (["--name", "Петров", "--role", "signatory", "--clearance", "secret"], "user.bad_clearance"),
+])
+def test_user_add_refuses_a_bad_user_and_writes_nothing(node_dir: Path, args: list[str], code: str) -> None:
+    signatories = sorted((node_dir / "keys").rglob("*"))
+    before = _users_and_events(node_dir)
+    assert_refused(prolink("user", "add", "--data-dir", str(node_dir), *args), code)
+    assert _users_and_events(node_dir) == before
+    assert sorted((node_dir / "keys").rglob("*")) == signatories  # no signing key made for nothing
+
+
+def test_a_user_added_from_the_command_line_is_in_the_audit_log(node_dir: Path) -> None:
+    result = prolink("user", "add", "--data-dir", str(node_dir), "--name", "Сидоров", "--role", "clerk")
+    assert result.returncode == 0, result.stderr
+    users, events = _users_and_events(node_dir)
+    user_id = next(u[0] for u in users if u[1] == "Сидоров")
+    assert ("user.added", f"cli:{getpass.getuser()}", f"user:{user_id}") in events
+
+
+@pytest.mark.parametrize("args", [
+    ["peer", "add", "{dir}/../no-such.bundle", "--fingerprint", "1"],
+    ["bundle", "export", "-o", "{dir}/no/such/dir/kz.bundle"],
+])
+def test_a_file_that_cannot_be_read_or_written_is_named(node_dir: Path, args: list[str]) -> None:
+    args = [a.replace("{dir}", str(node_dir)) for a in args]
+    result = prolink(*args, "--data-dir", str(node_dir))
+    assert_refused(result, "io.failed")
+    assert "No such file or directory" in result.stderr
