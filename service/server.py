@@ -7,8 +7,10 @@ version fails in the handshake and never reaches HTTP.
 
 Both servers run on uvloop's event loop and parse HTTP with httptools, the
 fastest stack uvicorn offers; where either is not installed (another
-platform) they fall back to asyncio's loop and h11, with the same behaviour.
-The choice is made here only: ``loop_factory`` and ``http_protocols``.
+platform) they fall back to asyncio's loop and h11. h11 bounds request heads
+but times out neither heads nor bodies, so the node warns at start-up when it
+runs on h11 (``http_without_timeouts``). The choice is made here only:
+``loop_factory`` and ``http_protocols``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ async def serve(data_dir: Path) -> None:
     peer_http, user_http = http_protocols(settings.max_request_head_bytes,
                                           settings.request_head_timeout_seconds,
                                           settings.request_body_timeout_seconds)
+    if peer_http is PeerCertH11Protocol:
+        log.warning("http_without_timeouts", detail="httptools is not installed: request heads and bodies "
+                    "are not timed out (request_head_timeout_seconds, request_body_timeout_seconds)")
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,
