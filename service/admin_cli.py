@@ -42,7 +42,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if match is None:
         raise typer.BadParameter(f"{text!r} is not a duration such as 7d, 12h, 30m or 45s")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:
+        raise typer.BadParameter(f"{text!r} is longer than any duration a key can have") from None
 
 
 def _fail(exc: Exception) -> None:

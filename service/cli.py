@@ -47,9 +47,11 @@ def main() -> None:
     except ProlinkError as exc:
         typer.echo(f"error: {exc.code}: {exc.message}", err=True)
         sys.exit(2)
-    except OSError as exc:  # a file named on the command line that cannot be read or written
-        where = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(f"error: io.failed: {exc.strerror or exc}{where}", err=True)
+    except OSError as exc:
+        if exc.filename is None:  # not about a file (a full disk, too many open files): keep the trace
+            raise
+        # A file named on the command line, or one in the data directory, that cannot be read or written.
+        typer.echo(f"error: io.failed: {exc.strerror or exc} ({exc.filename})", err=True)
         sys.exit(2)
 
 
@@ -72,13 +74,18 @@ def init(
     from service.migrate import upgrade
     from service.settings import ConfigError, Settings, describe
 
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        port = parts.port if parts.port is not None else 443
+    except ValueError:  # a port that is not a number or out of range, a broken [IPv6] host
+        parts, port = None, 0
+    if parts is None or parts.scheme != "https" or not parts.hostname or not 0 < port < 65536:
         _fail(ConfigError("--url must be https://HOST:PORT", code="config.invalid"))
+        return
     try:
         try:
             settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
-                                peer_host=listen_host or parts.hostname, peer_port=parts.port or 443,
+                                peer_host=listen_host or parts.hostname, peer_port=port,
                                 user_port=user_port, database_url=database_url or "",
                                 key_passphrase_env=passphrase_env)
         except ValidationError as exc:
@@ -147,7 +154,8 @@ def user_add(
     role: Annotated[str, typer.Option(help="clerk|signatory|reader|operator|auditor")],
     clearance: Annotated[str, typer.Option(help="Highest confidentiality level the user may read.")] = "unrestricted",
     position: Annotated[str, typer.Option(help="Signatory's position (Art. 4 authorisation).")] = "",
-    valid_days: Annotated[int, typer.Option(help="Signatory authorisation validity in days.")] = 365,
+    valid_days: Annotated[int, typer.Option(min=1, max=3660,
+                                            help="Signatory authorisation validity in days.")] = 365,
 ) -> None:
     """Add a user and print their bearer token once (only its hash is stored).
 

@@ -43,8 +43,14 @@ class ConfigError(ProlinkError):
 
 
 def describe(exc: ValidationError) -> str:
-    """Pydantic's complaints, one per setting, without the input values or its documentation links."""
-    return "; ".join(f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']}"
+    """Pydantic's complaints, one per setting, without the input values or its documentation links; a
+    setting an environment variable gave is named by that variable."""
+    def where(loc: tuple[Any, ...]) -> str:
+        name = ".".join(str(part) for part in loc) or "settings"
+        variable = f"PROLINK_{name.upper()}"
+        return f"{name} (from {variable})" if loc and variable in os.environ else name
+
+    return "; ".join(f"{where(e['loc'])}: {e['msg']}"
                      for e in exc.errors(include_url=False, include_input=False))
 
 
@@ -213,28 +219,25 @@ class Settings(BaseSettings):
     def load(cls, data_dir: Path | str, **overrides: Any) -> Settings:
         """Settings of the node whose data directory is ``data_dir``.
 
-        ``node.json`` there (if any) gives the base values, ``PROLINK_*``
+        ``node.json`` there gives the base values, ``PROLINK_*``
         environment variables override it, ``overrides`` override both.
         """
         data_dir = Path(data_dir)
         path = data_dir / NODE_FILE
-        values: dict[str, Any] = {}
-        if path.exists():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{path} cannot be read: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: expected a JSON object")
-            values = loaded
+        if not path.exists():  # even if PROLINK_* variables could make up the settings: no node is here
+            raise ConfigError(f"{data_dir} holds no node ({NODE_FILE} is missing): run `prolink init` first,"
+                              " or check --data-dir", code="config.missing")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path} cannot be read: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
         values.pop("data_dir", None)  # the directory is where the file is, not what it says
         token = _file_values.set(values)
         try:
             return cls(data_dir=data_dir, **overrides)
         except ValidationError as exc:
-            if not path.exists():
-                raise ConfigError(f"{data_dir} holds no node ({NODE_FILE} is missing): run `prolink init`"
-                                  " first, or check --data-dir", code="config.missing") from None
             raise ConfigError(f"{path}: {describe(exc)}") from None
         finally:
             _file_values.reset(token)
@@ -261,8 +264,14 @@ class Settings(BaseSettings):
     # -- secrets from the environment ---------------------------------------
 
     def key_passphrase(self) -> bytes | None:
-        """The private key passphrase from the environment variable the operator named, if any."""
+        """The private key passphrase from the environment variable the operator named, if any.
+
+        A variable named but unset or empty is refused: keys must never be written unencrypted, or
+        fail to open, because the passphrase did not reach the process."""
         if not self.key_passphrase_env:
             return None
         value = os.environ.get(self.key_passphrase_env)
-        return None if value is None else value.encode("utf-8")
+        if not value:
+            raise ConfigError(f"key_passphrase_env names {self.key_passphrase_env}, which is not set "
+                              "(or empty) in this environment", code="config.passphrase_missing")
+        return value.encode("utf-8")

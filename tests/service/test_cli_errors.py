@@ -110,3 +110,55 @@ def test_a_file_that_cannot_be_read_or_written_is_named(node_dir: Path, args: li
     result = prolink(*args, "--data-dir", str(node_dir))
     assert_refused(result, "io.failed")
     assert "No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:99999", "https://127.0.0.1:abc", "https://[::1",
+                                 "https://127.0.0.1:0", "http://127.0.0.1:8443", "https://:8443"])
+def test_init_with_a_url_that_is_not_https_host_port_creates_nothing(tmp_path: Path, url: str) -> None:
+    result = prolink("init", "--party", "KZ", "--name", "x", "--url", url, "--data-dir", str(tmp_path / "kz"))
+    assert_refused(result, "config.invalid")
+    assert not (tmp_path / "kz").exists()
+
+
+def test_init_refuses_a_passphrase_variable_that_is_not_set_and_writes_no_key(tmp_path: Path) -> None:
+    result = prolink("init", "--party", "KZ", "--name", "x", "--url", "https://127.0.0.1:8443",
+                     "--data-dir", str(tmp_path / "kz"), "--passphrase-env", "PROLINK_TEST_UNSET_PASSPHRASE")
+    assert_refused(result, "config.passphrase_missing")
+    assert not list((tmp_path / "kz").rglob("*.key"))
+    assert not (tmp_path / "kz" / "node.json").exists()
+
+
+def test_no_node_json_is_no_node_even_if_the_environment_gives_every_setting(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    monkeypatch.setenv("PROLINK_PARTY", "KZ")
+    monkeypatch.setenv("PROLINK_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    result = prolink("user", "list", "--data-dir", str(tmp_path / "none"))
+    assert_refused(result, "config.missing")
+    assert not (tmp_path / "elsewhere.db").exists()  # nothing migrated anywhere
+
+
+def test_a_bad_value_from_the_environment_is_blamed_on_its_variable(node_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PROLINK_USER_PORT", "eighty")
+    result = prolink("user", "list", "--data-dir", str(node_dir))
+    assert_refused(result, "config.invalid")
+    assert "user_port (from PROLINK_USER_PORT)" in result.stderr
+
+
+def test_a_signatory_added_from_the_command_line_gets_a_key_and_an_audit_entry(node_dir: Path) -> None:
+    keys_before = set((node_dir / "keys").rglob("*"))
+    result = prolink("user", "add", "--data-dir", str(node_dir), "--name", "Иванов И. И.",
+                     "--role", "signatory", "--position", "заместитель Генерального прокурора")
+    assert result.returncode == 0, result.stderr
+    key_id = result.stdout.split("Signing key ")[1].split(".")[0]
+    assert any(key_id in path.name for path in set((node_dir / "keys").rglob("*")) - keys_before)
+    users, events = _users_and_events(node_dir)
+    user_id = next(u[0] for u in users if u[1] == "Иванов И. И.")
+    assert ("user.added", f"cli:{getpass.getuser()}", f"user:{user_id}") in events
+
+
+@pytest.mark.parametrize("days", ["0", "99999999"])
+def test_a_signatory_validity_out_of_range_is_a_usage_error(node_dir: Path, days: str) -> None:
+    result = prolink("user", "add", "--data-dir", str(node_dir), "--name", "П", "--role", "signatory",
+                     "--valid-days", days)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr

@@ -64,10 +64,24 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_passphrase_comes_from_the_named_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(data_dir=tmp_path, party="KZ").key_passphrase() is None  # none asked for
     s = Settings(data_dir=tmp_path, party="KZ", key_passphrase_env="KZ_NODE_PASS")
-    assert s.key_passphrase() is None
     monkeypatch.setenv("KZ_NODE_PASS", "correct horse")
     assert s.key_passphrase() == b"correct horse"
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_a_passphrase_variable_named_but_not_given_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               value: str | None) -> None:
+    """Never unencrypted keys, or keys that fail to open, because the passphrase did not reach the process."""
+    s = Settings(data_dir=tmp_path, party="KZ", key_passphrase_env="KZ_NODE_PASS")
+    if value is None:
+        monkeypatch.delenv("KZ_NODE_PASS", raising=False)
+    else:
+        monkeypatch.setenv("KZ_NODE_PASS", value)
+    with pytest.raises(ConfigError, match="KZ_NODE_PASS") as refused:
+        s.key_passphrase()
+    assert refused.value.code == "config.passphrase_missing"
 
 
 @pytest.mark.parametrize(
