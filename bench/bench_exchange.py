@@ -406,7 +406,9 @@ class Outgoing:
         return found
 
     def counts(self) -> dict[str, int]:
-        """Outgoing messages by status (one cheap indexed query, so polling adds little load)."""
+        """Outgoing messages by status: one query (a scan of ``message`` since migration 0005 dropped the
+        status index; making the harness's reads lighter, one round trip each and counting indexed outbox
+        states, changed none of the figures in three alternating pairs)."""
         from sqlalchemy import func, select
 
         from service.db import session_scope
