@@ -32,7 +32,8 @@ ATTACHMENT_SIZE = 5 * 1024 * 1024
 
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_handed_out: set[int] = set()
+#: Ports handed out by this process, each held by a bound, non-listening socket until ``release_port``.
+_reserved: dict[int, socket.socket | None] = {}
 
 
 def free_port() -> int:
@@ -40,14 +41,34 @@ def free_port() -> int:
 
     Taken below the kernel's ephemeral range: a port that ``bind(0)`` hands out is also one the kernel
     gives to outgoing connections (to PostgreSQL, to the other node), so one could take it before the
-    node binds it, and the node would not start. Never the same port twice in one process."""
+    node binds it, and the node would not start. Never the same port twice in one process, and held
+    until the node has bound it (``release_port``): the holding socket is bound first without
+    ``SO_REUSEADDR`` (refused if any socket, another process's holder included, has the port), then
+    allows reuse, so a server (which binds with ``SO_REUSEADDR``, as uvicorn does) can still listen on
+    it while another process's plain ``bind`` is refused. Where the ephemeral range leaves no room
+    below it, any free port (``bind(0)``), unheld."""
     low = _ephemeral_low()
+    if low <= 21000:
+        port = _any_port()
+        _reserved.setdefault(port, None)
+        return port
     for _ in range(200):
-        port = random.randrange(20000, low) if low > 21000 else _any_port()  # noqa: S311 (not a secret)
-        if port not in _handed_out and _bindable(port):
-            _handed_out.add(port)
+        port = random.randrange(20000, low)  # noqa: S311 (not a secret)
+        if port in _reserved:
+            continue
+        holder = _hold(port)
+        if holder is not None:
+            _reserved[port] = holder
             return port
     raise RuntimeError("no free loopback port found")
+
+
+def release_port(port: int) -> None:
+    """Stop holding ``port`` (its node has bound it); it is still never handed out again here."""
+    holder = _reserved.get(port)
+    if holder is not None:
+        holder.close()
+        _reserved[port] = None
 
 
 def _ephemeral_low() -> int:
@@ -63,13 +84,15 @@ def _any_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _hold(port: int) -> socket.socket | None:
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", port))
+    except OSError:
+        holder.close()
+        return None
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return holder
 
 
 @dataclass
@@ -162,6 +185,8 @@ def wait_ready(p: DemoParty, timeout: float = 60.0) -> None:
         return httpx.get(p.api + "/healthz", timeout=2).status_code == 200
 
     wait_until(f"{p.party} node", ready, timeout)
+    release_port(p.peer_port)  # the node listens on both now
+    release_port(p.user_port)
 
 
 def stop(p: DemoParty, *, kill: bool = False) -> None:
