@@ -74,6 +74,13 @@ def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     return PeerCertH11Protocol, H11Protocol
 
 
+def warn_if_untimed(peer_http: type[asyncio.Protocol]) -> None:
+    """Say so at start-up when ``http_protocols`` fell back to h11: it times out neither heads nor bodies."""
+    if issubclass(peer_http, PeerCertH11Protocol):
+        log.warning("http_without_timeouts", detail="httptools is not installed: request heads and bodies "
+                    "are not timed out (request_head_timeout_seconds, request_body_timeout_seconds)")
+
+
 def build_node(data_dir: Path) -> Node:
     settings = Settings.load(data_dir)
     upgrade(settings.database_url)
@@ -104,9 +111,7 @@ async def serve(data_dir: Path) -> None:
     peer_http, user_http = http_protocols(settings.max_request_head_bytes,
                                           settings.request_head_timeout_seconds,
                                           settings.request_body_timeout_seconds)
-    if peer_http is PeerCertH11Protocol:
-        log.warning("http_without_timeouts", detail="httptools is not installed: request heads and bodies "
-                    "are not timed out (request_head_timeout_seconds, request_body_timeout_seconds)")
+    warn_if_untimed(peer_http)
     peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
                                  http=peer_http, lifespan="off", log_level="warning",
                                  access_log=False, timeout_keep_alive=30,

@@ -148,3 +148,19 @@ def test_a_stop_does_not_wait_for_a_peers_idle_kept_alive_connection(protocol: t
         assert time.monotonic() - started < 5
     finally:
         client.close()
+
+
+def test_the_node_warns_when_it_falls_back_to_h11_which_has_no_timeouts(monkeypatch) -> None:
+    from structlog.testing import capture_logs
+
+    from service import server
+
+    with capture_logs() as logs:
+        server.warn_if_untimed(server.http_protocols()[0])
+    assert not logs  # httptools is installed here: heads and bodies are timed out
+    monkeypatch.setattr(server, "PeerCertHttpToolsProtocol", None)  # as where httptools is missing
+    peer, user = server.http_protocols()
+    assert (peer, user) == (PeerCertH11Protocol, server.H11Protocol)
+    with capture_logs() as logs:
+        server.warn_if_untimed(peer)
+    assert [e["event"] for e in logs] == ["http_without_timeouts"]
