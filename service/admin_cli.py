@@ -20,8 +20,6 @@ from typing import Annotated, Any
 
 import typer
 
-from protocol import ProlinkError
-
 DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
 Passphrase = Annotated[
     str | None,
@@ -46,13 +44,6 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     except OverflowError:
         raise typer.BadParameter(f"{text!r} is longer than any duration a key can have") from None
-
-
-def _fail(exc: Exception) -> None:
-    code = getattr(exc, "code", "error")
-    message = getattr(exc, "message", str(exc))
-    typer.echo(f"error: {code}: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _node(data_dir: Path) -> Any:
@@ -88,10 +79,7 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
     @peer_app.command("show")
     def peer_show(data_dir: DataDir, party: Annotated[str, typer.Argument(help="Party code.")]) -> None:
         """Everything known about a peer: bundle, keys, deliveries, queue, audit log heads (JSON)."""
-        try:
-            _show(admin.list_peers(_node(data_dir), party)[0])
-        except ProlinkError as exc:
-            _fail(exc)
+        _show(admin.list_peers(_node(data_dir), party)[0])
 
     @peer_app.command("suspend")
     def peer_suspend(
@@ -100,19 +88,13 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
     ) -> None:
         """Send nothing to the peer and accept nothing from it; its queued messages wait."""
-        try:
-            view = admin.set_peer_suspended(_node(data_dir), party, True, actor(), reason)
-        except ProlinkError as exc:
-            _fail(exc)
+        view = admin.set_peer_suspended(_node(data_dir), party, True, actor(), reason)
         typer.echo(f"Peer {party} suspended; {view['queue_depth']} message(s) held.")
 
     @peer_app.command("resume")
     def peer_resume(data_dir: DataDir, party: Annotated[str, typer.Argument(help="Party code.")]) -> None:
         """Resume exchanging with a suspended peer."""
-        try:
-            view = admin.set_peer_suspended(_node(data_dir), party, False, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        view = admin.set_peer_suspended(_node(data_dir), party, False, actor())
         typer.echo(f"Peer {party} resumed; {view['queue_depth']} message(s) to deliver.")
 
     @peer_app.command("update")
@@ -123,12 +105,9 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         fingerprint: Annotated[str, typer.Option(help="The fingerprint the other Party read to you.")],
     ) -> None:
         """Import a newer bundle version of a known peer after checking its fingerprint."""
-        try:
-            result = admin.import_peer_bundle(
-                _node(data_dir), party, bundle.read_bytes(), fingerprint, actor()
-            )
-        except ProlinkError as exc:
-            _fail(exc)
+        result = admin.import_peer_bundle(
+            _node(data_dir), party, bundle.read_bytes(), fingerprint, actor()
+        )
         typer.echo(f"Peer {party}: bundle version {result['bundle_version']} ({result['outcome']}).")
 
     # --- keys ------------------------------------------------------------------------------
@@ -136,10 +115,7 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
     @keys_app.command("list")
     def keys_list(data_dir: DataDir) -> None:
         """This node's keys, their validity and revocations, and the bundle version (JSON)."""
-        try:
-            _show(admin.keys_view(_node(data_dir)))
-        except ProlinkError as exc:
-            _fail(exc)
+        _show(admin.keys_view(_node(data_dir)))
 
     @keys_app.command("rotate")
     def keys_rotate(
@@ -148,13 +124,10 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         passphrase: Passphrase = None,
     ) -> None:
         """New node signing and encryption keys (new bundle version); old keys stay valid for --overlap."""
-        try:
-            node = _node(data_dir)
-            result = admin.rotate_keys(
-                node, parse_duration(overlap), _root_passphrase(node, passphrase), actor(), push=False
-            )
-        except ProlinkError as exc:
-            _fail(exc)
+        node = _node(data_dir)
+        result = admin.rotate_keys(
+            node, parse_duration(overlap), _root_passphrase(node, passphrase), actor(), push=False
+        )
         typer.echo(
             f"Bundle version {result['bundle_version']}: signing key {result['signing_key']}, "
             f"encryption key {result['encryption_key']}; the old keys stay valid until "
@@ -172,13 +145,10 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         passphrase: Passphrase = None,
     ) -> None:
         """Revoke a node key (not the current one: rotate first) or a signatory's key."""
-        try:
-            node = _node(data_dir)
-            result = admin.revoke(
-                node, key_id, reason, _root_passphrase(node, passphrase), actor(), push=False
-            )
-        except ProlinkError as exc:
-            _fail(exc)
+        node = _node(data_dir)
+        result = admin.revoke(
+            node, key_id, reason, _root_passphrase(node, passphrase), actor(), push=False
+        )
         typer.echo(
             f"{result['kind'].capitalize()} key {key_id} revoked from {result['revoked_at']} "
             f"(bundle version {result['bundle_version']})."
@@ -200,18 +170,12 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
     @user_app.command("disable")
     def user_disable(data_dir: DataDir, user_id: Annotated[int, typer.Argument(help="User id.")]) -> None:
         """The user's token stops working at once."""
-        try:
-            admin.set_user_disabled(_node(data_dir), user_id, True, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        admin.set_user_disabled(_node(data_dir), user_id, True, actor())
         typer.echo(f"User {user_id} disabled.")
 
     @user_app.command("enable")
     def user_enable(data_dir: DataDir, user_id: Annotated[int, typer.Argument(help="User id.")]) -> None:
-        try:
-            admin.set_user_disabled(_node(data_dir), user_id, False, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        admin.set_user_disabled(_node(data_dir), user_id, False, actor())
         typer.echo(f"User {user_id} enabled.")
 
     @user_app.command("role")
@@ -225,17 +189,14 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         ] = None,
     ) -> None:
         """Change a user's role (and clearance)."""
-        try:
-            u = admin.update_user(
-                _node(data_dir),
-                user_id,
-                actor(),
-                role=role,
-                clearance=clearance,
-                signatory_key_id=signing_key,
-            )
-        except ProlinkError as exc:
-            _fail(exc)
+        u = admin.update_user(
+            _node(data_dir),
+            user_id,
+            actor(),
+            role=role,
+            clearance=clearance,
+            signatory_key_id=signing_key,
+        )
         typer.echo(f"User {user_id}: role {u['role']}, clearance {u['clearance']}.")
 
     @user_app.command("rotate-token")
@@ -243,10 +204,7 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         data_dir: DataDir, user_id: Annotated[int, typer.Argument(help="User id.")]
     ) -> None:
         """A new token (shown once); the old one stops working at once."""
-        try:
-            _, token = admin.rotate_user_token(_node(data_dir), user_id, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        _, token = admin.rotate_user_token(_node(data_dir), user_id, actor())
         typer.echo(f"Token (shown once): {token}")
 
     # --- outbox --------------------------------------------------------------------------------
@@ -259,10 +217,7 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
     ) -> None:
         """Deliveries, newest first: message, peer, state, attempts, next try, last error."""
-        try:
-            listing = admin.list_outbox(_node(data_dir), state, peer, limit)
-        except ProlinkError as exc:
-            _fail(exc)
+        listing = admin.list_outbox(_node(data_dir), state, peer, limit)
         typer.echo("  ".join(f"{k}={v}" for k, v in listing["counts"].items()))
         for i in listing["items"]:
             typer.echo(
@@ -272,18 +227,12 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
 
     @outbox_app.command("show")
     def outbox_show(data_dir: DataDir, message_id: Annotated[str, typer.Argument()]) -> None:
-        try:
-            _show(admin.outbox_item(_node(data_dir), message_id))
-        except ProlinkError as exc:
-            _fail(exc)
+        _show(admin.outbox_item(_node(data_dir), message_id))
 
     @outbox_app.command("retry")
     def outbox_retry(data_dir: DataDir, message_id: Annotated[str, typer.Argument()]) -> None:
         """Try a queued message now instead of at its next backoff step."""
-        try:
-            admin.retry_now(_node(data_dir), message_id, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        admin.retry_now(_node(data_dir), message_id, actor())
         typer.echo(f"{message_id}: due now.")
 
     @outbox_app.command("park")
@@ -293,17 +242,11 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         reason: Annotated[str, typer.Option(help="Why (kept as its last error).")],
     ) -> None:
         """Stop delivering a message until it is requeued."""
-        try:
-            admin.park_message(_node(data_dir), message_id, reason, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        admin.park_message(_node(data_dir), message_id, reason, actor())
         typer.echo(f"{message_id}: parked.")
 
     @outbox_app.command("requeue")
     def outbox_requeue(data_dir: DataDir, message_id: Annotated[str, typer.Argument()]) -> None:
         """Deliver a parked message again (due now, with a fresh age window)."""
-        try:
-            admin.requeue_message(_node(data_dir), message_id, actor())
-        except ProlinkError as exc:
-            _fail(exc)
+        admin.requeue_message(_node(data_dir), message_id, actor())
         typer.echo(f"{message_id}: requeued.")

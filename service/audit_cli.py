@@ -52,9 +52,6 @@ def export(
             plan = export_to(node, out, actor=f"cli:{getpass.getuser()}", fmt=fmt,
                              start=_time(start, "--from"), end=_time(end, "--to"))
         tmp.replace(output)
-    except ProlinkError as exc:
-        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise typer.Exit(2) from None
     finally:
         node.engine.dispose()
     last = plan.first + plan.count - 1
@@ -126,9 +123,6 @@ def proof(
     node = build_node(data_dir)
     try:
         output.write_bytes(entry_proof(node, seq, actor=f"cli:{getpass.getuser()}"))
-    except ProlinkError as exc:
-        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise typer.Exit(2) from None
     finally:
         node.engine.dispose()
     typer.echo(f"Proof of entry {seq} of {node.party}'s audit log written to {output}")
@@ -164,8 +158,7 @@ def witnessed(
         with session_scope(engine, readonly=True) as s:
             row = latest_accepted(s, party.upper())
             if row is None:
-                typer.echo(f"error: this node holds no head of {party}'s log", err=True)
-                raise typer.Exit(2)
+                raise ProlinkError(f"this node holds no head of {party}'s log", code="audit.no_head")
             note = parse_note(row.note.encode("utf-8"))
             note = note.with_signatures([parse_signature_line(row.cosignature)])
             output.write_bytes(note.to_bytes())

@@ -6,15 +6,39 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
 import typer
+from typer.core import TyperGroup
 
 from protocol import ProlinkError
 from service.audit_cli import audit_app
 
-app = typer.Typer(help="prolink: signed, encrypted exchange between prosecutor's offices.",
+
+class RefusingGroup(TyperGroup):
+    """The ``prolink`` command group: whatever a command refuses (a ``ProlinkError``: a data directory
+    that holds no node, a broken ``node.json``, a peer's bad bundle...) or a named file that cannot be
+    read or written ends as ``error: CODE: message`` and exit status 2, never a traceback. Other errors
+    (a full disk, too many open files) keep theirs. The commands themselves catch nothing."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ProlinkError as exc:
+            refuse(exc.code, exc.message)
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            refuse("io.failed", f"{exc.strerror or exc} ({exc.filename})")
+
+
+def refuse(code: str, message: str) -> NoReturn:
+    typer.echo(f"error: {code}: {message}", err=True)
+    raise typer.Exit(2)
+
+
+app = typer.Typer(cls=RefusingGroup, help="prolink: signed, encrypted exchange between prosecutor's offices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 bundle_app = typer.Typer(help="Export this Party's public bundle.", no_args_is_help=True)
 peer_app = typer.Typer(help="Peers: the other Parties this node exchanges with.", no_args_is_help=True)
@@ -29,30 +53,6 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data direc
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _fail(exc: Exception) -> None:
-    code = getattr(exc, "code", "error")
-    message = getattr(exc, "message", str(exc))
-    typer.echo(f"error: {code}: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def main() -> None:
-    """The ``prolink`` command. A refusal no command caught itself (a data directory that holds no node,
-    a broken ``node.json``, a file that cannot be read or written) still ends as ``error: CODE: message``
-    and exit status 2, not a traceback."""
-    try:
-        app()
-    except ProlinkError as exc:
-        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
-        sys.exit(2)
-    except OSError as exc:
-        if exc.filename is None:  # not about a file (a full disk, too many open files): keep the trace
-            raise
-        # A file named on the command line, or one in the data directory, that cannot be read or written.
-        typer.echo(f"error: io.failed: {exc.strerror or exc} ({exc.filename})", err=True)
-        sys.exit(2)
 
 
 @app.command()
@@ -80,24 +80,20 @@ def init(
     except ValueError:  # a port that is not a number or out of range, a broken [IPv6] host
         parts, port = None, 0
     if parts is None or parts.scheme != "https" or not parts.hostname or not 0 < port < 65536:
-        _fail(ConfigError("--url must be https://HOST:PORT", code="config.invalid"))
-        return
+        raise ConfigError("--url must be https://HOST:PORT", code="config.invalid")
     try:
-        try:
-            settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
-                                peer_host=listen_host or parts.hostname, peer_port=port,
-                                user_port=user_port, database_url=database_url or "",
-                                key_passphrase_env=passphrase_env)
-        except ValidationError as exc:
-            raise ConfigError(describe(exc)) from None
-        if (settings.data_dir / "node.json").exists():
-            raise ConfigError(f"{settings.data_dir} already holds a node", code="config.exists")
-        identity = generate_identity(settings.data_dir, party, name, url, _now(),
-                                     passphrase=settings.key_passphrase())
-        settings.save()
-        upgrade(settings.database_url)
-    except ProlinkError as exc:
-        _fail(exc)
+        settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
+                            peer_host=listen_host or parts.hostname, peer_port=port,
+                            user_port=user_port, database_url=database_url or "",
+                            key_passphrase_env=passphrase_env)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+    if (settings.data_dir / "node.json").exists():
+        raise ConfigError(f"{settings.data_dir} already holds a node", code="config.exists")
+    identity = generate_identity(settings.data_dir, party, name, url, _now(),
+                                 passphrase=settings.key_passphrase())
+    settings.save()
+    upgrade(settings.database_url)
     typer.echo(f"Party {party} initialised in {settings.data_dir}")
     typer.echo(f"Root key fingerprint: {identity.fingerprint}")
 
@@ -127,10 +123,7 @@ def peer_add(data_dir: DataDir, bundle: Annotated[Path, typer.Argument(help="The
              fingerprint: Annotated[str, typer.Option(help="The fingerprint the other Party read to you.")]) -> None:
     """Trust another Party's bundle after checking its fingerprint."""
     node = _node(data_dir)
-    try:
-        trusted = node.add_peer(bundle.read_bytes(), fingerprint)
-    except ProlinkError as exc:
-        _fail(exc)
+    trusted = node.add_peer(bundle.read_bytes(), fingerprint)
     typer.echo(f"Peer {trusted.party} ({trusted.bundle.name}) added, endpoint {trusted.bundle.endpoint}, "
                f"bundle version {trusted.bundle.version}")
 
@@ -167,18 +160,15 @@ def user_add(
 
     node = _node(data_dir)
     key_id = None
-    try:
-        admin.check_new_user(name, role, clearance)  # before a signing key is made for nothing
-        if role == "signatory":
-            today = _now().date()
-            signatory = add_signatory(node.settings.data_dir, name, position or "уполномоченное лицо", today,
-                                      today + timedelta(days=valid_days), _now(),
-                                      passphrase=node.settings.key_passphrase())
-            key_id = signatory.key.key_id
-        # The admin API's own path: the same checks, and the audit log records who added the user.
-        user, token = admin.add_user(node, name, role, clearance, admin.cli_actor(), key_id)
-    except ProlinkError as exc:
-        _fail(exc)
+    admin.check_new_user(name, role, clearance)  # before a signing key is made for nothing
+    if role == "signatory":
+        today = _now().date()
+        signatory = add_signatory(node.settings.data_dir, name, position or "уполномоченное лицо", today,
+                                  today + timedelta(days=valid_days), _now(),
+                                  passphrase=node.settings.key_passphrase())
+        key_id = signatory.key.key_id
+    # The admin API's own path: the same checks, and the audit log records who added the user.
+    user, token = admin.add_user(node, name, role, clearance, admin.cli_actor(), key_id)
     typer.echo(f"User {user['id']} ({name}, {role}) created." + (f" Signing key {key_id}." if key_id else ""))
     typer.echo(f"Token (shown once): {token}")
 
@@ -191,11 +181,8 @@ def serve(data_dir: DataDir) -> None:
     from service.server import serve as run
 
     configure_logging()
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
-            runner.run(run(data_dir))
-    except ProlinkError as exc:
-        _fail(exc)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
+        runner.run(run(data_dir))
 
 
 @app.command()

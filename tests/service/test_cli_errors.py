@@ -162,3 +162,10 @@ def test_a_signatory_validity_out_of_range_is_a_usage_error(node_dir: Path, days
                      "--valid-days", days)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_a_peer_head_this_node_never_cosigned_is_refused_with_a_code(node_dir: Path, tmp_path: Path) -> None:
+    result = prolink("audit", "witnessed", "--data-dir", str(node_dir), "--party", "BY",
+                     "-o", str(tmp_path / "by-head.txt"))
+    assert_refused(result, "audit.no_head")
+    assert not (tmp_path / "by-head.txt").exists()
