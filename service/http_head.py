@@ -251,14 +251,13 @@ else:
         def _start_head_timer(self) -> None:
             self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
 
-
         def _head_timed_out(self) -> None:
             """No whole head in time: answer 408 and close, once an answer still owed has gone out."""
             self._head_timer = None
             if self._refused or self.transport.is_closing():
                 return
             log.warning("request_head_timeout", seconds=self.head_timeout_seconds,
-                        client=self.client[0] if self.client else None)
+                        client=self._client_host())
             self._stop_reading(head_timeout_response(self.head_timeout_seconds))
 
         def _check_body(self) -> None:
@@ -274,7 +273,7 @@ else:
                 self._body_timer = self.loop.call_later(self.body_timeout_seconds - idle, self._check_body)
                 return
             log.warning("request_body_timeout", seconds=self.body_timeout_seconds,
-                        client=self.client[0] if self.client else None)
+                        client=self._client_host())
             self._refused = True
             queued = [item for item in self.pipeline if item[0] is cycle]
             if queued:  # an earlier request is still being answered: drop this one, close after that answer
@@ -290,9 +289,12 @@ else:
             else:  # the app answered without the body: nothing is owed
                 self.transport.close()
 
+        def _client_host(self) -> str | None:
+            return self.client[0] if self.client else None
+
         def _log_refusal(self, size: int) -> None:
             log.warning("request_head_too_large", limit=self.max_head_bytes, size=size,
-                        client=self.client[0] if self.client else None)
+                        client=self._client_host())
 
 
 def head_limited(protocol: type[asyncio.Protocol], max_head_bytes: int,

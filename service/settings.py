@@ -35,7 +35,6 @@ NODE_FILE = "node.json"
 GiB = 1024**3
 
 
-
 class ConfigError(ProlinkError):
     """A node's configuration that cannot be used: no ``node.json``, bad JSON, a value out of range."""
 
