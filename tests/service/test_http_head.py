@@ -69,6 +69,15 @@ def _header_lines(total: int, line: int = 1024) -> bytes:
     return b"".join(b"x-filler-%d: %s\r\n" % (i, b"a" * (line - 20)) for i in range(count))
 
 
+def _one_json_answer(sock: socket.socket, received: bytes = b"") -> bytes:
+    """``received`` and what follows it until the end of one answer with a JSON body (its closing brace),
+    leaving the connection open; stops early if the server closes it."""
+    answer = received
+    while b"}" not in answer and (chunk := sock.recv(65536)):
+        answer += chunk
+    return answer
+
+
 def _status_and_json(answer: bytes) -> tuple[int, dict[str, Any]]:
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), json.loads(body)
@@ -123,9 +132,7 @@ def test_the_bound_is_per_request_on_a_kept_alive_connection() -> None:
         sock.settimeout(5)
         for _ in range(3):
             sock.sendall(request)
-            answer = b""
-            while b"}" not in answer:
-                answer += sock.recv(65536)
+            answer = _one_json_answer(sock)
             assert answer.startswith(b"HTTP/1.1 200 ")
 
 
@@ -246,9 +253,7 @@ def test_heads_in_time_are_served_and_each_request_of_a_kept_alive_connection_is
             sock.sendall(b"GET / HTTP/1.1\r\n")
             time.sleep(TIMEOUT / 3)
             sock.sendall(b"host: x\r\n\r\n")
-            answer = b""
-            while b"}" not in answer:
-                answer += sock.recv(65536)
+            answer = _one_json_answer(sock)
             assert answer.startswith(b"HTTP/1.1 200 ")
             time.sleep(TIMEOUT / 2)  # idle between requests (uvicorn's keep-alive timeout is 5 s)
         sock.sendall(b"GET / HTTP/1.1\r\n")  # then a head that never ends
@@ -297,9 +302,7 @@ def test_a_slow_body_that_keeps_coming_is_served_however_long_it_takes_in_all() 
         for _ in range(parts):
             time.sleep(TIMEOUT / 4)
             sock.sendall(b"a" * 100)
-        answer = b""
-        while b"}" not in answer:
-            answer += sock.recv(65536)
+        answer = _one_json_answer(sock)
     status, body = _status_and_json(answer)
     assert status == 200 and body["body"] == parts * 100
 
@@ -316,9 +319,7 @@ def test_time_the_app_takes_to_read_the_body_is_not_the_clients() -> None:
             socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(10)
         sock.sendall(_post_head(big) + b"a" * big)
-        answer = b""
-        while b"}" not in answer:
-            answer += sock.recv(65536)
+        answer = _one_json_answer(sock)
     status, body = _status_and_json(answer)
     assert status == 200 and body["body"] == big
 
@@ -332,9 +333,7 @@ def _after_100_continue(app: Any, pause: float) -> tuple[int, dict[str, Any]]:
         assert interim.startswith(b"HTTP/1.1 100 ")
         time.sleep(pause)
         sock.sendall(b"hello")
-        answer = interim.partition(b"\r\n\r\n")[2]
-        while b"}" not in answer:
-            answer += sock.recv(65536)
+        answer = _one_json_answer(sock, interim.partition(b"\r\n\r\n")[2])
     return _status_and_json(answer)
 
 
