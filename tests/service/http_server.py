@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from service.demo import free_port
+from service.demo import free_port, release_port
 from service.server import loop_factory
 
 
@@ -37,6 +37,7 @@ def serving(app: Any, protocol: type[asyncio.Protocol], ctx: ssl.SSLContext | No
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.started
+    release_port(port)  # the server listens on it now
     try:
         yield port
     finally:
