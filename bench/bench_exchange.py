@@ -131,6 +131,24 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_server_cpu() -> float:
+    """CPU seconds used so far by this machine's PostgreSQL server processes (every process named
+    ``postgres``: backends, WAL writer, checkpointer...; 0.0 where /proc is missing or no server runs here).
+    A backend that exits between two readings takes its share with it, so read around a stretch in which the
+    nodes' pooled connections stay open."""
+    total = 0.0
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "postgres":
+            total += process_cpu(int(entry.name))
+    return total
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -292,13 +310,14 @@ def measure_echo(client_dir: Path, server_dir: Path, port: int, body_size: int, 
     for t in threads:
         t.start()
     barrier.wait()
-    started, cpu_before = time.perf_counter(), process_cpu(server_pid)
+    started, cpu_before, load_before = time.perf_counter(), process_cpu(server_pid), process_cpu(os.getpid())
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
     if len(latencies) != requests:
         raise RuntimeError(f"echo: {len(latencies)} of {requests} requests completed")
-    return Figures("echo", requests, elapsed, latencies, cpu={"echo": process_cpu(server_pid) - cpu_before})
+    return Figures("echo", requests, elapsed, latencies, cpu={"echo": process_cpu(server_pid) - cpu_before,
+                                                             "load": process_cpu(os.getpid()) - load_before})
 
 
 # --- two nodes -------------------------------------------------------------------------------------
@@ -543,13 +562,16 @@ def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, c
     """``count`` messages posted by ``concurrency`` senders as fast as accepted; waits for every delivery."""
     before = out.counts()
     pids = {"KZ": pair.kz.process.pid, "BY": pair.by.process.pid}
+    pids["load"] = os.getpid()  # this process: the senders, and the polling of KZ's database
     cpu_before = {party: process_cpu(pid) for party, pid in pids.items()}
+    database_before = postgres_server_cpu()
     sent = post_all(pair, doc, concurrency, count)
     accepted = time.time() - min(sent.values())
     out.wait_all(list(sent), timeout, before)
     figures = figures_from_db(out, "open", sent)
     figures.accept_seconds = accepted
     figures.cpu = {party: process_cpu(pid) - cpu_before[party] for party, pid in pids.items()}
+    figures.cpu["database"] = postgres_server_cpu() - database_before  # PostgreSQL's share, if it runs here
     return figures, sent
 
 
@@ -717,12 +739,20 @@ def report(base: Figures, r: BackendResult, durable: Figures | None = None) -> d
     print(f"{b} latency     closed loop, {r.closed.count} messages: p50 {ms(r.closed.p50)} (x{p50_ratio:.1f})"
           f"   p99 {ms(r.closed.p99)} (x{p99_ratio:.1f})   target p99 <= {P99_TARGET:g}x   {verdict(p99_ok)}")
     accepted = r.open.count / r.open.accept_seconds
-    node_cpu = {party: 1000 * seconds / r.open.count for party, seconds in r.open.cpu.items()}
+    per_message = {name: 1000 * seconds / r.open.count for name, seconds in r.open.cpu.items()}
+    node_cpu = {party: per_message.get(party, 0.0) for party in ("KZ", "BY")}
     echo_cpu = 1000 * base.cpu.get("echo", 0.0) / base.count
-    print(f"{b} (info)      CPU per delivered message: KZ {node_cpu.get('KZ', 0):.2f} ms + BY "
-          f"{node_cpu.get('BY', 0):.2f} ms (both nodes {sum(node_cpu.values()):.2f} ms) against "
+    print(f"{b} (info)      CPU per delivered message: KZ {node_cpu['KZ']:.2f} ms + BY "
+          f"{node_cpu['BY']:.2f} ms (both nodes {sum(node_cpu.values()):.2f} ms) against "
           f"{echo_cpu:.2f} ms per request in the echo server"
           f" (x{sum(node_cpu.values()) / max(echo_cpu, 1e-9):.1f})")
+    # Where the machine's CPU went, per message: what bounds the open pipeline when every core is busy.
+    database = per_message.get("database", 0.0)
+    everything = sum(node_cpu.values()) + database + per_message.get("load", 0.0)
+    echo_everything = echo_cpu + 1000 * base.cpu.get("load", 0.0) / base.count
+    print(f"{b} (info)      CPU of the whole run per message: nodes {sum(node_cpu.values()):.2f} ms"
+          f" + PostgreSQL server {database:.2f} ms + load generator {per_message.get('load', 0.0):.2f} ms"
+          f" = {everything:.2f} ms; echo: server + load generator {echo_everything:.2f} ms per request")
     if durable is not None:
         print(f"{b} (info)      against the durable echo: throughput ratio {r.open.rate / durable.rate:.3f},"
               f" closed-loop p99 x{r.closed.p99 / durable.p99:.1f}")
@@ -735,7 +765,7 @@ def report(base: Figures, r: BackendResult, durable: Figures | None = None) -> d
             "open_p50_ms": round(r.open.p50 * 1000, 1), "open_p99_ms": round(r.open.p99 * 1000, 1),
             "accepted_msgs_per_s": round(r.open.count / r.open.accept_seconds, 1),
             "receipts_verified": r.receipts_verified,
-            "cpu_ms_per_message": {party: round(v, 2) for party, v in node_cpu.items()},
+            "cpu_ms_per_message": {name: round(v, 2) for name, v in per_message.items()},
             "echo_cpu_ms_per_request": round(echo_cpu, 2),
             "durable_echo_throughput_ratio": round(r.open.rate / durable.rate, 3) if durable else None}
 
