@@ -494,13 +494,14 @@ def test_claim_passes_over_busy_peers_and_takes_their_rows_once_they_are_free(en
 
 
 def _writes(engine: Engine) -> list[str]:
-    """The statements run on ``engine`` from now on that lock for writing: SQLite's ``BEGIN IMMEDIATE``,
-    a ``FOR UPDATE`` read (PostgreSQL), an ``UPDATE``."""
+    """The statements run on ``engine`` from now on that write or take the write lock: SQLite's
+    ``BEGIN IMMEDIATE``, an ``UPDATE``, ``INSERT`` or ``DELETE``. (PostgreSQL's claim reads its candidates
+    ``FOR UPDATE SKIP LOCKED``; a read that finds nothing locks nothing.)"""
     seen: list[str] = []
 
     @event.listens_for(engine, "before_cursor_execute")
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith(("BEGIN IMMEDIATE", "UPDATE")) or "FOR UPDATE" in statement:
+        if statement.startswith(("BEGIN IMMEDIATE", "UPDATE", "INSERT", "DELETE")):
             seen.append(statement)
 
     return seen
