@@ -291,15 +291,11 @@ def mark_delivered(
     return outbox_id in done
 
 
-_LOCK_MANY = (
-    select(col(Outbox.id), col(Outbox.message_id), col(Outbox.state))
-    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)))
-    .with_for_update()
-)
 _DELIVER_OUTBOX = (
     update(Outbox)
     .where(col(Outbox.id).in_(bindparam("ids", expanding=True)), col(Outbox.state) != "delivered")
     .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
+    .returning(col(Outbox.id), col(Outbox.message_id))  # the rows this delivered (none twice)
 )
 _DELIVER_MESSAGE = (
     update(Message.__table__)  # type: ignore[attr-defined]
@@ -310,17 +306,21 @@ _DELIVER_MESSAGE = (
 
 
 def mark_delivered_many(session: Session, items: list[Receipted], now: datetime) -> set[int]:
-    """``mark_delivered`` for several rows in three statements; returns the outbox ids newly delivered."""
+    """``mark_delivered`` for several rows in two statements; returns the outbox ids newly delivered.
+
+    The outbox rows are delivered first: the UPDATE locks them, so a concurrent
+    settlement of the same rows waits and then finds them delivered, and only
+    the messages of rows this one delivered get their receipt.
+    """
     if not items:
         return set()
     session.flush()
     conn = session.connection()
-    rows = conn.execute(_LOCK_MANY, {"ids": [i.outbox_id for i in items]}).all()
-    open_rows = {r.id: r.message_id for r in rows if r.state != "delivered"}
+    open_rows = {r.id: r.message_id for r in conn.execute(
+        _DELIVER_OUTBOX, {"ids": [i.outbox_id for i in items], "now": now})}
     todo = [i for i in items if i.outbox_id in open_rows]
     if not todo:
         return set()
-    conn.execute(_DELIVER_OUTBOX, {"ids": [i.outbox_id for i in todo], "now": now})
     conn.execute(_DELIVER_MESSAGE, [
         {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt,
          "m_receipt_status": i.receipt_status, "m_verified": i.receipt_verified,
