@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from protocol import ProlinkError
-from service.db import read_only
+from service.db import read_only, unwrapped_reads
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk
 
 #: ``blob_bytes`` refuses to load more than this unless told otherwise.
@@ -177,7 +177,7 @@ def _insert_blob(conn: Connection, sha256: str, size: int, chunk_count: int) -> 
 def blob_info(source: Session | Engine, blob_id: int) -> BlobInfo:
     """Id, SHA-256 and size of a stored blob; ``BlobNotFound`` if there is none."""
     if isinstance(source, Engine):
-        with read_only(source).connect() as conn, conn.begin():
+        with unwrapped_reads(source).connect() as conn:  # one statement
             return _info(conn, blob_id)
     return _info(source.connection(), blob_id)
 
@@ -205,14 +205,15 @@ def blob_bytes(source: Session | Engine, blob_id: int, *, max_size: int = SMALL_
 
 
 def small_blobs(engine: Engine, blob_ids: list[int], *, max_total: int = SMALL_BLOB_LIMIT) -> list[bytes]:
-    """Several whole (small) blobs, verified, in order, read with two queries in one read-only transaction.
+    """Several whole (small) blobs, verified, in order, read with two queries (``unwrapped_reads``: a blob
+    never changes once written, so they need no transaction around them).
 
     ``BlobTooLarge`` if together they exceed ``max_total`` (checked before any chunk is read),
     ``BlobNotFound`` or ``BlobCorrupt`` as for ``read_blob``.
     """
     if not blob_ids:
         return []
-    with read_only(engine).connect() as conn, conn.begin():
+    with unwrapped_reads(engine).connect() as conn:
         heads = {r.id: r for r in conn.execute(_HEADS, {"ids": blob_ids})}
         missing = [i for i in blob_ids if i not in heads]
         if missing:

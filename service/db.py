@@ -143,6 +143,7 @@ def _sqlite_engine(database_url: str, *, echo: bool, create_file: bool = True) -
 
 
 _READER_ATTRIBUTE = "_prolink_read_only"  # where ``read_only`` keeps an engine's reader
+_UNWRAPPED_ATTRIBUTE = "_prolink_unwrapped_reads"  # where ``unwrapped_reads`` keeps it
 _LOOP_READER_ATTRIBUTE = "_prolink_loop_reader"  # where ``loop_reader`` keeps it
 
 
@@ -321,6 +322,21 @@ def read_only(engine: Engine) -> Engine:
     if reader is None:
         reader = engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
         engine.__dict__[_READER_ATTRIBUTE] = reader
+    return reader
+
+
+def unwrapped_reads(engine: Engine) -> Engine:
+    """For reads that need no transaction around them: one statement, or several over rows that never
+    change once written (blobs). On PostgreSQL each statement runs on its own (autocommit), which spares
+    the ``BEGIN`` and ``COMMIT`` round trips; on SQLite it is ``read_only`` (a transaction costs nothing
+    there). Never for a read whose statements must see one snapshot of rows that change.
+    """
+    if engine.dialect.name == "sqlite":
+        return read_only(engine)
+    reader: Engine | None = engine.__dict__.get(_UNWRAPPED_ATTRIBUTE)
+    if reader is None:
+        reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        engine.__dict__[_UNWRAPPED_ATTRIBUTE] = reader
     return reader
 
 

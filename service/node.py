@@ -30,7 +30,7 @@ from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing
 from service import audit, cases, outbox
 from service.blobs import read_blob, write_blobs
-from service.db import session_scope
+from service.db import session_scope, unwrapped_reads
 from service.errors import ServiceError, status_for
 from service.group_commit import GroupCommit
 from service.models import Message, Peer
@@ -513,8 +513,8 @@ class Node:
         """What is stored for these received message ids (one query)."""
         if not message_ids:
             return {}
-        with session_scope(self.engine, readonly=True) as s:
-            rows = s.connection().execute(_STORED_INBOUND, {"ids": message_ids}).all()
+        with unwrapped_reads(self.engine).connect() as conn:
+            rows = conn.execute(_STORED_INBOUND, {"ids": message_ids}).all()
         return {r.id: _StoredInbound(r.envelope_sha256, r.receipt, r.peer) for r in rows}
 
     def _reject(self, now: datetime, envelope_sha256: bytes, message_id: str, sender: str,
