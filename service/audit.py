@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 import protocol
 from protocol import CompactRange, LogError, NodeGetter, SigningKey
+from service.db import write_pipelined
 from service.models import AuditCosignature, AuditHead, AuditNode, AuditState, Event
 
 STATE_ID = 1
@@ -86,8 +87,8 @@ class Appended:
 _LOCK_STATE = select(_state.c.size, _state.c.frontier).where(_state.c.id == STATE_ID).with_for_update()
 _SAVE_STATE = update(_state).where(_state.c.id == STATE_ID).values(size=bindparam("new_size"),
                                                                      frontier=bindparam("new_frontier"))
-_INSERT_NODES = insert(_node)
-_INSERT_EVENTS = insert(_event)
+_INSERT_NODES = insert(_node).inline()  # no RETURNING (implicit for one row): pipelined on PostgreSQL
+_INSERT_EVENTS = insert(_event).inline()
 
 
 def _lock_state(conn: Connection) -> CompactRange:
@@ -107,6 +108,15 @@ def append(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
     if not entries:
         return []
     cr = _lock_state(conn)
+    out, nodes = _extend(cr, entries)
+    if nodes:
+        conn.execute(_INSERT_NODES, nodes)
+    conn.execute(_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)})
+    return out
+
+
+def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appended], list[dict[str, Any]]]:
+    """Add ``entries`` to ``cr`` (in place): each one's seq, bytes and leaf, and the nodes they complete."""
     out: list[Appended] = []
     nodes: list[dict[str, Any]] = []
     for e in entries:
@@ -116,22 +126,34 @@ def append(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
         leaf = protocol.leaf_hash(data)
         nodes.extend({"level": lvl, "idx": idx, "hash": h} for lvl, idx, h in cr.append(leaf))
         out.append(Appended(seq, data, leaf))
-    if nodes:
-        conn.execute(_INSERT_NODES, nodes)
-    conn.execute(_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)})
-    return out
+    return out, nodes
 
 
 def append_rows(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
-    """Append ``entries`` and insert their Event rows, with Core, in the caller's transaction."""
-    done = append(conn, entries)
-    if not done:
+    """Append ``entries`` and insert their Event rows, with Core, in the caller's transaction.
+
+    On PostgreSQL the writes that follow the lock (nodes, state, events) go
+    to the server together (``write_pipelined``): one round trip instead of three.
+    """
+    if not entries:
+        return []
+    if conn.dialect.name == "postgresql":
+        cr = _lock_state(conn)
+        done, nodes = _extend(cr, entries)
+        writes: list[tuple[Any, Any]] = [(_INSERT_NODES, nodes)] if nodes else []
+        writes.append((_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)}))
+        writes.append((_INSERT_EVENTS, _event_rows(entries, done)))
+        write_pipelined(conn, writes)
         return done
-    conn.execute(_INSERT_EVENTS, [
-        {"at": e.at, "actor": e.actor, "party": e.party, "type": e.type, "object_id": e.object_id,
-         "outcome": e.outcome, "detail": e.detail, "seq": a.seq, "entry": a.entry, "leaf_hash": a.leaf_hash}
-        for e, a in zip(entries, done, strict=True)])
+    done = append(conn, entries)
+    conn.execute(_INSERT_EVENTS, _event_rows(entries, done))
     return done
+
+
+def _event_rows(entries: Sequence[NewEntry], done: Sequence[Appended]) -> list[dict[str, Any]]:
+    return [{"at": e.at, "actor": e.actor, "party": e.party, "type": e.type, "object_id": e.object_id,
+             "outcome": e.outcome, "detail": e.detail, "seq": a.seq, "entry": a.entry, "leaf_hash": a.leaf_hash}
+            for e, a in zip(entries, done, strict=True)]
 
 
 def append_pending(session: Session) -> None:

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -338,6 +338,28 @@ def unwrapped_reads(engine: Engine) -> Engine:
         reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         engine.__dict__[_UNWRAPPED_ATTRIBUTE] = reader
     return reader
+
+
+def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
+    """Run ``writes`` (statement, parameters), whose results nobody reads, in ``conn``'s transaction, in order.
+
+    On PostgreSQL they go to the server together (psycopg's pipeline mode): one
+    round trip for all of them instead of one each, and the server's answers are
+    read once, at the end. A failure raises as SQLAlchemy's error for it
+    (``IntegrityError``, ``OperationalError``...), as from ``conn.execute``.
+    """
+    if conn.dialect.name != "postgresql":
+        for statement, parameters in writes:
+            conn.execute(statement, parameters)
+        return
+    import psycopg
+
+    try:
+        with conn.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+            for statement, parameters in writes:
+                conn.execute(statement, parameters)
+    except psycopg.Error as exc:  # raised as the pipeline is read, outside SQLAlchemy's own wrapping
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
 
 @contextmanager

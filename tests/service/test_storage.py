@@ -23,7 +23,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import event, inspect, update
+from sqlalchemy import event, insert, inspect, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
@@ -41,7 +41,7 @@ from service.blobs import (
     write_blobs,
     write_small_blobs,
 )
-from service.db import make_engine, session_scope
+from service.db import make_engine, session_scope, write_pipelined
 from service.migrate import current_revisions, downgrade, head_revisions, is_up_to_date, upgrade
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk, Event, Message, Meta, Outbox, Peer, User
 from service.settings import Settings
@@ -987,3 +987,33 @@ def test_loop_fetchall_async_shares_one_connection_outlives_a_server_restart_and
             asyncio.run(scenario(admin))
     finally:
         eng.dispose()
+
+
+# --- writes sent together (PostgreSQL's pipeline mode) ---------------------------------------------------
+
+def _meta(engine: Engine) -> dict[str, str]:
+    with session_scope(engine, readonly=True) as s:
+        return {m.key: m.value for m in s.exec(select(Meta).where(Meta.key.startswith("pipe-")))}  # type: ignore[attr-defined]
+
+
+def test_pipelined_writes_are_applied_in_order(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        write_pipelined(s.connection(), [
+            (insert(Meta), [{"key": "pipe-a", "value": "1"}, {"key": "pipe-b", "value": "2"}]),
+            (update(Meta).where(Meta.key == "pipe-a").values(value="3"), {}),  # sees the insert before it
+        ])
+    assert _meta(engine) == {"pipe-a": "3", "pipe-b": "2"}
+
+
+def test_a_failed_pipelined_write_raises_the_usual_error_and_the_transaction_keeps_nothing(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        s.add(Meta(key="pipe-a", value="1"))
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        write_pipelined(s.connection(), [
+            (insert(Meta), [{"key": "pipe-c", "value": "3"}]),
+            (insert(Meta), [{"key": "pipe-a", "value": "again"}]),  # the key is taken
+        ])
+    assert _meta(engine) == {"pipe-a": "1"}  # pipe-c went with the rolled-back transaction
+    with session_scope(engine) as s:  # and the pooled connection works on
+        write_pipelined(s.connection(), [(insert(Meta), [{"key": "pipe-d", "value": "4"}])])
+    assert _meta(engine) == {"pipe-a": "1", "pipe-d": "4"}
