@@ -347,6 +347,8 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
     round trip for all of them instead of one each, and the server's answers are
     read once, at the end. A failure raises as SQLAlchemy's error for it
     (``IntegrityError``, ``OperationalError``...), as from ``conn.execute``.
+    No statement may return rows: not even the generated key that SQLAlchemy
+    asks back for a one-row ``INSERT`` into a table with one (use ``insert(...).inline()``).
     """
     if conn.dialect.name != "postgresql":
         for statement, parameters in writes:
