@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -125,21 +125,26 @@ def write_blob(
 
 
 def write_blobs(session: Session, contents: Sequence[bytes | Iterable[bytes]], *,
-                max_size: int | None = None) -> list[BlobInfo]:
+                max_size: int | None = None, defer: list[tuple[Any, Any]] | None = None) -> list[BlobInfo]:
     """Store each of ``contents`` as a new blob: all together if every one is in memory (``bytes``) and
     within ``max_size`` (``write_small_blobs``), else each alone, a stream read as it is stored
-    (``write_blob``, which raises ``BlobTooLarge`` past ``max_size``)."""
+    (``write_blob``, which raises ``BlobTooLarge`` past ``max_size``). ``defer``: as for ``write_small_blobs``
+    (a stream is always written at once)."""
     if all(isinstance(c, bytes) and (max_size is None or len(c) <= max_size) for c in contents):
-        return write_small_blobs(session, cast(Sequence[bytes], contents))
+        return write_small_blobs(session, cast(Sequence[bytes], contents), defer=defer)
     return [write_blob(session, [c] if isinstance(c, bytes) else c, max_size=max_size) for c in contents]
 
 
 def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
-                      chunk_size: int = BLOB_CHUNK_SIZE) -> list[BlobInfo]:
+                      chunk_size: int = BLOB_CHUNK_SIZE,
+                      defer: list[tuple[Any, Any]] | None = None) -> list[BlobInfo]:
     """Store several envelopes already in memory as new blobs, in ``session``'s transaction: one insert of
     all the blob rows and one of all their chunks, instead of two or more statements each (``write_blob``).
 
     For the envelopes that sends without attachments seal into memory; a stream goes to ``write_blob``.
+    With ``defer``, the insert of the chunks is appended to it (the blob rows are
+    inserted at once: their ids are needed), for the caller to run with its other
+    writes (``db.write_pipelined``).
     """
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
@@ -154,7 +159,9 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
     chunks = [{"blob_id": blob_id, "seq": seq, "data": data[start:start + chunk_size]}
               for blob_id, data in zip(ids, envelopes, strict=True)
               for seq, start in enumerate(range(0, len(data), chunk_size))]
-    if chunks:
+    if chunks and defer is not None:
+        defer.append((_INSERT_CHUNK, chunks))
+    elif chunks:
         conn.execute(_INSERT_CHUNK, chunks)
     return [BlobInfo(id=blob_id, sha256=sha256, size=size)
             for blob_id, (sha256, size) in zip(ids, infos, strict=True)]
@@ -163,7 +170,7 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
 _INSERT_BLOB = insert(Blob).returning(col(Blob.id))
 # Several rows in one statement, their ids returned in the order the rows were given (insertmanyvalues).
 _INSERT_BLOBS = insert(Blob).returning(col(Blob.id), sort_by_parameter_order=True)
-_INSERT_CHUNK = insert(BlobChunk)
+_INSERT_CHUNK = insert(BlobChunk).inline()  # no RETURNING: may be pipelined
 
 
 def _insert_blob(conn: Connection, sha256: str, size: int, chunk_count: int) -> int:

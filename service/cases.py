@@ -50,7 +50,7 @@ _THREADS_FOR_UPDATE = (
     select(_thread.c.id, _thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
            _thread.c.case_number)
     .where(_thread.c.id.in_(bindparam("ids", expanding=True))).with_for_update())
-_INSERT_THREAD = insert(_thread)
+_INSERT_THREAD = insert(_thread).inline()  # no RETURNING: may be pipelined
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
 
@@ -92,7 +92,7 @@ def agreement_ends_on(session: Session) -> date | None:
 
 
 def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetime]], *,
-               originals_due_days: int) -> list[Effect]:
+               originals_due_days: int, defer: list[tuple[Any, Any]] | None = None) -> list[Effect]:
     """Check each of ``docs`` (sent or received by Party ``me``, each with its time) against its thread and
     record its effects, in order, as if one after the other; all or none (the first one out of step raises
     ``LifecycleError``; the caller's transaction rolls back).
@@ -101,7 +101,9 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
     once: one read of every thread they name (locked: replicas on PostgreSQL
     queue per thread), then one insert of the threads they open and one update
     per thread they move on. A later message sees what an earlier one did to
-    its thread (a reply in the same batch as its request).
+    its thread (a reply in the same batch as its request). With ``defer``, the
+    thread writes are appended to it, for the caller to run with its other writes
+    (``db.write_pipelined``), instead of run here.
     """
     conn = session.connection()
     threads: dict[str, dict[str, Any]] = {
@@ -146,10 +148,14 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
         _KIND_EFFECTS.get(doc.kind, _nothing)(session, doc, now, originals_due_days)
         effects.append(Effect(doc.thread_id, before, after, role, thread["purpose_code"],
                               thread["case_number"]))
-    if opened:
-        conn.execute(_INSERT_THREAD, list(opened.values()))
-    for thread_id, changes in moved.items():
-        conn.execute(update(_thread).where(_thread.c.id == thread_id).values(changes))
+    writes: list[tuple[Any, Any]] = [(_INSERT_THREAD, list(opened.values()))] if opened else []
+    writes.extend((update(_thread).where(_thread.c.id == thread_id).values(changes), {})
+                  for thread_id, changes in moved.items())
+    if defer is not None:
+        defer.extend(writes)
+    else:
+        for statement, parameters in writes:
+            conn.execute(statement, parameters)
     return effects
 
 

@@ -30,7 +30,7 @@ from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing
 from service import audit, cases, outbox
 from service.blobs import read_blob, write_blobs
-from service.db import session_scope, unwrapped_reads
+from service.db import session_scope, unwrapped_reads, write_pipelined
 from service.errors import ServiceError, status_for
 from service.group_commit import GroupCommit
 from service.models import Message, Peer
@@ -48,7 +48,7 @@ def utcnow() -> datetime:
 
 
 _message = Message.__table__  # type: ignore[attr-defined]
-_INSERT_MESSAGE = insert(_message)
+_INSERT_MESSAGE = insert(_message).inline()  # no RETURNING: pipelined on PostgreSQL
 _STORED_INBOUND = select(_message.c.id, _message.c.envelope_sha256, _message.c.receipt, _message.c.peer).where(
     _message.c.direction == "in", _message.c.id.in_(bindparam("ids", expanding=True)))
 
@@ -454,17 +454,19 @@ class Node:
         A duplicate message id fails the message insert (inside a savepoint, only
         that envelope's).
         """
+        writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
         effects = cases.apply_many(s, self.party, [(item.message.document, now) for item in items],
-                                   originals_due_days=self.settings.originals_due_days)
+                                   originals_due_days=self.settings.originals_due_days, defer=writes)
         contents = [item.src.getvalue() if isinstance(item.src, io.BytesIO) else file_chunks(item.src)
                     for item in items]
-        blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes)
+        blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes, defer=writes)
         rows = []
         for item, effect, blob in zip(items, effects, blobs, strict=True):
             if blob.sha256 != item.digest_hex:
                 raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
             rows.append(self._inbound_row(item.message, blob.id, item.framing.size, now, item.receipt, effect))
-        s.connection().execute(_INSERT_MESSAGE, rows)
+        writes.append((_INSERT_MESSAGE, rows))
+        write_pipelined(s.connection(), writes)
         return effects
 
     def _received_events(self, item: _Checked, effect: cases.Effect, now: datetime) -> list[audit.NewEntry]:
@@ -612,10 +614,11 @@ class Node:
         """
         stored: list[dict[str, Any]] = []
         events: list[audit.NewEntry] = []
+        writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
         with session_scope(self.engine) as s:
             effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
-                                       originals_due_days=self.settings.originals_due_days)
-            blobs = write_blobs(s, [send.envelope for send in sends])
+                                       originals_due_days=self.settings.originals_due_days, defer=writes)
+            blobs = write_blobs(s, [send.envelope for send in sends], defer=writes)
             for send, effect, blob in zip(sends, effects, blobs, strict=True):
                 document, signatory = send.document, send.signatory
                 stored.append({
@@ -633,8 +636,9 @@ class Node:
                     envelope_sha256=blob.sha256, kind=document.kind, thread_id=effect.thread_id,
                     state_before=effect.state_before, state_after=effect.state_after,
                     signer_key=signatory.key.key_id))
-            s.connection().execute(_INSERT_MESSAGE, stored)
-            outbox.enqueue_many(s, [(row["id"], row["peer"], row["created_at"]) for row in stored])
+            writes.append((_INSERT_MESSAGE, stored))
+            writes.append(outbox.enqueue_write([(row["id"], row["peer"], row["created_at"]) for row in stored]))
+            write_pipelined(s.connection(), writes)
             record_events(s, events)
         return stored
 

@@ -62,12 +62,18 @@ def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]]) ->
     if not rows:
         return
     session.flush()
-    session.connection().execute(_INSERT_OUTBOX, [
-        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
-        for message_id, peer, now in rows])
+    session.connection().execute(*enqueue_write(rows))
 
 
-_INSERT_OUTBOX = insert(Outbox).values(direction="out", state="queued", attempts=0)
+def enqueue_write(rows: Sequence[tuple[str, str, datetime]]) -> tuple[Any, list[dict[str, Any]]]:
+    """``enqueue_many``'s insert, (statement, parameters), for a caller that runs it with its other writes
+    (``db.write_pipelined``) after the messages' own."""
+    return _INSERT_OUTBOX, [{"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
+                            for message_id, peer, now in rows]
+
+
+# No RETURNING (SQLAlchemy asks back the key of a one-row insert): may be pipelined.
+_INSERT_OUTBOX = insert(Outbox).values(direction="out", state="queued", attempts=0).inline()
 
 
 #: Peers whose rows are held (suspended): never claimed, and not "due" for the claim's first read either.
