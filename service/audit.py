@@ -129,22 +129,30 @@ def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appende
     return out, nodes
 
 
-def append_rows(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
+def append_rows(conn: Connection, entries: Sequence[NewEntry],
+                writes_first: Sequence[tuple[Any, Any]] = ()) -> list[Appended]:
     """Append ``entries`` and insert their Event rows, with Core, in the caller's transaction.
 
     On PostgreSQL the writes that follow the lock (nodes, state, events) go
     to the server together (``write_pipelined``): one round trip instead of three.
+    ``writes_first``: the caller's own writes (statement, parameters; no result
+    read), run before the entries' in the same transaction, and on PostgreSQL in
+    the same pipeline, after the lock.
     """
     if not entries:
+        write_pipelined(conn, writes_first)
         return []
     if conn.dialect.name == "postgresql":
         cr = _lock_state(conn)
         done, nodes = _extend(cr, entries)
-        writes: list[tuple[Any, Any]] = [(_INSERT_NODES, nodes)] if nodes else []
+        writes: list[tuple[Any, Any]] = list(writes_first)
+        if nodes:
+            writes.append((_INSERT_NODES, nodes))
         writes.append((_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)}))
         writes.append((_INSERT_EVENTS, _event_rows(entries, done)))
         write_pipelined(conn, writes)
         return done
+    write_pipelined(conn, writes_first)
     done = append(conn, entries)
     conn.execute(_INSERT_EVENTS, _event_rows(entries, done))
     return done
@@ -152,7 +160,8 @@ def append_rows(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]
 
 def _event_rows(entries: Sequence[NewEntry], done: Sequence[Appended]) -> list[dict[str, Any]]:
     return [{"at": e.at, "actor": e.actor, "party": e.party, "type": e.type, "object_id": e.object_id,
-             "outcome": e.outcome, "detail": e.detail, "seq": a.seq, "entry": a.entry, "leaf_hash": a.leaf_hash}
+             "outcome": e.outcome, "detail": e.detail, "seq": a.seq, "entry": a.entry,
+             "leaf_hash": a.leaf_hash}
             for e, a in zip(entries, done, strict=True)]
 
 

@@ -341,7 +341,8 @@ def unwrapped_reads(engine: Engine) -> Engine:
 
 
 def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
-    """Run ``writes`` (statement, parameters), whose results nobody reads, in ``conn``'s transaction, in order.
+    """Run ``writes`` (statement, parameters), whose results nobody reads, in ``conn``'s transaction,
+    in order.
 
     On PostgreSQL they go to the server together (psycopg's pipeline mode): one
     round trip for all of them instead of one each, and the server's answers are
@@ -350,6 +351,8 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
     No statement may return rows: not even the generated key that SQLAlchemy
     asks back for a one-row ``INSERT`` into a table with one (use ``insert(...).inline()``).
     """
+    if not writes:
+        return  # (an empty pipeline would still cost a round trip to sync)
     if conn.dialect.name != "postgresql":
         for statement, parameters in writes:
             conn.execute(statement, parameters)

@@ -117,16 +117,18 @@ def event_entry(at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTO
     return audit.NewEntry(at, actor, party, type, object_id, outcome, detail)
 
 
-def record_events(session: Session, entries: Sequence[audit.NewEntry]) -> None:
+def record_events(session: Session, entries: Sequence[audit.NewEntry],
+                  writes_first: Sequence[tuple[Any, Any]] = ()) -> None:
     """Append ``entries`` to the audit log, in order, in this transaction (one lock, one insert).
 
     The entries get their place in the log (seq, Merkle leaf) at once, under
     the log's lock (``service.audit``), which is then held until the commit:
     record events last in a write transaction, so the lock is held briefly.
-    Inside a savepoint they are rolled back with it.
+    Inside a savepoint they are rolled back with it. ``writes_first``: the caller's
+    writes whose results nobody reads, sent with the entries' (``audit.append_rows``).
     """
-    if entries:
-        audit.append_rows(session.connection(), entries)
+    if entries or writes_first:
+        audit.append_rows(session.connection(), entries, writes_first)
 
 
 def record_event(session: Session, at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR,
@@ -637,7 +639,8 @@ class Node:
                     state_before=effect.state_before, state_after=effect.state_after,
                     signer_key=signatory.key.key_id))
             writes.append((_INSERT_MESSAGE, stored))
-            writes.append(outbox.enqueue_write([(row["id"], row["peer"], row["created_at"]) for row in stored]))
+            queued = [(row["id"], row["peer"], row["created_at"]) for row in stored]
+            writes.append(outbox.enqueue_write(queued))
             write_pipelined(s.connection(), writes)
             record_events(s, events)
         return stored

@@ -68,8 +68,9 @@ def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]]) ->
 def enqueue_write(rows: Sequence[tuple[str, str, datetime]]) -> tuple[Any, list[dict[str, Any]]]:
     """``enqueue_many``'s insert, (statement, parameters), for a caller that runs it with its other writes
     (``db.write_pipelined``) after the messages' own."""
-    return _INSERT_OUTBOX, [{"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
-                            for message_id, peer, now in rows]
+    return _INSERT_OUTBOX, [
+        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
+        for message_id, peer, now in rows]
 
 
 # No RETURNING (SQLAlchemy asks back the key of a one-row insert): may be pipelined.
@@ -228,7 +229,8 @@ def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
         taken = {r.id: r for r in conn.execute(
             _TAKE, {"ids": ids, "now": now, "worker_id": worker_id, "lease_until": lease_until})}
         rows = [taken[i] for i in ids if i in taken]  # in the order chosen: oldest due first
-        messages = {m.id: m for m in conn.execute(_SET_IN_FLIGHT, {"message_ids": [r.message_id for r in rows]})}
+        messages = {m.id: m for m in conn.execute(_SET_IN_FLIGHT,
+                                                  {"message_ids": [r.message_id for r in rows]})}
         claims = [
             Claim(
                 outbox_id=r.id,
@@ -311,12 +313,14 @@ _DELIVER_MESSAGE = (
 )
 
 
-def mark_delivered_many(session: Session, items: list[Receipted], now: datetime) -> set[int]:
+def mark_delivered_many(session: Session, items: list[Receipted], now: datetime, *,
+                        defer: list[tuple[Any, Any]] | None = None) -> set[int]:
     """``mark_delivered`` for several rows in two statements; returns the outbox ids newly delivered.
 
     The outbox rows are delivered first: the UPDATE locks them, so a concurrent
     settlement of the same rows waits and then finds them delivered, and only
-    the messages of rows this one delivered get their receipt.
+    the messages of rows this one delivered get their receipt. With ``defer``, the
+    update of the messages is appended to it for the caller to run (``db.write_pipelined``).
     """
     if not items:
         return set()
@@ -327,10 +331,14 @@ def mark_delivered_many(session: Session, items: list[Receipted], now: datetime)
     todo = [i for i in items if i.outbox_id in open_rows]
     if not todo:
         return set()
-    conn.execute(_DELIVER_MESSAGE, [
+    messages = [
         {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt,
          "m_receipt_status": i.receipt_status, "m_verified": i.receipt_verified,
-         "m_status": "rejected" if i.receipt_status == "rejected" else "delivered"} for i in todo])
+         "m_status": "rejected" if i.receipt_status == "rejected" else "delivered"} for i in todo]
+    if defer is not None:
+        defer.append((_DELIVER_MESSAGE, messages))
+    else:
+        conn.execute(_DELIVER_MESSAGE, messages)
     return set(open_rows)
 
 

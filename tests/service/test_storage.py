@@ -44,6 +44,7 @@ from service.blobs import (
 from service.db import make_engine, session_scope, write_pipelined
 from service.migrate import current_revisions, downgrade, head_revisions, is_up_to_date, upgrade
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk, Event, Message, Meta, Outbox, Peer, User
+from service.node import event_entry, record_events
 from service.settings import Settings
 from tests.integration.helpers import wait_for
 
@@ -1005,7 +1006,7 @@ def test_pipelined_writes_are_applied_in_order(engine: Engine) -> None:
     assert _meta(engine) == {"pipe-a": "3", "pipe-b": "2"}
 
 
-def test_a_failed_pipelined_write_raises_the_usual_error_and_the_transaction_keeps_nothing(engine: Engine) -> None:
+def test_a_failed_pipelined_write_raises_the_usual_error_and_keeps_nothing(engine: Engine) -> None:
     with session_scope(engine) as s:
         s.add(Meta(key="pipe-a", value="1"))
     with pytest.raises(IntegrityError), session_scope(engine) as s:
@@ -1017,3 +1018,18 @@ def test_a_failed_pipelined_write_raises_the_usual_error_and_the_transaction_kee
     with session_scope(engine) as s:  # and the pooled connection works on
         write_pipelined(s.connection(), [(insert(Meta), [{"key": "pipe-d", "value": "4"}])])
     assert _meta(engine) == {"pipe-a": "1", "pipe-d": "4"}
+
+
+def test_writes_given_with_audit_entries_run_before_them_in_the_same_transaction(engine: Engine) -> None:
+    entry = event_entry(T0, "message.sealed", "ok", actor="user:3", party="BY", object_id="m-1",
+                        envelope_sha256="ab" * 32, kind="request")
+    with session_scope(engine) as s:
+        record_events(s, [entry], writes_first=[(insert(Meta), [{"key": "pipe-e", "value": "5"}])])
+    with session_scope(engine) as s:  # with no entry to record, they are still written
+        record_events(s, [], writes_first=[(insert(Meta), [{"key": "pipe-f", "value": "6"}])])
+    with pytest.raises(IntegrityError), session_scope(engine) as s:  # a failed one takes the entries with it
+        record_events(s, [entry], writes_first=[(insert(Meta), [{"key": "pipe-e", "value": "again"}])])
+    assert _meta(engine) == {"pipe-e": "5", "pipe-f": "6"}
+    with session_scope(engine, readonly=True) as s:
+        assert [(e.seq, e.object_id) for e in s.exec(select(Event).where(Event.type == "message.sealed"))] \
+            == [(0, "m-1")]
