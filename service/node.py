@@ -372,8 +372,13 @@ class Node:
                     except IntegrityError:
                         raced.append((index, item))
                     except ProlinkError as exc:
-                        answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
-                                                      item.sender, exc, events=events)
+                        if self._stored_inbound([item.message_id]):
+                            # A racing delivery of this message committed first: its thread step is
+                            # taken, so the lifecycle refuses this one. Answered as that one was stored.
+                            raced.append((index, item))
+                        else:
+                            answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
+                                                          item.sender, exc, events=events)
                     else:
                         events.extend(self._received_events(item, effect, now))
                         accepted.append((index, item))
