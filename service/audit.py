@@ -107,16 +107,14 @@ def append(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
     """
     if not entries:
         return []
-    cr = _lock_state(conn)
-    out, nodes = _extend(cr, entries)
-    if nodes:
-        conn.execute(_INSERT_NODES, nodes)
-    conn.execute(_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)})
+    out, tree = _extend(_lock_state(conn), entries)
+    write_pipelined(conn, tree)
     return out
 
 
-def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appended], list[dict[str, Any]]]:
-    """Add ``entries`` to ``cr`` (in place): each one's seq, bytes and leaf, and the nodes they complete."""
+def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appended], list[tuple[Any, Any]]]:
+    """Add ``entries`` to ``cr`` (in place): each one's seq, bytes and leaf, and the writes that store the
+    tree (the nodes they complete, the new state)."""
     out: list[Appended] = []
     nodes: list[dict[str, Any]] = []
     for e in entries:
@@ -126,35 +124,25 @@ def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appende
         leaf = protocol.leaf_hash(data)
         nodes.extend({"level": lvl, "idx": idx, "hash": h} for lvl, idx, h in cr.append(leaf))
         out.append(Appended(seq, data, leaf))
-    return out, nodes
+    tree: list[tuple[Any, Any]] = [(_INSERT_NODES, nodes)] if nodes else []
+    tree.append((_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)}))
+    return out, tree
 
 
 def append_rows(conn: Connection, entries: Sequence[NewEntry],
                 writes_first: Sequence[tuple[Any, Any]] = ()) -> list[Appended]:
     """Append ``entries`` and insert their Event rows, with Core, in the caller's transaction.
 
-    On PostgreSQL the writes that follow the lock (nodes, state, events) go
-    to the server together (``write_pipelined``): one round trip instead of three.
+    The writes that follow the lock (nodes, state, events) go to the server
+    together (``write_pipelined``; on PostgreSQL one round trip instead of three).
     ``writes_first``: the caller's own writes (statement, parameters; no result
-    read), run before the entries' in the same transaction, and on PostgreSQL in
-    the same pipeline, after the lock.
+    read), run before them in the same pipeline.
     """
     if not entries:
         write_pipelined(conn, writes_first)
         return []
-    if conn.dialect.name == "postgresql":
-        cr = _lock_state(conn)
-        done, nodes = _extend(cr, entries)
-        writes: list[tuple[Any, Any]] = list(writes_first)
-        if nodes:
-            writes.append((_INSERT_NODES, nodes))
-        writes.append((_SAVE_STATE, {"new_size": cr.size, "new_frontier": pack(cr)}))
-        writes.append((_INSERT_EVENTS, _event_rows(entries, done)))
-        write_pipelined(conn, writes)
-        return done
-    write_pipelined(conn, writes_first)
-    done = append(conn, entries)
-    conn.execute(_INSERT_EVENTS, _event_rows(entries, done))
+    done, tree = _extend(_lock_state(conn), entries)
+    write_pipelined(conn, [*writes_first, *tree, (_INSERT_EVENTS, _event_rows(entries, done))])
     return done
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from protocol import ProlinkError
-from service.db import read_only, unwrapped_reads
+from service.db import read_only, unwrapped_reads, write_or_defer
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk
 
 #: ``blob_bytes`` refuses to load more than this unless told otherwise.
@@ -159,10 +159,8 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
     chunks = [{"blob_id": blob_id, "seq": seq, "data": data[start:start + chunk_size]}
               for blob_id, data in zip(ids, envelopes, strict=True)
               for seq, start in enumerate(range(0, len(data), chunk_size))]
-    if chunks and defer is not None:
-        defer.append((_INSERT_CHUNK, chunks))
-    elif chunks:
-        conn.execute(_INSERT_CHUNK, chunks)
+    if chunks:
+        write_or_defer(conn, [(_INSERT_CHUNK, chunks)], defer)
     return [BlobInfo(id=blob_id, sha256=sha256, size=size)
             for blob_id, (sha256, size) in zip(ids, infos, strict=True)]
 

@@ -28,6 +28,7 @@ from protocol import (
     next_state,
 )
 from service.case_models import Consent, DirectoryVersion, Original, TerminationNotice, Thread
+from service.db import write_or_defer
 from service.models import Message
 
 
@@ -151,11 +152,7 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
     writes: list[tuple[Any, Any]] = [(_INSERT_THREAD, list(opened.values()))] if opened else []
     writes.extend((update(_thread).where(_thread.c.id == thread_id).values(changes), {})
                   for thread_id, changes in moved.items())
-    if defer is not None:
-        defer.extend(writes)
-    else:
-        for statement, parameters in writes:
-            conn.execute(statement, parameters)
+    write_or_defer(conn, writes, defer)
     return effects
 
 

@@ -367,6 +367,16 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
 
+def write_or_defer(conn: Connection, writes: Sequence[tuple[Executable, Any]],
+                   defer: list[tuple[Executable, Any]] | None) -> None:
+    """Run ``writes`` now (``write_pipelined``), or, given ``defer``, append them to it for the caller to
+    run with its own writes, in one pipeline."""
+    if defer is None:
+        write_pipelined(conn, writes)
+    else:
+        defer.extend(writes)
+
+
 @contextmanager
 def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
     """One transaction: commit if the block succeeds, roll back if it raises.

@@ -645,7 +645,7 @@ class Node:
                     signer_key=signatory.key.key_id))
             writes.append((_INSERT_MESSAGE, stored))
             queued = [(row["id"], row["peer"], row["created_at"]) for row in stored]
-            writes.append(outbox.enqueue_write(queued))
+            outbox.enqueue_many(s, queued, defer=writes)
             write_pipelined(s.connection(), writes)
             record_events(s, events)
         return stored

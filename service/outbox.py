@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from service.db import read_only, session_scope
+from service.db import read_only, session_scope, write_or_defer
 from service.models import Message, Outbox, Peer
 from service.settings import Settings
 
@@ -51,26 +51,24 @@ class Claim:
     created_at: datetime | None = None  # when the message was sealed (for the latency metric)
 
 
-def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]]) -> None:
+def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
+                 defer: list[tuple[Any, Any]] | None = None) -> None:
     """Queue stored outgoing messages, (message id, peer, now) each, for delivery to that peer, due at once:
     one insert for all of them.
 
     The messages are stored as ``queued`` by the caller (a message is created
     queued). Flushes first, so messages added to ``session`` are stored before
-    their outbox rows refer to them.
+    their outbox rows refer to them. With ``defer``, the insert is appended to it
+    instead (no flush), for a caller that runs it after its own insert of the
+    messages (``db.write_or_defer``).
     """
     if not rows:
         return
-    session.flush()
-    session.connection().execute(*enqueue_write(rows))
-
-
-def enqueue_write(rows: Sequence[tuple[str, str, datetime]]) -> tuple[Any, list[dict[str, Any]]]:
-    """``enqueue_many``'s insert, (statement, parameters), for a caller that runs it with its other writes
-    (``db.write_pipelined``) after the messages' own."""
-    return _INSERT_OUTBOX, [
+    if defer is None:
+        session.flush()
+    write_or_defer(session.connection(), [(_INSERT_OUTBOX, [
         {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
-        for message_id, peer, now in rows]
+        for message_id, peer, now in rows])], defer)
 
 
 # No RETURNING (SQLAlchemy asks back the key of a one-row insert): may be pipelined.
@@ -335,10 +333,7 @@ def mark_delivered_many(session: Session, items: list[Receipted], now: datetime,
         {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt,
          "m_receipt_status": i.receipt_status, "m_verified": i.receipt_verified,
          "m_status": "rejected" if i.receipt_status == "rejected" else "delivered"} for i in todo]
-    if defer is not None:
-        defer.append((_DELIVER_MESSAGE, messages))
-    else:
-        conn.execute(_DELIVER_MESSAGE, messages)
+    write_or_defer(conn, [(_DELIVER_MESSAGE, messages)], defer)
     return set(open_rows)
 
 

@@ -298,10 +298,10 @@ class DeliveryWorker(BackgroundLoop):
         if receipted:
             now = self.node.clock()
             with session_scope(self.node.engine) as s:
-                messages: list[tuple[Any, Any]] = []  # written with the audit entries (one round trip)
+                message_updates: list[tuple[Any, Any]] = []  # written with the audit entries (one pipeline)
                 outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
-                                               for c, rb, r in receipted], now, defer=messages)
-                record_events(s, writes_first=messages, entries=[
+                                               for c, rb, r in receipted], now, defer=message_updates)
+                record_events(s, writes_first=message_updates, entries=[
                     event_entry(now, "receipt.received", receipt.status, party=claim.peer,
                                 object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
                                 reason_code=receipt.reason_code)
