@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
@@ -159,13 +159,18 @@ def loop_reader(engine: Engine) -> Engine:
     """
     if engine.dialect.name != "sqlite":
         raise ValueError("loop_reader is for SQLite: a database server is never read from the event loop")
-    reader: Engine | None = engine.__dict__.get(_LOOP_READER_ATTRIBUTE)
-    if reader is None:
-        # The file exists and this process has it open: touching it would drop SQLite's locks (above).
-        reader = read_only(_sqlite_engine(engine.url.render_as_string(hide_password=False), echo=False,
-                                          create_file=False))
-        engine.__dict__[_LOOP_READER_ATTRIBUTE] = reader
-    return reader
+    # The file exists and this process has it open: touching it would drop SQLite's locks (above).
+    return _kept_on(engine, _LOOP_READER_ATTRIBUTE, lambda: read_only(_sqlite_engine(
+        engine.url.render_as_string(hide_password=False), echo=False, create_file=False)))
+
+
+def _kept_on(engine: Engine, attribute: str, make: Callable[[], Engine]) -> Engine:
+    """``make()``'s engine, made once per ``engine`` and kept on it (in ``attribute``), so it goes when
+    ``engine`` goes."""
+    derived: Engine | None = engine.__dict__.get(attribute)
+    if derived is None:
+        derived = engine.__dict__[attribute] = make()
+    return derived
 
 
 _LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
@@ -318,11 +323,7 @@ def read_only(engine: Engine) -> Engine:
     Made once per engine (every read transaction asks for it) and kept on the engine itself, so it
     goes when the engine goes.
     """
-    reader: Engine | None = engine.__dict__.get(_READER_ATTRIBUTE)
-    if reader is None:
-        reader = engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
-        engine.__dict__[_READER_ATTRIBUTE] = reader
-    return reader
+    return _kept_on(engine, _READER_ATTRIBUTE, lambda: engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"}))
 
 
 def unwrapped_reads(engine: Engine) -> Engine:
@@ -333,11 +334,8 @@ def unwrapped_reads(engine: Engine) -> Engine:
     """
     if engine.dialect.name == "sqlite":
         return read_only(engine)
-    reader: Engine | None = engine.__dict__.get(_UNWRAPPED_ATTRIBUTE)
-    if reader is None:
-        reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-        engine.__dict__[_UNWRAPPED_ATTRIBUTE] = reader
-    return reader
+    return _kept_on(engine, _UNWRAPPED_ATTRIBUTE,
+                    lambda: engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
