@@ -1434,24 +1434,7 @@ def hold_if_suspended(node: Node, claim: outbox.Claim, worker_id: str) -> bool:
     if peer_is_active(node, claim.peer):
         return False
     with session_scope(node.engine) as s:
-        s.execute(
-            update(Outbox)
-            .where(
-                col(Outbox.id) == claim.outbox_id,
-                col(Outbox.state) == "in_flight",
-                col(Outbox.claimed_by) == worker_id,
-            )
-            .values(state="queued", claimed_by=None, claim_expires_at=None, attempts=col(Outbox.attempts) - 1)
-        )
-        s.execute(
-            update(Message)
-            .where(
-                col(Message.id) == claim.message_id,
-                col(Message.direction) == "out",
-                col(Message.status) == "in_flight",
-            )
-            .values(status="queued")
-        )
+        outbox.give_back(s, [claim.outbox_id], worker_id)
     log.info("delivery_held", message_id=claim.message_id, peer=claim.peer)
     return True
 

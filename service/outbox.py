@@ -247,6 +247,33 @@ def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
         return ClaimResult(claims, held or len(ids) >= limit)
 
 
+def give_back(session: Session, outbox_ids: Sequence[int], worker_id: str) -> list[str]:
+    """Put rows ``worker_id`` claimed and never sent back in the queue, due as before, the attempt given
+    back (it never happened): a claim for a peer suspended since it was claimed (``admin.hold_if_suspended``).
+    A row no longer held by ``worker_id`` (its lease ran out and another worker took it) is left alone, and
+    so is its message. Returns the message ids put back."""
+    conn = session.connection()
+    back = [r.message_id for r in conn.execute(_GIVE_BACK, {"ids": list(outbox_ids), "worker_id": worker_id})]
+    if back:
+        conn.execute(_UNCLAIM_MESSAGES, {"message_ids": back})
+    return back
+
+
+_GIVE_BACK = (
+    update(Outbox)
+    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)), col(Outbox.state) == "in_flight",
+           col(Outbox.claimed_by) == bindparam("worker_id"))
+    .values(state="queued", claimed_by=None, claim_expires_at=None, attempts=col(Outbox.attempts) - 1)
+    .returning(col(Outbox.message_id))
+)
+_UNCLAIM_MESSAGES = (
+    update(Message)
+    .where(col(Message.id).in_(bindparam("message_ids", expanding=True)), col(Message.direction) == "out",
+           col(Message.status) == "in_flight")
+    .values(status="queued")
+)
+
+
 def extend_lease(
     session: Session, outbox_id: int, worker_id: str, now: datetime, lease_seconds: float
 ) -> bool:

@@ -1,0 +1,62 @@
+"""A claim for a peer suspended since it was claimed goes back to the queue unsent
+(``admin.hold_if_suspended``, ``outbox.give_back``): only while its worker still holds the row, and its
+message only with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bench.bench_exchange import russian_document
+from service import demo, outbox
+from service.admin import hold_if_suspended, set_peer_suspended
+from service.db import session_scope
+from service.models import Message, Outbox, User
+from service.node import Node
+from service.server import build_node
+from service.user_api import compose_for
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def kz(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
+    urls: dict[str, str | None] = {"KZ": None, "BY": None}
+    if request.param == "postgres":
+        make: Callable[[], str] = request.getfixturevalue("postgres_database")
+        urls = {"KZ": make(), "BY": make()}
+    kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", urls["KZ"])
+    by_party = demo.setup_party(tmp_path, "BY", "Bel", urls["BY"])
+    demo.introduce(kz_party, by_party)
+    node = build_node(kz_party.data_dir)
+    yield node
+    node.engine.dispose()
+
+
+def state(node: Node, message_id: str) -> tuple[Any, ...]:
+    with session_scope(node.engine, readonly=True) as s:
+        message = s.get(Message, (message_id, "out"))
+        row = s.execute(select(Outbox).where(Outbox.message_id == message_id)).scalar_one()
+        return row.state, row.claimed_by, row.attempts, message.status
+
+
+def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_worker_that_took_it_over(
+        kz: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    with session_scope(kz.engine, readonly=True) as s:
+        key_id = s.execute(select(User.signatory_key_id).where(
+            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+    mid = kz.send(compose_for(kz, russian_document("BY"), []), kz.signatory(key_id), [], actor="user:test").id
+    start = kz.clock()
+    [stale] = outbox.claim_due(kz.engine, "worker-a", start, 10, 60).claims
+    [taken] = outbox.claim_due(kz.engine, "worker-b", start + timedelta(seconds=61), 10, 60).claims  # A hung
+    assert state(kz, mid) == ("in_flight", "worker-b", 2, "in_flight")
+    set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")
+
+    assert hold_if_suspended(kz, stale, "worker-a")  # A wakes up: nothing is sent, and B's row is B's
+    assert state(kz, mid) == ("in_flight", "worker-b", 2, "in_flight")
+
+    assert hold_if_suspended(kz, taken, "worker-b")  # B's own claim goes back, its attempt given back
+    assert state(kz, mid) == ("queued", None, 1, "queued")
