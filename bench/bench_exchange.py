@@ -419,7 +419,8 @@ class Outgoing:
             for i in range(0, len(ids), 500):
                 batch = ids[i:i + 500]
                 query = select(Message.id, Message.status, Message.delivered_at, Message.receipt,  # type: ignore[call-overload]
-                               Message.receipt_status, Message.receipt_verified, Message.envelope_sha256
+                               Message.receipt_status, Message.receipt_verified, Message.envelope_sha256,
+                               Message.created_at,
                                ).where(Message.direction == "out", Message.id.in_(batch))  # type: ignore[attr-defined]
                 found.update({r.id: r for r in s.execute(query)})
         return found
@@ -594,6 +595,47 @@ def run_closed(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int,
     return figures_from_db(out, "closed", sent), sent
 
 
+def arrivals(data_dir: Path, ids: list[str]) -> dict[str, float]:
+    """When each message reached the receiving node (its ``message`` row's ``created_at``: the clock
+    ``receive_batch`` read before checking the batch), as Unix time, read from that node's database."""
+    from sqlalchemy import select
+
+    from service.db import make_engine, session_scope
+    from service.models import Message
+    from service.settings import Settings
+
+    engine = make_engine(Settings.load(data_dir).database_url)
+    try:
+        found: dict[str, float] = {}
+        with session_scope(engine, readonly=True) as s:
+            for i in range(0, len(ids), 500):
+                query = select(Message.id, Message.created_at).where(  # type: ignore[call-overload]
+                    Message.direction == "in", Message.id.in_(ids[i:i + 500]))  # type: ignore[attr-defined]
+                found.update({r.id: r.created_at.timestamp() for r in s.execute(query)})
+        return found
+    finally:
+        engine.dispose()
+
+
+#: The closed loop's latency cut where the two nodes' clocks mark it (one machine: one clock).
+STAGES = ("sent until sealed", "sealed until it reached BY", "reached BY until the receipt was stored")
+
+
+def closed_stages(out: Outgoing, by_dir: Path, sent: dict[str, float]) -> dict[str, list[float]]:
+    """Each closed-loop message's latency in three stages: the sender's POST until KZ sealed it (user
+    API: parse, token, compose, sign, seal); until BY began checking it (KZ's store, the wait for the
+    batch in flight, the claim, the request); until KZ stored BY's receipt (BY's checks, store and
+    receipt, the answer, KZ's verification and settlement)."""
+    rows, reached = out.rows(list(sent)), arrivals(by_dir, list(sent))
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    for mid, t0 in sent.items():
+        sealed, at_by = rows[mid].created_at.timestamp(), reached[mid]
+        stored = rows[mid].delivered_at.timestamp()
+        for name, seconds in zip(STAGES, (sealed - t0, at_by - sealed, stored - at_by), strict=True):
+            stages[name].append(seconds)
+    return stages
+
+
 def figures_from_db(out: Outgoing, label: str, sent: dict[str, float]) -> Figures:
     rows = out.rows(list(sent))
     missing = [m for m in sent
@@ -694,6 +736,7 @@ class BackendResult:
     open: Figures
     closed: Figures
     receipts_verified: int
+    closed_stages: dict[str, list[float]] = field(default_factory=dict)  # ``closed_stages``
 
 
 def bench_backend(backend: str, root: Path, database_urls: dict[str, str | None], args: argparse.Namespace,
@@ -718,7 +761,8 @@ def bench_backend(backend: str, root: Path, database_urls: dict[str, str | None]
         verified = verify_receipts_offline(pair, out, ids)
         if verified != len(ids):
             raise RuntimeError(f"only {verified} of {len(ids)} receipts verified offline")
-        return BackendResult(backend, envelope_size, opened, closed, verified)
+        return BackendResult(backend, envelope_size, opened, closed, verified,
+                             closed_stages(out, pair.by.data_dir, sent_closed))
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -738,6 +782,10 @@ def report(base: Figures, r: BackendResult, durable: Figures | None = None) -> d
           f"   ratio {tp_ratio:.3f}   target >= {THROUGHPUT_TARGET}   {verdict(tp_ok)}")
     print(f"{b} latency     closed loop, {r.closed.count} messages: p50 {ms(r.closed.p50)} (x{p50_ratio:.1f})"
           f"   p99 {ms(r.closed.p99)} (x{p99_ratio:.1f})   target p99 <= {P99_TARGET:g}x   {verdict(p99_ok)}")
+    if r.closed_stages:
+        print(f"{b} (info)      closed loop, where the time went (p50 / p99): " + ";  ".join(
+            f"{name} {ms(percentile(v, 50))} / {ms(percentile(v, 99))}"
+            for name, v in r.closed_stages.items()))
     accepted = r.open.count / r.open.accept_seconds
     per_message = {name: 1000 * seconds / r.open.count for name, seconds in r.open.cpu.items()}
     node_cpu = {party: per_message.get(party, 0.0) for party in ("KZ", "BY")}
@@ -767,6 +815,8 @@ def report(base: Figures, r: BackendResult, durable: Figures | None = None) -> d
             "receipts_verified": r.receipts_verified,
             "cpu_ms_per_message": {name: round(v, 2) for name, v in per_message.items()},
             "echo_cpu_ms_per_request": round(echo_cpu, 2),
+            "closed_stages_p50_ms": {name: round(percentile(v, 50) * 1000, 1)
+                                     for name, v in r.closed_stages.items()},
             "durable_echo_throughput_ratio": round(r.open.rate / durable.rate, 3) if durable else None}
 
 
