@@ -26,7 +26,9 @@ Measured in one run, on the same machine:
     posts one message, waits until it is delivered, posts the next. Latency is
     ``delivered_at`` (when KZ stored the verified receipt) minus the moment the
     sender began the POST. A watcher thread reads KZ's database, so waiting adds
-    no load on the node's API and does not inflate the figure.
+    no load on the node's API and does not inflate the figure. It is also cut
+    in three stages where the nodes' clocks mark it (``closed_stages``): until
+    KZ sealed the message, until it reached BY, until KZ stored the receipt.
   The open pipeline's latencies are printed too, for information: there they
   measure mostly time spent queued in the outbox.
 

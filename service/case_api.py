@@ -186,7 +186,6 @@ def cases_router(node: Node) -> APIRouter:
                                status=403)
         draft, message = await asyncio.to_thread(drafts.sign_and_send, node, draft_id, user.id,
                                                  user.signatory_key_id)
-        request.app.state.wake_worker()
         return {"id": draft.id, "status": draft.status, "message_id": message.id}
 
     @router.delete("/v1/drafts/{draft_id}", tags=["drafts"])

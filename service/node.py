@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 import structlog
 from sqlalchemy import bindparam, insert, select
@@ -153,6 +153,19 @@ def file_chunks(src: IO[bytes], block: int = 1024 * 1024) -> Iterator[bytes]:
         yield chunk
 
 
+class LocalWorker(Protocol):
+    """The delivery worker running in this process (``service.worker.DeliveryWorker``), as the send path
+    sees it. ``prolink serve`` sets it as ``Node.worker``."""
+
+    worker_id: str
+
+    def hand_over(self, claims: Sequence[outbox.Claim]) -> None:
+        """Deliver these rows, leased to ``worker_id`` by the committed send (``outbox.enqueue_leased``)."""
+
+    def wake(self) -> None:
+        """Look for due rows in the outbox now."""
+
+
 class Node:
     """One Party's node: its identity, its database, its peers."""
 
@@ -168,6 +181,8 @@ class Node:
         self._storage_key: bytes | None = None
         # Sends without attachments that arrive together are stored in one transaction.
         self._sends: GroupCommit[_Sending, dict[str, Any]] = GroupCommit(self._store_sends)
+        #: This process's delivery worker: what is sent is handed to it at once (``_store_sends``).
+        self.worker: LocalWorker | None = None
 
     def storage_key(self) -> bytes:
         if self._storage_key is None:
@@ -618,22 +633,32 @@ class Node:
         one may follow from an earlier); then the rows of all of them are
         written with one statement per table (blobs, chunks, messages, outbox
         rows, audit events), not several per message.
+
+        With a worker in this process (``prolink serve``), the envelopes it may
+        send at once (``_may_hand_over``) are stored already claimed by it and,
+        once committed, handed to it in memory: no claim and no read of the
+        envelope stand between the commit and the request to the peer. The
+        others are queued, and the worker is woken to claim them.
         """
         stored: list[dict[str, Any]] = []
         events: list[audit.NewEntry] = []
         writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
+        worker = self.worker
+        handed = [worker is not None and self._may_hand_over(send) for send in sends]
+        now = self.clock()
+        lease_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
         with session_scope(self.engine) as s:
             effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
                                        originals_due_days=self.settings.originals_due_days, defer=writes)
             blobs = write_blobs(s, [send.envelope for send in sends], defer=writes)
-            for send, effect, blob in zip(sends, effects, blobs, strict=True):
+            for send, effect, blob, hand in zip(sends, effects, blobs, handed, strict=True):
                 document, signatory = send.document, send.signatory
                 stored.append({
                     "id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
                     "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
                     "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
-                    "created_at": send.at, "status": "queued", "receipt": None, "receipt_status": None,
-                    "receipt_verified": False, "delivered_at": None,
+                    "created_at": send.at, "status": "in_flight" if hand else "queued", "receipt": None,
+                    "receipt_status": None, "receipt_verified": False, "delivered_at": None,
                     "summary": {"signed_by_key": signatory.key.key_id,
                                 "policy": {"confidentiality": document.confidentiality},
                                 "signer": f"{signatory.person}, {signatory.position}",
@@ -644,11 +669,41 @@ class Node:
                     state_before=effect.state_before, state_after=effect.state_after,
                     signer_key=signatory.key.key_id))
             writes.append((_INSERT_MESSAGE, stored))
-            queued = [(row["id"], row["peer"], row["created_at"]) for row in stored]
+            rows = [(row["id"], row["peer"], row["created_at"]) for row in stored]
+            queued = [row for row, hand in zip(rows, handed, strict=True) if not hand]
             outbox.enqueue_many(s, queued, defer=writes)
             write_pipelined(s.connection(), writes)
+            leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
+            outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id if worker is not None else "",
+                                               lease_until)
             record_events(s, events)
+        if worker is not None:
+            if outbox_ids:
+                worker.hand_over([
+                    outbox.Claim(outbox_id=outbox_ids[row["id"]], message_id=row["id"], peer=row["peer"],
+                                 attempts=1, blob_id=row["blob_id"], envelope_sha256=row["envelope_sha256"],
+                                 envelope_size=row["envelope_size"], worker_id=worker.worker_id,
+                                 lease_expires_at=lease_until, created_at=row["created_at"],
+                                 envelope=cast("bytes", send.envelope))
+                    for row, send, hand in zip(stored, sends, handed, strict=True) if hand])
+            if queued:
+                worker.wake()
         return stored
+
+    def _may_hand_over(self, send: _Sending) -> bool:
+        """Whether ``send`` may go to the worker straight from its commit, with no claim (``_store_sends``).
+
+        Its envelope is in memory (no attachments); its peer is active as far as
+        this process knows (a suspension it has not seen yet is still caught: the
+        worker checks before it sends, and gives the row back); and nothing sent
+        earlier can hold it back: it opens its thread, or belongs to none. A
+        later message of a thread waits in the queue until its predecessor is
+        delivered, as the claim keeps them in order (``outbox._deliverable``).
+        """
+        document = send.document
+        cached = self._cached_peer(send.peer)
+        return (isinstance(send.envelope, bytes) and cached is not None and cached[2] == "active"
+                and document.thread_id in (None, document.id))
 
     # --- reading -------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -49,6 +49,9 @@ class Claim:
     worker_id: str
     lease_expires_at: datetime
     created_at: datetime | None = None  # when the message was sealed (for the latency metric)
+    #: The envelope's bytes, when the send path handed them over in memory (``enqueue_leased``): the
+    #: worker sends them without reading the blob back.
+    envelope: bytes | None = field(default=None, repr=False)
 
 
 def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
@@ -73,6 +76,28 @@ def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
 
 # No RETURNING (SQLAlchemy asks back the key of a one-row insert): may be pipelined.
 _INSERT_OUTBOX = insert(Outbox).values(direction="out", state="queued", attempts=0).inline()
+_INSERT_LEASED = (insert(Outbox).values(direction="out", state="in_flight", attempts=1)
+                  .returning(col(Outbox.id), col(Outbox.message_id)))
+
+
+def enqueue_leased(session: Session, rows: Sequence[tuple[str, str, datetime]], worker_id: str,
+                   lease_until: datetime) -> dict[str, int]:
+    """Queue stored outgoing messages, (message id, peer, now) each, already claimed by ``worker_id`` until
+    ``lease_until``: their first attempt is under way. Returns the outbox id of each message.
+
+    For the send path, which hands the sealed envelopes to this process's worker
+    in memory once the transaction commits (``DeliveryWorker.hand_over``): no
+    claim and no read of the envelopes follows. If that worker dies first, or
+    never sends them (``give_back``), the rows are claimed like any other whose
+    lease ran out. The messages must be stored ``in_flight`` by the caller, as
+    ``claim`` leaves a claimed message.
+    """
+    if not rows:
+        return {}
+    return {r.message_id: r.id for r in session.connection().execute(_INSERT_LEASED, [
+        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now,
+         "claimed_by": worker_id, "claim_expires_at": lease_until}
+        for message_id, peer, now in rows])}
 
 
 #: Peers whose rows are held (suspended): never claimed, and not "due" for the claim's first read either.
@@ -249,7 +274,8 @@ def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
 
 def give_back(session: Session, outbox_ids: Sequence[int], worker_id: str) -> list[str]:
     """Put rows ``worker_id`` claimed and never sent back in the queue, due as before, the attempt given
-    back (it never happened): a claim for a peer suspended since it was claimed (``admin.hold_if_suspended``).
+    back (it never happened): a claim for a peer suspended since it was claimed (``admin.hold_if_suspended``),
+    or what a stopping worker was handed and never sent (``DeliveryWorker.close``).
     A row no longer held by ``worker_id`` (its lease ran out and another worker took it) is left alone, and
     so is its message. Returns the message ids put back."""
     conn = session.connection()

@@ -139,6 +139,7 @@ async def serve(data_dir: Path) -> None:
 
     freeze_startup_objects()
     worker.start()
+    node.worker = worker  # what is sent from now on goes to it from the send's commit
     heads.start()
     keys_sync.start()
     log.info("node_started", party=node.party, peer=f"{settings.peer_host}:{settings.peer_port}",
@@ -148,6 +149,7 @@ async def serve(data_dir: Path) -> None:
     finally:
         keys_sync.stop()
         heads.stop()
+        node.worker = None  # a send still finishing is queued for the next start (or another replica)
         worker.stop()
         await close_loop_connections(node.engine)
         log.info("node_stopped", party=node.party)

@@ -16,8 +16,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -54,6 +55,14 @@ class DeliveryWorker(BackgroundLoop):
     deliveries of small envelopes are in flight to one peer: what becomes due
     meanwhile is claimed when one of them ends, so under load batches fill up
     instead of many small ones each paying a request, a claim and two commits.
+
+    What is sent in this process comes to the worker straight from the send's
+    commit (``hand_over``), already claimed and with its bytes: it goes out in
+    the next batch to its peer, with no claim and no read of the envelope.
+    Everything else (retries, replies that wait for an earlier message,
+    messages of another process, expired leases) is claimed from the outbox
+    when something asks for it (``wake``), after a delivery that left due rows
+    behind, and at least every ``worker_poll_seconds``.
     """
 
     def __init__(self, node: Node, worker_id: str | None = None) -> None:
@@ -75,6 +84,11 @@ class DeliveryWorker(BackgroundLoop):
         self._unbatched: set[tuple[str, int]] = set()
         # Peers that refused a batch as too big: the most envelopes we put in one batch to them from now on.
         self._batch_items: dict[str, int] = {}
+        # Handed over by this process's sends, per peer, oldest first: leased to us, waiting for a batch.
+        self._handed: dict[str, list[outbox.Claim]] = {}
+        self._handed_lock = threading.Lock()
+        self._claim_wanted = True  # the next round claims from the outbox (``wake``)
+        self._claimed_at = float("-inf")  # monotonic time of the last claim
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -87,12 +101,31 @@ class DeliveryWorker(BackgroundLoop):
         self._pool.shutdown(wait=True, cancel_futures=True)
         for client in self._clients.values():
             client.close()
+        with self._handed_lock:
+            unsent = [c for claims in self._handed.values() for c in claims]
+            self._handed.clear()
+        if unsent:  # back in the queue now, for the next start or another replica, not after their lease
+            self._give_back(unsent, "worker_stopped")
+
+    def wake(self) -> None:
+        """Claim due rows from the outbox now, instead of at the next poll."""
+        self._claim_wanted = True
+        super().wake()
+
+    def hand_over(self, claims: Sequence[outbox.Claim]) -> None:
+        """Deliver ``claims``, which a committed send stored as leased to us (``outbox.enqueue_leased``), with
+        their envelopes: in the next batch to their peer."""
+        with self._handed_lock:
+            for claim in claims:
+                self._handed.setdefault(claim.peer, []).append(claim)
+        super().wake()  # (no claim from the outbox for these)
 
     def round(self) -> bool:
         return self._dispatch() > 0
 
     def _dispatch(self) -> int:
-        """Claim for every free delivery thread and start the deliveries; returns how many were claimed."""
+        """Start deliveries on every free delivery thread: of what was handed over, and of what a claim
+        found due, when one is wanted; returns how many were started."""
         free = 0
         while self._slots.acquire(blocking=False):
             free += 1
@@ -101,26 +134,29 @@ class DeliveryWorker(BackgroundLoop):
             return 0
         settings = self.node.settings
         with self._small_in_flight_lock:  # what becomes due for these waits for their deliveries to end
-            busy = sorted(peer for peer, n in self._small_in_flight.items()
-                          if n >= settings.delivery_batches_per_peer)
-        if busy and set(busy) >= self._peer_parties():  # nothing could be claimed: spare the query
-            for _ in range(free):
-                self._slots.release()
-            self._again_after_delivery = True  # the end of a delivery to one of them claims again
-            return 0
-        try:
-            result = outbox.claim_due(self.node.engine, self.worker_id, self.node.clock(),
-                                      free * settings.batch_max_items, settings.delivery_lease_seconds,
-                                      busy_peers=busy)
-        except BaseException:
-            for _ in range(free):
-                self._slots.release()
-            raise
-        claims = result.claims
-        # Look again when a delivery ends only if something due was left behind (the rest of a thread
-        # waits for its earlier message; or more was due than we took; or a busy peer's rows were not
-        # looked at); else the next send wakes us.
-        self._again_after_delivery = result.more or bool(busy)
+            in_flight = dict(self._small_in_flight)
+        busy = sorted(peer for peer, n in in_flight.items() if n >= settings.delivery_batches_per_peer)
+        claims: list[outbox.Claim] = []
+        if self._claim_wanted or time.monotonic() - self._claimed_at >= self.interval():
+            self._claim_wanted = False  # (a wake from now on asks for the next round's claim)
+            if busy and set(busy) >= self._peer_parties():  # nothing could be claimed: spare the query
+                self._again_after_delivery = True  # the end of a delivery to one of them claims again
+            else:
+                try:
+                    result = outbox.claim_due(self.node.engine, self.worker_id, self.node.clock(),
+                                              free * settings.batch_max_items,
+                                              settings.delivery_lease_seconds, busy_peers=busy)
+                except BaseException:
+                    for _ in range(free):
+                        self._slots.release()
+                    raise
+                self._claimed_at = time.monotonic()
+                claims = result.claims
+                # Look again when a delivery ends only if something due was left behind (the rest of a
+                # thread waits for its earlier message; or more was due than we took; or a busy peer's
+                # rows were not looked at); else the next send wakes us.
+                self._again_after_delivery = result.more or bool(busy)
+        claims += self._take_handed(in_flight, busy, claims)
         groups = self._groups(claims)
         for index, group in enumerate(groups):
             # More groups than free threads (big envelopes travel alone): wait for a thread.
@@ -136,6 +172,45 @@ class DeliveryWorker(BackgroundLoop):
             self._slots.release()
         return len(claims)
 
+    def _take_handed(self, in_flight: dict[str, int], busy: list[str],
+                     claimed: list[outbox.Claim]) -> list[outbox.Claim]:
+        """What was handed over for peers with room for another delivery, oldest first, after ``claimed``
+        (the outbox's due rows go first). One whose lease is half gone while it waited is given back to
+        the queue instead: sent now, it could still be in flight when another worker takes it over.
+        """
+        settings = self.node.settings
+        now = self.node.clock()
+        lease = timedelta(seconds=settings.delivery_lease_seconds)
+        taken: list[outbox.Claim] = []
+        stale: list[outbox.Claim] = []
+        with self._handed_lock:
+            for peer in [p for p in self._handed if p not in busy]:
+                free_batches = settings.delivery_batches_per_peer - in_flight.get(peer, 0)
+                claimed_for_peer = sum(1 for c in claimed if c.peer == peer)
+                room = max(0, free_batches * settings.batch_max_items - claimed_for_peer)
+                fresh = [c for c in self._handed[peer] if c.lease_expires_at - now > lease / 2]
+                stale += [c for c in self._handed[peer] if c.lease_expires_at - now <= lease / 2]
+                taken += fresh[:room]
+                if fresh[room:]:
+                    self._handed[peer] = fresh[room:]
+                else:
+                    del self._handed[peer]
+        if stale:
+            self._give_back(stale, "handed_over_lease_half_gone")
+            self.wake()  # (claimed at once by the next round)
+        return taken
+
+    def _give_back(self, claims: list[outbox.Claim], why: str) -> None:
+        """Put handed-over claims that will not be sent back in the queue (``outbox.give_back``); if the
+        database fails, their leases run out instead."""
+        try:
+            with session_scope(self.node.engine) as s:
+                outbox.give_back(s, [c.outbox_id for c in claims], self.worker_id)
+            log.info("handed_over_given_back", why=why, envelopes=len(claims))
+        except Exception as exc:
+            log.warning("handed_over_not_given_back", why=why, envelopes=len(claims),
+                        error_type=type(exc).__name__)
+
     def _peer_parties(self) -> set[str]:
         """The peers (every outbox row is for one of them), read again every ``PEER_CACHE_SECONDS``."""
         now = time.monotonic()
@@ -150,15 +225,14 @@ class DeliveryWorker(BackgroundLoop):
         except Exception as exc:  # noqa: BLE001 - a thread of the pool must not die silently
             log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__, error=str(exc)[:300])
         finally:
-            was_busy = False  # a claim may have passed over this peer's rows meanwhile: look again
             if small:
                 with self._small_in_flight_lock:
-                    in_flight = self._small_in_flight[group[0].peer]
-                    was_busy = in_flight >= self.node.settings.delivery_batches_per_peer
-                    self._small_in_flight[group[0].peer] = in_flight - 1
+                    self._small_in_flight[group[0].peer] -= 1
             self._slots.release()
-            if self._again_after_delivery or was_busy:
-                self._wake.set()
+            if self._again_after_delivery:  # a claim left due rows (or a busy peer's) behind: claim again
+                self.wake()
+            elif self._handed:  # what was handed over meanwhile goes now
+                super().wake()
 
     def _groups(self, claims: list[outbox.Claim]) -> list[list[outbox.Claim]]:
         """Claims cut into deliveries: batches of small envelopes to one peer, each big envelope alone."""
@@ -242,8 +316,7 @@ class DeliveryWorker(BackgroundLoop):
         try:
             client, base = self._client(peer)
             version = node.peer(peer).bundle.version
-            body = protocol.encode_batch(small_blobs(node.engine, [c.blob_id for c in claims],
-                                                     max_total=node.settings.batch_max_bytes))
+            body = protocol.encode_batch(self._envelopes(claims))
             response = client.post(base + BATCH_PATH, content=body,
                                    headers={"content-type": BATCH_MEDIA_TYPE})
         except (httpx.HTTPError, OSError) as exc:
@@ -273,8 +346,17 @@ class DeliveryWorker(BackgroundLoop):
                  rejected=outcomes.count("rejected"))
         return outcomes
 
+    def _envelopes(self, claims: list[outbox.Claim]) -> list[bytes]:
+        """The envelopes of a batch: in memory if handed over (``hand_over``), else read in one go."""
+        read = iter(small_blobs(self.node.engine, [c.blob_id for c in claims if c.envelope is None],
+                                max_total=self.node.settings.batch_max_bytes))
+        return [c.envelope if c.envelope is not None else next(read) for c in claims]
+
     def _body(self, claim: outbox.Claim) -> Iterator[bytes]:
         """The stored envelope, renewing our lease as it streams so a big upload is not taken over."""
+        if claim.envelope is not None:  # handed over: small, in memory
+            yield claim.envelope
+            return
         sent_since_renewal = 0
         for chunk in read_blob(self.node.engine, claim.blob_id):
             yield chunk

@@ -29,11 +29,26 @@ def claim_of(peer: str) -> SimpleNamespace:
 def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(worker: DeliveryWorker,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     limit = worker.node.settings.delivery_batches_per_peer
-    worker._small_in_flight["BY"] = limit  # a claim meanwhile passed over BY's rows
+    worker._small_in_flight["BY"] = limit
+    passed_over: list[list[str]] = []
+
+    def claim_due(*args: object, busy_peers: list[str], **kwargs: object) -> outbox.ClaimResult:
+        passed_over.append(list(busy_peers))
+        return outbox.ClaimResult([], False)
+
+    monkeypatch.setattr(outbox, "claim_due", claim_due)
+    monkeypatch.setattr(worker.node, "clock", lambda: datetime.now(UTC), raising=False)
+    monkeypatch.setattr(worker.node, "engine", None, raising=False)
+    monkeypatch.setattr(worker.node, "peer_parties", lambda: ["BY", "AM"], raising=False)
+    assert worker._dispatch() == 0  # a claim meanwhile passed over BY's rows
+    assert passed_over == [["BY"]]
+    worker._claim_wanted = False
+    worker._wake.clear()
+
     monkeypatch.setattr(worker, "deliver_group", lambda group: ["delivered"])
     worker._slots.acquire()
     worker._run_group([claim_of("BY")], small=True)  # a delivery to BY ends: its queued rows are claimed now
-    assert worker._wake.is_set()
+    assert worker._wake.is_set() and worker._claim_wanted
     assert worker._small_in_flight["BY"] == limit - 1
 
 
