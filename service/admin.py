@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -1434,7 +1434,7 @@ def hold_if_suspended(node: Node, claim: outbox.Claim, worker_id: str) -> bool:
     if peer_is_active(node, claim.peer):
         return False
     with session_scope(node.engine) as s:
-        outbox.give_back(s, [claim.outbox_id], worker_id)
+        outbox.give_back(s, [replace(claim, worker_id=worker_id)])
     log.info("delivery_held", message_id=claim.message_id, peer=claim.peer)
     return True
 

@@ -13,6 +13,7 @@ import io
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,6 +162,9 @@ class LocalWorker(Protocol):
 
     def hand_over(self, claims: Sequence[outbox.Claim]) -> None:
         """Deliver these rows, leased to ``worker_id`` by the committed send (``outbox.enqueue_leased``)."""
+
+    def has_room(self, peer: str) -> bool:
+        """Whether one more send to ``peer`` may be handed over now."""
 
     def wake(self) -> None:
         """Look for due rows in the outbox now."""
@@ -644,7 +648,9 @@ class Node:
         events: list[audit.NewEntry] = []
         writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
         worker = self.worker
-        handed = [worker is not None and self._may_hand_over(send) for send in sends]
+        threads_in_group = Counter(send.document.thread_id for send in sends)
+        handed = [worker is not None and self._may_hand_over(send, worker, threads_in_group)
+                  for send in sends]
         now = self.clock()
         lease_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
         with session_scope(self.engine) as s:
@@ -690,20 +696,25 @@ class Node:
                 worker.wake()
         return stored
 
-    def _may_hand_over(self, send: _Sending) -> bool:
-        """Whether ``send`` may go to the worker straight from its commit, with no claim (``_store_sends``).
+    def _may_hand_over(self, send: _Sending, worker: LocalWorker,
+                       threads_in_group: Counter[str | None]) -> bool:
+        """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_sends``).
 
         Its envelope is in memory (no attachments); its peer is active as far as
         this process knows (a suspension it has not seen yet is still caught: the
-        worker checks before it sends, and gives the row back); and nothing sent
-        earlier can hold it back: it opens its thread, or belongs to none. A
-        later message of a thread waits in the queue until its predecessor is
-        delivered, as the claim keeps them in order (``outbox._deliverable``).
+        worker checks before it sends, and gives the row back); fewer than a batch
+        waits for that peer in the worker already; and nothing sent earlier can hold
+        it back: it opens its thread (with no later message of the thread in the
+        same group), or belongs to none. A later message of a thread waits in the
+        queue until its predecessor is delivered, as the claim keeps them in order
+        (``outbox._deliverable``).
         """
         document = send.document
         cached = self._cached_peer(send.peer)
-        return (isinstance(send.envelope, bytes) and cached is not None and cached[2] == "active"
-                and document.thread_id in (None, document.id))
+        in_order = document.thread_id is None or (document.thread_id == document.id
+                                                  and threads_in_group[document.thread_id] == 1)
+        return (in_order and isinstance(send.envelope, bytes) and cached is not None and cached[2] == "active"
+                and worker.has_room(send.peer))
 
     # --- reading -------------------------------------------------------------
 

@@ -272,14 +272,15 @@ def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
         return ClaimResult(claims, held or len(ids) >= limit)
 
 
-def give_back(session: Session, outbox_ids: Sequence[int], worker_id: str) -> list[str]:
-    """Put rows ``worker_id`` claimed and never sent back in the queue, due as before, the attempt given
-    back (it never happened): a claim for a peer suspended since it was claimed (``admin.hold_if_suspended``),
-    or what a stopping worker was handed and never sent (``DeliveryWorker.close``).
-    A row no longer held by ``worker_id`` (its lease ran out and another worker took it) is left alone, and
-    so is its message. Returns the message ids put back."""
+def give_back(session: Session, claims: Sequence[Claim]) -> list[str]:
+    """Put claims that were never sent back in the queue, due as before, the attempt given back (it never
+    happened): a claim for a peer suspended since it was claimed (``admin.hold_if_suspended``), or what the
+    worker was handed and will not send (``DeliveryWorker``). Only a row still held under that very claim
+    goes back: one whose lease ran out and that was claimed again since, by another worker or by the same
+    one (a later attempt), is left alone, and so is its message. Returns the message ids put back."""
     conn = session.connection()
-    back = [r.message_id for r in conn.execute(_GIVE_BACK, {"ids": list(outbox_ids), "worker_id": worker_id})]
+    back = [r.message_id for c in claims for r in conn.execute(_GIVE_BACK, {
+        "o_id": c.outbox_id, "o_worker": c.worker_id, "o_attempts": c.attempts})]
     if back:
         conn.execute(_UNCLAIM_MESSAGES, {"message_ids": back})
     return back
@@ -287,8 +288,8 @@ def give_back(session: Session, outbox_ids: Sequence[int], worker_id: str) -> li
 
 _GIVE_BACK = (
     update(Outbox)
-    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)), col(Outbox.state) == "in_flight",
-           col(Outbox.claimed_by) == bindparam("worker_id"))
+    .where(col(Outbox.id) == bindparam("o_id"), col(Outbox.state) == "in_flight",
+           col(Outbox.claimed_by) == bindparam("o_worker"), col(Outbox.attempts) == bindparam("o_attempts"))
     .values(state="queued", claimed_by=None, claim_expires_at=None, attempts=col(Outbox.attempts) - 1)
     .returning(col(Outbox.message_id))
 )

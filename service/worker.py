@@ -89,6 +89,7 @@ class DeliveryWorker(BackgroundLoop):
         self._handed_lock = threading.Lock()
         self._claim_wanted = True  # the next round claims from the outbox (``wake``)
         self._claimed_at = float("-inf")  # monotonic time of the last claim
+        self._closed = False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class DeliveryWorker(BackgroundLoop):
         for client in self._clients.values():
             client.close()
         with self._handed_lock:
+            self._closed = True  # what is handed over from now on goes straight back (``hand_over``)
             unsent = [c for claims in self._handed.values() for c in claims]
             self._handed.clear()
         if unsent:  # back in the queue now, for the next start or another replica, not after their lease
@@ -114,11 +116,23 @@ class DeliveryWorker(BackgroundLoop):
 
     def hand_over(self, claims: Sequence[outbox.Claim]) -> None:
         """Deliver ``claims``, which a committed send stored as leased to us (``outbox.enqueue_leased``), with
-        their envelopes: in the next batch to their peer."""
+        their envelopes: in the next batch to their peer. After ``close`` they go back to the queue."""
         with self._handed_lock:
-            for claim in claims:
-                self._handed.setdefault(claim.peer, []).append(claim)
-        super().wake()  # (no claim from the outbox for these)
+            closed = self._closed
+            if not closed:
+                for claim in claims:
+                    self._handed.setdefault(claim.peer, []).append(claim)
+        if closed:
+            self._give_back(list(claims), "worker_stopped")
+        else:
+            super().wake()  # (no claim from the outbox for these)
+
+    def has_room(self, peer: str) -> bool:
+        """Whether a send to ``peer`` may be handed over (``Node._may_hand_over``): fewer than a batch waits
+        for it already. Beyond that, sends are queued: what a crash leaves leased, and what waits in memory,
+        stays within a batch per peer."""
+        with self._handed_lock:
+            return not self._closed and len(self._handed.get(peer, ())) < self.node.settings.batch_max_items
 
     def round(self) -> bool:
         return self._dispatch() > 0
@@ -133,12 +147,14 @@ class DeliveryWorker(BackgroundLoop):
             self._again_after_delivery = True
             return 0
         settings = self.node.settings
+        claim_wanted, self._claim_wanted = self._claim_wanted, False  # (a wake from now on: the next round's)
         with self._small_in_flight_lock:  # what becomes due for these waits for their deliveries to end
             in_flight = dict(self._small_in_flight)
         busy = sorted(peer for peer, n in in_flight.items() if n >= settings.delivery_batches_per_peer)
+        if self._handed and self._give_back_stale():
+            claim_wanted = True  # what went back is due: claimed now
         claims: list[outbox.Claim] = []
-        if self._claim_wanted or time.monotonic() - self._claimed_at >= self.interval():
-            self._claim_wanted = False  # (a wake from now on asks for the next round's claim)
+        if claim_wanted or time.monotonic() - self._claimed_at >= self.interval():
             if busy and set(busy) >= self._peer_parties():  # nothing could be claimed: spare the query
                 self._again_after_delivery = True  # the end of a delivery to one of them claims again
             else:
@@ -156,13 +172,14 @@ class DeliveryWorker(BackgroundLoop):
                 # thread waits for its earlier message; or more was due than we took; or a busy peer's
                 # rows were not looked at); else the next send wakes us.
                 self._again_after_delivery = result.more or bool(busy)
-        claims += self._take_handed(in_flight, busy, claims)
+        claims += self._take_handed(in_flight, busy, claims, free)
         groups = self._groups(claims)
         for index, group in enumerate(groups):
             # More groups than free threads (big envelopes travel alone): wait for a thread.
             while index >= free and not self._slots.acquire(timeout=0.5):
-                if self._stop.is_set():
-                    return len(claims)  # unstarted claims come back when their lease runs out
+                if self._stop.is_set():  # the claims not started go back to the queue
+                    self._give_back([c for g in groups[index:] for c in g], "worker_stopped")
+                    return len(claims)
             small = group[0].envelope_size <= BATCH_ENVELOPE_LIMIT
             if small:
                 with self._small_in_flight_lock:
@@ -172,40 +189,57 @@ class DeliveryWorker(BackgroundLoop):
             self._slots.release()
         return len(claims)
 
-    def _take_handed(self, in_flight: dict[str, int], busy: list[str],
-                     claimed: list[outbox.Claim]) -> list[outbox.Claim]:
-        """What was handed over for peers with room for another delivery, oldest first, after ``claimed``
-        (the outbox's due rows go first). One whose lease is half gone while it waited is given back to
-        the queue instead: sent now, it could still be in flight when another worker takes it over.
-        """
-        settings = self.node.settings
+    def _give_back_stale(self) -> bool:
+        """Give back to the queue what was handed over and has waited half its lease (for a peer busy that
+        long): sent now, it could still be in flight when another worker takes it over. Whether any went."""
         now = self.node.clock()
-        lease = timedelta(seconds=settings.delivery_lease_seconds)
-        taken: list[outbox.Claim] = []
-        stale: list[outbox.Claim] = []
+        half = timedelta(seconds=self.node.settings.delivery_lease_seconds) / 2
         with self._handed_lock:
-            for peer in [p for p in self._handed if p not in busy]:
-                free_batches = settings.delivery_batches_per_peer - in_flight.get(peer, 0)
-                claimed_for_peer = sum(1 for c in claimed if c.peer == peer)
-                room = max(0, free_batches * settings.batch_max_items - claimed_for_peer)
-                fresh = [c for c in self._handed[peer] if c.lease_expires_at - now > lease / 2]
-                stale += [c for c in self._handed[peer] if c.lease_expires_at - now <= lease / 2]
-                taken += fresh[:room]
-                if fresh[room:]:
-                    self._handed[peer] = fresh[room:]
-                else:
+            stale = [c for waiting in self._handed.values() for c in waiting
+                     if c.lease_expires_at - now <= half]
+            for peer in list(self._handed):
+                self._handed[peer] = [c for c in self._handed[peer] if c.lease_expires_at - now > half]
+                if not self._handed[peer]:
                     del self._handed[peer]
         if stale:
             self._give_back(stale, "handed_over_lease_half_gone")
-            self.wake()  # (claimed at once by the next round)
+        return bool(stale)
+
+    def _take_handed(self, in_flight: dict[str, int], busy: list[str], claimed: list[outbox.Claim],
+                     free: int) -> list[outbox.Claim]:
+        """What was handed over for peers with room for another delivery, oldest first, after ``claimed``
+        (the outbox's due rows go first): no more than the peer's free batches hold (its own batch size,
+        ``batch_max_bytes``), nor than the free delivery threads carry."""
+        settings = self.node.settings
+        threads = free - len(self._groups(claimed))
+        taken: list[outbox.Claim] = []
+        with self._handed_lock:
+            for peer in [p for p in self._handed if p not in busy]:
+                batches = min(settings.delivery_batches_per_peer - in_flight.get(peer, 0), threads)
+                per_batch = self._batch_items.get(peer, settings.batch_max_items)
+                items = batches * per_batch - sum(1 for c in claimed if c.peer == peer)
+                size = sum(c.envelope_size for c in claimed if c.peer == peer)
+                waiting = self._handed[peer]
+                n = 0
+                while n < min(items, len(waiting)) and size + waiting[n].envelope_size <= \
+                        batches * settings.batch_max_bytes:
+                    size += waiting[n].envelope_size
+                    n += 1
+                if n:
+                    taken += waiting[:n]
+                    threads -= batches
+                    if waiting[n:]:
+                        self._handed[peer] = waiting[n:]
+                    else:
+                        del self._handed[peer]
         return taken
 
     def _give_back(self, claims: list[outbox.Claim], why: str) -> None:
-        """Put handed-over claims that will not be sent back in the queue (``outbox.give_back``); if the
-        database fails, their leases run out instead."""
+        """Put claims that will not be sent back in the queue (``outbox.give_back``); if the database fails,
+        their leases run out instead."""
         try:
             with session_scope(self.node.engine) as s:
-                outbox.give_back(s, [c.outbox_id for c in claims], self.worker_id)
+                outbox.give_back(s, claims)
             log.info("handed_over_given_back", why=why, envelopes=len(claims))
         except Exception as exc:
             log.warning("handed_over_not_given_back", why=why, envelopes=len(claims),

@@ -21,11 +21,13 @@ from sqlalchemy import select
 
 from bench.bench_exchange import russian_document
 from service import demo, outbox
+from service import worker as worker_module
 from service.admin import set_peer_suspended
 from service.blobs import small_blobs
+from service.compose import compose
 from service.db import session_scope
 from service.models import Message, Outbox, User
-from service.node import Node
+from service.node import Node, new_message_id
 from service.server import build_node
 from service.user_api import compose_for
 from service.worker import DeliveryWorker
@@ -115,6 +117,47 @@ def test_a_suspended_peers_message_is_queued_and_held_not_handed_over(kz: Node,
     message, row = rows(kz, mid)
     assert (row.state, row.attempts, message.status) == ("queued", 0, "queued")
     assert handed(worker) == []
+    assert outbox.claim_due(kz.engine, "w", kz.clock(), 10, 60).claims == []  # held while BY is suspended
+
+
+def test_a_message_handed_over_before_its_peer_was_suspended_is_held_not_sent(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = send(kz, russian_document("BY")), send(kz, russian_document("BY"))
+    set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")  # (by an operator, elsewhere)
+    monkeypatch.setattr(worker, "_client", lambda party: pytest.fail("nothing may be sent to BY"))
+    assert worker.deliver_group(handed(worker)) == ["held", "held"]
+    for mid in (first, second):
+        message, row = rows(kz, mid)
+        assert (row.state, row.attempts, row.claimed_by, message.status) == ("queued", 0, None, "queued")
+
+
+def test_an_opener_with_a_later_message_of_its_thread_in_the_same_group_is_queued_in_order(
+        kz: Node, worker: DeliveryWorker) -> None:
+    with session_scope(kz.engine, readonly=True) as s:
+        key_id = s.execute(select(User.signatory_key_id).where(
+            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+    signatory, at = kz.signatory(key_id), kz.clock()
+    request = compose({**russian_document("BY"), "urgent": True}, message_id=new_message_id(),
+                      sender_party="KZ", now=at, attachments=[], answered=None)
+    follow = compose({"kind": "original_dispatched", "request_id": request.id, "thread_id": request.id,
+                      "recipient_party": "BY", "confidentiality": "confidential",
+                      "dispatched_on": at.date().isoformat(), "tracking_number": "RR123456789KZ"},
+                     message_id=new_message_id(), sender_party="KZ", now=at, attachments=[], answered=None)
+    peer = kz.peer("BY")
+    kz._store_sends([kz._seal(doc, signatory, [], "user:test", peer) for doc in (request, follow)])
+    assert handed(worker) == []  # the claim takes the request first, the later one once it is delivered
+    assert [rows(kz, m)[1].state for m in (request.id, follow.id)] == ["queued", "queued"]
+    assert rows(kz, request.id)[1].id < rows(kz, follow.id)[1].id
+    [claim] = outbox.claim_due(kz.engine, worker.worker_id, kz.clock(), 10, 60).claims
+    assert claim.message_id == request.id
+
+
+def test_no_more_than_a_batch_waits_in_memory_for_a_peer_the_rest_is_queued(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kz.settings, "batch_max_items", 2)
+    ids = [send(kz, russian_document("BY")) for _ in range(3)]
+    assert [c.message_id for c in handed(worker)] == ids[:2]
+    assert [rows(kz, m)[1].state for m in ids] == ["in_flight", "in_flight", "queued"]
 
 
 def test_without_a_worker_in_the_process_a_send_is_queued_for_the_claim(kz: Node) -> None:
@@ -136,22 +179,48 @@ def test_a_stopping_worker_gives_back_what_it_was_handed_and_never_sent(kz: Node
     assert (claim.message_id, claim.attempts) == (mid, 1)                          # the lease
 
 
-def test_a_handed_over_envelope_that_waited_half_its_lease_is_given_back_not_sent(
+def test_what_is_handed_over_after_the_worker_stopped_goes_back_to_the_queue_at_once(
+        kz: Node, worker: DeliveryWorker) -> None:
+    mid = send(kz, russian_document("BY"))
+    claims = worker._handed.pop("BY")  # as if this send had looked at ``Node.worker`` just before the stop
+    worker.close()
+    assert not worker.has_room("BY")  # (a send from now on is queued)
+    worker.hand_over(claims)  # ...and committed after it
+    message, row = rows(kz, mid)
+    assert (row.state, row.attempts, row.claimed_by, message.status) == ("queued", 0, None, "queued")
+    assert handed(worker) == []
+
+
+def test_a_handed_over_envelope_that_waited_half_its_lease_is_given_back_not_sent_even_to_a_busy_peer(
         kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
     mid = send(kz, russian_document("BY"))
     later = kz.clock() + timedelta(seconds=kz.settings.delivery_lease_seconds * 0.6)
     monkeypatch.setattr(kz, "clock", lambda: later)
-    assert worker._take_handed({}, [], []) == []
+    worker._small_in_flight["BY"] = kz.settings.delivery_batches_per_peer  # BY is busy all that time
+    assert worker._give_back_stale()
     message, row = rows(kz, mid)
     assert (row.state, row.attempts, message.status) == ("queued", 0, "queued")
-    assert handed(worker) == [] and worker._claim_wanted  # claimed again at once, by the claim
+    assert handed(worker) == []
+
+
+def test_a_stale_handed_over_copy_never_gives_back_the_same_workers_later_claim(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    mid = send(kz, russian_document("BY"))
+    later = kz.clock() + timedelta(seconds=kz.settings.delivery_lease_seconds + 1)  # the peer hung that long
+    [again] = outbox.claim_due(kz.engine, worker.worker_id, later, 10, 60).claims  # taken again, attempt 2
+    monkeypatch.setattr(kz, "clock", lambda: later)
+    assert worker._give_back_stale()  # the old copy in memory is dropped...
+    message, row = rows(kz, mid)  # ...and the row stays with the claim being delivered now
+    assert (row.state, row.attempts, row.claimed_by, message.status) == ("in_flight", 2, worker.worker_id,
+                                                                          "in_flight")
+    assert again.attempts == 2
 
 
 def test_due_rows_go_first_and_what_was_handed_over_fills_the_batch_to_its_peer(
         kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
     first = send(kz, russian_document("BY"))
     second = send(kz, russian_document("BY"))
-    due = SimpleNamespace(peer="BY", envelope_size=4096, message_id="due-row")
+    due = SimpleNamespace(peer="BY", envelope_size=4096, message_id="due-row", envelope=None)
     monkeypatch.setattr(outbox, "claim_due", lambda *a, **k: outbox.ClaimResult([due], False))  # type: ignore[list-item]
     monkeypatch.setattr(kz.settings, "batch_max_items", 2)
     started: list[list[str]] = []
@@ -162,3 +231,25 @@ def test_due_rows_go_first_and_what_was_handed_over_fills_the_batch_to_its_peer(
     worker._pool.shutdown(wait=True)
     assert started == [["due-row", first]]
     assert [c.message_id for c in handed(worker)] == [second]  # waits for the next batch to BY
+
+
+def test_a_batch_carries_handed_over_envelopes_from_memory_and_reads_only_the_others(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz.worker = None
+    queued = send(kz, russian_document("BY"))
+    kz.worker = worker
+    send(kz, russian_document("BY"))
+    [claimed] = outbox.claim_due(kz.engine, worker.worker_id, kz.clock(), 10, 60).claims
+    [passed] = handed(worker)
+    stored = small_blobs(kz.engine, [claimed.blob_id, passed.blob_id])
+    reads: list[list[int]] = []
+    real = worker_module.small_blobs
+
+    def counted(engine: Any, ids: list[int], **kw: Any) -> list[bytes]:
+        reads.append(list(ids))
+        return real(engine, ids, **kw)
+
+    monkeypatch.setattr(worker_module, "small_blobs", counted)
+    assert worker._envelopes([passed, claimed]) == [stored[1], stored[0]]
+    assert reads == [[claimed.blob_id]]  # the handed-over one came from memory
+    assert claimed.message_id == queued

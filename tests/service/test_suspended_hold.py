@@ -44,7 +44,7 @@ def state(node: Node, message_id: str) -> tuple[Any, ...]:
 
 
 def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_worker_that_took_it_over(
-        kz: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+        kz: Node) -> None:
     with session_scope(kz.engine, readonly=True) as s:
         key_id = s.execute(select(User.signatory_key_id).where(
             User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
@@ -59,4 +59,20 @@ def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_wo
     assert state(kz, mid) == ("in_flight", "worker-b", 2, "in_flight")
 
     assert hold_if_suspended(kz, taken, "worker-b")  # B's own claim goes back, its attempt given back
+    assert state(kz, mid) == ("queued", None, 1, "queued")
+
+
+def test_a_stale_claim_never_gives_back_the_same_workers_later_claim_of_the_row(kz: Node) -> None:
+    with session_scope(kz.engine, readonly=True) as s:
+        key_id = s.execute(select(User.signatory_key_id).where(
+            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+    mid = kz.send(compose_for(kz, russian_document("BY"), []), kz.signatory(key_id), [], actor="user:test").id
+    start = kz.clock()
+    [stale] = outbox.claim_due(kz.engine, "worker-a", start, 10, 60).claims
+    [again] = outbox.claim_due(kz.engine, "worker-a", start + timedelta(seconds=61), 10, 60).claims
+    set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")
+
+    assert hold_if_suspended(kz, stale, "worker-a")  # the first attempt's claim: nothing to give back
+    assert state(kz, mid) == ("in_flight", "worker-a", 2, "in_flight")
+    assert hold_if_suspended(kz, again, "worker-a")
     assert state(kz, mid) == ("queued", None, 1, "queued")
