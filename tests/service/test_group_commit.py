@@ -6,25 +6,23 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from bench.bench_exchange import russian_document
-from keys import Signatory
 from protocol import Document, LifecycleError
-from service import audit, demo, group_commit
+from service import audit, group_commit
 from service.compose import compose
 from service.db import session_scope
 from service.group_commit import GroupCommit
-from service.models import Event, Message, Outbox, User
+from service.models import Event, Message, Outbox
 from service.node import Node
-from service.server import build_node
+from tests.service.conftest import signatory_of
 
 
 class Recorder:
@@ -261,23 +259,9 @@ def test_the_committer_survives_an_interrupted_group_and_stores_the_next() -> No
 
 # --- Node.send ------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def kz(request: pytest.FixtureRequest, tmp_path: Path,
-       postgres_database: Callable[[], str]) -> Iterator[Node]:
-    url = postgres_database() if request.param == "postgres" else None
-    kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", url)
-    by_party = demo.setup_party(tmp_path, "BY", "Bel", None)
-    demo.introduce(kz_party, by_party)
-    node = build_node(kz_party.data_dir)
-    yield node
-    node.engine.dispose()
-
-
-def _signatory(kz: Node) -> Signatory:
-    with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    return kz.signatory(key_id)
+@pytest.fixture
+def kz(node_pair: tuple[Node, Node]) -> Node:
+    return node_pair[0]
 
 
 def _requests(count: int, now: datetime) -> list[Document]:
@@ -286,7 +270,7 @@ def _requests(count: int, now: datetime) -> list[Document]:
 
 
 def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_changes_nothing(kz: Node) -> None:
-    signatory = _signatory(kz)
+    signatory = signatory_of(kz)
     now = datetime.now(UTC)
     good = _requests(3, now)
     unknown = str(uuid.uuid4())  # a result in a thread this node never heard of: the lifecycle refuses it
@@ -317,7 +301,7 @@ def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_change
 
 
 def test_send_async_stores_and_queues_like_send(kz: Node) -> None:
-    signatory = _signatory(kz)
+    signatory = signatory_of(kz)
     documents = _requests(4, datetime.now(UTC))
     kz.peers_changed()  # a stale peer entry is read again off the loop first
 

@@ -10,9 +10,8 @@ Whatever the worker was handed and never sent goes back to the queue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,31 +19,22 @@ import pytest
 from sqlalchemy import select
 
 from bench.bench_exchange import russian_document
-from service import demo, outbox
+from service import outbox
 from service import worker as worker_module
 from service.admin import set_peer_suspended
 from service.blobs import small_blobs
 from service.compose import compose
 from service.db import session_scope
-from service.models import Message, Outbox, User
+from service.models import Message, Outbox
 from service.node import Node, new_message_id
-from service.server import build_node
 from service.user_api import compose_for
 from service.worker import DeliveryWorker
+from tests.service.conftest import signatory_of
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def kz(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
-    urls: dict[str, str | None] = {"KZ": None, "BY": None}
-    if request.param == "postgres":
-        make: Callable[[], str] = request.getfixturevalue("postgres_database")
-        urls = {"KZ": make(), "BY": make()}
-    kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", urls["KZ"])
-    by_party = demo.setup_party(tmp_path, "BY", "Bel", urls["BY"])
-    demo.introduce(kz_party, by_party)
-    node = build_node(kz_party.data_dir)
-    yield node
-    node.engine.dispose()
+@pytest.fixture
+def kz(node_pair: tuple[Node, Node]) -> Node:
+    return node_pair[0]
 
 
 @pytest.fixture
@@ -58,10 +48,7 @@ def worker(kz: Node) -> Iterator[DeliveryWorker]:
 
 
 def send(node: Node, fields: dict[str, Any]) -> str:
-    with session_scope(node.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    return node.send(compose_for(node, fields, []), node.signatory(key_id), [], actor="user:test").id
+    return node.send(compose_for(node, fields, []), signatory_of(node), [], actor="user:test").id
 
 
 def rows(node: Node, message_id: str) -> tuple[Any, Any]:
@@ -133,10 +120,7 @@ def test_a_message_handed_over_before_its_peer_was_suspended_is_held_not_sent(
 
 def test_an_opener_with_a_later_message_of_its_thread_in_the_same_group_is_queued_in_order(
         kz: Node, worker: DeliveryWorker) -> None:
-    with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    signatory, at = kz.signatory(key_id), kz.clock()
+    signatory, at = signatory_of(kz), kz.clock()
     request = compose({**russian_document("BY"), "urgent": True}, message_id=new_message_id(),
                       sender_party="KZ", now=at, attachments=[], answered=None)
     follow = compose({"kind": "original_dispatched", "request_id": request.id, "thread_id": request.id,

@@ -4,36 +4,22 @@ envelope by envelope, the raced one answered with the receipt stored for it (``N
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import func, select
 
 from bench.bench_exchange import russian_document
-from service import demo, outbox
+from service import outbox
 from service.blobs import small_blobs
 from service.db import session_scope
-from service.models import Blob, Event, Message, User
+from service.models import Blob, Event, Message
 from service.node import Node
-from service.server import build_node
 from service.user_api import compose_for
+from tests.service.conftest import signatory_of
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    urls: dict[str, str | None] = {"KZ": None, "BY": None}
-    if request.param == "postgres":
-        make: Callable[[], str] = request.getfixturevalue("postgres_database")
-        urls = {"KZ": make(), "BY": make()}
-    kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", urls["KZ"])
-    by_party = demo.setup_party(tmp_path, "BY", "Bel", urls["BY"])
-    demo.introduce(kz_party, by_party)
-    demo.introduce(by_party, kz_party)
-    kz, by = build_node(kz_party.data_dir), build_node(by_party.data_dir)
-    yield kz, by
-    kz.engine.dispose()
-    by.engine.dispose()
+@pytest.fixture
+def nodes(node_pair: tuple[Node, Node]) -> tuple[Node, Node]:
+    return node_pair
 
 
 def _count(node: Node, what: object) -> int:
@@ -44,10 +30,7 @@ def _count(node: Node, what: object) -> int:
 def test_a_message_a_racing_delivery_stored_first_gets_its_stored_receipt_and_nothing_twice(
         nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
     kz, by = nodes
-    with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    signatory = kz.signatory(key_id)
+    signatory = signatory_of(kz)
     for _ in range(2):
         kz.send(compose_for(kz, russian_document("BY"), []), signatory, [], actor="user:test")
     claims = outbox.claim_due(kz.engine, "test", kz.clock(), 10, 60).claims

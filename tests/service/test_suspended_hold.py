@@ -4,36 +4,30 @@ message only with it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from bench.bench_exchange import russian_document
-from service import demo, outbox
+from service import outbox
 from service.admin import hold_if_suspended, set_peer_suspended
 from service.db import session_scope
-from service.models import Message, Outbox, User
+from service.models import Message, Outbox
 from service.node import Node
-from service.server import build_node
 from service.user_api import compose_for
+from tests.service.conftest import signatory_of
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def kz(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
-    urls: dict[str, str | None] = {"KZ": None, "BY": None}
-    if request.param == "postgres":
-        make: Callable[[], str] = request.getfixturevalue("postgres_database")
-        urls = {"KZ": make(), "BY": make()}
-    kz_party = demo.setup_party(tmp_path, "KZ", "Kaz", urls["KZ"])
-    by_party = demo.setup_party(tmp_path, "BY", "Bel", urls["BY"])
-    demo.introduce(kz_party, by_party)
-    node = build_node(kz_party.data_dir)
-    yield node
-    node.engine.dispose()
+@pytest.fixture
+def kz(node_pair: tuple[Node, Node]) -> Node:
+    return node_pair[0]
+
+
+def send(node: Node) -> str:
+    document = compose_for(node, russian_document("BY"), [])
+    return node.send(document, signatory_of(node), [], actor="user:test").id
 
 
 def state(node: Node, message_id: str) -> tuple[Any, ...]:
@@ -45,10 +39,7 @@ def state(node: Node, message_id: str) -> tuple[Any, ...]:
 
 def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_worker_that_took_it_over(
         kz: Node) -> None:
-    with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    mid = kz.send(compose_for(kz, russian_document("BY"), []), kz.signatory(key_id), [], actor="user:test").id
+    mid = send(kz)
     start = kz.clock()
     [stale] = outbox.claim_due(kz.engine, "worker-a", start, 10, 60).claims
     [taken] = outbox.claim_due(kz.engine, "worker-b", start + timedelta(seconds=61), 10, 60).claims  # A hung
@@ -63,10 +54,7 @@ def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_wo
 
 
 def test_a_stale_claim_never_gives_back_the_same_workers_later_claim_of_the_row(kz: Node) -> None:
-    with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
-    mid = kz.send(compose_for(kz, russian_document("BY"), []), kz.signatory(key_id), [], actor="user:test").id
+    mid = send(kz)
     start = kz.clock()
     [stale] = outbox.claim_due(kz.engine, "worker-a", start, 10, 60).claims
     [again] = outbox.claim_due(kz.engine, "worker-a", start + timedelta(seconds=61), 10, 60).claims

@@ -26,22 +26,28 @@ def claim_of(peer: str) -> SimpleNamespace:
     return SimpleNamespace(peer=peer, envelope_size=4096)
 
 
-def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(worker: DeliveryWorker,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    limit = worker.node.settings.delivery_batches_per_peer
-    worker._small_in_flight["BY"] = limit
-    passed_over: list[list[str]] = []
+@pytest.fixture
+def claims(worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The worker's node has peers BY and AM and an empty outbox; each claim's ``busy_peers`` is listed."""
+    seen: list[list[str]] = []
 
     def claim_due(*args: object, busy_peers: list[str], **kwargs: object) -> outbox.ClaimResult:
-        passed_over.append(list(busy_peers))
+        seen.append(list(busy_peers))
         return outbox.ClaimResult([], False)
 
     monkeypatch.setattr(outbox, "claim_due", claim_due)
     monkeypatch.setattr(worker.node, "clock", lambda: datetime.now(UTC), raising=False)
     monkeypatch.setattr(worker.node, "engine", None, raising=False)
     monkeypatch.setattr(worker.node, "peer_parties", lambda: ["BY", "AM"], raising=False)
+    return seen
+
+
+def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(
+        worker: DeliveryWorker, claims: list[list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = worker.node.settings.delivery_batches_per_peer
+    worker._small_in_flight["BY"] = limit
     assert worker._dispatch() == 0  # a claim meanwhile passed over BY's rows
-    assert passed_over == [["BY"]]
+    assert claims == [["BY"]]
     worker._claim_wanted = False
     worker._wake.clear()
 
@@ -53,17 +59,7 @@ def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(worker: DeliveryW
 
 
 def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(worker: DeliveryWorker,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    claims: list[list[str]] = []
-
-    def claim_due(*args: object, busy_peers: list[str], **kwargs: object) -> outbox.ClaimResult:
-        claims.append(list(busy_peers))
-        return outbox.ClaimResult([], False)
-
-    monkeypatch.setattr(outbox, "claim_due", claim_due)
-    monkeypatch.setattr(worker.node, "clock", lambda: datetime.now(UTC), raising=False)
-    monkeypatch.setattr(worker.node, "engine", None, raising=False)
-    monkeypatch.setattr(worker.node, "peer_parties", lambda: ["BY", "AM"], raising=False)
+                                                                  claims: list[list[str]]) -> None:
     slots = worker.node.settings.delivery_concurrency
     full = worker.node.settings.delivery_batches_per_peer
     worker._small_in_flight["BY"] = worker._small_in_flight["AM"] = full
