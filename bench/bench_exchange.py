@@ -393,7 +393,8 @@ def make_pair(stack: ExitStack, root: Path, database_urls: dict[str, str | None]
 
 
 class Outgoing:
-    """Reads KZ's database directly: delivery times of outgoing messages, and a watcher for waiters."""
+    """Reads a node's database directly (KZ's: delivery times of outgoing messages, and a watcher for
+    waiters; BY's, for when they arrived: ``closed_stages``)."""
 
     def __init__(self, data_dir: Path) -> None:
         from service.db import make_engine
@@ -410,7 +411,9 @@ class Outgoing:
         self.stop_watching()
         self.engine.dispose()
 
-    def rows(self, ids: list[str]) -> dict[str, Any]:
+    def rows(self, ids: list[str], direction: str = "out") -> dict[str, Any]:
+        """The ``message`` rows of ``ids`` (``direction="in"``: on a reading of the receiving node's database,
+        its received copies of them)."""
         from sqlalchemy import select
 
         from service.db import session_scope
@@ -423,7 +426,7 @@ class Outgoing:
                 query = select(Message.id, Message.status, Message.delivered_at, Message.receipt,  # type: ignore[call-overload]
                                Message.receipt_status, Message.receipt_verified, Message.envelope_sha256,
                                Message.created_at,
-                               ).where(Message.direction == "out", Message.id.in_(batch))  # type: ignore[attr-defined]
+                               ).where(Message.direction == direction, Message.id.in_(batch))  # type: ignore[attr-defined]
                 found.update({r.id: r for r in s.execute(query)})
         return found
 
@@ -597,28 +600,6 @@ def run_closed(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int,
     return figures_from_db(out, "closed", sent), sent
 
 
-def arrivals(data_dir: Path, ids: list[str]) -> dict[str, float]:
-    """When each message reached the receiving node (its ``message`` row's ``created_at``: the clock
-    ``receive_batch`` read before checking the batch), as Unix time, read from that node's database."""
-    from sqlalchemy import select
-
-    from service.db import make_engine, session_scope
-    from service.models import Message
-    from service.settings import Settings
-
-    engine = make_engine(Settings.load(data_dir).database_url)
-    try:
-        found: dict[str, float] = {}
-        with session_scope(engine, readonly=True) as s:
-            for i in range(0, len(ids), 500):
-                query = select(Message.id, Message.created_at).where(  # type: ignore[call-overload]
-                    Message.direction == "in", Message.id.in_(ids[i:i + 500]))  # type: ignore[attr-defined]
-                found.update({r.id: r.created_at.timestamp() for r in s.execute(query)})
-        return found
-    finally:
-        engine.dispose()
-
-
 #: The closed loop's latency cut where the two nodes' clocks mark it (one machine: one clock).
 STAGES = ("sent until sealed", "sealed until it reached BY", "reached BY until the receipt was stored")
 
@@ -628,10 +609,14 @@ def closed_stages(out: Outgoing, by_dir: Path, sent: dict[str, float]) -> dict[s
     API: parse, token, compose, sign, seal); until BY began checking it (KZ's store, the wait for the
     batch in flight, the claim, the request); until KZ stored BY's receipt (BY's checks, store and
     receipt, the answer, KZ's verification and settlement)."""
-    rows, reached = out.rows(list(sent)), arrivals(by_dir, list(sent))
+    by = Outgoing(by_dir)  # (its ``created_at``: the clock ``receive_batch`` read before checking the batch)
+    try:
+        rows, reached = out.rows(list(sent)), by.rows(list(sent), direction="in")
+    finally:
+        by.close()
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
     for mid, t0 in sent.items():
-        sealed, at_by = rows[mid].created_at.timestamp(), reached[mid]
+        sealed, at_by = rows[mid].created_at.timestamp(), reached[mid].created_at.timestamp()
         stored = rows[mid].delivered_at.timestamp()
         for name, seconds in zip(STAGES, (sealed - t0, at_by - sealed, stored - at_by), strict=True):
             stages[name].append(seconds)
