@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -1425,8 +1425,9 @@ def requeue_message(node: Node, message_id: str, actor: str) -> dict[str, Any]:
     return outbox_item(node, message_id)
 
 
-def hold_if_suspended(node: Node, claim: outbox.Claim, worker_id: str) -> bool:
-    """Worker hook: a claim for a peer suspended since it was claimed goes back to the queue untouched.
+def hold_if_suspended(node: Node, claim: outbox.Claim) -> bool:
+    """Worker hook: a claim for a peer suspended since it was claimed goes back to the queue untouched
+    (``outbox.give_back``: if its worker still holds the row under it).
 
     The attempt is given back (it never happened), so holding never brings a
     message closer to being parked.
@@ -1434,7 +1435,7 @@ def hold_if_suspended(node: Node, claim: outbox.Claim, worker_id: str) -> bool:
     if peer_is_active(node, claim.peer):
         return False
     with session_scope(node.engine) as s:
-        outbox.give_back(s, [replace(claim, worker_id=worker_id)])
+        outbox.give_back(s, [claim])
     log.info("delivery_held", message_id=claim.message_id, peer=claim.peer)
     return True
 

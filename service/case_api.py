@@ -179,7 +179,7 @@ def cases_router(node: Node) -> APIRouter:
                 **content}
 
     @router.post("/v1/drafts/{draft_id}/sign", tags=["drafts"])
-    async def sign_draft(request: Request, user: Signer, draft_id: str) -> dict[str, Any]:
+    async def sign_draft(user: Signer, draft_id: str) -> dict[str, Any]:
         """The signatory signs the draft (Art. 4) and it is sent at once."""
         if user.signatory_key_id is None:
             raise ServiceError("this signatory has no signing key on this node", code="auth.no_signing_key",

@@ -680,8 +680,7 @@ class Node:
             outbox.enqueue_many(s, queued, defer=writes)
             write_pipelined(s.connection(), writes)
             leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
-            outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id if worker is not None else "",
-                                               lease_until)
+            outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until) if worker else {}
             record_events(s, events)
         if worker is not None:
             if outbox_ids:
@@ -696,24 +695,22 @@ class Node:
                 worker.wake()
         return stored
 
-    def _may_hand_over(self, send: _Sending, worker: LocalWorker,
-                       threads_in_group: Counter[str | None]) -> bool:
+    def _may_hand_over(self, send: _Sending, worker: LocalWorker, threads_in_group: Counter[str]) -> bool:
         """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_sends``).
 
         Its envelope is in memory (no attachments); its peer is active as far as
         this process knows (a suspension it has not seen yet is still caught: the
         worker checks before it sends, and gives the row back); fewer than a batch
         waits for that peer in the worker already; and nothing sent earlier can hold
-        it back: it opens its thread (with no later message of the thread in the
-        same group), or belongs to none. A later message of a thread waits in the
-        queue until its predecessor is delivered, as the claim keeps them in order
+        it back: it opens its thread, with no later message of the thread in the
+        same group. A later message of a thread waits in the queue until its
+        predecessor is delivered, as the claim keeps them in order
         (``outbox._deliverable``).
         """
         document = send.document
         cached = self._cached_peer(send.peer)
-        in_order = document.thread_id is None or (document.thread_id == document.id
-                                                  and threads_in_group[document.thread_id] == 1)
-        return (in_order and isinstance(send.envelope, bytes) and cached is not None and cached[2] == "active"
+        return (document.thread_id == document.id and threads_in_group[document.thread_id] == 1
+                and isinstance(send.envelope, bytes) and cached is not None and cached[2] == "active"
                 and worker.has_room(send.peer))
 
     # --- reading -------------------------------------------------------------

@@ -114,6 +114,10 @@ class DeliveryWorker(BackgroundLoop):
         self._claim_wanted = True
         super().wake()
 
+    def _wake_to_send(self) -> None:
+        """Run the next round now for what was handed over: no claim from the outbox for it."""
+        super().wake()
+
     def hand_over(self, claims: Sequence[outbox.Claim]) -> None:
         """Deliver ``claims``, which a committed send stored as leased to us (``outbox.enqueue_leased``), with
         their envelopes: in the next batch to their peer. After ``close`` they go back to the queue."""
@@ -125,7 +129,7 @@ class DeliveryWorker(BackgroundLoop):
         if closed:
             self._give_back(list(claims), "worker_stopped")
         else:
-            super().wake()  # (no claim from the outbox for these)
+            self._wake_to_send()
 
     def has_room(self, peer: str) -> bool:
         """Whether a send to ``peer`` may be handed over (``Node._may_hand_over``): fewer than a batch waits
@@ -194,13 +198,13 @@ class DeliveryWorker(BackgroundLoop):
         long): sent now, it could still be in flight when another worker takes it over. Whether any went."""
         now = self.node.clock()
         half = timedelta(seconds=self.node.settings.delivery_lease_seconds) / 2
+        stale: list[outbox.Claim] = []
         with self._handed_lock:
-            stale = [c for waiting in self._handed.values() for c in waiting
-                     if c.lease_expires_at - now <= half]
-            for peer in list(self._handed):
-                self._handed[peer] = [c for c in self._handed[peer] if c.lease_expires_at - now > half]
-                if not self._handed[peer]:
-                    del self._handed[peer]
+            for peer, waiting in list(self._handed.items()):
+                fresh = [c for c in waiting if c.lease_expires_at - now > half]
+                if len(fresh) < len(waiting):
+                    stale += [c for c in waiting if c.lease_expires_at - now <= half]
+                    self._set_handed(peer, fresh)
         if stale:
             self._give_back(stale, "handed_over_lease_half_gone")
         return bool(stale)
@@ -214,25 +218,31 @@ class DeliveryWorker(BackgroundLoop):
         threads = free - len(self._groups(claimed))
         taken: list[outbox.Claim] = []
         with self._handed_lock:
-            for peer in [p for p in self._handed if p not in busy]:
+            for peer, waiting in list(self._handed.items()):
                 batches = min(settings.delivery_batches_per_peer - in_flight.get(peer, 0), threads)
-                per_batch = self._batch_items.get(peer, settings.batch_max_items)
-                items = batches * per_batch - sum(1 for c in claimed if c.peer == peer)
-                size = sum(c.envelope_size for c in claimed if c.peer == peer)
-                waiting = self._handed[peer]
+                if peer in busy or batches <= 0:
+                    continue
+                ours = [c for c in claimed if c.peer == peer]  # (they fill the same batches first)
+                items = batches * self._batch_items.get(peer, settings.batch_max_items) - len(ours)
+                room = batches * settings.batch_max_bytes - sum(c.envelope_size for c in ours)
                 n = 0
-                while n < min(items, len(waiting)) and size + waiting[n].envelope_size <= \
-                        batches * settings.batch_max_bytes:
-                    size += waiting[n].envelope_size
+                for claim in waiting[:max(items, 0)]:
+                    if claim.envelope_size > room:
+                        break
+                    room -= claim.envelope_size
                     n += 1
                 if n:
                     taken += waiting[:n]
                     threads -= batches
-                    if waiting[n:]:
-                        self._handed[peer] = waiting[n:]
-                    else:
-                        del self._handed[peer]
+                    self._set_handed(peer, waiting[n:])
         return taken
+
+    def _set_handed(self, peer: str, waiting: list[outbox.Claim]) -> None:
+        """What still waits for ``peer`` (under ``_handed_lock``)."""
+        if waiting:
+            self._handed[peer] = waiting
+        else:
+            del self._handed[peer]
 
     def _give_back(self, claims: list[outbox.Claim], why: str) -> None:
         """Put claims that will not be sent back in the queue (``outbox.give_back``); if the database fails,
@@ -266,7 +276,7 @@ class DeliveryWorker(BackgroundLoop):
             if self._again_after_delivery:  # a claim left due rows (or a busy peer's) behind: claim again
                 self.wake()
             elif self._handed:  # what was handed over meanwhile goes now
-                super().wake()
+                self._wake_to_send()
 
     def _groups(self, claims: list[outbox.Claim]) -> list[list[outbox.Claim]]:
         """Claims cut into deliveries: batches of small envelopes to one peer, each big envelope alone."""
@@ -312,7 +322,7 @@ class DeliveryWorker(BackgroundLoop):
     def deliver(self, claim: outbox.Claim) -> str:
         """Try one delivery; returns the outcome ('delivered', 'rejected', 'queued', 'parked' or 'held')."""
         node = self.node
-        if hold_if_suspended(node, claim, self.worker_id):  # suspended since the claim: nothing is sent
+        if hold_if_suspended(node, claim):  # suspended since the claim: nothing is sent
             return "held"
         try:
             client, base = self._client(claim.peer)

@@ -181,7 +181,11 @@ def test_a_handed_over_envelope_that_waited_half_its_lease_is_given_back_not_sen
     later = kz.clock() + timedelta(seconds=kz.settings.delivery_lease_seconds * 0.6)
     monkeypatch.setattr(kz, "clock", lambda: later)
     worker._small_in_flight["BY"] = kz.settings.delivery_batches_per_peer  # BY is busy all that time
-    assert worker._give_back_stale()
+    went_back: list[bool] = []
+    look = worker._give_back_stale
+    monkeypatch.setattr(worker, "_give_back_stale", lambda: went_back.append(look()) or went_back[-1])
+    assert worker._dispatch() == 0  # nothing goes to BY while it is busy...
+    assert went_back == [True]  # ...but the round gave the stale hand-over back first
     message, row = rows(kz, mid)
     assert (row.state, row.attempts, message.status) == ("queued", 0, "queued")
     assert handed(worker) == []

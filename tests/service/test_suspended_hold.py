@@ -46,10 +46,10 @@ def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_wo
     assert state(kz, mid) == ("in_flight", "worker-b", 2, "in_flight")
     set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")
 
-    assert hold_if_suspended(kz, stale, "worker-a")  # A wakes up: nothing is sent, and B's row is B's
+    assert hold_if_suspended(kz, stale)  # A wakes up: nothing is sent, and B's row is B's
     assert state(kz, mid) == ("in_flight", "worker-b", 2, "in_flight")
 
-    assert hold_if_suspended(kz, taken, "worker-b")  # B's own claim goes back, its attempt given back
+    assert hold_if_suspended(kz, taken)  # B's own claim goes back, its attempt given back
     assert state(kz, mid) == ("queued", None, 1, "queued")
 
 
@@ -60,7 +60,7 @@ def test_a_stale_claim_never_gives_back_the_same_workers_later_claim_of_the_row(
     [again] = outbox.claim_due(kz.engine, "worker-a", start + timedelta(seconds=61), 10, 60).claims
     set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")
 
-    assert hold_if_suspended(kz, stale, "worker-a")  # the first attempt's claim: nothing to give back
+    assert hold_if_suspended(kz, stale)  # the first attempt's claim: nothing to give back
     assert state(kz, mid) == ("in_flight", "worker-a", 2, "in_flight")
-    assert hold_if_suspended(kz, again, "worker-a")
+    assert hold_if_suspended(kz, again)
     assert state(kz, mid) == ("queued", None, 1, "queued")
