@@ -121,3 +121,14 @@ def test_non_canonical_s_is_refused() -> None:
     s = int.from_bytes(sig[32:], "little") + order
     malleated = sig[:32] + s.to_bytes(32, "little")
     assert not VerifyKey(bytes.fromhex(public)).verify(malleated, bytes.fromhex(message))
+
+
+def test_small_order_key_never_verifies() -> None:
+    """The identity point as a public key, with R = identity and S = 0, satisfies the cofactorless
+    equation for every message: OpenSSL's Ed25519 (``cryptography``) accepts it; a signature under a
+    small-order key proves nothing about who signed, so ours refuses it (libsodium's checks)."""
+    identity = bytes([1]) + bytes(31)
+    forged = identity + bytes(32)
+    key = VerifyKey(identity)
+    assert not key.verify(forged, b"any message at all")
+    assert not key.verify(forged, b"")
