@@ -7,15 +7,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from bench.bench_exchange import russian_document
 from protocol import Document, LifecycleError
 from service import cases
 from service.case_models import Thread
 from service.compose import compose
-from service.db import session_scope
+from service.db import make_engine, session_scope
+from service.migrate import upgrade
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -79,3 +81,29 @@ def test_art5_one_message_out_of_step_refuses_the_whole_call_and_writes_nothing(
             cases.apply_many(s, "BY", [(d, d.created_at) for d in docs], originals_due_days=30)
         assert exc.value.code == code
         assert threads(engine) == []
+
+
+@pytest.mark.postgres
+def test_the_thread_read_locks_the_threads_it_finds_postgres(postgres_url: str) -> None:
+    """Two replicas moving one thread queue on it: ``apply_many``'s read takes the thread's row lock, before
+    any write of its own."""
+    upgrade(postgres_url)
+    engine, other = make_engine(postgres_url), make_engine(postgres_url)
+    try:
+        first = request()
+        with session_scope(engine) as s:
+            cases.apply_many(s, "BY", [(first, first.created_at)], originals_due_days=30)
+        later = reply(first, {"kind": "acceptance"}, T0 + timedelta(minutes=1))
+        with session_scope(engine) as s:
+            deferred: list[tuple[Any, Any]] = []  # the thread's update not run: only the read holds it
+            cases.apply_many(s, "BY", [(later, later.created_at)], originals_due_days=30, defer=deferred)
+            assert deferred
+            with pytest.raises(OperationalError) as exc, other.connect() as c:
+                c.execute(text("SET lock_timeout = '200ms'"))
+                c.execute(text("SELECT id FROM thread WHERE id = :id FOR UPDATE"), {"id": first.id})
+            assert "lock" in str(exc.value).lower()
+        with other.connect() as c:  # committed: free again
+            c.execute(text("SELECT id FROM thread WHERE id = :id FOR UPDATE"), {"id": first.id})
+    finally:
+        engine.dispose()
+        other.dispose()
