@@ -104,6 +104,14 @@ class _Sending:
 
 
 @dataclass(frozen=True)
+class Receipts:
+    """A delivery's verified receipts, to record (``Node.record_receipts``): each claim, the receipt's bytes
+    and the receipt as verified."""
+
+    receipted: Sequence[tuple[outbox.Claim, bytes, protocol.Receipt]]
+
+
+@dataclass(frozen=True)
 class Delivery:
     """The peer API's answer to one delivery: HTTP status and JSON body (with a signed receipt when possible)."""
 
@@ -183,9 +191,10 @@ class Node:
         self._peers: dict[str, tuple[float, int, str, TrustedParty]] = {}
         self._signatories: dict[str, Signatory] = {}
         self._storage_key: bytes | None = None
-        # Sends without attachments that arrive together are stored in one transaction.
-        self._sends: GroupCommit[_Sending, dict[str, Any]] = GroupCommit(self._store_sends)
-        #: This process's delivery worker: what is sent is handed to it at once (``_store_sends``).
+        # Sends without attachments, and the receipts of deliveries, that arrive together are stored in one
+        # transaction (``_store_group``).
+        self._writes: GroupCommit[_Sending | Receipts, Any] = GroupCommit(self._store_group)
+        #: This process's delivery worker: what is sent is handed to it at once (``_store_group``).
         self.worker: LocalWorker | None = None
 
     def storage_key(self) -> bytes:
@@ -596,7 +605,7 @@ class Node:
         # operator resumes it, exactly like those queued before the suspension.
         recipient = self.peer(document.recipient_party, active_only=False)
         sending = self._seal(document, signatory, attachments, actor, recipient)
-        values = self._store_sends([sending])[0] if attachments else self._sends.submit(sending)
+        values = self._store_sends([sending])[0] if attachments else self._writes.submit(sending)
         return self._queued(values)
 
     async def send_async(self, document: Document, signatory: Signatory, actor: str) -> Message:
@@ -610,7 +619,7 @@ class Node:
         """
         recipient = self._fresh_peer(document.recipient_party) or await asyncio.to_thread(
             self.peer, document.recipient_party, active_only=False)  # (held if suspended, as in ``send``)
-        values = await self._sends.submit_async(self._seal(document, signatory, [], actor, recipient))
+        values = await self._writes.submit_async(self._seal(document, signatory, [], actor, recipient))
         return self._queued(values)
 
     def _seal(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]], actor: str,
@@ -630,13 +639,29 @@ class Node:
         log.info("message_queued", message_id=values["id"], peer=values["peer"], kind=values["kind"])
         return Message.model_construct(**values)  # as stored (validated by the insert; no session)
 
+    def record_receipts(self, receipted: Sequence[tuple[outbox.Claim, bytes, protocol.Receipt]]) -> datetime:
+        """Record a delivery's verified receipts: each outbox row delivered, its message delivered (or
+        rejected) with its receipt, a ``receipt.received`` event each. Stored by the group committer with
+        whatever else this node is storing at the time (``_store_group``: sends, other deliveries' receipts),
+        in one transaction; returns once committed, with the time it recorded."""
+        return cast("datetime", self._writes.submit(Receipts(tuple(receipted))))
+
     def _store_sends(self, sends: Sequence[_Sending]) -> list[dict[str, Any]]:
-        """Store sealed messages, queued for delivery, in one transaction; the ``message`` row of each.
+        """Store sealed messages, queued for delivery, in one transaction; the ``message`` row of each
+        (``_store_group``)."""
+        return cast("list[dict[str, Any]]", self._store_group(sends))
+
+    def _store_group(self, items: Sequence[_Sending | Receipts]) -> list[Any]:
+        """Store sealed messages and deliveries' receipts in one transaction; for each item, in order, the
+        ``message`` row of a send, the time recorded for receipts.
 
         Each message's lifecycle step is checked and recorded in order (a later
         one may follow from an earlier); then the rows of all of them are
         written with one statement per table (blobs, chunks, messages, outbox
-        rows, audit events), not several per message.
+        rows, audit events), not several per message. The receipts of every
+        delivery in the group are recorded with them (``outbox.mark_delivered_many``):
+        the delivery threads and the API share one transaction, one audit-log
+        lock and one commit, instead of one each.
 
         With a worker in this process (``prolink serve``), the envelopes it may
         send at once (``_may_hand_over``) are stored already claimed by it and,
@@ -644,44 +669,48 @@ class Node:
         envelope stand between the commit and the request to the peer. The
         others are queued, and the worker is woken to claim them.
         """
+        sends = [item for item in items if isinstance(item, _Sending)]
+        receipted = [r for item in items if isinstance(item, Receipts) for r in item.receipted]
         stored: list[dict[str, Any]] = []
         events: list[audit.NewEntry] = []
         writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
+        late_writes: list[tuple[Any, Any]] = []  # the receipts' message updates: with the audit entries
         worker = self.worker
         threads_in_group = Counter(send.document.thread_id for send in sends)
         handed = [worker is not None and self._may_hand_over(send, worker, threads_in_group)
                   for send in sends]
         now = self.clock()
         lease_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
+        outbox_ids: dict[str, int] = {}
+        queued: list[tuple[str, str, datetime]] = []
         with session_scope(self.engine) as s:
-            effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
-                                       originals_due_days=self.settings.originals_due_days, defer=writes)
-            blobs = write_blobs(s, [send.envelope for send in sends], defer=writes)
-            for send, effect, blob, hand in zip(sends, effects, blobs, handed, strict=True):
-                document, signatory = send.document, send.signatory
-                stored.append({
-                    "id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
-                    "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
-                    "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
-                    "created_at": send.at, "status": "in_flight" if hand else "queued", "receipt": None,
-                    "receipt_status": None, "receipt_verified": False, "delivered_at": None,
-                    "summary": {"signed_by_key": signatory.key.key_id,
-                                "policy": {"confidentiality": document.confidentiality},
-                                "signer": f"{signatory.person}, {signatory.position}",
-                                "attachments": len(document.attachments)}})
-                events.append(event_entry(
-                    send.at, "message.sealed", "ok", actor=send.actor, party=send.peer, object_id=document.id,
-                    envelope_sha256=blob.sha256, kind=document.kind, thread_id=effect.thread_id,
-                    state_before=effect.state_before, state_after=effect.state_after,
-                    signer_key=signatory.key.key_id))
-            writes.append((_INSERT_MESSAGE, stored))
-            rows = [(row["id"], row["peer"], row["created_at"]) for row in stored]
-            queued = [row for row, hand in zip(rows, handed, strict=True) if not hand]
-            outbox.enqueue_many(s, queued, defer=writes)
+            if sends:
+                effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
+                                           originals_due_days=self.settings.originals_due_days, defer=writes)
+                blobs = write_blobs(s, [send.envelope for send in sends], defer=writes)
+                for send, effect, blob, hand in zip(sends, effects, blobs, handed, strict=True):
+                    stored.append(self._outbound_row(send, blob, hand))
+                    events.append(event_entry(
+                        send.at, "message.sealed", "ok", actor=send.actor, party=send.peer,
+                        object_id=send.document.id, envelope_sha256=blob.sha256, kind=send.document.kind,
+                        thread_id=effect.thread_id, state_before=effect.state_before,
+                        state_after=effect.state_after, signer_key=send.signatory.key.key_id))
+                writes.append((_INSERT_MESSAGE, stored))
+                rows = [(row["id"], row["peer"], row["created_at"]) for row in stored]
+                queued = [row for row, hand in zip(rows, handed, strict=True) if not hand]
+                outbox.enqueue_many(s, queued, defer=writes)
+            if receipted:
+                outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
+                                               for c, rb, r in receipted], now, defer=late_writes)
+                events.extend(event_entry(now, "receipt.received", receipt.status, party=claim.peer,
+                                          object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
+                                          reason_code=receipt.reason_code)
+                              for claim, _, receipt in receipted)
             write_pipelined(s.connection(), writes)
-            leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
-            outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until) if worker else {}
-            record_events(s, events)
+            leased = [row for row, hand in zip(rows, handed, strict=True) if hand] if sends else []
+            if worker is not None and leased:
+                outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until)
+            record_events(s, events, writes_first=late_writes)
         if worker is not None:
             if outbox_ids:
                 worker.hand_over([
@@ -693,7 +722,22 @@ class Node:
                     for row, send, hand in zip(stored, sends, handed, strict=True) if hand])
             if queued:
                 worker.wake()
-        return stored
+        by_send = iter(stored)
+        return [next(by_send) if isinstance(item, _Sending) else now for item in items]
+
+    @staticmethod
+    def _outbound_row(send: _Sending, blob: Any, handed: bool) -> dict[str, Any]:
+        """The ``message`` row of a send (inserted with Core: ``_INSERT_MESSAGE``)."""
+        document, signatory = send.document, send.signatory
+        return {"id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
+                "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
+                "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
+                "created_at": send.at, "status": "in_flight" if handed else "queued", "receipt": None,
+                "receipt_status": None, "receipt_verified": False, "delivered_at": None,
+                "summary": {"signed_by_key": signatory.key.key_id,
+                            "policy": {"confidentiality": document.confidentiality},
+                            "signer": f"{signatory.person}, {signatory.position}",
+                            "attachments": len(document.attachments)}}
 
     def _may_hand_over(self, send: _Sending, worker: LocalWorker, threads_in_group: Counter[str]) -> bool:
         """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_sends``).

@@ -421,17 +421,8 @@ class DeliveryWorker(BackgroundLoop):
                 outcomes[claim.outbox_id] = self._failed(claim, checked)
             else:
                 receipted.append((claim, *checked))
-        if receipted:
-            now = self.node.clock()
-            with session_scope(self.node.engine) as s:
-                message_updates: list[tuple[Any, Any]] = []  # written with the audit entries (one pipeline)
-                outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
-                                               for c, rb, r in receipted], now, defer=message_updates)
-                record_events(s, writes_first=message_updates, entries=[
-                    event_entry(now, "receipt.received", receipt.status, party=claim.peer,
-                                object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
-                                reason_code=receipt.reason_code)
-                    for claim, _, receipt in receipted])
+        if receipted:  # stored with whatever else the node stores now: one transaction (Node._store_group)
+            now = self.node.record_receipts(receipted)
             for claim, _, receipt in receipted:
                 observe_delivery(self.node, claim.peer, claim.created_at, now)
                 outcomes[claim.outbox_id] = "delivered" if receipt.accepted else "rejected"

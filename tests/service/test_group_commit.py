@@ -12,16 +12,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bench.bench_exchange import russian_document
 from protocol import Document, LifecycleError
-from service import audit, group_commit
+from service import audit, group_commit, outbox
+from service.blobs import small_blobs
 from service.compose import compose
 from service.db import session_scope
 from service.group_commit import GroupCommit
 from service.models import Event, Message, Outbox
-from service.node import Node
+from service.node import Node, Receipts
+from service.worker import DeliveryWorker
 from tests.service.conftest import signatory_of
 
 
@@ -282,7 +284,7 @@ def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_change
         events_before = s.execute(select(func.count()).select_from(Event)).scalar_one()
 
     documents = [good[0], refused, good[1], good[2]]
-    results = submit_together(kz._sends, documents,
+    results = submit_together(kz._writes, documents,
                               submit=lambda doc: kz.send(doc, signatory, [], actor="user:test"))
 
     assert isinstance(results[1], LifecycleError) and results[1].code == "lifecycle.unknown_thread"
@@ -315,3 +317,73 @@ def test_send_async_stores_and_queues_like_send(kz: Node) -> None:
         queued = set(s.execute(select(Outbox.message_id)).scalars())
         sealed = set(s.execute(select(Event.object_id).where(Event.type == "message.sealed")).scalars())
     assert queued == sealed == {d.id for d in documents}
+
+
+def _delivered_receipts(kz: Node, by: Node, count: int) -> list[tuple[Any, bytes, Any]]:
+    """``count`` messages sent by KZ, claimed and received by BY: each claim with its verified receipt."""
+    signatory = signatory_of(kz)
+    for doc in _requests(count, datetime.now(UTC)):
+        kz.send(doc, signatory, [], actor="user:test")
+    claims = outbox.claim_due(kz.engine, "test", kz.clock(), count, 60).claims
+    envelopes = [bytes(b) for b in small_blobs(kz.engine, [c.blob_id for c in claims],
+                                                 max_total=kz.settings.batch_max_bytes)]
+    worker = DeliveryWorker(kz)
+    try:
+        return [(claim, *worker._verified_receipt(claim, answer.status, answer.body))  # type: ignore[misc]
+                for claim, answer in zip(claims, by.receive_batch(envelopes, "KZ"), strict=True)]
+    finally:
+        worker.close()
+
+
+def test_receipts_and_sends_that_arrive_together_share_one_transaction(node_pair: tuple[Node, Node]) -> None:
+    """A delivery thread's receipts join the sends being stored: one commit, one audit-log lock for all."""
+    kz, by = node_pair
+    signatory = signatory_of(kz)
+    receipted = _delivered_receipts(kz, by, 2)
+    new = _requests(2, datetime.now(UTC))
+    commits: list[int] = []
+
+    def count(_conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(kz.engine, "commit", count)
+    try:
+        results = submit_together(kz._writes, [Receipts(receipted), *new], submit=lambda item: (
+            kz.record_receipts(item.receipted) if isinstance(item, Receipts)
+            else kz.send(item, signatory, [], actor="user:test")))
+    finally:
+        event.remove(kz.engine, "commit", count)
+    assert len(commits) == 1
+    assert isinstance(results[0], datetime) and [m.status for m in results[1:]] == ["queued", "queued"]
+    delivered = [claim.message_id for claim, _, _ in receipted]
+    with session_scope(kz.engine, readonly=True) as s:
+        rows = {m.id: m for m in s.execute(
+            select(Message).where(Message.id.in_(delivered))).scalars()}  # type: ignore[attr-defined]
+        received = s.execute(select(Event.object_id).where(Event.type == "receipt.received")).scalars().all()
+        log_size = audit.size(s.connection())
+        events = s.execute(select(func.count()).select_from(Event)).scalar_one()
+    assert {m.status for m in rows.values()} == {"delivered"}
+    assert all(m.receipt_verified for m in rows.values())
+    assert all(m.delivered_at == results[0] for m in rows.values())
+    assert sorted(received) == sorted(delivered)
+    assert log_size == events  # the log's tree holds every entry, none twice
+
+
+def test_a_refused_send_never_fails_the_receipts_stored_with_it(node_pair: tuple[Node, Node]) -> None:
+    kz, by = node_pair
+    signatory = signatory_of(kz)
+    receipted = _delivered_receipts(kz, by, 2)
+    unknown = str(uuid.uuid4())  # a result in a thread this node never heard of: the lifecycle refuses it
+    refused = compose({"kind": "execution_result", "recipient_party": "BY", "thread_id": unknown,
+                       "in_reply_to": unknown, "confidentiality": "confidential", "summary": "Исполнено."},
+                      message_id=str(uuid.uuid4()), sender_party="KZ", now=datetime.now(UTC),
+                      attachments=[], answered=None)
+    results = submit_together(kz._writes, [refused, Receipts(receipted)], submit=lambda item: (
+        kz.record_receipts(item.receipted) if isinstance(item, Receipts)
+        else kz.send(item, signatory, [], actor="user:test")))
+    assert isinstance(results[0], LifecycleError) and isinstance(results[1], datetime)
+    with session_scope(kz.engine, readonly=True) as s:
+        statuses = set(s.execute(select(Message.status).where(Message.id.in_(  # type: ignore[attr-defined]
+            [claim.message_id for claim, _, _ in receipted]))).scalars())
+        assert s.get(Message, (refused.id, "out")) is None
+    assert statuses == {"delivered"}
