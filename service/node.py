@@ -711,17 +711,21 @@ class Node:
             if worker is not None and leased:
                 outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until)
             record_events(s, events, writes_first=late_writes)
-        if worker is not None:
-            if outbox_ids:
-                worker.hand_over([
-                    outbox.Claim(outbox_id=outbox_ids[row["id"]], message_id=row["id"], peer=row["peer"],
-                                 attempts=1, blob_id=row["blob_id"], envelope_sha256=row["envelope_sha256"],
-                                 envelope_size=row["envelope_size"], worker_id=worker.worker_id,
-                                 lease_expires_at=lease_until, created_at=row["created_at"],
-                                 envelope=cast("bytes", send.envelope))
-                    for row, send, hand in zip(stored, sends, handed, strict=True) if hand])
-            if queued:
-                worker.wake()
+        if worker is not None:  # committed: nothing from here on may fail the group (stored twice if it did)
+            claims = [outbox.Claim(outbox_id=outbox_ids[row["id"]], message_id=row["id"], peer=row["peer"],
+                                   attempts=1, blob_id=row["blob_id"], envelope_sha256=row["envelope_sha256"],
+                                   envelope_size=row["envelope_size"], worker_id=worker.worker_id,
+                                   lease_expires_at=lease_until, created_at=row["created_at"],
+                                   envelope=cast("bytes", send.envelope))
+                      for row, send, hand in zip(stored, sends, handed, strict=True) if hand]
+            try:
+                if claims:
+                    worker.hand_over(claims)
+                if queued:
+                    worker.wake()
+            except Exception as exc:  # logged: what was not handed over is claimed again once its lease ends
+                log.error("hand_over_failed", error_type=type(exc).__name__, error=str(exc)[:200],
+                          messages=len(claims))
         by_send = iter(stored)
         return [next(by_send) if isinstance(item, _Sending) else now for item in items]
 

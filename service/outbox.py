@@ -380,7 +380,8 @@ def mark_delivered_many(session: Session, items: list[Receipted], now: datetime,
     conn = session.connection()
     open_rows = {r.id: r.message_id for r in conn.execute(
         _DELIVER_OUTBOX, {"ids": [i.outbox_id for i in items], "now": now})}
-    todo = [i for i in items if i.outbox_id in open_rows]
+    # The first receipt for a row counts (one row twice: deliveries of two claims, stored in one group).
+    todo = list({i.outbox_id: i for i in reversed(items) if i.outbox_id in open_rows}.values())[::-1]
     if not todo:
         return set()
     messages = [

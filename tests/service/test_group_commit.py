@@ -387,3 +387,55 @@ def test_a_refused_send_never_fails_the_receipts_stored_with_it(node_pair: tuple
             [claim.message_id for claim, _, _ in receipted]))).scalars())
         assert s.get(Message, (refused.id, "out")) is None
     assert statuses == {"delivered"}
+
+
+class _FailingWorker:
+    """A local worker whose hand-over fails (``Node.worker``): what comes after the commit."""
+
+    worker_id = "test-worker"
+
+    def __init__(self) -> None:
+        self.handed = 0
+
+    def hand_over(self, claims: Sequence[Any]) -> None:
+        self.handed += len(claims)
+        raise RuntimeError("hand-over failed")
+
+    def has_room(self, peer: str) -> bool:
+        return True
+
+    def wake(self) -> None:
+        pass
+
+
+def test_a_failure_after_the_commit_never_stores_a_group_twice(node_pair: tuple[Node, Node]) -> None:
+    """Receipts and a send stored together, then the hand-over fails: each is stored once, its caller
+    gets its result, and the send stays leased to the worker (claimed again when its lease ends)."""
+    kz, by = node_pair
+    signatory = signatory_of(kz)
+    receipted = _delivered_receipts(kz, by, 2)
+    [new] = _requests(1, datetime.now(UTC))
+    kz.worker = worker = _FailingWorker()
+    try:
+        results = submit_together(kz._writes, [Receipts(receipted), new], submit=lambda item: (
+            kz.record_receipts(item.receipted) if isinstance(item, Receipts)
+            else kz.send(item, signatory, [], actor="user:test")))
+    finally:
+        kz.worker = None
+    assert isinstance(results[0], datetime) and results[1].status == "in_flight" and worker.handed == 1
+    with session_scope(kz.engine, readonly=True) as s:
+        types = s.execute(select(Event.type, func.count()).group_by(Event.type)).all()
+        claimed_by = s.execute(select(Outbox.claimed_by).where(Outbox.message_id == new.id)).scalar_one()
+    counts = dict(types)  # type: ignore[arg-type]
+    assert counts["receipt.received"] == 2 and counts["message.sealed"] == 3  # the two delivered, and new
+    assert claimed_by == "test-worker"
+
+
+def test_the_first_receipt_for_a_row_counts_when_a_group_holds_two(node_pair: tuple[Node, Node]) -> None:
+    """One row's receipts from two deliveries (two claims of it) stored in one group: the first is kept."""
+    kz, by = node_pair
+    [(claim, receipt_bytes, receipt)] = _delivered_receipts(kz, by, 1)
+    kz.record_receipts([(claim, receipt_bytes, receipt), (claim, b"a later copy", receipt)])
+    with session_scope(kz.engine, readonly=True) as s:
+        stored = s.get(Message, (claim.message_id, "out"))
+        assert stored is not None and stored.status == "delivered" and stored.receipt == receipt_bytes
