@@ -412,7 +412,8 @@ class DeliveryWorker(BackgroundLoop):
                                         self.node.settings.delivery_lease_seconds)
 
     def _settle(self, claims: list[outbox.Claim], answers: list[tuple[int, Any]]) -> list[str]:
-        """Record the peer's answers (HTTP status, JSON body) to ``claims``: receipts in one transaction."""
+        """Record the peer's answers (HTTP status, JSON body) to ``claims``: the receipts through the node's
+        group committer (``Node.record_receipts``), in one transaction with whatever else it is storing."""
         receipted: list[tuple[outbox.Claim, bytes, protocol.Receipt]] = []
         outcomes: dict[int, str] = {}
         for claim, (status, body) in zip(claims, answers, strict=True):
