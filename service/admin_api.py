@@ -39,10 +39,10 @@ def _actor(user: Principal) -> str:
     return f"user:{user.id}"
 
 
-def _wake(request: Request) -> None:
-    wake = getattr(request.app.state, "wake_worker", None)
-    if wake is not None:
-        wake()
+def _wake(node: Node) -> None:
+    """Have this process's delivery worker (``prolink serve``) claim what just became due."""
+    if node.worker is not None:
+        node.worker.wake()
 
 
 # --- request bodies --------------------------------------------------------------------
@@ -151,9 +151,9 @@ def admin_router(node: Node) -> APIRouter:
         return admin.set_peer_suspended(node, party, True, _actor(user), body.reason if body else None)
 
     @router.post("/peers/{party}/resume")
-    def resume(request: Request, user: Operator, party: str) -> dict[str, Any]:
+    def resume(user: Operator, party: str) -> dict[str, Any]:
         view = admin.set_peer_suspended(node, party, False, _actor(user))
-        _wake(request)
+        _wake(node)
         return view
 
     # keys and signatories
@@ -248,9 +248,9 @@ def admin_router(node: Node) -> APIRouter:
         return admin.outbox_item(node, message_id)
 
     @router.post("/outbox/{message_id}/retry")
-    def retry(request: Request, user: Operator, message_id: str) -> dict[str, Any]:
+    def retry(user: Operator, message_id: str) -> dict[str, Any]:
         view = admin.retry_now(node, message_id, _actor(user))
-        _wake(request)
+        _wake(node)
         return view
 
     @router.post("/outbox/{message_id}/park")
@@ -258,9 +258,9 @@ def admin_router(node: Node) -> APIRouter:
         return admin.park_message(node, message_id, body.reason, _actor(user))
 
     @router.post("/outbox/{message_id}/requeue")
-    def requeue(request: Request, user: Operator, message_id: str) -> dict[str, Any]:
+    def requeue(user: Operator, message_id: str) -> dict[str, Any]:
         view = admin.requeue_message(node, message_id, _actor(user))
-        _wake(request)
+        _wake(node)
         return view
 
     # originals (Art. 4) and the agreement (Art. 12, 14)

@@ -119,7 +119,6 @@ async def serve(data_dir: Path) -> None:
                                  ssl_context_factory=lambda _config, _default: peer_tls)
 
     user_app = create_user_app(node)
-    user_app.state.wake_worker = worker.wake
     user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
                                  log_level="warning", access_log=False, http=user_http,
                                  h11_max_incomplete_event_size=settings.max_request_head_bytes, ws="none")

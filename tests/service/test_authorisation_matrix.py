@@ -59,7 +59,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     node = build_node(party.data_dir)
     _, party.tokens["auditor"] = create_user(node.engine, "auditor KZ", "auditor", datetime.now(UTC))
     app = create_user_app(node)
-    app.state.wake_worker = lambda: None
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c, party.tokens
 
@@ -97,7 +96,6 @@ def test_the_token_check_does_not_wait_for_a_connection_held_by_other_threads(tm
     party = setup_party(tmp_path, "KZ", "Генеральная прокуратура")
     node = build_node(party.data_dir)
     app = create_user_app(node)
-    app.state.wake_worker = lambda: None
     pool = node.engine.pool
     held = [node.engine.raw_connection() for _ in range(pool.size() + pool._max_overflow)]  # type: ignore[attr-defined]
     try:
