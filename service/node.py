@@ -682,7 +682,7 @@ class Node:
         now = self.clock()
         lease_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
         outbox_ids: dict[str, int] = {}
-        queued: list[tuple[str, str, datetime]] = []
+        rows: list[tuple[str, str, datetime]] = []  # (message id, peer, sealed at) of each send
         with session_scope(self.engine) as s:
             if sends:
                 effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
@@ -697,8 +697,8 @@ class Node:
                         state_after=effect.state_after, signer_key=send.signatory.key.key_id))
                 writes.append((_INSERT_MESSAGE, stored))
                 rows = [(row["id"], row["peer"], row["created_at"]) for row in stored]
-                queued = [row for row, hand in zip(rows, handed, strict=True) if not hand]
-                outbox.enqueue_many(s, queued, defer=writes)
+                outbox.enqueue_many(s, [row for row, hand in zip(rows, handed, strict=True) if not hand],
+                                    defer=writes)
             if receipted:
                 outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
                                                for c, rb, r in receipted], now, defer=late_writes)
@@ -707,8 +707,8 @@ class Node:
                                           reason_code=receipt.reason_code)
                               for claim, _, receipt in receipted)
             write_pipelined(s.connection(), writes)
-            leased = [row for row, hand in zip(rows, handed, strict=True) if hand] if sends else []
-            if worker is not None and leased:
+            if worker is not None and any(handed):  # after the messages, which the rows refer to
+                leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
                 outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until)
             record_events(s, events, writes_first=late_writes)
         if worker is not None:  # committed: nothing from here on may fail the group (stored twice if it did)
@@ -721,7 +721,7 @@ class Node:
             try:
                 if claims:
                     worker.hand_over(claims)
-                if queued:
+                if not all(handed):  # some were queued: for the claim
                     worker.wake()
             except Exception as exc:  # logged: what was not handed over is claimed again once its lease ends
                 log.error("hand_over_failed", error_type=type(exc).__name__, error=str(exc)[:200],
@@ -744,7 +744,7 @@ class Node:
                             "attachments": len(document.attachments)}}
 
     def _may_hand_over(self, send: _Sending, worker: LocalWorker, threads_in_group: Counter[str]) -> bool:
-        """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_sends``).
+        """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_group``).
 
         Its envelope is in memory (no attachments); its peer is active as far as
         this process knows (a suspension it has not seen yet is still caught: the

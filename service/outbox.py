@@ -380,8 +380,11 @@ def mark_delivered_many(session: Session, items: list[Receipted], now: datetime,
     conn = session.connection()
     open_rows = {r.id: r.message_id for r in conn.execute(
         _DELIVER_OUTBOX, {"ids": [i.outbox_id for i in items], "now": now})}
-    # The first receipt for a row counts (one row twice: deliveries of two claims, stored in one group).
-    todo = list({i.outbox_id: i for i in reversed(items) if i.outbox_id in open_rows}.values())[::-1]
+    first: dict[int, Receipted] = {}  # one row twice (deliveries of two claims, one group): the first counts
+    for i in items:
+        if i.outbox_id in open_rows:
+            first.setdefault(i.outbox_id, i)
+    todo = list(first.values())
     if not todo:
         return set()
     messages = [

@@ -84,7 +84,7 @@ def create_user_app(node: Node) -> FastAPI:
             finally:
                 for f in uploads:
                     await f.close()
-        return message_view(row)  # (the node hands it to the worker, or wakes it: ``Node._store_sends``)
+        return message_view(row)  # (the node hands it to the worker, or wakes it: ``Node._store_group``)
 
     @app.get("/v1/messages")
     def list_messages(user: Viewer, direction: str | None = Query(None, pattern="^(in|out)$"),

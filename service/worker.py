@@ -201,9 +201,10 @@ class DeliveryWorker(BackgroundLoop):
         stale: list[outbox.Claim] = []
         with self._handed_lock:
             for peer, waiting in list(self._handed.items()):
-                fresh = [c for c in waiting if c.lease_expires_at - now > half]
+                fresh: list[outbox.Claim] = []
+                for claim in waiting:
+                    (fresh if claim.lease_expires_at - now > half else stale).append(claim)
                 if len(fresh) < len(waiting):
-                    stale += [c for c in waiting if c.lease_expires_at - now <= half]
                     self._set_handed(peer, fresh)
         if stale:
             self._give_back(stale, "handed_over_lease_half_gone")
@@ -245,14 +246,14 @@ class DeliveryWorker(BackgroundLoop):
             del self._handed[peer]
 
     def _give_back(self, claims: list[outbox.Claim], why: str) -> None:
-        """Put claims that will not be sent back in the queue (``outbox.give_back``); if the database fails,
-        their leases run out instead."""
+        """Put claims that will not be sent (handed over, or claimed and never started) back in the queue
+        (``outbox.give_back``); if the database fails, their leases run out instead."""
         try:
             with session_scope(self.node.engine) as s:
                 outbox.give_back(s, claims)
-            log.info("handed_over_given_back", why=why, envelopes=len(claims))
+            log.info("claims_given_back", why=why, envelopes=len(claims))
         except Exception as exc:
-            log.warning("handed_over_not_given_back", why=why, envelopes=len(claims),
+            log.warning("claims_not_given_back", why=why, envelopes=len(claims),
                         error_type=type(exc).__name__)
 
     def _peer_parties(self) -> set[str]:

@@ -1,4 +1,4 @@
-"""What the send path hands to this process's delivery worker (``Node._store_sends``,
+"""What the send path hands to this process's delivery worker (``Node._store_group``,
 ``DeliveryWorker.hand_over``).
 
 A message that opens its thread, sent to an active peer without attachments, is
