@@ -91,11 +91,19 @@ _INSERT_NODES = insert(_node).inline()  # no RETURNING (implicit for one row): p
 _INSERT_EVENTS = insert(_event).inline()
 
 
-def _lock_state(conn: Connection) -> CompactRange:
-    row = conn.execute(_LOCK_STATE).one_or_none()
-    if row is None:
+def _lock_state(conn: Connection, read: Sequence[Sequence[Any]] | None = None) -> CompactRange:
+    """The log's state, locked until the commit; ``read``: ``LOCK_READ``'s rows, read by the caller in this
+    transaction (else read here)."""
+    rows = conn.execute(_LOCK_STATE).all() if read is None else read
+    if not rows:
         raise RuntimeError("the audit log has no state row: run the database migrations")
-    return unpack(row.size, row.frontier)
+    size, frontier = rows[0]
+    return unpack(size, bytes(frontier))
+
+
+#: The read that locks the log's state, for a caller that reads it with its own reads at the start of its
+#: transaction (``db.read_together``), its rows passed back as ``append_rows``'s ``locked``.
+LOCK_READ: tuple[Any, dict[str, Any]] = (_LOCK_STATE, {})
 
 
 def append(conn: Connection, entries: Sequence[NewEntry]) -> list[Appended]:
@@ -138,12 +146,20 @@ def append_rows(conn: Connection, entries: Sequence[NewEntry],
     ``writes_first``: the caller's own writes (statement, parameters; no result
     read), run before them in the same pipeline.
     """
-    if not entries:
-        write_pipelined(conn, writes_first)
-        return []
-    done, tree = _extend(_lock_state(conn), entries)
-    write_pipelined(conn, [*writes_first, *tree, (_INSERT_EVENTS, _event_rows(entries, done))])
+    done, writes = append_writes(conn, entries, writes_first)
+    write_pipelined(conn, writes)
     return done
+
+
+def append_writes(conn: Connection, entries: Sequence[NewEntry], writes_first: Sequence[tuple[Any, Any]] = (),
+                  *, locked: Sequence[Sequence[Any]] | None = None,
+                  ) -> tuple[list[Appended], list[tuple[Any, Any]]]:
+    """``append_rows``, but the writes (``writes_first``, then the tree's and the entries') are returned for
+    the caller to run, not run. ``locked``: ``LOCK_READ``'s rows, if the caller read them."""
+    if not entries:
+        return [], list(writes_first)
+    done, tree = _extend(_lock_state(conn, locked), entries)
+    return done, [*writes_first, *tree, (_INSERT_EVENTS, _event_rows(entries, done))]
 
 
 def _event_rows(entries: Sequence[NewEntry], done: Sequence[Appended]) -> list[dict[str, Any]]:

@@ -125,26 +125,29 @@ def write_blob(
 
 
 def write_blobs(session: Session, contents: Sequence[bytes | Iterable[bytes]], *,
-                max_size: int | None = None, defer: list[tuple[Any, Any]] | None = None) -> list[BlobInfo]:
+                max_size: int | None = None, defer: list[tuple[Any, Any]] | None = None,
+                ids: Sequence[int] | None = None) -> list[BlobInfo]:
     """Store each of ``contents`` as a new blob: all together if every one is in memory (``bytes``) and
     within ``max_size`` (``write_small_blobs``), else each alone, a stream read as it is stored
-    (``write_blob``, which raises ``BlobTooLarge`` past ``max_size``). ``defer``: as for ``write_small_blobs``
-    (a stream is always written at once)."""
+    (``write_blob``, which raises ``BlobTooLarge`` past ``max_size``). ``defer`` and ``ids``: as for
+    ``write_small_blobs`` (a stream is always written at once, with an id of its own)."""
     if all(isinstance(c, bytes) and (max_size is None or len(c) <= max_size) for c in contents):
-        return write_small_blobs(session, cast(Sequence[bytes], contents), defer=defer)
+        return write_small_blobs(session, cast(Sequence[bytes], contents), defer=defer, ids=ids)
     return [write_blob(session, [c] if isinstance(c, bytes) else c, max_size=max_size) for c in contents]
 
 
 def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
                       chunk_size: int = BLOB_CHUNK_SIZE,
-                      defer: list[tuple[Any, Any]] | None = None) -> list[BlobInfo]:
+                      defer: list[tuple[Any, Any]] | None = None,
+                      ids: Sequence[int] | None = None) -> list[BlobInfo]:
     """Store several envelopes already in memory as new blobs, in ``session``'s transaction: one insert of
     all the blob rows and one of all their chunks, instead of two or more statements each (``write_blob``).
 
     For the envelopes that sends without attachments seal into memory; a stream goes to ``write_blob``.
     With ``defer``, the insert of the chunks is appended to it (the blob rows are
     inserted at once: their ids are needed), for the caller to run with its other
-    writes (``db.write_pipelined``).
+    writes (``db.write_pipelined``). ``ids``: one new id per envelope, drawn by the
+    caller (``db.new_ids``): then the blob rows are written with the chunks, not at once.
     """
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
@@ -153,14 +156,21 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
     conn = session.connection()
     infos = [(hashlib.sha256(data).hexdigest(), len(data)) for data in envelopes]
     rows = [{"sha256": sha256, "size": size, "chunk_count": -(-size // chunk_size)} for sha256, size in infos]
-    ids = [int(i) for i in conn.execute(_INSERT_BLOBS, rows).scalars()]  # type: ignore[arg-type]  # in order
+    writes: list[tuple[Any, Any]] = []
+    if ids is None:
+        # (returned in the order of the rows)
+        ids = [int(i) for i in conn.execute(_INSERT_BLOBS, rows).scalars()]  # type: ignore[arg-type]
+    else:
+        writes.append((_INSERT_BLOBS_WITH_IDS,
+                       [{**row, "id": blob_id} for row, blob_id in zip(rows, ids, strict=True)]))
     if len(ids) != len(envelopes):  # pragma: no cover - the database assigns one id per row
         raise BlobError("the database assigned no id to some blobs")
     chunks = [{"blob_id": blob_id, "seq": seq, "data": data[start:start + chunk_size]}
               for blob_id, data in zip(ids, envelopes, strict=True)
               for seq, start in enumerate(range(0, len(data), chunk_size))]
     if chunks:
-        write_or_defer(conn, [(_INSERT_CHUNK, chunks)], defer)
+        writes.append((_INSERT_CHUNK, chunks))
+    write_or_defer(conn, writes, defer)
     return [BlobInfo(id=blob_id, sha256=sha256, size=size)
             for blob_id, (sha256, size) in zip(ids, infos, strict=True)]
 
@@ -168,6 +178,7 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
 _INSERT_BLOB = insert(Blob).returning(col(Blob.id))
 # Several rows in one statement, their ids returned in the order the rows were given (insertmanyvalues).
 _INSERT_BLOBS = insert(Blob).returning(col(Blob.id), sort_by_parameter_order=True)
+_INSERT_BLOBS_WITH_IDS = insert(Blob).inline()  # ids given (``db.new_ids``): may be pipelined
 _INSERT_CHUNK = insert(BlobChunk).inline()  # no RETURNING: may be pipelined
 
 

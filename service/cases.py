@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, event, func, insert, select, update
+from sqlalchemy import any_, bindparam, event, func, insert, select, update
 from sqlmodel import Session
 
 from protocol import (
@@ -47,10 +47,14 @@ class Effect:
 
 _thread = Thread.__table__  # type: ignore[attr-defined]
 # Built once: every message sent or received runs them.
-_THREADS_FOR_UPDATE = (
-    select(_thread.c.id, _thread.c.requesting_party, _thread.c.peer, _thread.c.state, _thread.c.purpose_code,
-           _thread.c.case_number)
-    .where(_thread.c.id.in_(bindparam("ids", expanding=True))).with_for_update())
+_THREAD_COLUMNS = (_thread.c.id, _thread.c.requesting_party, _thread.c.peer, _thread.c.state,
+                   _thread.c.purpose_code, _thread.c.case_number)
+_THREAD_KEYS = tuple(c.key for c in _THREAD_COLUMNS)
+_THREADS_FOR_UPDATE = (select(*_THREAD_COLUMNS).where(_thread.c.id.in_(bindparam("ids", expanding=True)))
+                       .with_for_update())
+# The same for ``db.read_together`` on PostgreSQL, whose parameters cannot expand: the ids as one array.
+_THREADS_FOR_UPDATE_ANY = (select(*_THREAD_COLUMNS).where(_thread.c.id == any_(bindparam("ids")))
+                           .with_for_update())
 _INSERT_THREAD = insert(_thread).inline()  # no RETURNING: may be pipelined
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
@@ -73,6 +77,20 @@ def termination_received_on(session: Session) -> date | None:
     return received
 
 
+def reads_for(docs: Sequence[tuple[Document, datetime]], *,
+              postgresql: bool) -> list[tuple[Any, dict[str, Any]]]:
+    """What ``apply_many`` reads for ``docs``, for the caller to read with its own reads at the start of its
+    transaction (``db.read_together``): the threads they name (locked), then the first termination notice.
+    Their rows go back to ``apply_many`` (``read``)."""
+    ids = _thread_ids(docs)
+    return [(_THREADS_FOR_UPDATE_ANY if postgresql else _THREADS_FOR_UPDATE, {"ids": ids}),
+            (_FIRST_TERMINATION, {})]
+
+
+def _thread_ids(docs: Sequence[tuple[Document, datetime]]) -> list[str]:
+    return sorted({doc.thread_id for doc, _ in docs})  # (sorted: replicas lock them in one order)
+
+
 def _innermost(session: Session) -> object:
     return session.get_nested_transaction() or session.get_transaction()
 
@@ -93,7 +111,8 @@ def agreement_ends_on(session: Session) -> date | None:
 
 
 def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetime]], *,
-               originals_due_days: int, defer: list[tuple[Any, Any]] | None = None) -> list[Effect]:
+               originals_due_days: int, defer: list[tuple[Any, Any]] | None = None,
+               read: Sequence[Sequence[Any]] | None = None) -> list[Effect]:
     """Check each of ``docs`` (sent or received by Party ``me``, each with its time) against its thread and
     record its effects, in order, as if one after the other; all or none (the first one out of step raises
     ``LifecycleError``; the caller's transaction rolls back).
@@ -104,12 +123,18 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
     per thread they move on. A later message sees what an earlier one did to
     its thread (a reply in the same batch as its request). With ``defer``, the
     thread writes are appended to it, for the caller to run with its other writes
-    (``db.write_pipelined``), instead of run here.
+    (``db.write_pipelined``), instead of run here. ``read``: the rows of ``reads_for``'s
+    statements, read by the caller at the start of this transaction (else read here).
     """
     conn = session.connection()
-    threads: dict[str, dict[str, Any]] = {
-        row.id: dict(row._mapping)
-        for row in conn.execute(_THREADS_FOR_UPDATE, {"ids": sorted({doc.thread_id for doc, _ in docs})})}
+    if read is None:
+        thread_rows: Sequence[Any] = conn.execute(_THREADS_FOR_UPDATE, {"ids": _thread_ids(docs)}).all()
+    else:
+        thread_rows, termination_rows = read
+        first_notice = termination_rows[0][0] if termination_rows else None
+        session.info[_TERMINATION_READ] = (_innermost(session), first_notice)  # as termination_received_on
+    threads: dict[str, dict[str, Any]] = {row[0]: dict(zip(_THREAD_KEYS, row, strict=True))
+                                          for row in thread_rows}
     opened: dict[str, dict[str, Any]] = {}  # the rows to insert, by thread id
     moved: dict[str, dict[str, Any]] = {}  # the changes to write to threads that were there, by thread id
     effects: list[Effect] = []

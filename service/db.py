@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
-from sqlalchemy import event
+from sqlalchemy import bindparam, event, func, literal_column, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -84,8 +84,17 @@ def _postgresql_engine(engine: Engine) -> Engine:
     """
 
     @event.listens_for(engine, "checkin")
-    def _returned(_dbapi_connection: Any, record: Any) -> None:
+    def _returned(dbapi_connection: Any, record: Any) -> None:
         record.info["returned_at"] = time.monotonic()
+        record.info.pop(_COMMITTED_IN_PIPELINE, None)
+        if record.info.pop(_BEGUN_BY_US, False) and dbapi_connection is not None:
+            _give_back_transaction_control(dbapi_connection)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _not_after_commit(conn: Connection, *_args: Any) -> None:
+        if conn.info.get(_COMMITTED_IN_PIPELINE):
+            raise RuntimeError("a statement after the transaction was committed "
+                               "(commit_pipelined must be its last)")
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -175,17 +184,19 @@ def _kept_on(engine: Engine, attribute: str, make: Callable[[], Engine]) -> Engi
 
 _LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
 #: (statement, dialect) -> ``_compiled``'s answer.
-_compiled_for_loop: dict[tuple[Any, str], tuple[str, tuple[str, ...]]] = {}
+_compiled_for_loop: dict[tuple[Any, str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
-def _compiled(engine: Engine, statement: ClauseElement) -> tuple[str, tuple[str, ...]]:
-    """``statement``'s SQL for ``engine``'s driver and its parameter names (in order where positional), made
-    once."""
+def _compiled(engine: Engine, statement: ClauseElement) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """``statement``'s SQL for ``engine``'s driver, its parameter names (in order where positional) and the
+    values it carries itself (a literal compared with, ``where(c.id == 1)``), made once."""
     key = (statement, engine.dialect.name)
     compiled = _compiled_for_loop.get(key)
     if compiled is None:
         c = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
-        compiled = (c.string, tuple(c.positiontup) if c.positiontup else tuple(c.bind_names.values()))
+        names = tuple(c.positiontup) if c.positiontup else tuple(c.bind_names.values())
+        carried = {name: bind.effective_value for bind, name in c.bind_names.items() if not bind.required}
+        compiled = (c.string, names, carried)
         _compiled_for_loop[key] = compiled
     return compiled
 
@@ -205,7 +216,7 @@ def loop_fetchall(engine: Engine, statement: ClauseElement,
     ``bindparam``s. A driver error comes out as SQLAlchemy's (``OperationalError``:
     the API answers 503) and the connection is dropped.
     """
-    sql, names = _compiled(engine, statement)
+    sql, names, _ = _compiled(engine, statement)
     reader = loop_reader(engine)
     local: threading.local | None = reader.__dict__.get(_LOOP_CONNECTIONS_ATTRIBUTE)
     if local is None:  # (not setdefault: that would build a new one on every read)
@@ -280,7 +291,7 @@ async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
     """
     import psycopg
 
-    sql, names = _compiled(engine, statement)
+    sql, names, _ = _compiled(engine, statement)
     values = {name: params[name] for name in names}
     loop = asyncio.get_running_loop()
     readers: dict[Any, _LoopReader] | None = engine.__dict__.get(_LOOP_PG_ATTRIBUTE)
@@ -363,6 +374,104 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
                 conn.execute(statement, parameters)
     except psycopg.Error as exc:  # raised as the pipeline is read, outside SQLAlchemy's own wrapping
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+# ``read_together`` and ``commit_pipelined``: PostgreSQL transactions of two round trips.
+_BEGUN_BY_US = "prolink_begun_by_us"  # pool record info: we sent this transaction's BEGIN (autocommit on)
+_COMMITTED_IN_PIPELINE = "prolink_committed"  # connection info: commit_pipelined committed this transaction
+
+
+def read_together(session: Session, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
+    """The rows of each of ``reads`` (statement, parameters), read at the start of ``session``'s transaction.
+
+    On PostgreSQL they go to the server together with the transaction's BEGIN,
+    in one pipeline: one round trip for all of them, instead of one each and one
+    more for the BEGIN (psycopg waits for a BEGIN of its own before the first
+    statement of a transaction, pipeline or not). For that the connection is put
+    in autocommit mode and the BEGIN sent as a statement; it leaves autocommit
+    when it goes back to the pool. A statement may write (``UPDATE ... RETURNING``)
+    and may lock (``FOR UPDATE``); its parameters are all named bind parameters,
+    none expanding (``= ANY(...)`` takes a list). Rows are tuples, values as
+    psycopg gives them (no SQLAlchemy type processing): for columns that need none.
+    On SQLite each statement simply runs (a read there costs no round trip).
+    """
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        return [list(conn.execute(statement, params).all()) for statement, params in reads]
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    pg = cast(Any, conn.connection.driver_connection)
+    compiled = [_compiled(conn.engine, cast(ClauseElement, statement)) for statement, _ in reads]
+    try:
+        begin = pg.pgconn.transaction_status == TransactionStatus.IDLE
+        if begin:
+            pg.autocommit = True
+            conn.info[_BEGUN_BY_US] = True  # (the pooled connection's: the pool's checkin sees it)
+        with pg.pipeline() as pipeline:
+            if begin:
+                pg.execute(b"BEGIN")
+            cursors = []
+            for (sql, names, carried), (_, params) in zip(compiled, reads, strict=True):
+                cursor = pg.cursor()
+                cursor.execute(sql, {name: params[name] if name in params else carried[name]
+                                     for name in names})
+                cursors.append(cursor)
+            pipeline.sync()
+            return [cursor.fetchall() for cursor in cursors]
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+_NEW_IDS: dict[str, Executable] = {}  # table name -> its statement (``new_ids``)
+
+
+def new_ids(table: str, count: int) -> tuple[Executable, dict[str, Any]]:
+    """PostgreSQL: the read (for ``read_together``) that draws ``count`` new ids from ``table``'s ``id``
+    sequence, one per row, so that rows can be inserted with their ids in a pipeline instead of one
+    ``INSERT ... RETURNING`` round trip that hands them back."""
+    statement = _NEW_IDS.get(table)
+    if statement is None:
+        sequence = func.pg_get_serial_sequence(literal_column(f"'{table}'"), literal_column("'id'"))
+        series = func.generate_series(literal_column("1"), bindparam("count"))
+        statement = _NEW_IDS.setdefault(table, select(func.nextval(sequence)).select_from(series))
+    return statement, {"count": count}
+
+
+def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]]) -> None:
+    """``write_pipelined``, then commit: on PostgreSQL, in a transaction ``read_together`` began, the COMMIT
+    goes in the same pipeline as the writes (one round trip for both), and ``session``'s own commit finds
+    nothing left to do. Must be the transaction's last statement (a later one raises). Elsewhere, or with ORM
+    changes still to flush (which the session writes at its commit, after these), the writes run and the
+    commit is left to the session."""
+    conn = session.connection()
+    if (conn.dialect.name != "postgresql" or not conn.info.get(_BEGUN_BY_US)
+            or session.new or session.dirty or session.deleted):
+        write_pipelined(conn, writes)
+        return
+    import psycopg
+
+    pg = cast(Any, conn.connection.driver_connection)
+    try:
+        with pg.pipeline():
+            for statement, parameters in writes:
+                conn.execute(statement, parameters)
+            pg.execute(b"COMMIT")
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    conn.info[_COMMITTED_IN_PIPELINE] = True
+    conn.info.pop(_BEGUN_BY_US, None)
+    _give_back_transaction_control(pg)
+
+
+def _give_back_transaction_control(pg: Any) -> None:
+    """Autocommit off again (``read_together`` turned it on), once the transaction is over; a connection that
+    cannot be set so is closed (the pool then replaces it)."""
+    try:
+        pg.autocommit = False
+    except Exception:  # (broken: its transaction status is unknown)
+        with contextlib.suppress(Exception):
+            pg.close()
 
 
 def write_or_defer(conn: Connection, writes: Sequence[tuple[Executable, Any]],

@@ -31,7 +31,14 @@ from keys import Identity, Signatory, load_signatory, storage_key
 from protocol import Document, EnvelopeError, ProlinkError, TrustedParty, VerifiedMessage, read_framing
 from service import audit, cases, outbox
 from service.blobs import read_blob, write_blobs
-from service.db import session_scope, unwrapped_reads, write_pipelined
+from service.db import (
+    commit_pipelined,
+    new_ids,
+    read_together,
+    session_scope,
+    unwrapped_reads,
+    write_pipelined,
+)
 from service.errors import ServiceError, status_for
 from service.group_commit import GroupCommit
 from service.models import Message, Peer
@@ -127,7 +134,8 @@ def event_entry(at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTO
 
 
 def record_events(session: Session, entries: Sequence[audit.NewEntry],
-                  writes_first: Sequence[tuple[Any, Any]] = ()) -> None:
+                  writes_first: Sequence[tuple[Any, Any]] = (), *,
+                  locked: Sequence[Sequence[Any]] | None = None, commit: bool = False) -> None:
     """Append ``entries`` to the audit log, in order, in this transaction (one lock, one insert).
 
     The entries get their place in the log (seq, Merkle leaf) at once, under
@@ -135,9 +143,17 @@ def record_events(session: Session, entries: Sequence[audit.NewEntry],
     record events last in a write transaction, so the lock is held briefly.
     Inside a savepoint they are rolled back with it. ``writes_first``: the caller's
     writes whose results nobody reads, sent with the entries' (``audit.append_rows``).
+    ``locked``: the log's state as the caller read it at the start of the
+    transaction (``audit.LOCK_READ``). ``commit``: the transaction ends here
+    (``db.commit_pipelined``: on PostgreSQL the COMMIT goes with the writes).
     """
-    if entries or writes_first:
-        audit.append_rows(session.connection(), entries, writes_first)
+    if not (entries or writes_first or commit):
+        return
+    _, writes = audit.append_writes(session.connection(), entries, writes_first, locked=locked)
+    if commit:
+        commit_pipelined(session, writes)
+    else:
+        write_pipelined(session.connection(), writes)
 
 
 def record_event(session: Session, at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR,
@@ -186,6 +202,7 @@ class Node:
         self.settings = settings
         self.identity = identity
         self.engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
         self.clock = clock
         self.party = identity.party
         self._peers: dict[str, tuple[float, int, str, TrustedParty]] = {}
@@ -388,10 +405,14 @@ class Node:
         with session_scope(self.engine) as s:
             events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
             if not savepoints:  # all or nothing: the rows of all of them with one statement per table
-                effects = self._store_deliveries(s, [item for _, item in checked], now)
+                items = [item for _, item in checked]
+                read = self._read_first(s, [(item.message.document, now) for item in items], blobs=len(items))
+                writes: list[tuple[Any, Any]] = []  # sent with the audit entries and the COMMIT (PostgreSQL)
+                effects = self._store_deliveries(s, items, now, read=read, defer=writes)
                 for (index, item), effect in zip(checked, effects, strict=True):
                     events.extend(self._received_events(item, effect, now))
                     accepted.append((index, item))
+                record_events(s, events, writes_first=writes, locked=read["audit"], commit=True)
             else:  # each on its own
                 for index, item in checked:
                     try:
@@ -410,10 +431,26 @@ class Node:
                     else:
                         events.extend(self._received_events(item, effect, now))
                         accepted.append((index, item))
-            record_events(s, events)
+                record_events(s, events)
         for index, item in accepted:  # committed: now their receipts may go out
             answers[index] = item.accepted()
         return raced
+
+    def _read_first(self, s: Session, docs: Sequence[tuple[Document, datetime]], *, blobs: int = 0,
+                    more: dict[str, tuple[Any, dict[str, Any]]] | None = None) -> dict[str, list[Any]]:
+        """Everything a store transaction reads, read first and together (``db.read_together``: on PostgreSQL
+        one round trip, with the BEGIN), by name: ``threads`` and ``termination`` for ``docs``
+        (``cases.apply_many``), the caller's ``more``, ``blob_ids`` for ``blobs`` new blobs (PostgreSQL;
+        ``write_blobs``) and, last, the audit log's state (``audit``, locked until the commit). The locks
+        are taken in the order the writes would take them."""
+        reads: dict[str, tuple[Any, dict[str, Any]]] = {}
+        if docs:
+            reads["threads"], reads["termination"] = cases.reads_for(docs, postgresql=self._postgresql)
+        reads.update(more or {})
+        if self._postgresql and blobs:
+            reads["blob_ids"] = new_ids("blob", blobs)
+        reads["audit"] = audit.LOCK_READ
+        return dict(zip(reads, read_together(s, list(reads.values())), strict=True))
 
     def record_refused_batch(self, exc: ProlinkError) -> None:
         """A batched delivery that could not be read at all: recorded like a malformed envelope."""
@@ -480,28 +517,36 @@ class Node:
         """
         return self._store_deliveries(s, [item], now)[0]
 
-    def _store_deliveries(self, s: Session, items: Sequence[_Checked], now: datetime) -> list[cases.Effect]:
+    def _store_deliveries(self, s: Session, items: Sequence[_Checked], now: datetime, *,
+                          read: dict[str, Any] | None = None,
+                          defer: list[tuple[Any, Any]] | None = None) -> list[cases.Effect]:
         """``_store_delivery`` for several envelopes, all or none (the first refused raises).
 
         The lifecycle step of each is checked and recorded in order; then the rows
         of all of them are written with one statement per table. Envelopes a
         batch brought in memory are stored as they are; a spooled one is streamed.
         A duplicate message id fails the message insert (inside a savepoint, only
-        that envelope's).
+        that envelope's). ``read``: what the caller read at the start of the
+        transaction (the threads, the termination notice, new blob ids on
+        PostgreSQL); ``defer``: as for ``cases.apply_many``.
         """
-        writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
+        writes: list[tuple[Any, Any]] = [] if defer is None else defer  # (PostgreSQL: one round trip)
         effects = cases.apply_many(s, self.party, [(item.message.document, now) for item in items],
-                                   originals_due_days=self.settings.originals_due_days, defer=writes)
+                                   originals_due_days=self.settings.originals_due_days, defer=writes,
+                                   read=None if read is None else (read["threads"], read["termination"]))
         contents = [item.src.getvalue() if isinstance(item.src, io.BytesIO) else file_chunks(item.src)
                     for item in items]
-        blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes, defer=writes)
+        blob_ids = None if read is None or "blob_ids" not in read else [row[0] for row in read["blob_ids"]]
+        blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes, defer=writes,
+                            ids=blob_ids)
         rows = []
         for item, effect, blob in zip(items, effects, blobs, strict=True):
             if blob.sha256 != item.digest_hex:
                 raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
             rows.append(self._inbound_row(item.message, blob.id, item.framing.size, now, item.receipt, effect))
         writes.append((_INSERT_MESSAGE, rows))
-        write_pipelined(s.connection(), writes)
+        if defer is None:
+            write_pipelined(s.connection(), writes)
         return effects
 
     def _received_events(self, item: _Checked, effect: cases.Effect, now: datetime) -> list[audit.NewEntry]:
@@ -673,8 +718,7 @@ class Node:
         receipted = [r for item in items if isinstance(item, Receipts) for r in item.receipted]
         stored: list[dict[str, Any]] = []
         events: list[audit.NewEntry] = []
-        writes: list[tuple[Any, Any]] = []  # sent to the database together (PostgreSQL: one round trip)
-        late_writes: list[tuple[Any, Any]] = []  # the receipts' message updates: with the audit entries
+        writes: list[tuple[Any, Any]] = []  # sent to the database together, with the COMMIT (PostgreSQL)
         worker = self.worker
         threads_in_group = Counter(send.document.thread_id for send in sends)
         handed = [worker is not None and self._may_hand_over(send, worker, threads_in_group)
@@ -683,11 +727,22 @@ class Node:
         lease_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
         outbox_ids: dict[str, int] = {}
         rows: list[tuple[str, str, datetime]] = []  # (message id, peer, sealed at) of each send
+        docs = [(send.document, send.at) for send in sends]
+        delivered = [outbox.Receipted(c.outbox_id, rb, r.status, True) for c, rb, r in receipted]
         with session_scope(self.engine) as s:
+            more: dict[str, tuple[Any, dict[str, Any]]] = {}  # (the outbox rows delivered: locked)
+            if receipted:
+                more["delivered"] = outbox.delivery_read(delivered, now, postgresql=self._postgresql)
+            if self._postgresql and any(handed):
+                more["outbox_ids"] = new_ids("outbox", sum(handed))
+            read = self._read_first(s, docs, blobs=len(sends), more=more)
+            blob_ids, outbox_new_ids = ([row[0] for row in read[name]] if name in read else None
+                                        for name in ("blob_ids", "outbox_ids"))
             if sends:
-                effects = cases.apply_many(s, self.party, [(send.document, send.at) for send in sends],
-                                           originals_due_days=self.settings.originals_due_days, defer=writes)
-                blobs = write_blobs(s, [send.envelope for send in sends], defer=writes)
+                effects = cases.apply_many(s, self.party, docs, defer=writes,
+                                           originals_due_days=self.settings.originals_due_days,
+                                           read=(read["threads"], read["termination"]))
+                blobs = write_blobs(s, [send.envelope for send in sends], defer=writes, ids=blob_ids)
                 for send, effect, blob, hand in zip(sends, effects, blobs, handed, strict=True):
                     stored.append(self._outbound_row(send, blob, hand))
                     events.append(event_entry(
@@ -699,18 +754,21 @@ class Node:
                 rows = [(row["id"], row["peer"], row["created_at"]) for row in stored]
                 outbox.enqueue_many(s, [row for row, hand in zip(rows, handed, strict=True) if not hand],
                                     defer=writes)
+                if worker is not None and any(handed):  # after the messages, which the rows refer to
+                    if outbox_new_ids is None:  # SQLite: the insert hands the ids back, so it runs now
+                        write_pipelined(s.connection(), writes)
+                        writes = []
+                    leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
+                    outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until,
+                                                       ids=outbox_new_ids, defer=writes)
             if receipted:
-                outbox.mark_delivered_many(s, [outbox.Receipted(c.outbox_id, rb, r.status, True)
-                                               for c, rb, r in receipted], now, defer=late_writes)
+                outbox.mark_delivered_many(s, delivered, now, defer=writes,
+                                           delivered=read["delivered"])
                 events.extend(event_entry(now, "receipt.received", receipt.status, party=claim.peer,
                                           object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
                                           reason_code=receipt.reason_code)
                               for claim, _, receipt in receipted)
-            write_pipelined(s.connection(), writes)
-            if worker is not None and any(handed):  # after the messages, which the rows refer to
-                leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
-                outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until)
-            record_events(s, events, writes_first=late_writes)
+            record_events(s, events, writes_first=writes, locked=read["audit"], commit=True)
         if worker is not None:  # committed: nothing from here on may fail the group (stored twice if it did)
             claims = [outbox.Claim(outbox_id=outbox_ids[row["id"]], message_id=row["id"], peer=row["peer"],
                                    attempts=1, blob_id=row["blob_id"], envelope_sha256=row["envelope_sha256"],

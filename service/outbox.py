@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, any_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -78,10 +78,12 @@ def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
 _INSERT_OUTBOX = insert(Outbox).values(direction="out", state="queued", attempts=0).inline()
 _INSERT_LEASED = (insert(Outbox).values(direction="out", state="in_flight", attempts=1)
                   .returning(col(Outbox.id), col(Outbox.message_id)))
+_INSERT_LEASED_WITH_IDS = insert(Outbox).values(direction="out", state="in_flight", attempts=1).inline()
 
 
 def enqueue_leased(session: Session, rows: Sequence[tuple[str, str, datetime]], worker_id: str,
-                   lease_until: datetime) -> dict[str, int]:
+                   lease_until: datetime, *, ids: Sequence[int] | None = None,
+                   defer: list[tuple[Any, Any]] | None = None) -> dict[str, int]:
     """Queue stored outgoing messages, (message id, peer, now) each, already claimed by ``worker_id`` until
     ``lease_until``: their first attempt is under way. Returns the outbox id of each message.
 
@@ -90,14 +92,20 @@ def enqueue_leased(session: Session, rows: Sequence[tuple[str, str, datetime]], 
     claim and no read of the envelopes follows. If that worker dies first, or
     never sends them (``give_back``), the rows are claimed like any other whose
     lease ran out. The messages must be stored ``in_flight`` by the caller, as
-    ``claim`` leaves a claimed message.
+    ``claim`` leaves a claimed message. ``ids``: one new outbox id per row, drawn
+    by the caller (``db.new_ids``): then the insert needs no answer, and with
+    ``defer`` it is appended to it for the caller to run with its other writes.
     """
     if not rows:
         return {}
-    return {r.message_id: r.id for r in session.connection().execute(_INSERT_LEASED, [
-        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now,
-         "claimed_by": worker_id, "claim_expires_at": lease_until}
-        for message_id, peer, now in rows])}
+    values = [{"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now,
+               "claimed_by": worker_id, "claim_expires_at": lease_until}
+              for message_id, peer, now in rows]
+    if ids is None:
+        return {r.message_id: r.id for r in session.connection().execute(_INSERT_LEASED, values)}
+    write_or_defer(session.connection(), [(_INSERT_LEASED_WITH_IDS, [
+        {**v, "id": outbox_id} for v, outbox_id in zip(values, ids, strict=True)])], defer)
+    return {v["message_id"]: outbox_id for v, outbox_id in zip(values, ids, strict=True)}
 
 
 #: Peers whose rows are held (suspended): never claimed, and not "due" for the claim's first read either.
@@ -357,6 +365,12 @@ _DELIVER_OUTBOX = (
     .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
     .returning(col(Outbox.id), col(Outbox.message_id))  # the rows this delivered (none twice)
 )
+_DELIVER_OUTBOX_ANY = (  # the same for ``db.read_together`` on PostgreSQL (the ids as one array)
+    update(Outbox)
+    .where(col(Outbox.id) == any_(bindparam("ids")), col(Outbox.state) != "delivered")
+    .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
+    .returning(col(Outbox.id), col(Outbox.message_id))
+)
 _DELIVER_MESSAGE = (
     update(Message.__table__)  # type: ignore[attr-defined]
     .where(Message.__table__.c.id == bindparam("m_id"), Message.__table__.c.direction == "out")  # type: ignore[attr-defined]
@@ -365,21 +379,32 @@ _DELIVER_MESSAGE = (
 )
 
 
+def delivery_read(items: list[Receipted], now: datetime, *, postgresql: bool) -> tuple[Any, dict[str, Any]]:
+    """``mark_delivered_many``'s first statement (it delivers the outbox rows and returns those it delivered),
+    for a caller that runs it with its own reads at the start of its transaction (``db.read_together``); its
+    rows go back to ``mark_delivered_many`` as ``delivered``."""
+    statement = _DELIVER_OUTBOX_ANY if postgresql else _DELIVER_OUTBOX
+    return statement, {"ids": [i.outbox_id for i in items], "now": now}
+
+
 def mark_delivered_many(session: Session, items: list[Receipted], now: datetime, *,
-                        defer: list[tuple[Any, Any]] | None = None) -> set[int]:
+                        defer: list[tuple[Any, Any]] | None = None,
+                        delivered: Sequence[Sequence[Any]] | None = None) -> set[int]:
     """``mark_delivered`` for several rows in two statements; returns the outbox ids newly delivered.
 
     The outbox rows are delivered first: the UPDATE locks them, so a concurrent
     settlement of the same rows waits and then finds them delivered, and only
     the messages of rows this one delivered get their receipt. With ``defer``, the
     update of the messages is appended to it for the caller to run (``db.write_pipelined``).
+    ``delivered``: the rows of ``delivery_read``'s statement, run by the caller in this transaction.
     """
     if not items:
         return set()
-    session.flush()
     conn = session.connection()
-    open_rows = {r.id: r.message_id for r in conn.execute(
-        _DELIVER_OUTBOX, {"ids": [i.outbox_id for i in items], "now": now})}
+    if delivered is None:
+        session.flush()
+        delivered = conn.execute(_DELIVER_OUTBOX, {"ids": [i.outbox_id for i in items], "now": now}).all()
+    open_rows = {row[0]: row[1] for row in delivered}
     first: dict[int, Receipted] = {}  # one row twice (deliveries of two claims, one group): the first counts
     for i in items:
         if i.outbox_id in open_rows:

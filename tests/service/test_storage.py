@@ -23,12 +23,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import event, insert, inspect, update
+from sqlalchemy import bindparam, event, insert, inspect, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
-from service import outbox
+from service import audit, outbox
 from service.blobs import (
     BlobCorrupt,
     BlobNotFound,
@@ -41,7 +41,7 @@ from service.blobs import (
     write_blobs,
     write_small_blobs,
 )
-from service.db import make_engine, session_scope, write_pipelined
+from service.db import commit_pipelined, make_engine, read_together, session_scope, write_pipelined
 from service.migrate import current_revisions, downgrade, head_revisions, is_up_to_date, upgrade
 from service.models import BLOB_CHUNK_SIZE, Blob, BlobChunk, Event, Message, Meta, Outbox, Peer, User
 from service.node import event_entry, record_events
@@ -1033,3 +1033,89 @@ def test_writes_given_with_audit_entries_run_before_them_in_the_same_transaction
     with session_scope(engine, readonly=True) as s:
         assert [(e.seq, e.object_id) for e in s.exec(select(Event).where(Event.type == "message.sealed"))] \
             == [(0, "m-1")]
+
+
+# --- transactions of two round trips (read_together, commit_pipelined) -------------------------------------
+
+_META_VALUE = select(Meta.value).where(Meta.key == bindparam("k"))  # type: ignore[arg-type]
+_META_SET = update(Meta).where(Meta.key == bindparam("k")).values(value=bindparam("v")).returning(Meta.value)
+
+
+def _autocommit_of_pooled(engine: Engine) -> set[bool]:
+    """PostgreSQL: the autocommit setting of every connection idle in ``engine``'s pool."""
+    held = [engine.raw_connection() for _ in range(engine.pool.checkedin())]  # type: ignore[attr-defined]
+    try:
+        return {bool(c.driver_connection.autocommit) for c in held}  # type: ignore[union-attr]
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_reads_run_together_at_the_start_and_the_writes_commit_with_them(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        s.add(Meta(key="pipe-a", value="1"))
+    with session_scope(engine) as s:
+        read = read_together(s, [(_META_VALUE, {"k": "pipe-a"}), audit.LOCK_READ,
+                                 (_META_SET, {"k": "pipe-a", "v": "2"}),  # a read may write
+                                 (_META_VALUE, {"k": "pipe-none"})])
+        assert read[0] == [("1",)] and read[1][0][0] == 0 and read[2] == [("2",)] and read[3] == []
+        commit_pipelined(s, [(insert(Meta), [{"key": "pipe-b", "value": "3"}])])
+    assert _meta(engine) == {"pipe-a": "2", "pipe-b": "3"}
+    if engine.dialect.name == "postgresql":  # the connection went back to the pool as it came
+        assert _autocommit_of_pooled(engine) == {False}
+
+
+def test_a_failed_commit_in_the_pipeline_keeps_nothing_read_or_written(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        s.add(Meta(key="pipe-a", value="1"))
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        assert read_together(s, [(_META_SET, {"k": "pipe-a", "v": "2"})]) == [[("2",)]]
+        commit_pipelined(s, [(insert(Meta), [{"key": "pipe-c", "value": "3"}]),
+                             (insert(Meta), [{"key": "pipe-a", "value": "again"}])])  # the key is taken
+    assert _meta(engine) == {"pipe-a": "1"}  # the read's update went with the rest
+    with session_scope(engine) as s:  # and the pooled connection works on, in transactions of its own
+        read_together(s, [(_META_SET, {"k": "pipe-a", "v": "4"})])
+        commit_pipelined(s, [])
+    assert _meta(engine) == {"pipe-a": "4"}
+    if engine.dialect.name == "postgresql":
+        assert _autocommit_of_pooled(engine) == {False}
+
+
+def test_orm_changes_pending_at_the_pipelined_commit_are_committed_too(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        read_together(s, [(_META_VALUE, {"k": "pipe-a"})])
+        s.add(Meta(key="pipe-o", value="orm"))  # flushed by the session's own commit, after the writes
+        commit_pipelined(s, [(insert(Meta), [{"key": "pipe-p", "value": "core"}])])
+    assert _meta(engine) == {"pipe-o": "orm", "pipe-p": "core"}
+
+
+def test_a_failure_between_the_reads_and_the_commit_rolls_back_the_reads(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        s.add(Meta(key="pipe-a", value="1"))
+    with pytest.raises(RuntimeError, match="refused"), session_scope(engine) as s:
+        read_together(s, [(_META_SET, {"k": "pipe-a", "v": "2"})])
+        raise RuntimeError("refused")
+    assert _meta(engine) == {"pipe-a": "1"}
+    if engine.dialect.name == "postgresql":
+        assert _autocommit_of_pooled(engine) == {False}
+
+
+@pytest.mark.postgres
+def test_nothing_runs_after_a_pipelined_commit_postgres(postgres_url: str) -> None:
+    """After ``commit_pipelined`` the transaction is over: a statement then would run outside it (autocommit),
+    so it is refused, and nothing of it is stored."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        refused = pytest.raises(RuntimeError, match="after the transaction was committed")
+        with refused, session_scope(engine) as s:
+            read_together(s, [(_META_VALUE, {"k": "pipe-a"})])
+            commit_pipelined(s, [(insert(Meta), [{"key": "pipe-q", "value": "1"}])])
+            s.connection().execute(insert(Meta), [{"key": "pipe-r", "value": "2"}])
+        assert _meta(engine) == {"pipe-q": "1"}
+        with session_scope(engine) as s:  # the next transaction on that connection is a plain one again
+            s.connection().execute(insert(Meta), [{"key": "pipe-s", "value": "3"}])
+        assert _meta(engine) == {"pipe-q": "1", "pipe-s": "3"}
+        assert _autocommit_of_pooled(engine) == {False}
+    finally:
+        engine.dispose()
