@@ -7,22 +7,28 @@ beforehand (not measured); each round stores fresh ones on SQLite in a
 temporary directory, or with ``--postgres`` on a new PostgreSQL database.
 Printed: CPU microseconds per message for each group size (best of three
 rounds, ``time.process_time``; on PostgreSQL also the server processes' CPU,
-read from /proc) and its ratio to groups of one.
+read from /proc) and its ratio to groups of one. On PostgreSQL also the
+wall-clock time of storing one message alone (median), as a multiple of a bare
+round trip to the server measured in the same run: roughly how many round
+trips a store costs where the server is across a network.
 
     python bench/bench_store.py                 # groups of 8 against groups of 1
     python bench/bench_store.py --group 16 --groups 100
     python bench/bench_store.py --postgres      # KZ on a fresh PostgreSQL database (dropped after)
     python bench/bench_store.py --statements    # also print the statements one stored group sends
+    python bench/bench_store.py --postgres --delay-ms 0.25   # the server "across a network"
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +39,7 @@ import structlog  # noqa: E402
 from sqlalchemy import event, make_url, select  # noqa: E402
 
 from bench.bench_exchange import DEFAULT_PG_URL, Postgres, process_cpu, russian_document  # noqa: E402
+from bench.delay_proxy import delayed  # noqa: E402
 from service import demo  # noqa: E402
 from service.db import session_scope  # noqa: E402
 from service.models import User  # noqa: E402
@@ -56,6 +63,27 @@ def cpu_per_message(node, sealed: list, group: int, rounds: int = 3,  # type: ig
     return best
 
 
+def wall_per_store(node, sealed: list) -> float:  # type: ignore[no-untyped-def]
+    """Median wall-clock seconds of storing one message alone (a transaction of its own)."""
+    times = []
+    for one in sealed:
+        started = time.perf_counter()
+        node._store_sends([one])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def wall_per_round_trip(engine, count: int) -> float:  # type: ignore[no-untyped-def]
+    """Median wall-clock seconds of one bare round trip to the database (``SELECT 1``, autocommit)."""
+    times = []
+    with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.exec_driver_sql("SELECT 1").all()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def backend_cpu(postgres: Postgres, database: str) -> Callable[[], float]:
     """CPU seconds used so far by the server processes serving ``database`` (Linux /proc)."""
     def used() -> float:
@@ -74,6 +102,9 @@ def main() -> None:
                         help=f"store on a new PostgreSQL database made through URL ({DEFAULT_PG_URL})")
     parser.add_argument("--statements", action="store_true",
                         help="print the SQL statements one stored group sends (after the figures)")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="with --postgres: reach it through a proxy that adds this much each way "
+                             "(bench/delay_proxy.py), as a server across a network would")
     parser.add_argument("--keep-database", action="store_true", help="with --postgres: do not drop it")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -88,10 +119,13 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         root = Path(tmp)
         url = postgres.create() if postgres else None
         database = make_url(url).database if url else None
+        if url and args.delay_ms:
+            url = stack.enter_context(delayed(url, args.delay_ms))
+            print(f"PostgreSQL through a proxy that adds {args.delay_ms} ms each way")
         kz = demo.setup_party(root, "KZ", "Kaz", url)
         by = demo.setup_party(root, "BY", "Bel")
         demo.introduce(kz, by)
@@ -118,6 +152,11 @@ def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
             print(f"{backend} _store_sends, groups of {size:<2}: {cpu * 1e6:6.0f} us CPU per message"
                   + on_server
                   + (f"   ratio {grouped / alone:.2f} of groups of 1" if size > 1 else ""))
+        if postgres:
+            store = wall_per_store(node, sealed(args.groups))
+            trip = wall_per_round_trip(node.engine, args.groups)
+            print(f"{backend} _store_sends, one message: p50 {store * 1e3:.2f} ms wall-clock per store"
+                  f" = {store / trip:.1f} x a bare round trip (SELECT 1, p50 {trip * 1e3:.3f} ms, same run)")
         if args.statements:
             group = sealed(args.group)
             statements: list[str] = []
