@@ -8,8 +8,10 @@ PostgreSQL, so replicas queue; SQLite transactions are already serialised by
 (``protocol.entry_bytes``, the leaf) and leaf hash, extends the tree's compact
 range and writes the perfect subtrees the new leaves complete into
 ``audit_node``. That is O(log n) hashing and amortised two rows per entry, and
-the lock is held from the append to the commit (callers record events last):
-sequence numbers are dense and follow commit order. ``Event`` objects added to
+the lock is held from the append to the commit (callers record events last, or,
+in the node's store transactions, lock the state with their first reads and
+write everything right after: ``LOCK_READ``): sequence numbers are dense and
+follow commit order. ``Event`` objects added to
 an ORM session directly are appended the same way when it flushes
 (``append_pending``). A transaction that rolls back takes its entries and
 the state change with it.

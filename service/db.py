@@ -88,7 +88,10 @@ def _postgresql_engine(engine: Engine) -> Engine:
         record.info["returned_at"] = time.monotonic()
         record.info.pop(_COMMITTED_IN_PIPELINE, None)
         if record.info.pop(_BEGUN_BY_US, False) and dbapi_connection is not None:
-            _give_back_transaction_control(dbapi_connection)
+            try:  # autocommit off again (``read_together`` turned it on); the transaction is over by now
+                dbapi_connection.autocommit = False
+            except Exception as exc:  # (broken: its transaction status is unknown) a new one next time
+                record.invalidate(exc)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _not_after_commit(conn: Connection, *_args: Any) -> None:
@@ -388,11 +391,13 @@ def read_together(session: Session, reads: Sequence[tuple[Executable, Mapping[st
     in one pipeline: one round trip for all of them, instead of one each and one
     more for the BEGIN (psycopg waits for a BEGIN of its own before the first
     statement of a transaction, pipeline or not). For that the connection is put
-    in autocommit mode and the BEGIN sent as a statement; it leaves autocommit
-    when it goes back to the pool. A statement may write (``UPDATE ... RETURNING``)
+    in autocommit mode and the BEGIN sent as a statement (a plain one: the engine
+    sets no isolation level); it leaves autocommit when it goes back to the pool.
+    A statement may write (``UPDATE ... RETURNING``)
     and may lock (``FOR UPDATE``); its parameters are all named bind parameters,
     none expanding (``= ANY(...)`` takes a list). Rows are tuples, values as
-    psycopg gives them (no SQLAlchemy type processing): for columns that need none.
+    psycopg gives them, and parameters go as given: no SQLAlchemy type processing
+    either way, so for columns and parameters that need none.
     On SQLite each statement simply runs (a read there costs no round trip).
     """
     conn = session.connection()
@@ -408,17 +413,16 @@ def read_together(session: Session, reads: Sequence[tuple[Executable, Mapping[st
         if begin:
             pg.autocommit = True
             conn.info[_BEGUN_BY_US] = True  # (the pooled connection's: the pool's checkin sees it)
-        with pg.pipeline() as pipeline:
+        cursors = []
+        with pg.pipeline():  # (leaving it syncs once and receives every result: no sync() of our own)
             if begin:
                 pg.execute(b"BEGIN")
-            cursors = []
             for (sql, names, carried), (_, params) in zip(compiled, reads, strict=True):
                 cursor = pg.cursor()
                 cursor.execute(sql, {name: params[name] if name in params else carried[name]
                                      for name in names})
                 cursors.append(cursor)
-            pipeline.sync()
-            return [cursor.fetchall() for cursor in cursors]
+        return [cursor.fetchall() for cursor in cursors]
     except psycopg.Error as exc:
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
@@ -459,19 +463,7 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
             pg.execute(b"COMMIT")
     except psycopg.Error as exc:
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
-    conn.info[_COMMITTED_IN_PIPELINE] = True
-    conn.info.pop(_BEGUN_BY_US, None)
-    _give_back_transaction_control(pg)
-
-
-def _give_back_transaction_control(pg: Any) -> None:
-    """Autocommit off again (``read_together`` turned it on), once the transaction is over; a connection that
-    cannot be set so is closed (the pool then replaces it)."""
-    try:
-        pg.autocommit = False
-    except Exception:  # (broken: its transaction status is unknown)
-        with contextlib.suppress(Exception):
-            pg.close()
+    conn.info[_COMMITTED_IN_PIPELINE] = True  # (autocommit goes off when the pool takes it back)
 
 
 def write_or_defer(conn: Connection, writes: Sequence[tuple[Executable, Any]],

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, BinaryIO, Protocol, cast
 
 import structlog
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import any_, bindparam, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -57,6 +57,11 @@ def utcnow() -> datetime:
 
 _message = Message.__table__  # type: ignore[attr-defined]
 _INSERT_MESSAGE = insert(_message).inline()  # no RETURNING: pipelined on PostgreSQL
+# The peers a store's rows refer to, locked as the inserts' foreign-key checks lock them (``_read_first``).
+_PEERS_KEY_SHARE = (select(Peer.__table__.c.party)  # type: ignore[attr-defined]
+                    .where(Peer.__table__.c.party == any_(bindparam("parties")))  # type: ignore[attr-defined]
+                    .with_for_update(read=True, key_share=True))  # FOR KEY SHARE
+
 _STORED_INBOUND = select(_message.c.id, _message.c.envelope_sha256, _message.c.receipt, _message.c.peer).where(
     _message.c.direction == "in", _message.c.id.in_(bindparam("ids", expanding=True)))
 
@@ -143,9 +148,10 @@ def record_events(session: Session, entries: Sequence[audit.NewEntry],
     record events last in a write transaction, so the lock is held briefly.
     Inside a savepoint they are rolled back with it. ``writes_first``: the caller's
     writes whose results nobody reads, sent with the entries' (``audit.append_rows``).
-    ``locked``: the log's state as the caller read it at the start of the
-    transaction (``audit.LOCK_READ``). ``commit``: the transaction ends here
-    (``db.commit_pipelined``: on PostgreSQL the COMMIT goes with the writes).
+    ``locked``: the log's state as the caller read and locked it with its first
+    reads (``audit.LOCK_READ``; ``Node._read_first``, whose writes follow at once).
+    ``commit``: the transaction ends here (``db.commit_pipelined``: on PostgreSQL
+    the COMMIT goes with the writes).
     """
     if not (entries or writes_first or commit):
         return
@@ -406,7 +412,9 @@ class Node:
             events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
             if not savepoints:  # all or nothing: the rows of all of them with one statement per table
                 items = [item for _, item in checked]
-                read = self._read_first(s, [(item.message.document, now) for item in items], blobs=len(items))
+                read = self._read_first(s, [(item.message.document, now) for item in items],
+                                        peers=[item.sender for item in items], blobs=len(items),
+                                        lock_audit=all(isinstance(item.src, io.BytesIO) for item in items))
                 writes: list[tuple[Any, Any]] = []  # sent with the audit entries and the COMMIT (PostgreSQL)
                 effects = self._store_deliveries(s, items, now, read=read, defer=writes)
                 for (index, item), effect in zip(checked, effects, strict=True):
@@ -436,21 +444,38 @@ class Node:
             answers[index] = item.accepted()
         return raced
 
-    def _read_first(self, s: Session, docs: Sequence[tuple[Document, datetime]], *, blobs: int = 0,
-                    more: dict[str, tuple[Any, dict[str, Any]]] | None = None) -> dict[str, list[Any]]:
+    def _read_first(self, s: Session, docs: Sequence[tuple[Document, datetime]], *, peers: Iterable[str],
+                    blobs: int = 0, more: dict[str, tuple[Any, dict[str, Any]]] | None = None,
+                    lock_audit: bool = True) -> dict[str, list[Any]]:
         """Everything a store transaction reads, read first and together (``db.read_together``: on PostgreSQL
-        one round trip, with the BEGIN), by name: ``threads`` and ``termination`` for ``docs``
-        (``cases.apply_many``), the caller's ``more``, ``blob_ids`` for ``blobs`` new blobs (PostgreSQL;
-        ``write_blobs``) and, last, the audit log's state (``audit``, locked until the commit). The locks
-        are taken in the order the writes would take them."""
+        one round trip, with the BEGIN), by name:
+
+        - ``threads`` and ``termination`` for ``docs`` (``cases.apply_many``; the threads locked);
+        - PostgreSQL: the ``peers`` the rows to insert refer to, key-share locked, as their inserts would
+          lock them (an operator's change to a peer locks it, then the audit log: taken later, these
+          two would deadlock with it);
+        - the caller's ``more`` (the outbox rows a receipt delivers, locked);
+        - PostgreSQL: ``blob_ids`` for ``blobs`` new blobs (``write_blobs``);
+        - with ``lock_audit``, last, the audit log's state (``audit``, locked until the commit).
+
+        So the locks are taken in the order the transaction's statements took them when each ran on its
+        own, except the audit log's, which comes before the writes instead of after them: it is held for
+        the time the rows take to build and write. A store that streams an envelope (its time bounded only
+        by the envelope's size) passes ``lock_audit=False`` and locks it at the end (``record_events``).
+        """
         reads: dict[str, tuple[Any, dict[str, Any]]] = {}
         if docs:
             reads["threads"], reads["termination"] = cases.reads_for(docs, postgresql=self._postgresql)
+        if self._postgresql:
+            reads["peers"] = (_PEERS_KEY_SHARE, {"parties": sorted(set(peers))})
         reads.update(more or {})
         if self._postgresql and blobs:
             reads["blob_ids"] = new_ids("blob", blobs)
-        reads["audit"] = audit.LOCK_READ
-        return dict(zip(reads, read_together(s, list(reads.values())), strict=True))
+        if lock_audit:
+            reads["audit"] = audit.LOCK_READ
+        read = dict(zip(reads, read_together(s, list(reads.values())), strict=True))
+        read.setdefault("audit", None)  # type: ignore[arg-type]  # (record_events locks it then)
+        return read
 
     def record_refused_batch(self, exc: ProlinkError) -> None:
         """A batched delivery that could not be read at all: recorded like a malformed envelope."""
@@ -735,7 +760,8 @@ class Node:
                 more["delivered"] = outbox.delivery_read(delivered, now, postgresql=self._postgresql)
             if self._postgresql and any(handed):
                 more["outbox_ids"] = new_ids("outbox", sum(handed))
-            read = self._read_first(s, docs, blobs=len(sends), more=more)
+            read = self._read_first(s, docs, peers=[send.peer for send in sends], blobs=len(sends), more=more,
+                                    lock_audit=all(isinstance(send.envelope, bytes) for send in sends))
             blob_ids, outbox_new_ids = ([row[0] for row in read[name]] if name in read else None
                                         for name in ("blob_ids", "outbox_ids"))
             if sends:
