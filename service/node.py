@@ -446,7 +446,7 @@ class Node:
 
     def _read_first(self, s: Session, docs: Sequence[tuple[Document, datetime]], *, peers: Iterable[str],
                     blobs: int = 0, more: dict[str, tuple[Any, dict[str, Any]]] | None = None,
-                    lock_audit: bool = True) -> dict[str, list[Any]]:
+                    lock_audit: bool = True) -> dict[str, Any]:
         """Everything a store transaction reads, read first and together (``db.read_together``: on PostgreSQL
         one round trip, with the BEGIN), by name:
 
@@ -466,15 +466,16 @@ class Node:
         reads: dict[str, tuple[Any, dict[str, Any]]] = {}
         if docs:
             reads["threads"], reads["termination"] = cases.reads_for(docs, postgresql=self._postgresql)
-        if self._postgresql:
-            reads["peers"] = (_PEERS_KEY_SHARE, {"parties": sorted(set(peers))})
+        parties = sorted(set(peers))
+        if self._postgresql and parties:
+            reads["peers"] = (_PEERS_KEY_SHARE, {"parties": parties})
         reads.update(more or {})
         if self._postgresql and blobs:
             reads["blob_ids"] = new_ids("blob", blobs)
         if lock_audit:
             reads["audit"] = audit.LOCK_READ
-        read = dict(zip(reads, read_together(s, list(reads.values())), strict=True))
-        read.setdefault("audit", None)  # type: ignore[arg-type]  # (record_events locks it then)
+        read: dict[str, Any] = {"audit": None}  # (unless locked here, record_events locks it at the end)
+        read.update(zip(reads, read_together(s, list(reads.values())), strict=True))
         return read
 
     def record_refused_batch(self, exc: ProlinkError) -> None:
