@@ -63,7 +63,7 @@ from service.auth import hash_token, new_token
 from service.background import BackgroundLoop
 from service.case_models import Original, TerminationNotice, Thread
 from service.cases import agreement_ends_on, termination_received_on
-from service.db import session_scope
+from service.db import session_scope, unwrapped_reads
 from service.errors import ServiceError, peer_error_code
 from service.models import OUTBOX_STATES, USER_ROLES, Message, Outbox, Peer, User
 from service.node import Node, record_event
@@ -187,8 +187,11 @@ def _forget_peer(node: Node, party: str) -> None:
 
 
 def peer_is_active(node: Node, party: str) -> bool:
-    with session_scope(node.engine, readonly=True) as s:
-        status = s.execute(select(Peer.status).where(Peer.party == party)).scalar_one_or_none()
+    """Whether ``party`` is an active peer, as stored now (not as this process cached it): asked before every
+    delivery to it. One statement, so with no transaction around it (on PostgreSQL one round trip, not a
+    BEGIN, the read and a ROLLBACK)."""
+    with unwrapped_reads(node.engine).connect() as conn:
+        status = conn.execute(select(Peer.status).where(Peer.party == party)).scalar_one_or_none()
     return status == "active"
 
 

@@ -1,4 +1,5 @@
-"""PostgreSQL: the locks a store transaction takes when it reads everything first (``Node._read_first``).
+"""PostgreSQL: the locks a store transaction takes when it reads everything first (``Node._read_first``),
+and the round trips it and the other reads on a delivery's way take.
 
 Its reads go to the server together at the start (``db.read_together``), the audit log's lock among
 them. Two things must still hold: it never deadlocks with an operator's change to a peer (which locks
@@ -13,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 from sqlalchemy import event
 
 from bench.bench_exchange import russian_document
-from service.admin import _peer_row
+from service.admin import _peer_row, peer_is_active
 from service.compose import attachment_ref, compose
 from service.db import session_scope
 from service.node import Node, record_event
@@ -119,6 +121,21 @@ def test_storing_a_send_takes_two_round_trips_postgres(node_pair: tuple[Node, No
 
     kz._store_sends([sealed()])  # (warm: peers, statements)
     one = sealed()
+    assert _syncs(kz, tmp_path, lambda: kz._store_sends([one])) == ["Sync", "Sync"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("node_pair", ["postgres"], indirect=True)
+def test_asking_whether_a_peer_is_active_takes_one_round_trip_postgres(node_pair: tuple[Node, Node],
+                                                                        tmp_path: Path) -> None:
+    """Asked before every delivery: one statement, with no BEGIN and ROLLBACK around it."""
+    kz, _ = node_pair
+    assert _syncs(kz, tmp_path, lambda: peer_is_active(kz, "BY")) == ["Sync"]
+
+
+def _syncs(node: Node, tmp_path: Path, action: Callable[[], object]) -> list[str]:
+    """The Syncs and simple Queries ``node``'s connections send while ``action`` runs (each is one wait for
+    the server), read from libpq's own trace of every connection checked out meanwhile."""
     trace = tmp_path / "libpq.trace"
     with trace.open("w") as out:
         def traced(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -128,12 +145,11 @@ def test_storing_a_send_takes_two_round_trips_postgres(node_pair: tuple[Node, No
             if dbapi_connection is not None:
                 dbapi_connection.pgconn.untrace()
 
-        event.listen(kz.engine, "checkout", traced)
-        event.listen(kz.engine, "checkin", untraced)
+        event.listen(node.engine, "checkout", traced)
+        event.listen(node.engine, "checkin", untraced)
         try:
-            kz._store_sends([one])
+            action()
         finally:
-            event.remove(kz.engine, "checkout", traced)
-            event.remove(kz.engine, "checkin", untraced)
-    sent = re.findall(r"^\S+ \S+\tF\t\d+\t(Sync|Query)\b", trace.read_text(), flags=re.MULTILINE)
-    assert sent == ["Sync", "Sync"]
+            event.remove(node.engine, "checkout", traced)
+            event.remove(node.engine, "checkin", untraced)
+    return re.findall(r"^\S+ \S+\tF\t\d+\t(Sync|Query)\b", trace.read_text(), flags=re.MULTILINE)
