@@ -50,11 +50,11 @@ _thread = Thread.__table__  # type: ignore[attr-defined]
 _THREAD_COLUMNS = (_thread.c.id, _thread.c.requesting_party, _thread.c.peer, _thread.c.state,
                    _thread.c.purpose_code, _thread.c.case_number)
 _THREAD_KEYS = tuple(c.key for c in _THREAD_COLUMNS)
-_THREADS_FOR_UPDATE = (select(*_THREAD_COLUMNS).where(_thread.c.id.in_(bindparam("ids", expanding=True)))
-                       .with_for_update())
+_THREADS_FOR_UPDATE = select(*_THREAD_COLUMNS).where(
+    _thread.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
 # The same for ``db.read_together`` on PostgreSQL, whose parameters cannot expand: the ids as one array.
-_THREADS_FOR_UPDATE_ANY = (select(*_THREAD_COLUMNS).where(_thread.c.id == any_(bindparam("ids")))
-                           .with_for_update())
+_THREADS_FOR_UPDATE_ANY = select(*_THREAD_COLUMNS).where(
+    _thread.c.id == any_(bindparam("ids"))).with_for_update()
 _INSERT_THREAD = insert(_thread).inline()  # no RETURNING: may be pipelined
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -384,7 +385,8 @@ _BEGUN_BY_US = "prolink_begun_by_us"  # pool record info: we sent this transacti
 _COMMITTED_IN_PIPELINE = "prolink_committed"  # connection info: commit_pipelined committed this transaction
 
 
-def read_together(session: Session, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
+def read_together(session: Session,
+                  reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[Sequence[Any]]:
     """The rows of each of ``reads`` (statement, parameters), read at the start of ``session``'s transaction.
 
     On PostgreSQL they go to the server together with the transaction's BEGIN,
@@ -402,7 +404,7 @@ def read_together(session: Session, reads: Sequence[tuple[Executable, Mapping[st
     """
     conn = session.connection()
     if conn.dialect.name != "postgresql":
-        return [list(conn.execute(statement, params).all()) for statement, params in reads]
+        return [conn.execute(statement, params).all() for statement, params in reads]
     import psycopg
     from psycopg.pq import TransactionStatus
 
@@ -427,19 +429,18 @@ def read_together(session: Session, reads: Sequence[tuple[Executable, Mapping[st
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
 
-_NEW_IDS: dict[str, Executable] = {}  # table name -> its statement (``new_ids``)
-
-
 def new_ids(table: str, count: int) -> tuple[Executable, dict[str, Any]]:
     """PostgreSQL: the read (for ``read_together``) that draws ``count`` new ids from ``table``'s ``id``
     sequence, one per row, so that rows can be inserted with their ids in a pipeline instead of one
     ``INSERT ... RETURNING`` round trip that hands them back."""
-    statement = _NEW_IDS.get(table)
-    if statement is None:
-        sequence = func.pg_get_serial_sequence(literal_column(f"'{table}'"), literal_column("'id'"))
-        series = func.generate_series(literal_column("1"), bindparam("count"))
-        statement = _NEW_IDS.setdefault(table, select(func.nextval(sequence)).select_from(series))
-    return statement, {"count": count}
+    return _new_ids_statement(table), {"count": count}
+
+
+@functools.cache
+def _new_ids_statement(table: str) -> Executable:  # (one per table: ``_compiled`` keeps it by identity)
+    sequence = func.pg_get_serial_sequence(literal_column(f"'{table}'"), literal_column("'id'"))
+    series = func.generate_series(literal_column("1"), bindparam("count"))
+    return select(func.nextval(sequence)).select_from(series)
 
 
 def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]]) -> None:

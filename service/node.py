@@ -455,7 +455,8 @@ class Node:
           lock them (an operator's change to a peer locks it, then the audit log: taken later, these
           two would deadlock with it);
         - the caller's ``more`` (the outbox rows a receipt delivers, locked);
-        - PostgreSQL: ``blob_ids`` for ``blobs`` new blobs (``write_blobs``);
+        - PostgreSQL: ``blob_ids`` for ``blobs`` new blobs (``write_blobs``), a list of ids, as is the
+          ``outbox_ids`` a caller may ask for in ``more``;
         - with ``lock_audit``, last, the audit log's state (``audit``, locked until the commit).
 
         So the locks are taken in the order the transaction's statements took them when each ran on its
@@ -476,6 +477,9 @@ class Node:
             reads["audit"] = audit.LOCK_READ
         read: dict[str, Any] = {"audit": None}  # (unless locked here, record_events locks it at the end)
         read.update(zip(reads, read_together(s, list(reads.values())), strict=True))
+        for name in ("blob_ids", "outbox_ids"):  # (``new_ids``: one id a row)
+            if name in read:
+                read[name] = [row[0] for row in read[name]]
         return read
 
     def record_refused_batch(self, exc: ProlinkError) -> None:
@@ -562,9 +566,8 @@ class Node:
                                    read=None if read is None else (read["threads"], read["termination"]))
         contents = [item.src.getvalue() if isinstance(item.src, io.BytesIO) else file_chunks(item.src)
                     for item in items]
-        blob_ids = None if read is None or "blob_ids" not in read else [row[0] for row in read["blob_ids"]]
         blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes, defer=writes,
-                            ids=blob_ids)
+                            ids=None if read is None else read.get("blob_ids"))
         rows = []
         for item, effect, blob in zip(items, effects, blobs, strict=True):
             if blob.sha256 != item.digest_hex:
@@ -763,13 +766,13 @@ class Node:
                 more["outbox_ids"] = new_ids("outbox", sum(handed))
             read = self._read_first(s, docs, peers=[send.peer for send in sends], blobs=len(sends), more=more,
                                     lock_audit=all(isinstance(send.envelope, bytes) for send in sends))
-            blob_ids, outbox_new_ids = ([row[0] for row in read[name]] if name in read else None
-                                        for name in ("blob_ids", "outbox_ids"))
+            outbox_new_ids = read.get("outbox_ids")
             if sends:
                 effects = cases.apply_many(s, self.party, docs, defer=writes,
                                            originals_due_days=self.settings.originals_due_days,
                                            read=(read["threads"], read["termination"]))
-                blobs = write_blobs(s, [send.envelope for send in sends], defer=writes, ids=blob_ids)
+                blobs = write_blobs(s, [send.envelope for send in sends], defer=writes,
+                                    ids=read.get("blob_ids"))
                 for send, effect, blob, hand in zip(sends, effects, blobs, handed, strict=True):
                     stored.append(self._outbound_row(send, blob, hand))
                     events.append(event_entry(

@@ -76,9 +76,9 @@ def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
 
 # No RETURNING (SQLAlchemy asks back the key of a one-row insert): may be pipelined.
 _INSERT_OUTBOX = insert(Outbox).values(direction="out", state="queued", attempts=0).inline()
-_INSERT_LEASED = (insert(Outbox).values(direction="out", state="in_flight", attempts=1)
-                  .returning(col(Outbox.id), col(Outbox.message_id)))
-_INSERT_LEASED_WITH_IDS = insert(Outbox).values(direction="out", state="in_flight", attempts=1).inline()
+_LEASED = insert(Outbox).values(direction="out", state="in_flight", attempts=1)
+_INSERT_LEASED = _LEASED.returning(col(Outbox.id), col(Outbox.message_id))
+_INSERT_LEASED_WITH_IDS = _LEASED.inline()  # ids given (``db.new_ids``): may be pipelined
 
 
 def enqueue_leased(session: Session, rows: Sequence[tuple[str, str, datetime]], worker_id: str,
@@ -359,18 +359,17 @@ def mark_delivered(
     return outbox_id in done
 
 
-_DELIVER_OUTBOX = (
-    update(Outbox)
-    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)), col(Outbox.state) != "delivered")
-    .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
-    .returning(col(Outbox.id), col(Outbox.message_id))  # the rows this delivered (none twice)
-)
-_DELIVER_OUTBOX_ANY = (  # the same for ``db.read_together`` on PostgreSQL (the ids as one array)
-    update(Outbox)
-    .where(col(Outbox.id) == any_(bindparam("ids")), col(Outbox.state) != "delivered")
-    .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
-    .returning(col(Outbox.id), col(Outbox.message_id))
-)
+def _deliver_outbox(chosen: Any) -> Any:
+    """Deliver the ``chosen`` outbox rows not delivered yet, returning those it delivered (none twice)."""
+    return (update(Outbox)
+            .where(chosen, col(Outbox.state) != "delivered")
+            .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
+            .returning(col(Outbox.id), col(Outbox.message_id)))
+
+
+_DELIVER_OUTBOX = _deliver_outbox(col(Outbox.id).in_(bindparam("ids", expanding=True)))
+# The same for ``db.read_together`` on PostgreSQL, whose parameters cannot expand: the ids as one array.
+_DELIVER_OUTBOX_ANY = _deliver_outbox(col(Outbox.id) == any_(bindparam("ids")))
 _DELIVER_MESSAGE = (
     update(Message.__table__)  # type: ignore[attr-defined]
     .where(Message.__table__.c.id == bindparam("m_id"), Message.__table__.c.direction == "out")  # type: ignore[attr-defined]
