@@ -26,10 +26,12 @@ from typing import Any, cast
 
 from sqlalchemy import bindparam, event, func, literal_column, select
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, StatementError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlmodel import Session, create_engine
+
+from service.driver_writes import driver_form, rows_of
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -366,18 +368,46 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
     """
     if not writes:
         return  # (an empty pipeline would still cost a round trip to sync)
+    if conn.info.get(_COMMITTED_IN_PIPELINE):  # (the driver's cursors pass no ``before_cursor_execute``)
+        raise RuntimeError("a statement after the transaction was committed "
+                           "(commit_pipelined must be its last)")
     if conn.dialect.name != "postgresql":
-        for statement, parameters in writes:
-            conn.execute(statement, parameters)
+        _run_writes(conn, writes)
         return
     import psycopg
 
     try:
         with conn.connection.driver_connection.pipeline():  # type: ignore[union-attr]
-            for statement, parameters in writes:
-                conn.execute(statement, parameters)
+            _run_writes(conn, writes)
     except psycopg.Error as exc:  # raised as the pipeline is read, outside SQLAlchemy's own wrapping
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+def _run_writes(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
+    """Run ``writes`` in order on ``conn``'s driver connection (``driver_writes``: compiled once, SQLAlchemy's
+    type processing applied); a write it cannot run as SQLAlchemy would goes through ``conn.execute``."""
+    driver = cast(Any, conn.connection.driver_connection)
+    sqlite = conn.dialect.name == "sqlite"
+    for statement, parameters in writes:
+        rows = rows_of(parameters)
+        form = driver_form(conn.dialect, statement, rows)
+        if form is None:
+            conn.execute(statement, parameters)
+            continue
+        try:
+            values = form.parameters(rows)
+        except Exception as exc:  # a type's bind processor refused a value: as SQLAlchemy raises it
+            raise StatementError(f"({type(exc).__name__}) {exc}", form.sql, None, exc) from exc
+        # SQLite's connection runs statements itself; psycopg's cursor runs them in the caller's pipeline,
+        # whose errors are read, and raised, as it ends.
+        cursor = driver if sqlite else driver.cursor()
+        try:
+            if len(values) == 1:
+                cursor.execute(form.sql, values[0])
+            else:
+                cursor.executemany(form.sql, values)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(form.sql, values, exc, sqlite3.Error) from exc
 
 
 # ``read_together`` and ``commit_pipelined``: PostgreSQL transactions of two round trips.
@@ -459,8 +489,7 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
     pg = cast(Any, conn.connection.driver_connection)
     try:
         with pg.pipeline():
-            for statement, parameters in writes:
-                conn.execute(statement, parameters)
+            _run_writes(conn, writes)
             pg.execute(b"COMMIT")
     except psycopg.Error as exc:
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
