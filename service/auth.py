@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from sqlalchemy import bindparam, select
@@ -66,7 +66,9 @@ async def authenticate(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
         raise ServiceError("a bearer token is required", code="auth.missing_token", status=401)
     digest = hash_token(token.strip())
-    # Read on every request (no cache), so a disabled user or a rotated token is refused at once.
+    # A disabled user or a rotated token is refused at once: the token is read on every request, or (on
+    # PostgreSQL, under ``prolink serve``) kept from an earlier read only until ``user_account`` changes
+    # (``service.token_cache``: the change's commit notifies the node, which forgets what it kept).
     # SQLite: one indexed read of a local file, on the event loop, straight through the driver
     # (``loop_fetchall``). A hop to a worker thread and back costs more than the read, several times more
     # while other requests hold the interpreter, and so does SQLAlchemy's connection machinery (measured
@@ -74,7 +76,12 @@ async def authenticate(request: Request) -> Principal:
     # machinery about 0.2 ms). A WAL reader never waits for writers, so the read does not stall the loop.
     # PostgreSQL: a round trip to the server, awaited on the loop over its own connection
     # (``loop_fetchall_async``), so no thread hop either.
-    engine = request.app.state.node.engine
+    node = request.app.state.node
+    cache = node.token_cache
+    if cache is not None and (known := cache.get(digest)) is not None:
+        return cast(Principal, known)
+    generation = cache.generation if cache is not None else 0
+    engine = node.engine
     params = {"token_hash": digest}
     if engine.dialect.name == "sqlite":
         rows = loop_fetchall(engine, _USER_BY_TOKEN, params)
@@ -87,7 +94,10 @@ async def authenticate(request: Request) -> Principal:
         raise ServiceError("unknown token", code="auth.bad_token", status=401)
     if disabled:  # SQLite gives 0 or 1, PostgreSQL a bool
         raise ServiceError("this user is disabled", code="auth.user_disabled", status=403)
-    return Principal(user_id, name, role, clearance, signatory_key_id)
+    principal = Principal(user_id, name, role, clearance, signatory_key_id)
+    if cache is not None:
+        cache.put(digest, principal, generation)
+    return principal
 
 
 _user = User.__table__  # type: ignore[attr-defined]

@@ -43,6 +43,7 @@ from service.errors import ServiceError, status_for
 from service.group_commit import GroupCommit
 from service.models import Message, Peer
 from service.settings import Settings
+from service.token_cache import TokenCache
 
 log = structlog.get_logger("prolink.node")
 
@@ -219,6 +220,8 @@ class Node:
         self._writes: GroupCommit[_Sending | Receipts, Any] = GroupCommit(self._store_group)
         #: This process's delivery worker: what is sent is handed to it at once (``_store_group``).
         self.worker: LocalWorker | None = None
+        #: PostgreSQL under ``prolink serve``: the tokens checked before (``service.token_cache``).
+        self.token_cache: TokenCache | None = None
 
     def storage_key(self) -> bytes:
         if self._storage_key is None:

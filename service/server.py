@@ -42,6 +42,7 @@ from service.models import Peer
 from service.node import Node
 from service.peer_api import PeerCertH11Protocol, PeerCertHttpToolsProtocol, create_peer_app
 from service.settings import Settings
+from service.token_cache import TokenCache
 from service.user_api import create_user_app
 from service.worker import DeliveryWorker
 
@@ -136,6 +137,9 @@ async def serve(data_dir: Path) -> None:
     peer_server.capture_signals = _no_capture  # type: ignore[method-assign]
     user_server.capture_signals = _no_capture  # type: ignore[method-assign]
 
+    if node.engine.dialect.name == "postgresql":  # tokens checked once, until ``user_account`` changes
+        node.token_cache = TokenCache(node.engine)
+        node.token_cache.start()
     freeze_startup_objects()
     worker.start()
     node.worker = worker  # what is sent from now on goes to it from the send's commit
@@ -146,6 +150,9 @@ async def serve(data_dir: Path) -> None:
     try:
         await asyncio.gather(peer_server.serve(), user_server.serve())
     finally:
+        if node.token_cache is not None:
+            node.token_cache.stop()
+            node.token_cache = None  # (requests still finishing read the database)
         keys_sync.stop()
         heads.stop()
         node.worker = None  # a send still finishing is queued for the next start (or another replica)
