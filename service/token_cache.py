@@ -10,13 +10,15 @@ everything it holds at each notification. So a user disabled, a token rotated
 or a role changed is refused from the moment the change commits, give or take
 the milliseconds the notification takes to arrive.
 
-The cache trusts itself only while it knows it hears: from the moment its
-``LISTEN`` is in place until a ping of its connection fails or is overdue
-(``TRUST_SECONDS`` without an answer). Otherwise (at start, after a lost
-connection, while reconnecting) it answers nothing and every request reads the
-database, as without it. A read that began before a notification is not kept
-(``generation``). SQLite has no notifications: there the token is read on every
-request, from the local file, at a fraction of the cost.
+The cache trusts itself only while it knows it hears: every half second it
+notifies the channel itself (a probe), and it answers only while a probe sent
+within ``TRUST_SECONDS`` has come back, which proves that every change committed
+before that probe has been heard. Otherwise (at start, after a lost or silently
+cut connection, behind a connection pooler that does not pass notifications
+on) it answers nothing and every request reads the database, as without it. A
+read that began before a change is not kept (``generation``). SQLite has no
+notifications: there the token is read on every request, from the local file,
+at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ log = structlog.get_logger("prolink.token_cache")
 USER_CHANNEL = "prolink_user_account"
 #: How the listener's connection names itself to the server (``pg_stat_activity``).
 APPLICATION_NAME = "prolink-token-cache"
-#: How long one round waits for notifications before it pings the connection.
+#: How long one round listens after sending its probe.
 LISTEN_SECONDS = 0.5
-#: The cache answers only if its connection answered a ping this recently.
+#: The cache answers only while its last probe came back, sent at most this long ago.
 TRUST_SECONDS = 2.0
+#: The payload of a probe (a change notifies an empty one).
+PROBE_PREFIX = "probe:"
 #: More distinct tokens than this in use at once: start again from empty (a node has tens of users).
 MAX_ENTRIES = 10_000
 
@@ -55,7 +59,8 @@ class TokenCache(BackgroundLoop):
         self._lock = threading.Lock()
         self._entries: dict[str, Any] = {}
         self._generation = 0
-        self._heard_at = float("-inf")  # monotonic time the connection last proved alive; -inf: not listening
+        self._heard_at = float("-inf")  # when the last probe that came back was sent; -inf: not hearing
+        self._probes = 0
         self._conn: Any = None
 
     # --- used by ``service.auth`` on the event loop -------------------------------
@@ -66,7 +71,7 @@ class TokenCache(BackgroundLoop):
         return self._generation
 
     def hears(self) -> bool:
-        """Whether it hears changes now: listening, and its connection answered within ``TRUST_SECONDS``."""
+        """Whether it hears changes now: a probe sent within ``TRUST_SECONDS`` came back (``round``)."""
         return time.monotonic() - self._heard_at <= TRUST_SECONDS
 
     def get(self, digest: str) -> Any:
@@ -94,6 +99,11 @@ class TokenCache(BackgroundLoop):
         return 1.0  # after a failed round: reconnect a second later
 
     def round(self) -> bool:
+        """Send a probe on the channel, then listen for ``LISTEN_SECONDS``: a change forgets everything; the
+        probe coming back proves that every change committed before it was sent has been heard (the server
+        delivers notifications in commit order), so the cache is trusted from then for ``TRUST_SECONDS``.
+        A probe that does not come back (a broken connection, a pooler that does not pass notifications
+        on) leaves the cache answering nothing once that time is up."""
         import psycopg
 
         try:
@@ -103,27 +113,27 @@ class TokenCache(BackgroundLoop):
                                              tcp_user_timeout=int(TRUST_SECONDS * 1000),
                                              application_name=APPLICATION_NAME)
                 self._conn.execute(f"LISTEN {USER_CHANNEL}")
-                self._heard(forget=True)  # what was read before we listened may be stale
+                self.forget()  # what was read before we listened may be stale
                 log.info("token_cache_listening")
-            # (one that arrived during the last ping is held by psycopg, and comes first here)
-            for _ in self._conn.notifies(timeout=LISTEN_SECONDS):
-                self.forget()
-            self._conn.execute("SELECT 1")
-            self._heard(forget=False)
+            self._probes += 1
+            probe, sent_at = f"{PROBE_PREFIX}{self._probes}", time.monotonic()
+            self._send_probe(probe)
+            # (notifications that arrived while the probe was sent are held by psycopg, and come first here)
+            for notify in self._conn.notifies(timeout=LISTEN_SECONDS):
+                if notify.payload == probe:
+                    self._heard_at = sent_at
+                elif not notify.payload.startswith(PROBE_PREFIX):  # (another replica's probe is no change)
+                    self.forget()
         except Exception:
             self._lost()
             raise
-        return True  # listen again at once
+        return True  # probe and listen again at once
+
+    def _send_probe(self, payload: str) -> None:
+        self._conn.execute("SELECT pg_notify(%s, %s)", (USER_CHANNEL, payload))
 
     def close(self) -> None:
         self._lost()
-
-    def _heard(self, *, forget: bool) -> None:
-        with self._lock:
-            if forget:
-                self._generation += 1
-                self._entries = {}
-            self._heard_at = time.monotonic()
 
     def _lost(self) -> None:
         with self._lock:

@@ -6,7 +6,9 @@ table (a user disabled, a token rotated, a role changed, made through the admin
 functions or by plain SQL) is refused once it commits, within the notification's
 delay; a read that began before a change is not kept; and while the cache cannot
 hear (stopped, its connection killed, reconnecting) every request reads the
-database, so a change is refused at once.
+database, so a change is refused at once; and the cache answers nothing unless
+its own probes come back through the server (not behind a pooler that drops
+notifications).
 """
 
 from __future__ import annotations
@@ -131,3 +133,22 @@ def test_while_the_cache_cannot_hear_every_request_reads_the_database_postgres(n
     assert cache.get(hash_token(token)) is None
     set_user_disabled(node, user.id, True, actor="operator:test")  # type: ignore[arg-type]
     assert get(api, token) == 403
+
+
+class _ProbesLost(TokenCache):
+    """As behind a connection pooler that does not pass notifications on: its probes never come back."""
+
+    def _send_probe(self, payload: str) -> None:
+        self._conn.execute("SELECT pg_notify('prolink_elsewhere', %s)", (payload,))
+
+
+def test_a_cache_whose_probes_do_not_come_back_answers_nothing_postgres(node: Node) -> None:
+    deaf = _ProbesLost(node.engine)
+    deaf.start()
+    try:
+        wait_for("two rounds", lambda: deaf._probes >= 2, timeout=5)
+        assert not deaf.hears()
+        deaf.put("d" * 64, Principal(1, "reader KZ", "reader", "unrestricted", None), deaf.generation)
+        assert deaf.get("d" * 64) is None
+    finally:
+        deaf.stop()
