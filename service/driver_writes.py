@@ -45,7 +45,7 @@ class _Bind:
     constant: Any  # the statement's own value, processed (only without ``key``)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (one per compiled statement: compared and hashed by identity)
 class DriverForm:
     """A write as the driver takes it: ``sql`` and how to make its parameters from the rows."""
 

@@ -33,12 +33,12 @@ _message = Message.__table__  # type: ignore[attr-defined]
 
 @pytest.fixture(autouse=True)
 def peer_and_blobs(engine: Engine) -> None:
-    """What message rows refer to: the peer BY and blobs 0-9."""
+    """What message rows refer to: the peer BY and blobs 0-19."""
     with session_scope(engine) as s:
         s.add(Peer(party="BY", name="BY", endpoint="https://by.example:8443", fingerprint="ab" * 32,
                    bundle=b"bundle", bundle_version=1, added_at=T0))
         s.flush()
-        s.add_all([Blob(id=n, sha256=f"{n:02x}" * 32, size=4096 + n, chunk_count=0) for n in range(10)])
+        s.add_all([Blob(id=n, sha256=f"{n:02x}" * 32, size=4096 + n, chunk_count=0) for n in range(20)])
 
 
 def message_row(n: int, **changes: Any) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def _columns(m: Message, keys: Any) -> dict[str, Any]:
     return {k: getattr(m, k) for k in keys}
 
 
-@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("count", [1, 3, 13])
 def test_rows_written_on_the_driver_read_back_as_written_through_sqlalchemy(engine: Engine,
                                                                            count: int) -> None:
     ours = [message_row(n) for n in range(count)]
