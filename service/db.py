@@ -468,9 +468,10 @@ def new_ids(table: str, count: int) -> tuple[Executable, dict[str, Any]]:
 
 @functools.cache
 def _new_ids_statement(table: str) -> Executable:  # (one per table: ``_compiled`` keeps it by identity)
-    sequence = func.pg_get_serial_sequence(literal_column(f"'{table}'"), literal_column("'id'"))
+    # The sequence's name is looked up once per statement (a scalar subquery: an InitPlan), not per row.
+    sequence = select(func.pg_get_serial_sequence(literal_column(f"'{table}'"), literal_column("'id'")))
     series = func.generate_series(literal_column("1"), bindparam("count"))
-    return select(func.nextval(sequence)).select_from(series)
+    return select(func.nextval(sequence.scalar_subquery())).select_from(series)
 
 
 def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]]) -> None:
