@@ -23,6 +23,7 @@ at a fraction of the cost.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from typing import Any
@@ -61,6 +62,7 @@ class TokenCache(BackgroundLoop):
         self._generation = 0
         self._heard_at = float("-inf")  # when the last probe that came back was sent; -inf: not hearing
         self._probes = 0
+        self._name = secrets.token_hex(8)  # a probe is told from another cache's (another replica's) by it
         self._conn: Any = None
 
     # --- used by ``service.auth`` on the event loop -------------------------------
@@ -116,7 +118,7 @@ class TokenCache(BackgroundLoop):
                 self.forget()  # what was read before we listened may be stale
                 log.info("token_cache_listening")
             self._probes += 1
-            probe, sent_at = f"{PROBE_PREFIX}{self._probes}", time.monotonic()
+            probe, sent_at = f"{PROBE_PREFIX}{self._name}:{self._probes}", time.monotonic()
             self._send_probe(probe)
             # (notifications that arrived while the probe was sent are held by psycopg, and come first here)
             for notify in self._conn.notifies(timeout=LISTEN_SECONDS):

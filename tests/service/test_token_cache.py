@@ -143,12 +143,15 @@ class _ProbesLost(TokenCache):
 
 
 def test_a_cache_whose_probes_do_not_come_back_answers_nothing_postgres(node: Node) -> None:
-    deaf = _ProbesLost(node.engine)
+    """Not even when another cache (another replica's) probes the same channel in step with it."""
+    deaf, other = _ProbesLost(node.engine), TokenCache(node.engine)
     deaf.start()
+    other.start()
     try:
-        wait_for("two rounds", lambda: deaf._probes >= 2, timeout=5)
+        wait_for("three rounds", lambda: deaf._probes >= 3 and other.hears(), timeout=5)
         assert not deaf.hears()
         deaf.put("d" * 64, Principal(1, "reader KZ", "reader", "unrestricted", None), deaf.generation)
         assert deaf.get("d" * 64) is None
     finally:
         deaf.stop()
+        other.stop()
