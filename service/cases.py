@@ -56,6 +56,11 @@ _THREADS_FOR_UPDATE = select(*_THREAD_COLUMNS).where(
 _THREADS_FOR_UPDATE_ANY = select(*_THREAD_COLUMNS).where(
     _thread.c.id == any_(bindparam("ids"))).with_for_update()
 _INSERT_THREAD = insert(_thread).inline()  # no RETURNING: may be pipelined
+# A thread a message moves on: built once, so that its compiled form is kept (``db.write_pipelined``).
+_MOVE_THREAD = update(_thread).where(_thread.c.id == bindparam("t_id")).values(
+    state=bindparam("t_state"), updated_at=bindparam("t_updated_at"),
+    last_message_id=bindparam("t_last_message_id"))
+_MOVE_THREAD_AND_DUE_DATE = _MOVE_THREAD.values(due_on=bindparam("t_due_on"))
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
 
@@ -175,8 +180,11 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
         effects.append(Effect(doc.thread_id, before, after, role, thread["purpose_code"],
                               thread["case_number"]))
     writes: list[tuple[Any, Any]] = [(_INSERT_THREAD, list(opened.values()))] if opened else []
-    writes.extend((update(_thread).where(_thread.c.id == thread_id).values(changes), {})
-                  for thread_id, changes in moved.items())
+    for statement, due in ((_MOVE_THREAD, False), (_MOVE_THREAD_AND_DUE_DATE, True)):
+        rows = [{"t_id": thread_id, **{f"t_{k}": v for k, v in changes.items()}}
+                for thread_id, changes in moved.items() if ("due_on" in changes) == due]
+        if rows:
+            writes.append((statement, rows))
     write_or_defer(conn, writes, defer)
     return effects
 

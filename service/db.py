@@ -368,9 +368,6 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
     """
     if not writes:
         return  # (an empty pipeline would still cost a round trip to sync)
-    if conn.info.get(_COMMITTED_IN_PIPELINE):  # (the driver's cursors pass no ``before_cursor_execute``)
-        raise RuntimeError("a statement after the transaction was committed "
-                           "(commit_pipelined must be its last)")
     if conn.dialect.name != "postgresql":
         _run_writes(conn, writes)
         return
@@ -386,6 +383,7 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
 def _run_writes(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
     """Run ``writes`` in order on ``conn``'s driver connection (``driver_writes``: compiled once, SQLAlchemy's
     type processing applied); a write it cannot run as SQLAlchemy would goes through ``conn.execute``."""
+    _refuse_after_pipelined_commit(conn)
     driver = cast(Any, conn.connection.driver_connection)
     sqlite = conn.dialect.name == "sqlite"
     for statement, parameters in writes:
@@ -408,6 +406,13 @@ def _run_writes(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> N
                 cursor.executemany(form.sql, values)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(form.sql, values, exc, sqlite3.Error) from exc
+
+
+def _refuse_after_pipelined_commit(conn: Connection) -> None:
+    """Statements given to the driver directly pass no ``before_cursor_execute`` guard: the same refusal."""
+    if conn.info.get(_COMMITTED_IN_PIPELINE):
+        raise RuntimeError("a statement after the transaction was committed "
+                           "(commit_pipelined must be its last)")
 
 
 # ``read_together`` and ``commit_pipelined``: PostgreSQL transactions of two round trips.
@@ -481,6 +486,7 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
     changes still to flush (which the session writes at its commit, after these), the writes run and the
     commit is left to the session."""
     conn = session.connection()
+    _refuse_after_pipelined_commit(conn)
     if (conn.dialect.name != "postgresql" or not conn.info.get(_BEGUN_BY_US)
             or session.new or session.dirty or session.deleted):
         write_pipelined(conn, writes)

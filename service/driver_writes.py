@@ -101,8 +101,9 @@ def _compiled(dialect: Dialect, statement: UpdateBase, keys: tuple[str, ...],
         if bind.callable is not None:
             return None
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if bind.key in keys:
-            binds.append(_Bind(name, bind.key, process, None))
+        key = bind.key if bind.key in keys else name if name in keys else None  # (as ``construct_params``)
+        if key is not None:
+            binds.append(_Bind(name, key, process, None))
         elif bind.required:
             return None  # SQLAlchemy raises its own error for the missing value
         else:

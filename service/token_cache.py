@@ -11,14 +11,17 @@ or a role changed is refused from the moment the change commits, give or take
 the milliseconds the notification takes to arrive.
 
 The cache trusts itself only while it knows it hears: every half second it
-notifies the channel itself (a probe), and it answers only while a probe sent
-within ``TRUST_SECONDS`` has come back, which proves that every change committed
-before that probe has been heard. Otherwise (at start, after a lost or silently
+notifies the channel itself (a probe, from another session, as a change would
+come; taken only from that session, with this cache's own random name), and it
+answers only while a probe sent within ``TRUST_SECONDS`` has come back, which
+proves that every change committed before that probe has been heard: the
+server delivers notifications in commit order. Each probe also checks that the
+trigger is in place and enabled. Otherwise (at start, after a lost or silently
 cut connection, behind a connection pooler that does not pass notifications
-on) it answers nothing and every request reads the database, as without it. A
-read that began before a change is not kept (``generation``). SQLite has no
-notifications: there the token is read on every request, from the local file,
-at a fraction of the cost.
+on, with the trigger dropped or disabled) it answers nothing and every request
+reads the database, as without it. A read that began before a change is not
+kept (``generation``). SQLite has no notifications: there the token is read on
+every request, from the local file, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import time
 from typing import Any
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from service.background import BackgroundLoop
+from service.db import unwrapped_reads
 
 log = structlog.get_logger("prolink.token_cache")
 
@@ -49,6 +54,14 @@ PROBE_PREFIX = "probe:"
 MAX_ENTRIES = 10_000
 
 
+#: A probe, with the sending session's process id and whether the trigger that announces changes is in
+#: place and enabled (not ``D``isabled, nor only for replication sessions).
+_PROBE = text(
+    "SELECT pg_notify(:channel, :payload), pg_backend_pid(), EXISTS (SELECT FROM pg_trigger"
+    " WHERE tgrelid = 'user_account'::regclass AND tgname = 'user_account_changed'"
+    " AND tgenabled IN ('O', 'A'))")
+
+
 class TokenCache(BackgroundLoop):
     """Principals by token digest (``get``, ``put``), forgotten at every change to ``user_account``."""
 
@@ -56,6 +69,7 @@ class TokenCache(BackgroundLoop):
 
     def __init__(self, engine: Engine) -> None:
         super().__init__("token-cache")
+        self._engine = engine
         self._libpq = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._lock = threading.Lock()
         self._entries: dict[str, Any] = {}
@@ -119,11 +133,14 @@ class TokenCache(BackgroundLoop):
                 log.info("token_cache_listening")
             self._probes += 1
             probe, sent_at = f"{PROBE_PREFIX}{self._name}:{self._probes}", time.monotonic()
-            self._send_probe(probe)
+            sender, announced = self._send_probe(probe)
+            if not announced:  # changes are not announced: trust nothing, until the trigger is back
+                self._distrust()
             # (notifications that arrived while the probe was sent are held by psycopg, and come first here)
             for notify in self._conn.notifies(timeout=LISTEN_SECONDS):
-                if notify.payload == probe:
-                    self._heard_at = sent_at
+                if notify.payload == probe and notify.pid == sender:
+                    if announced:
+                        self._heard_at = sent_at
                 elif not notify.payload.startswith(PROBE_PREFIX):  # (another replica's probe is no change)
                     self.forget()
         except Exception:
@@ -131,8 +148,22 @@ class TokenCache(BackgroundLoop):
             raise
         return True  # probe and listen again at once
 
-    def _send_probe(self, payload: str) -> None:
-        self._conn.execute("SELECT pg_notify(%s, %s)", (USER_CHANNEL, payload))
+    def _send_probe(self, payload: str) -> tuple[int, bool]:
+        """Notify the channel with ``payload`` from another session (a connection of the node's pool, so
+        the probe's return proves delivery between sessions, as a change's would come); the sending
+        session's process id, and whether the trigger of migration 0007 is in place and enabled."""
+        with unwrapped_reads(self._engine).connect() as conn:
+            _, sender, announced = conn.execute(_PROBE, {"channel": USER_CHANNEL, "payload": payload}).one()
+        return int(sender), bool(announced)
+
+    def _distrust(self) -> None:
+        with self._lock:
+            if self._heard_at != float("-inf"):
+                log.warning("token_cache_not_announced", detail="the trigger user_account_changed is missing "
+                            "or disabled: every request reads its token")
+            self._heard_at = float("-inf")
+            self._generation += 1
+            self._entries = {}
 
     def close(self) -> None:
         self._lost()

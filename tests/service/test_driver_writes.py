@@ -142,3 +142,21 @@ def test_what_the_driver_cannot_run_as_sqlalchemy_would_is_left_to_sqlalchemy(en
         write_pipelined(s.connection(), [(insert(meta), rows), (in_list, {"keys": ["a", "b"]})])
     with session_scope(engine, readonly=True) as s:
         assert sorted(s.execute(select(meta.c.key, meta.c.value)).all()) == [("a", "x"), ("b", "x")]
+
+
+def test_a_row_value_named_as_the_statements_own_takes_its_place_as_through_sqlalchemy(
+        engine: Engine) -> None:
+    """SQLAlchemy takes a parameter's value from the row by its key or, failing that, by its compiled name:
+    a row's ``value`` replaces ``insert(...).values(value=...)``'s (a reviewer's find)."""
+    meta = Meta.__table__  # type: ignore[attr-defined]
+    own = insert(meta).values(value="the statement's")
+    with session_scope(engine) as s:
+        write_pipelined(s.connection(), [(own, [{"key": "ours-1", "value": "the row's"},
+                                                {"key": "ours-2", "value": "the row's"}])])
+        s.connection().execute(own, [{"key": "sa-1", "value": "the row's"},
+                                     {"key": "sa-2", "value": "the row's"}])
+        write_pipelined(s.connection(), [(own, {"key": "ours-3"})])
+    with session_scope(engine, readonly=True) as s:
+        stored = dict(s.execute(select(meta.c.key, meta.c.value)).all())
+    assert stored == {"ours-1": "the row's", "ours-2": "the row's", "sa-1": "the row's", "sa-2": "the row's",
+                      "ours-3": "the statement's"}

@@ -13,6 +13,7 @@ notifications).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,8 +139,9 @@ def test_while_the_cache_cannot_hear_every_request_reads_the_database_postgres(n
 class _ProbesLost(TokenCache):
     """As behind a connection pooler that does not pass notifications on: its probes never come back."""
 
-    def _send_probe(self, payload: str) -> None:
+    def _send_probe(self, payload: str) -> tuple[int, bool]:
         self._conn.execute("SELECT pg_notify('prolink_elsewhere', %s)", (payload,))
+        return self._conn.info.backend_pid, True
 
 
 def test_a_cache_whose_probes_do_not_come_back_answers_nothing_postgres(node: Node) -> None:
@@ -155,3 +157,41 @@ def test_a_cache_whose_probes_do_not_come_back_answers_nothing_postgres(node: No
     finally:
         deaf.stop()
         other.stop()
+
+
+def test_with_the_trigger_disabled_the_cache_answers_nothing_and_a_change_is_refused_at_once_postgres(
+        node: Node, api: TestClient) -> None:
+    """Changes made while the trigger is disabled (or dropped) are never announced: the cache must not trust
+    itself then, even though its probes still come back."""
+    user, token = create_user(node.engine, "reader KZ", "reader", NOW)
+    assert get(api, token) == 200
+    cache = node.token_cache
+    assert cache is not None and cache.get(hash_token(token)) is not None
+    with session_scope(node.engine) as s:
+        s.execute(text("ALTER TABLE user_account DISABLE TRIGGER user_account_changed"))
+    try:
+        wait_for("the cache distrusting itself", lambda: not cache.hears(), timeout=2.0)
+        set_user_disabled(node, user.id, True, actor="operator:test")  # type: ignore[arg-type] - not announced
+        assert get(api, token) == 403
+    finally:
+        with session_scope(node.engine) as s:
+            s.execute(text("ALTER TABLE user_account ENABLE TRIGGER user_account_changed"))
+    wait_for("the cache hearing again", cache.hears, timeout=3.0)
+
+
+def test_a_probe_is_taken_only_from_the_session_that_sent_it_postgres(node: Node) -> None:
+    """Anyone may notify the channel: a payload that copies a probe's, sent by another session, proves
+    nothing."""
+    deaf = _ProbesLost(node.engine)
+    deaf.start()
+    try:
+        wait_for("a first round", lambda: deaf._probes >= 1, timeout=5)
+        libpq = node.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(libpq, autocommit=True) as other:
+            for _ in range(12):  # the payload of the probe it is listening for, sent by another session
+                payload = f"probe:{deaf._name}:{deaf._probes}"
+                other.execute("SELECT pg_notify('prolink_user_account', %s)", (payload,))
+                time.sleep(0.1)
+        assert not deaf.hears()
+    finally:
+        deaf.stop()
