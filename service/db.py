@@ -27,11 +27,10 @@ from typing import Any, cast
 from sqlalchemy import bindparam, event, func, literal_column, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, StatementError
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlmodel import Session, create_engine
 
-from service.driver_writes import driver_form, rows_of
+from service.driver_writes import driver_form, read_form, rows_of
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -189,22 +188,16 @@ def _kept_on(engine: Engine, attribute: str, make: Callable[[], Engine]) -> Engi
 
 
 _LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
-#: (statement, dialect) -> ``_compiled``'s answer.
-_compiled_for_loop: dict[tuple[Any, str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
-def _compiled(engine: Engine, statement: ClauseElement) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """``statement``'s SQL for ``engine``'s driver, its parameter names (in order where positional) and the
-    values it carries itself (a literal compared with, ``where(c.id == 1)``), made once."""
-    key = (statement, engine.dialect.name)
-    compiled = _compiled_for_loop.get(key)
-    if compiled is None:
-        c = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
-        names = tuple(c.positiontup) if c.positiontup else tuple(c.bind_names.values())
-        carried = {name: bind.effective_value for bind, name in c.bind_names.items() if not bind.required}
-        compiled = (c.string, names, carried)
-        _compiled_for_loop[key] = compiled
-    return compiled
+def _for_driver(engine: Engine, statement: Executable, params: Mapping[str, Any]) -> tuple[str, Any]:
+    """A read's SQL and parameters as ``engine``'s driver takes them (``driver_writes``: compiled once,
+    SQLAlchemy's type processing applied to the parameters); raises for one it cannot take (an
+    expanding parameter)."""
+    form = read_form(engine.dialect, statement, params)
+    if form is None:
+        raise ValueError(f"not a statement for the driver directly (expanding parameter?): {statement}")
+    return form.sql, form.parameters([params])[0]
 
 
 def loop_fetchall(engine: Engine, statement: ClauseElement,
@@ -219,10 +212,10 @@ def loop_fetchall(engine: Engine, statement: ClauseElement,
     so it never holds back a checkpoint. Values come as SQLite stores them, without
     SQLAlchemy's type processing (a boolean is 0 or 1, a timestamp a string): for
     statements whose columns need none, and whose parameters are all named
-    ``bindparam``s. A driver error comes out as SQLAlchemy's (``OperationalError``:
+    ``bindparam``s, none expanding. A driver error comes out as SQLAlchemy's (``OperationalError``:
     the API answers 503) and the connection is dropped.
     """
-    sql, names, _ = _compiled(engine, statement)
+    sql, values = _for_driver(engine, statement, params)
     reader = loop_reader(engine)
     local: threading.local | None = reader.__dict__.get(_LOOP_CONNECTIONS_ATTRIBUTE)
     if local is None:  # (not setdefault: that would build a new one on every read)
@@ -230,7 +223,6 @@ def loop_fetchall(engine: Engine, statement: ClauseElement,
     held = getattr(local, "connection", None)
     if held is None:
         held = local.connection = reader.raw_connection()  # kept: one per thread, checked out for good
-    values = [params[name] for name in names]
     try:
         return held.dbapi_connection.execute(sql, values).fetchall()  # type: ignore[union-attr,no-any-return]
     except sqlite3.Error as exc:
@@ -293,12 +285,11 @@ async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
     otherwise a driver error, or a read over ``LOOP_READ_TIMEOUT_SECONDS``, comes
     out as SQLAlchemy's ``OperationalError`` (the API answers 503). Values come
     as psycopg gives them, without SQLAlchemy's type processing; parameters are
-    the statement's named ``bindparam``s. ``close_loop_connections`` closes it.
+    the statement's named ``bindparam``s, none expanding. ``close_loop_connections`` closes it.
     """
     import psycopg
 
-    sql, names, _ = _compiled(engine, statement)
-    values = {name: params[name] for name in names}
+    sql, values = _for_driver(engine, statement, params)
     loop = asyncio.get_running_loop()
     readers: dict[Any, _LoopReader] | None = engine.__dict__.get(_LOOP_PG_ATTRIBUTE)
     reader = readers.get(loop) if readers is not None else None
@@ -432,9 +423,9 @@ def read_together(session: Session,
     sets no isolation level); it leaves autocommit when it goes back to the pool.
     A statement may write (``UPDATE ... RETURNING``)
     and may lock (``FOR UPDATE``); its parameters are all named bind parameters,
-    none expanding (``= ANY(...)`` takes a list). Rows are tuples, values as
-    psycopg gives them, and parameters go as given: no SQLAlchemy type processing
-    either way, so for columns and parameters that need none.
+    none expanding (``= ANY(...)`` takes a list). Parameters get SQLAlchemy's type
+    processing (``driver_writes``); rows are tuples, values as psycopg gives them,
+    without it: for columns that need none.
     On SQLite each statement simply runs (a read there costs no round trip).
     """
     conn = session.connection()
@@ -444,7 +435,7 @@ def read_together(session: Session,
     from psycopg.pq import TransactionStatus
 
     pg = cast(Any, conn.connection.driver_connection)
-    compiled = [_compiled(conn.engine, cast(ClauseElement, statement)) for statement, _ in reads]
+    statements = [_for_driver(conn.engine, statement, params) for statement, params in reads]
     try:
         begin = pg.pgconn.transaction_status == TransactionStatus.IDLE
         if begin:
@@ -454,10 +445,9 @@ def read_together(session: Session,
         with pg.pipeline():  # (leaving it syncs once and receives every result: no sync() of our own)
             if begin:
                 pg.execute(b"BEGIN")
-            for (sql, names, carried), (_, params) in zip(compiled, reads, strict=True):
+            for sql, values in statements:
                 cursor = pg.cursor()
-                cursor.execute(sql, {name: params[name] if name in params else carried[name]
-                                     for name in names})
+                cursor.execute(sql, values)
                 cursors.append(cursor)
         return [cursor.fetchall() for cursor in cursors]
     except psycopg.Error as exc:
@@ -472,7 +462,7 @@ def new_ids(table: str, count: int) -> tuple[Executable, dict[str, Any]]:
 
 
 @functools.cache
-def _new_ids_statement(table: str) -> Executable:  # (one per table: ``_compiled`` keeps it by identity)
+def _new_ids_statement(table: str) -> Executable:  # (one per table: its compiled form is kept by identity)
     # The sequence's name is looked up once per statement (a scalar subquery: an InitPlan), not per row.
     sequence = select(func.pg_get_serial_sequence(literal_column(f"'{table}'"), literal_column("'id'")))
     series = func.generate_series(literal_column("1"), bindparam("count"))

@@ -1,4 +1,4 @@
-"""Writes handed to the database driver directly, each statement compiled by SQLAlchemy once.
+"""Statements handed to the database driver directly, each compiled by SQLAlchemy once.
 
 The store transactions (a group of sends, a batch of received envelopes, the
 receipts of a delivery) end with a list of writes (``db.write_pipelined``,
@@ -13,12 +13,16 @@ processor SQLAlchemy would apply (an aware datetime made UTC, or naive on
 SQLite; a dict serialised for a JSON column), and the values the statement
 carries itself (``insert(...).values(state="queued")``).
 
+The reads a node makes on every request or store transaction (``db.loop_fetchall``,
+``db.read_together``) go the same way, their rows read back as the driver gives them.
+
 A statement whose execution SQLAlchemy would change beyond that is left to
-SQLAlchemy (``driver_form`` returns ``None``): one that returns rows, one whose
-rows leave a column to a Python-side default, one with an expanding (``IN``)
-or literal-rendered parameter, escaped parameter names, a parameter computed
-per execution, or rows without a value the statement requires (SQLAlchemy
-raises its own error for that), or rows that do not all have the same keys.
+SQLAlchemy (``driver_form`` returns ``None``): one whose rows leave a column to a
+Python-side default, one with an expanding (``IN``) or literal-rendered
+parameter, escaped parameter names, a parameter computed per execution, or rows
+without a value the statement requires (SQLAlchemy raises its own error for
+that), or rows that do not all have the same keys; and, for a write, one that
+returns rows (``DriverForm.returns_rows``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import Select
 
 #: A write's parameters as SQLAlchemy takes them: one row (a mapping) or several (a list of them).
 Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -52,6 +57,7 @@ class DriverForm:
     sql: str
     binds: tuple[_Bind, ...]
     positional: bool  # the driver's parameters are a sequence in ``binds`` order (SQLite), else a mapping
+    returns_rows: bool  # a SELECT, or RETURNING: a read (``read_form``), not a write (``driver_form``)
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         """One set of driver parameters per row."""
@@ -61,9 +67,12 @@ class DriverForm:
                       else bind.process(row[bind.key]) if bind.process is not None
                       else row[bind.key]
                       for bind in self.binds]
-            made.append(values if self.positional else dict(zip([b.name for b in self.binds], values,
-                                                                strict=True)))
+            made.append(values if self.positional else dict(zip(self._names, values, strict=True)))
         return made
+
+    @functools.cached_property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(bind.name for bind in self.binds)
 
 
 def rows_of(parameters: Parameters) -> list[Mapping[str, Any]]:
@@ -73,10 +82,21 @@ def rows_of(parameters: Parameters) -> list[Mapping[str, Any]]:
 
 def driver_form(dialect: Dialect, statement: object,
                 rows: Sequence[Mapping[str, Any]]) -> DriverForm | None:
-    """``statement`` with ``rows`` as the driver would run it from ``Connection.execute``, or ``None`` to
-    leave it to SQLAlchemy (see the module's docstring). Compiled once per statement, the rows' keys, and
-    whether there is one row or several."""
-    if not rows or not isinstance(statement, UpdateBase):
+    """Write ``statement`` with ``rows`` as the driver would run it from ``Connection.execute``, or ``None``
+    to leave it to SQLAlchemy (see the module's docstring; a statement that returns rows is no write).
+    Compiled once per statement, the rows' keys, and whether there is one row or several."""
+    form = _form(dialect, statement, rows)
+    return None if form is None or form.returns_rows else form
+
+
+def read_form(dialect: Dialect, statement: object, params: Mapping[str, Any]) -> DriverForm | None:
+    """A read (a SELECT, or a write that returns rows: ``UPDATE ... RETURNING``) with ``params``, as
+    ``driver_form`` makes a write's; ``None`` for one SQLAlchemy must run."""
+    return _form(dialect, statement, [params])
+
+
+def _form(dialect: Dialect, statement: object, rows: Sequence[Mapping[str, Any]]) -> DriverForm | None:
+    if not rows or not isinstance(statement, UpdateBase | Select):
         return None
     keys = tuple(sorted(rows[0]))  # (as ``Connection.execute`` orders them for the compiled cache)
     if any(len(row) != len(keys) or any(k not in row for k in keys) for row in rows[1:]):
@@ -85,11 +105,11 @@ def driver_form(dialect: Dialect, statement: object,
 
 
 @functools.lru_cache(maxsize=512)
-def _compiled(dialect: Dialect, statement: UpdateBase, keys: tuple[str, ...],
+def _compiled(dialect: Dialect, statement: UpdateBase | Select[Any], keys: tuple[str, ...],
               many: bool) -> DriverForm | None:
     compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys),
                                                    for_executemany=many))
-    if (compiled.effective_returning or compiled.insert_prefetch or compiled.update_prefetch
+    if (compiled.insert_prefetch or compiled.update_prefetch
             or compiled.post_compile_params or compiled.literal_execute_params
             or compiled.escaped_bind_names or getattr(compiled, "_insertmanyvalues", None) is not None):
         return None
@@ -109,4 +129,5 @@ def _compiled(dialect: Dialect, statement: UpdateBase, keys: tuple[str, ...],
         else:
             value = bind.effective_value
             binds.append(_Bind(name, None, None, process(value) if process is not None else value))
-    return DriverForm(compiled.string, tuple(binds), compiled.positional)
+    returns_rows = isinstance(statement, Select) or bool(compiled.effective_returning)
+    return DriverForm(compiled.string, tuple(binds), compiled.positional, returns_rows)
