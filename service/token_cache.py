@@ -77,6 +77,7 @@ class TokenCache(BackgroundLoop):
         self._heard_at = float("-inf")  # when the last probe that came back was sent; -inf: not hearing
         self._probes = 0
         self._name = secrets.token_hex(8)  # a probe is told from another cache's (another replica's) by it
+        self._announced = True  # whether the last probe found the trigger in place (a change is warned of)
         self._conn: Any = None
 
     # --- used by ``service.auth`` on the event loop -------------------------------
@@ -103,11 +104,14 @@ class TokenCache(BackgroundLoop):
                 self._entries = {}
             self._entries[digest] = principal
 
-    def forget(self) -> None:
-        """Forget everything (a change to ``user_account``, or the connection lost or new)."""
+    def forget(self, *, stop_trusting: bool = False) -> None:
+        """Forget everything (a change to ``user_account``, or the connection new); ``stop_trusting``: and
+        answer nothing until a probe comes back again (the connection lost, the trigger missing)."""
         with self._lock:
             self._generation += 1
             self._entries = {}
+            if stop_trusting:
+                self._heard_at = float("-inf")
 
     # --- the listener (``BackgroundLoop``) ---------------------------------------
 
@@ -134,8 +138,13 @@ class TokenCache(BackgroundLoop):
             self._probes += 1
             probe, sent_at = f"{PROBE_PREFIX}{self._name}:{self._probes}", time.monotonic()
             sender, announced = self._send_probe(probe)
+            if announced != self._announced:
+                self._announced = announced
+                if not announced:
+                    log.warning("token_cache_not_announced", detail="the trigger user_account_changed is "
+                                "missing or disabled: every request reads its token")
             if not announced:  # changes are not announced: trust nothing, until the trigger is back
-                self._distrust()
+                self.forget(stop_trusting=True)
             # (notifications that arrived while the probe was sent are held by psycopg, and come first here)
             for notify in self._conn.notifies(timeout=LISTEN_SECONDS):
                 if notify.payload == probe and notify.pid == sender:
@@ -156,23 +165,11 @@ class TokenCache(BackgroundLoop):
             _, sender, announced = conn.execute(_PROBE, {"channel": USER_CHANNEL, "payload": payload}).one()
         return int(sender), bool(announced)
 
-    def _distrust(self) -> None:
-        with self._lock:
-            if self._heard_at != float("-inf"):
-                log.warning("token_cache_not_announced", detail="the trigger user_account_changed is missing "
-                            "or disabled: every request reads its token")
-            self._heard_at = float("-inf")
-            self._generation += 1
-            self._entries = {}
-
     def close(self) -> None:
         self._lost()
 
     def _lost(self) -> None:
-        with self._lock:
-            self._heard_at = float("-inf")
-            self._generation += 1
-            self._entries = {}
+        self.forget(stop_trusting=True)
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
