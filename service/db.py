@@ -400,7 +400,8 @@ def _run_writes(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> N
 
 
 def _refuse_after_pipelined_commit(conn: Connection) -> None:
-    """Statements given to the driver directly pass no ``before_cursor_execute`` guard: the same refusal."""
+    """Statements given to the driver directly (``_run_writes``, ``read_together``) pass no
+    ``before_cursor_execute`` guard: the same refusal, checked where they are given."""
     if conn.info.get(_COMMITTED_IN_PIPELINE):
         raise RuntimeError("a statement after the transaction was committed "
                            "(commit_pipelined must be its last)")
@@ -429,6 +430,7 @@ def read_together(session: Session,
     On SQLite each statement simply runs (a read there costs no round trip).
     """
     conn = session.connection()
+    _refuse_after_pipelined_commit(conn)
     if conn.dialect.name != "postgresql":
         return [conn.execute(statement, params).all() for statement, params in reads]
     import psycopg

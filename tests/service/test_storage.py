@@ -1120,10 +1120,14 @@ def test_nothing_runs_after_a_pipelined_commit_postgres(postgres_url: str) -> No
             read_together(s, [(_META_VALUE, {"k": "pipe-a"})])
             commit_pipelined(s, [(insert(Meta), [{"key": "pipe-v", "value": "1"}])])
             commit_pipelined(s, [(insert(Meta), [{"key": "pipe-w", "value": "2"}])])
-        assert _meta(engine) == {"pipe-q": "1", "pipe-t": "1", "pipe-v": "1"}
+        with refused, session_scope(engine) as s:  # (and reads, which go to the driver directly as well)
+            read_together(s, [(_META_VALUE, {"k": "pipe-a"})])
+            commit_pipelined(s, [(insert(Meta), [{"key": "pipe-x", "value": "1"}])])
+            read_together(s, [(_META_SET, {"k": "pipe-x", "v": "changed after the commit"})])
+        assert _meta(engine) == {"pipe-q": "1", "pipe-t": "1", "pipe-v": "1", "pipe-x": "1"}
         with session_scope(engine) as s:  # the next transaction on that connection is a plain one again
             s.connection().execute(insert(Meta), [{"key": "pipe-s", "value": "3"}])
-        assert _meta(engine) == {"pipe-q": "1", "pipe-t": "1", "pipe-v": "1", "pipe-s": "3"}
+        assert _meta(engine) == {"pipe-q": "1", "pipe-t": "1", "pipe-v": "1", "pipe-x": "1", "pipe-s": "3"}
         assert _autocommit_of_pooled(engine) == {False}
     finally:
         engine.dispose()
