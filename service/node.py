@@ -9,12 +9,14 @@ anything stored when it rejects.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -355,10 +357,8 @@ class Node:
         first: dict[str, tuple[int, str]] = {}  # message id -> (index, digest) of its first checked envelope
         repeats: list[tuple[int, int]] = []  # (index, index of the same bytes earlier in the batch)
         framed = [(src, self._frame(src, now)) for src in map(io.BytesIO, envelopes)]
-        known = self._stored_inbound(list({f.header.message_id for _, f in framed if not isinstance(f, Delivery)}))
-        for index, (src, framing) in enumerate(framed):
-            result = framing if isinstance(framing, Delivery) else \
-                self._check_framed(src, framing, tls_peer, now, known)
+        results = self._check_batch(framed, tls_peer, now)
+        for index, result in enumerate(results):
             earlier = None if isinstance(result, Delivery) else first.get(result.message_id)
             if isinstance(result, Delivery):
                 answers.append(result)
@@ -508,11 +508,59 @@ class Node:
             self._reject_event(now, None, None, exc)
             return Delivery(400, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
 
-    def _check_framed(self, src: BinaryIO, framing: protocol.Framing, tls_peer: str | None, now: datetime,
-                      known: dict[str, _StoredInbound] | None = None) -> Delivery | _Checked:
-        """``_check_delivery`` after the framing; ``known``: a batch's stored rows, looked up together."""
+    def _check_framed(self, src: BinaryIO, framing: protocol.Framing, tls_peer: str | None,
+                      now: datetime) -> Delivery | _Checked:
+        """``_check_delivery`` after the framing: a redelivery is answered as stored, before it is opened."""
+        sender = self._sender(framing, tls_peer, now)
+        if isinstance(sender, Delivery):
+            return sender
+        stored = self._stored_receipt(framing.header.message_id, framing.envelope_sha256.hex())
+        if stored is not None:
+            return stored
+        return self._checked(src, framing, self._open(src, sender, now), now)
+
+    def _check_batch(self, framed: Sequence[tuple[BinaryIO, protocol.Framing | Delivery]],
+                     tls_peer: str | None, now: datetime) -> list[Delivery | _Checked]:
+        """``_check_framed`` for a batch's framed envelopes (a refused framing stays its answer), in order.
+
+        The rows already stored under their message ids are looked up in one
+        query. On PostgreSQL that query runs in another thread while the
+        envelopes are opened, so the round trip to the server is not waited for
+        on its own: each is opened before it is known to be a redelivery. That
+        costs nothing but the opening (``_open`` has no effects), and a
+        redelivery is still answered as stored, however its opening went.
+        """
+        senders = [framing if isinstance(framing, Delivery) else self._sender(framing, tls_peer, now)
+                   for _, framing in framed]
+        ids = list({cast("protocol.Framing", framing).header.message_id
+                    for (_, framing), sender in zip(framed, senders, strict=True)
+                    if not isinstance(sender, Delivery)})
+        ahead = bool(ids) and self._postgresql
+        lookup = _inbound_lookups().submit(self._stored_inbound, ids) if ahead else None
+        try:
+            known = {} if ahead else self._stored_inbound(ids)
+            opened = [self._open(src, sender, now) if ahead and not isinstance(sender, Delivery) else None
+                      for (src, _), sender in zip(framed, senders, strict=True)]
+        finally:
+            if lookup is not None:  # (waited for even if an opening failed: no lookup outlives its batch)
+                known = lookup.result()
+        results: list[Delivery | _Checked] = []
+        for (src, framing), sender, was_opened in zip(framed, senders, opened, strict=True):
+            if isinstance(sender, Delivery):
+                results.append(sender)
+                continue
+            framing = cast("protocol.Framing", framing)
+            stored = self._stored_receipt(framing.header.message_id, framing.envelope_sha256.hex(), known)
+            if stored is not None:
+                results.append(stored)
+            else:
+                opening = was_opened if was_opened is not None else self._open(src, sender, now)
+                results.append(self._checked(src, framing, opening, now))
+        return results
+
+    def _sender(self, framing: protocol.Framing, tls_peer: str | None, now: datetime) -> TrustedParty | Delivery:
+        """The active peer that sent the envelope, with the signing key its header names; else the refusal."""
         header = framing.header
-        digest_hex = framing.envelope_sha256.hex()
         try:
             if tls_peer is not None and tls_peer != header.sender:
                 raise EnvelopeError(f"TLS client is {tls_peer} but the envelope claims {header.sender}",
@@ -527,20 +575,27 @@ class Node:
         except ProlinkError as exc:
             self._reject_event(now, header.message_id, header.sender, exc)
             return Delivery(403, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
+        return sender
 
-        stored = self._stored_receipt(header.message_id, digest_hex, known)
-        if stored is not None:
-            return stored
+    def _open(self, src: BinaryIO, sender: TrustedParty, now: datetime) -> VerifiedMessage | ProlinkError:
+        """Verify and decrypt the envelope (``protocol.open``), or why not. No effects: nothing recorded."""
         try:
-            message = protocol.open(src, self.identity.node_keys, sender, now,
-                                    max_age=timedelta(seconds=self.settings.delivery_max_age_seconds
-                                                      + self.settings.clock_skew_seconds),
-                                    max_skew=timedelta(seconds=self.settings.clock_skew_seconds))
+            return protocol.open(src, self.identity.node_keys, sender, now,
+                                 max_age=timedelta(seconds=self.settings.delivery_max_age_seconds
+                                                   + self.settings.clock_skew_seconds),
+                                 max_skew=timedelta(seconds=self.settings.clock_skew_seconds))
         except ProlinkError as exc:
-            return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, exc)
+            return exc
+
+    def _checked(self, src: BinaryIO, framing: protocol.Framing, opened: VerifiedMessage | ProlinkError,
+                 now: datetime) -> Delivery | _Checked:
+        """A new envelope, opened: its signed rejection (recorded), or what ``_store_delivery`` needs."""
+        header = framing.header
+        if isinstance(opened, ProlinkError):
+            return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, opened)
         receipt = protocol.make_receipt(framing.envelope_sha256, header.message_id, header.sender,
                                         protocol.ACCEPTED, None, self.identity.node_keys, now)
-        return _Checked(src, framing, message, receipt)
+        return _Checked(src, framing, opened, receipt)
 
     def _store_delivery(self, s: Session, item: _Checked, now: datetime) -> cases.Effect:
         """Apply and store one checked envelope in ``s`` (raises ``ProlinkError`` to refuse it).
@@ -870,6 +925,13 @@ class Node:
             yield message, src
         finally:
             src.close()
+
+
+@functools.cache
+def _inbound_lookups() -> ThreadPoolExecutor:
+    """Threads for the stored-row lookups of received batches (``Node._check_batch``), shared by the
+    process's nodes: a lookup waits on the server while its batch is opened."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound-lookup")
 
 
 def new_message_id() -> str:
