@@ -364,8 +364,10 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
         return
     import psycopg
 
+    from service.pg_pipeline import buffered_pipeline
+
     try:
-        with conn.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+        with buffered_pipeline(conn.connection.driver_connection):  # type: ignore[arg-type]
             _run_writes(conn, writes)
     except psycopg.Error as exc:  # raised as the pipeline is read, outside SQLAlchemy's own wrapping
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
@@ -436,6 +438,8 @@ def read_together(session: Session,
     import psycopg
     from psycopg.pq import TransactionStatus
 
+    from service.pg_pipeline import buffered_pipeline
+
     pg = cast(Any, conn.connection.driver_connection)
     statements = [_for_driver(conn.engine, statement, params) for statement, params in reads]
     try:
@@ -444,7 +448,7 @@ def read_together(session: Session,
             pg.autocommit = True
             conn.info[_BEGUN_BY_US] = True  # (the pooled connection's: the pool's checkin sees it)
         cursors = []
-        with pg.pipeline():  # (leaving it syncs once and receives every result: no sync() of our own)
+        with buffered_pipeline(pg):  # (leaving it syncs once and receives every result: no sync() of our own)
             if begin:
                 pg.execute(b"BEGIN")
             for sql, values in statements:
@@ -485,9 +489,11 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
         return
     import psycopg
 
+    from service.pg_pipeline import buffered_pipeline
+
     pg = cast(Any, conn.connection.driver_connection)
     try:
-        with pg.pipeline():
+        with buffered_pipeline(pg):
             _run_writes(conn, writes)
             pg.execute(b"COMMIT")
     except psycopg.Error as exc:
