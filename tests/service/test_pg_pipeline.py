@@ -14,9 +14,9 @@ import psycopg
 import psycopg._pipeline_base
 import pytest
 from sqlalchemy import insert, select, update
-from sqlmodel import select as select_rows
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import select as select_rows
 
 from service.db import commit_pipelined, read_together, session_scope
 from service.models import Meta
