@@ -9,16 +9,19 @@ interval per statement. A store transaction of a few messages has some forty
 statements and rows; that waiting, not the server, was most of its time.
 
 ``buffered_pipeline`` hands each statement to libpq as soon as it is queued;
-the connection is non-blocking, so libpq only buffers it. Nothing is sent or
-read until the pipeline syncs or ends, when psycopg's own loop sends the buffer
-and reads every result, in a handful of system calls whatever the number of
-statements. What the server sees is the same: the same messages, in the same
-order, ending with the same sync; errors are raised as psycopg raises them.
+the connection is non-blocking, so libpq only buffers it. Nothing is sent until
+the pipeline syncs or ends; then the buffer is sent, with a ``poll`` only if the
+socket cannot take it at once, and psycopg's fetch that follows every sync reads
+the results, waiting once for the server's answer. A round trip costs one
+``poll``, not one per statement and two more. What the server sees is the same:
+the same messages, in the same order, ending with the same sync; results and
+errors are read and raised by psycopg's own code.
 
-It relies on two private details of psycopg's ``Pipeline`` (its
-``command_queue`` and ``_communicate_gen``), checked when this module is
-imported; where they differ, ``buffered_pipeline`` is psycopg's pipeline as it
-comes (correct, only slower). ``tests/service/test_pg_pipeline.py`` fails if that happens.
+It relies on private details of psycopg's ``Pipeline`` (its ``command_queue``,
+``_communicate_gen``, and the fetch after each sync) and on
+``psycopg.generators.send``, checked when this module is imported; where they
+are missing, ``buffered_pipeline`` is psycopg's pipeline as it comes (correct,
+only slower). ``tests/service/test_pg_pipeline.py`` fails if that happens.
 """
 
 from __future__ import annotations
@@ -28,23 +31,26 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.generators import send
 
 
 class _BufferedPipeline(psycopg.Pipeline):
     """A ``psycopg.Pipeline`` that sends nothing until it syncs (see the module's docstring)."""
 
     def _communicate_gen(self) -> Any:
-        queue = self.command_queue
-        sync = self.pgconn.pipeline_sync
-        while queue and queue[0] != sync:  # into libpq's buffer: no system call
-            queue.popleft()()
-        if queue:  # the pipeline syncs or ends: send everything, read what has come back
-            yield from super()._communicate_gen()
+        queue, sync = self.command_queue, self.pgconn.pipeline_sync
+        synced = False
+        while queue:  # into libpq's buffer: no system call
+            command = queue.popleft()
+            command()
+            synced = synced or command == sync
+        if synced:  # it syncs or ends: send the buffer (a poll only if the socket cannot take it all at once)
+            yield from send(self.pgconn)  # (the fetch that follows every sync reads the results)
 
 
-#: Whether this psycopg has what ``_BufferedPipeline`` overrides (else pipelines are left as they come).
-BUFFERING = (callable(getattr(psycopg.Pipeline, "_communicate_gen", None))
-             and callable(getattr(psycopg.Pipeline, "_enqueue_sync", None)))
+#: Whether this psycopg has what ``_BufferedPipeline`` relies on (else pipelines are left as they come).
+BUFFERING = all(callable(getattr(psycopg.Pipeline, name, None))
+                for name in ("_communicate_gen", "_enqueue_sync", "_fetch_gen")) and callable(send)
 
 
 @contextmanager
