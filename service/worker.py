@@ -58,7 +58,9 @@ class DeliveryWorker(BackgroundLoop):
 
     What is sent in this process comes to the worker straight from the send's
     commit (``hand_over``), already claimed and with its bytes: it goes out in
-    the next batch to its peer, with no claim and no read of the envelope.
+    the next batch to its peer, with no claim and no read of the envelope. The
+    thread whose batch to that peer ends sends that next batch itself
+    (``_next_handed``), unless the dispatcher has due rows to claim or is due to look.
     Everything else (retries, replies that wait for an earlier message,
     messages of another process, expired leases) is claimed from the outbox
     when something asks for it (``wake``), after a delivery that left due rows
@@ -265,19 +267,52 @@ class DeliveryWorker(BackgroundLoop):
         return self._peers
 
     def _run_group(self, group: list[outbox.Claim], small: bool) -> None:
+        peer = group[0].peer
         try:
-            self.deliver_group(group)
-        except Exception as exc:  # noqa: BLE001 - a thread of the pool must not die silently
-            log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__, error=str(exc)[:300])
+            while group:
+                try:
+                    self.deliver_group(group)
+                except Exception as exc:  # noqa: BLE001 - a thread of the pool must not die silently
+                    log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__,
+                              error=str(exc)[:300])
+                group = self._next_handed(peer) if small else []
         finally:
             if small:
                 with self._small_in_flight_lock:
-                    self._small_in_flight[group[0].peer] -= 1
+                    self._small_in_flight[peer] -= 1
             self._slots.release()
             if self._again_after_delivery:  # a claim left due rows (or a busy peer's) behind: claim again
                 self.wake()
             elif self._handed:  # what was handed over meanwhile goes now
                 self._wake_to_send()
+
+    def _next_handed(self, peer: str) -> list[outbox.Claim]:
+        """What was handed over for ``peer`` while its delivery was in flight, as the next batch: sent on by
+        the same thread, which keeps its slot, instead of waking the dispatcher to start another thread
+        for it (two hand-overs between threads, each waiting for the interpreter on a busy node).
+
+        Nothing when the dispatcher has other work for the peer or is due to look: due rows left in the
+        outbox (``_again_after_delivery``), a claim interval gone by, a stop. Then this delivery ends as
+        before and the dispatcher's round takes the outbox's rows first, then these.
+        """
+        if (self._stop.is_set() or self._again_after_delivery or self._claim_wanted
+                or time.monotonic() - self._claimed_at >= self.interval()):
+            return []
+        settings = self.node.settings
+        fresh_until = self.node.clock() + timedelta(seconds=settings.delivery_lease_seconds) / 2
+        with self._handed_lock:
+            waiting = self._handed.get(peer, [])
+            most = min(settings.batch_max_items, self._batch_items.get(peer, settings.batch_max_items))
+            room, n = settings.batch_max_bytes, 0
+            for claim in waiting[:most]:  # (one with half its lease gone is the dispatcher's, to give back)
+                stale = claim.lease_expires_at < fresh_until
+                if stale or claim.envelope_size > min(room, BATCH_ENVELOPE_LIMIT):
+                    break
+                room -= claim.envelope_size
+                n += 1
+            if n:
+                self._set_handed(peer, waiting[n:])
+            return waiting[:n]
 
     def _groups(self, claims: list[outbox.Claim]) -> list[list[outbox.Claim]]:
         """Claims cut into deliveries: batches of small envelopes to one peer, each big envelope alone."""

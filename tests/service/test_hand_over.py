@@ -10,6 +10,7 @@ Whatever the worker was handed and never sent goes back to the queue.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, timedelta
 from types import SimpleNamespace
@@ -217,8 +218,78 @@ def test_due_rows_go_first_and_what_was_handed_over_fills_the_batch_to_its_peer(
 
     assert worker._dispatch() == 2  # one batch to BY in flight: the due row and the oldest handed over
     worker._pool.shutdown(wait=True)
-    assert started == [["due-row", first]]
-    assert [c.message_id for c in handed(worker)] == [second]  # waits for the next batch to BY
+    assert started == [["due-row", first], [second]]  # the other waited for the next batch to BY
+    assert handed(worker) == []
+
+
+def _deliveries_of(worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch,
+                   meanwhile: Any = None) -> list[tuple[str, list[str]]]:
+    """(thread, message ids) of each delivery the worker starts; ``meanwhile`` runs during the first."""
+    started: list[tuple[str, list[str]]] = []
+
+    def deliver(group: list[outbox.Claim]) -> list[str]:
+        started.append((threading.current_thread().name, [c.message_id for c in group]))
+        if len(started) == 1 and meanwhile is not None:
+            meanwhile()
+        return ["delivered"] * len(group)
+
+    monkeypatch.setattr(worker, "deliver_group", deliver)
+    return started
+
+
+def test_what_is_handed_over_while_a_batch_is_in_flight_goes_next_from_the_same_thread(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hand-over to the dispatcher and on to another thread between one batch to a peer and the next."""
+    first = send(kz, russian_document("BY"))
+    later: list[str] = []
+    started = _deliveries_of(worker, monkeypatch, lambda: later.extend(
+        send(kz, russian_document("BY")) for _ in range(3)))  # sent while the first batch is in flight
+
+    assert worker._dispatch() == 1
+    worker._pool.shutdown(wait=True)
+    assert [ids for _, ids in started] == [[first], later]
+    assert started[0][0] == started[1][0]  # one thread, which kept its slot
+    assert handed(worker) == [] and worker._small_in_flight["BY"] == 0
+
+
+def test_the_next_batch_is_left_to_the_dispatcher_when_it_has_due_rows_to_claim_or_must_look(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    send(kz, russian_document("BY"))
+    woken: list[bool] = []
+    monkeypatch.setattr(worker, "wake", lambda: woken.append(True))
+    for reason in ("due rows left behind", "a claim asked for", "the claim interval gone by"):
+        def meanwhile(reason: str = reason) -> None:
+            send(kz, russian_document("BY"))
+            if reason == "due rows left behind":
+                worker._again_after_delivery = True
+            elif reason == "a claim asked for":
+                worker._claim_wanted = True
+            else:
+                worker._claimed_at -= worker.interval()
+
+        started = _deliveries_of(worker, monkeypatch, meanwhile)
+        worker._claim_wanted, worker._again_after_delivery = True, False
+        assert worker._dispatch() >= 1, reason
+        worker._pool.shutdown(wait=True)
+        worker._pool = worker_module.ThreadPoolExecutor(max_workers=2)
+        assert len(started) == 1, reason  # the one handed over meanwhile waits for the dispatcher's round
+        assert len(handed(worker)) == 1, reason
+
+
+def test_a_handed_over_envelope_with_half_its_lease_gone_is_not_sent_on_by_the_delivery_thread(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    send(kz, russian_document("BY"))
+    now = kz.clock()
+
+    def meanwhile() -> None:
+        send(kz, russian_document("BY"))
+        half_gone = now + timedelta(seconds=kz.settings.delivery_lease_seconds * 0.6)
+        monkeypatch.setattr(kz, "clock", lambda: half_gone)
+
+    started = _deliveries_of(worker, monkeypatch, meanwhile)
+    assert worker._dispatch() == 1
+    worker._pool.shutdown(wait=True)
+    assert len(started) == 1 and len(handed(worker)) == 1  # the dispatcher's to give back
 
 
 def test_a_batch_carries_handed_over_envelopes_from_memory_and_reads_only_the_others(
