@@ -9,10 +9,11 @@ interval per statement. A store transaction of a few messages has some forty
 statements and rows; that waiting, not the server, was most of its time.
 
 ``buffered_pipeline`` hands each statement to libpq as soon as it is queued;
-the connection is non-blocking, so libpq only buffers it. Nothing is sent until
-the pipeline syncs or ends; then the buffer is sent, with a ``poll`` only if the
-socket cannot take it at once, and psycopg's fetch that follows every sync reads
-the results, waiting once for the server's answer. A round trip costs one
+the connection is non-blocking, so libpq buffers it (writing out part of its
+buffer only past 8 KiB, never waiting). The rest is sent when the pipeline
+syncs or ends, with a ``poll`` only if the socket cannot take it at once, and
+psycopg's fetch that follows every sync reads the results, waiting once for the
+server's answer. A round trip costs one
 ``poll``, not one per statement and two more. What the server sees is the same:
 the same messages, in the same order, ending with the same sync; results and
 errors are read and raised by psycopg's own code.
@@ -40,7 +41,7 @@ class _BufferedPipeline(psycopg.Pipeline):
     def _communicate_gen(self) -> Any:
         queue, sync = self.command_queue, self.pgconn.pipeline_sync
         synced = False
-        while queue:  # into libpq's buffer: no system call
+        while queue:  # into libpq's buffer (no system call, but past 8 KiB a non-blocking send of part of it)
             command = queue.popleft()
             command()
             synced = synced or command == sync

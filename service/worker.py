@@ -92,6 +92,7 @@ class DeliveryWorker(BackgroundLoop):
         self._claim_wanted = True  # the next round claims from the outbox (``wake``)
         self._claimed_at = float("-inf")  # monotonic time of the last claim
         self._closed = False
+        self._waiting_for_thread = False  # ``_dispatch`` has claimed more deliveries than free threads
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -180,17 +181,23 @@ class DeliveryWorker(BackgroundLoop):
                 self._again_after_delivery = result.more or bool(busy)
         claims += self._take_handed(in_flight, busy, claims, free)
         groups = self._groups(claims)
-        for index, group in enumerate(groups):
-            # More groups than free threads (big envelopes travel alone): wait for a thread.
-            while index >= free and not self._slots.acquire(timeout=0.5):
-                if self._stop.is_set():  # the claims not started go back to the queue
-                    self._give_back([c for g in groups[index:] for c in g], "worker_stopped")
-                    return len(claims)
-            small = group[0].envelope_size <= BATCH_ENVELOPE_LIMIT
-            if small:
-                with self._small_in_flight_lock:
-                    self._small_in_flight[group[0].peer] += 1
-            self._pool.submit(self._run_group, group, small)
+        # More groups than free threads (big envelopes travel alone): the rest wait for a thread, and the
+        # threads that end meanwhile give theirs up instead of sending on what was handed over
+        # (``_next_handed``).
+        self._waiting_for_thread = len(groups) > free
+        try:
+            for index, group in enumerate(groups):
+                while index >= free and not self._slots.acquire(timeout=0.5):
+                    if self._stop.is_set():  # the claims not started go back to the queue
+                        self._give_back([c for g in groups[index:] for c in g], "worker_stopped")
+                        return len(claims)
+                small = group[0].envelope_size <= BATCH_ENVELOPE_LIMIT
+                if small:
+                    with self._small_in_flight_lock:
+                        self._small_in_flight[group[0].peer] += 1
+                self._pool.submit(self._run_group, group, small)
+        finally:
+            self._waiting_for_thread = False
         for _ in range(free - len(groups)):
             self._slots.release()
         return len(claims)
@@ -291,12 +298,13 @@ class DeliveryWorker(BackgroundLoop):
         the same thread, which keeps its slot, instead of waking the dispatcher to start another thread
         for it (two hand-overs between threads, each waiting for the interpreter on a busy node).
 
-        Nothing when the dispatcher has other work for the peer or is due to look: due rows left in the
-        outbox (``_again_after_delivery``), a claim interval gone by, a stop. Then this delivery ends as
-        before and the dispatcher's round takes the outbox's rows first, then these.
+        Nothing when the dispatcher has other work or is due to look: due rows left in the outbox
+        (``_again_after_delivery``), claimed rows waiting for a thread, a claim asked for or an interval
+        gone by, a stop. Then this delivery ends as before and the dispatcher's round takes the outbox's
+        rows first, then these.
         """
         if (self._stop.is_set() or self._again_after_delivery or self._claim_wanted
-                or time.monotonic() - self._claimed_at >= self.interval()):
+                or self._waiting_for_thread or time.monotonic() - self._claimed_at >= self.interval()):
             return []
         settings = self.node.settings
         fresh_until = self.node.clock() + timedelta(seconds=settings.delivery_lease_seconds) / 2

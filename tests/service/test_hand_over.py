@@ -257,15 +257,18 @@ def test_the_next_batch_is_left_to_the_dispatcher_when_it_has_due_rows_to_claim_
     send(kz, russian_document("BY"))
     woken: list[bool] = []
     monkeypatch.setattr(worker, "wake", lambda: woken.append(True))
-    for reason in ("due rows left behind", "a claim asked for", "the claim interval gone by"):
+    for reason in ("due rows left behind", "a claim asked for", "the claim interval gone by",
+                   "claimed rows waiting for a thread"):
         def meanwhile(reason: str = reason) -> None:
             send(kz, russian_document("BY"))
             if reason == "due rows left behind":
                 worker._again_after_delivery = True
             elif reason == "a claim asked for":
                 worker._claim_wanted = True
-            else:
+            elif reason == "the claim interval gone by":
                 worker._claimed_at -= worker.interval()
+            else:
+                worker._waiting_for_thread = True
 
         started = _deliveries_of(worker, monkeypatch, meanwhile)
         worker._claim_wanted, worker._again_after_delivery = True, False
