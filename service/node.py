@@ -893,18 +893,19 @@ class Node:
         """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_group``).
 
         Its envelope is in memory (no attachments); its peer is active as far as
-        this process knows (a suspension it has not seen yet is still caught: the
-        worker checks before it sends, and gives the row back); fewer than a batch
-        waits for that peer in the worker already; and nothing sent earlier can hold
-        it back: it opens its thread, with no later message of the thread in the
-        same group. A later message of a thread waits in the queue until its
-        predecessor is delivered, as the claim keeps them in order
-        (``outbox._deliverable``).
+        this process knows, however long ago it looked (a suspension it has not seen
+        yet is still caught: the worker checks before it sends, and gives the row
+        back; a send whose peer entry ran out between its seal and this commit went to
+        the queue, and every two seconds one did); fewer than a batch waits for that
+        peer in the worker already; and nothing sent earlier can hold it back: it
+        opens its thread, with no later message of the thread in the same group. A
+        later message of a thread waits in the queue until its predecessor is
+        delivered, as the claim keeps them in order (``outbox._deliverable``).
         """
         document = send.document
-        cached = self._cached_peer(send.peer)
+        known = self._peers.get(send.peer)
         return (document.thread_id == document.id and threads_in_group[document.thread_id] == 1
-                and isinstance(send.envelope, bytes) and cached is not None and cached[2] == "active"
+                and isinstance(send.envelope, bytes) and known is not None and known[2] == "active"
                 and worker.has_room(send.peer))
 
     # --- reading -------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from bench.bench_exchange import russian_document
+from service import node as node_module
 from service import outbox
 from service import worker as worker_module
 from service.admin import set_peer_suspended
@@ -80,6 +81,25 @@ def test_a_new_request_is_stored_claimed_by_the_local_worker_and_handed_to_it_wi
     assert claim.envelope_size == message.envelope_size and claim.envelope_sha256 == message.envelope_sha256
     assert outbox.claim_due(kz.engine, "another-worker", kz.clock(), 10, 60).claims == []  # leased: not due
     assert worker._wake.is_set() and not worker._claim_wanted  # woken to send it, with no claim
+
+
+def test_a_send_whose_peer_entry_ran_out_between_its_seal_and_its_commit_is_still_handed_over(
+        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer cache's two seconds may end while a sealed message waits for its group's commit: the
+    hand-over takes the peer as last known (the worker checks it before it sends), not the queue."""
+    seal = kz._seal
+
+    def seal_then_age(*args: Any, **kwargs: Any) -> Any:
+        sealed = seal(*args, **kwargs)
+        at, version, status, trusted = kz._peers["BY"]
+        kz._peers["BY"] = (at - node_module.PEER_CACHE_SECONDS - 1, version, status, trusted)
+        return sealed
+
+    monkeypatch.setattr(kz, "_seal", seal_then_age)
+    mid = send(kz, russian_document("BY"))
+    message, row = rows(kz, mid)
+    assert (row.state, row.claimed_by, message.status) == ("in_flight", worker.worker_id, "in_flight")
+    assert [c.message_id for c in handed(worker)] == [mid]
 
 
 def test_a_later_message_of_the_thread_is_queued_behind_the_handed_request_and_held_by_the_claim(
