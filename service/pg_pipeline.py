@@ -6,17 +6,18 @@ for ``executemany``). Each ``poll`` lets go of the interpreter, and taking it
 back waits for whichever thread took it meanwhile: on a busy node (the event
 loop sealing messages, delivery threads verifying receipts), up to a switch
 interval per statement. A store transaction of a few messages has some forty
-statements and rows; that waiting, not the server, was most of its time.
+statements and rows; beside a busy thread, that waiting costs more than the
+server's work (``bench/bench_pg_pipeline.py``).
 
 ``buffered_pipeline`` hands each statement to libpq as soon as it is queued;
 the connection is non-blocking, so libpq buffers it (writing out part of its
 buffer only past 8 KiB, never waiting). The rest is sent when the pipeline
 syncs or ends, with a ``poll`` only if the socket cannot take it at once, and
 psycopg's fetch that follows every sync reads the results, waiting once for the
-server's answer. A round trip costs one
-``poll``, not one per statement and two more. What the server sees is the same:
-the same messages, in the same order, ending with the same sync; results and
-errors are read and raised by psycopg's own code.
+server's answer. A round trip costs one ``poll``, not one per statement and two
+more. What the server sees is the same: the same messages, in the same order,
+ending with the same sync; results and errors are read and raised by psycopg's
+own code.
 
 It relies on private details of psycopg's ``Pipeline`` (its ``command_queue``,
 ``_communicate_gen``, and the fetch after each sync) and on
@@ -32,11 +33,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.generators import send
+
+try:
+    from psycopg.generators import send
+except ImportError:  # (a psycopg without it: pipelines are left as psycopg makes them, ``BUFFERING``)
+    send = None
 
 
 class _BufferedPipeline(psycopg.Pipeline):
-    """A ``psycopg.Pipeline`` that sends nothing until it syncs (see the module's docstring)."""
+    """A ``psycopg.Pipeline`` that sends what is queued when it syncs or ends (see the module's docstring)."""
 
     def _communicate_gen(self) -> Any:
         queue, sync = self.command_queue, self.pgconn.pipeline_sync
