@@ -190,7 +190,8 @@ def _kept_on(engine: Engine, attribute: str, make: Callable[[], Engine]) -> Engi
 _LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
 
 
-def _for_driver(engine: Engine, statement: Executable, params: Mapping[str, Any]) -> tuple[str, Any]:
+def _for_driver(engine: Engine, statement: Executable | ClauseElement,
+                params: Mapping[str, Any]) -> tuple[str, Any]:
     """A read's SQL and parameters as ``engine``'s driver takes them (``driver_writes``: compiled once,
     SQLAlchemy's type processing applied to the parameters); raises for one it cannot take (an
     expanding parameter)."""
@@ -362,15 +363,28 @@ def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) 
     if conn.dialect.name != "postgresql":
         _run_writes(conn, writes)
         return
+    with _driver_errors(), _pipeline(conn.connection.driver_connection):
+        _run_writes(conn, writes)
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """A psycopg error raised in the block (as a pipeline is read, outside SQLAlchemy's own wrapping) comes
+    out as SQLAlchemy's, as from ``conn.execute``."""
     import psycopg
 
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+def _pipeline(pg: Any) -> contextlib.AbstractContextManager[Any]:
+    """``pg``'s pipeline, its statements sent together when it syncs or ends (``service.pg_pipeline``,
+    imported here: psycopg is imported only where PostgreSQL is used)."""
     from service.pg_pipeline import buffered_pipeline
 
-    try:
-        with buffered_pipeline(conn.connection.driver_connection):  # type: ignore[arg-type]
-            _run_writes(conn, writes)
-    except psycopg.Error as exc:  # raised as the pipeline is read, outside SQLAlchemy's own wrapping
-        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    return buffered_pipeline(pg)
 
 
 def _run_writes(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
@@ -435,20 +449,17 @@ def read_together(session: Session,
     _refuse_after_pipelined_commit(conn)
     if conn.dialect.name != "postgresql":
         return [conn.execute(statement, params).all() for statement, params in reads]
-    import psycopg
     from psycopg.pq import TransactionStatus
-
-    from service.pg_pipeline import buffered_pipeline
 
     pg = cast(Any, conn.connection.driver_connection)
     statements = [_for_driver(conn.engine, statement, params) for statement, params in reads]
-    try:
+    with _driver_errors():
         begin = pg.pgconn.transaction_status == TransactionStatus.IDLE
         if begin:
             pg.autocommit = True
             conn.info[_BEGUN_BY_US] = True  # (the pooled connection's: the pool's checkin sees it)
         cursors = []
-        with buffered_pipeline(pg):  # (leaving it syncs once and receives every result: no sync() of our own)
+        with _pipeline(pg):  # (leaving it syncs once and receives every result: no sync() of our own)
             if begin:
                 pg.execute(b"BEGIN")
             for sql, values in statements:
@@ -456,8 +467,6 @@ def read_together(session: Session,
                 cursor.execute(sql, values)
                 cursors.append(cursor)
         return [cursor.fetchall() for cursor in cursors]
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
 
 def new_ids(table: str, count: int) -> tuple[Executable, dict[str, Any]]:
@@ -487,17 +496,10 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
             or session.new or session.dirty or session.deleted):
         write_pipelined(conn, writes)
         return
-    import psycopg
-
-    from service.pg_pipeline import buffered_pipeline
-
     pg = cast(Any, conn.connection.driver_connection)
-    try:
-        with buffered_pipeline(pg):
-            _run_writes(conn, writes)
-            pg.execute(b"COMMIT")
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    with _driver_errors(), _pipeline(pg):
+        _run_writes(conn, writes)
+        pg.execute(b"COMMIT")
     conn.info[_COMMITTED_IN_PIPELINE] = True  # (autocommit goes off when the pool takes it back)
 
 
