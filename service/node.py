@@ -357,7 +357,7 @@ class Node:
         first: dict[str, tuple[int, str]] = {}  # message id -> (index, digest) of its first checked envelope
         repeats: list[tuple[int, int]] = []  # (index, index of the same bytes earlier in the batch)
         framed = [(src, self._frame(src, now)) for src in map(io.BytesIO, envelopes)]
-        results = self._check_batch(framed, tls_peer, now)
+        results = self._check_framed(framed, tls_peer, now, open_ahead=self._postgresql)
         for index, result in enumerate(results):
             earlier = None if isinstance(result, Delivery) else first.get(result.message_id)
             if isinstance(result, Delivery):
@@ -498,7 +498,7 @@ class Node:
         framing = self._frame(src, now)
         if isinstance(framing, Delivery):
             return framing
-        return self._check_framed(src, framing, tls_peer, now)
+        return self._check_framed([(src, framing)], tls_peer, now, open_ahead=False)[0]
 
     def _frame(self, src: BinaryIO, now: datetime) -> protocol.Framing | Delivery:
         """The envelope's framing (header read, bytes hashed, nothing verified), or the refusal to answer."""
@@ -508,42 +508,35 @@ class Node:
             self._reject_event(now, None, None, exc)
             return Delivery(400, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
 
-    def _check_framed(self, src: BinaryIO, framing: protocol.Framing, tls_peer: str | None,
-                      now: datetime) -> Delivery | _Checked:
-        """``_check_delivery`` after the framing: a redelivery is answered as stored, before it is opened."""
-        sender = self._sender(framing, tls_peer, now)
-        if isinstance(sender, Delivery):
-            return sender
-        stored = self._stored_receipt(framing.header.message_id, framing.envelope_sha256.hex())
-        if stored is not None:
-            return stored
-        return self._checked(src, framing, self._open(src, sender, now), now)
+    def _check_framed(self, framed: Sequence[tuple[BinaryIO, protocol.Framing | Delivery]],
+                      tls_peer: str | None, now: datetime, *, open_ahead: bool) -> list[Delivery | _Checked]:
+        """``_check_delivery`` after the framing, for one envelope or a batch's (a refused framing stays its
+        answer), in order: the sender; a redelivery answered as stored; the opening.
 
-    def _check_batch(self, framed: Sequence[tuple[BinaryIO, protocol.Framing | Delivery]],
-                     tls_peer: str | None, now: datetime) -> list[Delivery | _Checked]:
-        """``_check_framed`` for a batch's framed envelopes (a refused framing stays its answer), in order.
-
-        The rows already stored under their message ids are looked up in one
-        query. On PostgreSQL that query runs in another thread while the
-        envelopes are opened, so the round trip to the server is not waited for
-        on its own: each is opened before it is known to be a redelivery. That
-        costs nothing but the opening (``_open`` has no effects), and a
-        redelivery is still answered as stored, however its opening went.
+        The rows already stored under the envelopes' message ids are looked up
+        in one query. With ``open_ahead`` (a batch, its envelopes in memory, on
+        PostgreSQL) that query runs in another thread while the envelopes are
+        opened, so its round trip is not waited for on its own: each is opened
+        before it is known to be a redelivery. That costs nothing but the opening
+        (``_open`` has no effects), and a redelivery is still answered as stored,
+        however its opening went. Without it (one envelope, which may be streamed
+        and large) the lookup comes first and a redelivery is not opened.
         """
         senders = [framing if isinstance(framing, Delivery) else self._sender(framing, tls_peer, now)
                    for _, framing in framed]
         ids = list({cast("protocol.Framing", framing).header.message_id
                     for (_, framing), sender in zip(framed, senders, strict=True)
                     if not isinstance(sender, Delivery)})
-        ahead = bool(ids) and self._postgresql
-        lookup = _inbound_lookups().submit(self._stored_inbound, ids) if ahead else None
-        try:
-            known = {} if ahead else self._stored_inbound(ids)
-            opened = [self._open(src, sender, now) if ahead and not isinstance(sender, Delivery) else None
-                      for (src, _), sender in zip(framed, senders, strict=True)]
-        finally:
-            if lookup is not None:  # (waited for even if an opening failed: no lookup outlives its batch)
+        opened: list[VerifiedMessage | ProlinkError | None] = [None] * len(framed)
+        if open_ahead and ids:
+            lookup = _inbound_lookups().submit(self._stored_inbound, ids)
+            try:
+                opened = [None if isinstance(sender, Delivery) else self._open(src, sender, now)
+                          for (src, _), sender in zip(framed, senders, strict=True)]
+            finally:  # (waited for even if an opening failed: no lookup outlives its batch)
                 known = lookup.result()
+        else:
+            known = self._stored_inbound(ids)
         results: list[Delivery | _Checked] = []
         for (src, framing), sender, was_opened in zip(framed, senders, opened, strict=True):
             if isinstance(sender, Delivery):
@@ -895,12 +888,11 @@ class Node:
         Its envelope is in memory (no attachments); its peer is active as far as
         this process knows, however long ago it looked (a suspension it has not seen
         yet is still caught: the worker checks before it sends, and gives the row
-        back; a send whose peer entry ran out between its seal and this commit went to
-        the queue, and every two seconds one did); fewer than a batch waits for that
-        peer in the worker already; and nothing sent earlier can hold it back: it
-        opens its thread, with no later message of the thread in the same group. A
-        later message of a thread waits in the queue until its predecessor is
-        delivered, as the claim keeps them in order (``outbox._deliverable``).
+        back); fewer than a batch waits for that peer in the worker already; and
+        nothing sent earlier can hold it back: it opens its thread, with no later
+        message of the thread in the same group. A later message of a thread waits
+        in the queue until its predecessor is delivered, as the claim keeps them in
+        order (``outbox._deliverable``).
         """
         document = send.document
         known = self._peers.get(send.peer)
@@ -930,7 +922,7 @@ class Node:
 
 @functools.cache
 def _inbound_lookups() -> ThreadPoolExecutor:
-    """Threads for the stored-row lookups of received batches (``Node._check_batch``), shared by the
+    """Threads for the stored-row lookups of received batches (``Node._check_framed``), shared by the
     process's nodes: a lookup waits on the server while its batch is opened."""
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound-lookup")
 

@@ -72,7 +72,7 @@ def _two_envelopes(kz: Node) -> list[bytes]:
 
 def test_a_redelivered_batch_is_answered_as_stored_even_where_opening_it_now_fails(
         nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
-    """On PostgreSQL a batch is opened before it is known which of it was stored (``Node._check_batch``):
+    """On PostgreSQL a batch is opened before it is known which of it was stored (``Node._check_framed``):
     a redelivery is still answered with its stored receipt, and its failed opening records nothing."""
     kz, by = nodes
     envelopes = _two_envelopes(kz)
