@@ -12,13 +12,14 @@ receiver answers a redelivery of the same bytes with the receipt it stored.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -206,18 +207,35 @@ class DeliveryWorker(BackgroundLoop):
         """Give back to the queue what was handed over and has waited half its lease (for a peer busy that
         long): sent now, it could still be in flight when another worker takes it over. Whether any went."""
         now = self.node.clock()
-        half = timedelta(seconds=self.node.settings.delivery_lease_seconds) / 2
         stale: list[outbox.Claim] = []
         with self._handed_lock:
             for peer, waiting in list(self._handed.items()):
                 fresh: list[outbox.Claim] = []
                 for claim in waiting:
-                    (fresh if claim.lease_expires_at - now > half else stale).append(claim)
+                    (stale if self._lease_half_gone(claim, now) else fresh).append(claim)
                 if len(fresh) < len(waiting):
                     self._set_handed(peer, fresh)
         if stale:
             self._give_back(stale, "handed_over_lease_half_gone")
         return bool(stale)
+
+    def _lease_half_gone(self, claim: outbox.Claim, now: datetime) -> bool:
+        """Whether a claim handed over has waited half its lease: it goes back to the queue, not to the
+        peer (``_give_back_stale``)."""
+        half = timedelta(seconds=self.node.settings.delivery_lease_seconds) / 2
+        return claim.lease_expires_at - now <= half
+
+    @staticmethod
+    def _fitting(waiting: list[outbox.Claim], items: int, room: int, each_at_most: int | None = None) -> int:
+        """How many of ``waiting``, oldest first, fill at most ``items`` envelopes and ``room`` bytes
+        (none over ``each_at_most``)."""
+        n = 0
+        for claim in waiting[:max(items, 0)]:
+            if claim.envelope_size > min(room, each_at_most if each_at_most is not None else room):
+                break
+            room -= claim.envelope_size
+            n += 1
+        return n
 
     def _take_handed(self, in_flight: dict[str, int], busy: list[str], claimed: list[outbox.Claim],
                      free: int) -> list[outbox.Claim]:
@@ -234,13 +252,8 @@ class DeliveryWorker(BackgroundLoop):
                     continue
                 ours = [c for c in claimed if c.peer == peer]  # (they fill the same batches first)
                 items = batches * self._batch_items.get(peer, settings.batch_max_items) - len(ours)
-                room = batches * settings.batch_max_bytes - sum(c.envelope_size for c in ours)
-                n = 0
-                for claim in waiting[:max(items, 0)]:
-                    if claim.envelope_size > room:
-                        break
-                    room -= claim.envelope_size
-                    n += 1
+                n = self._fitting(waiting, items,
+                                  batches * settings.batch_max_bytes - sum(c.envelope_size for c in ours))
                 if n:
                     taken += waiting[:n]
                     threads -= batches
@@ -306,18 +319,13 @@ class DeliveryWorker(BackgroundLoop):
         if (self._stop.is_set() or self._again_after_delivery or self._claim_wanted
                 or self._waiting_for_thread or time.monotonic() - self._claimed_at >= self.interval()):
             return []
-        settings = self.node.settings
-        fresh_until = self.node.clock() + timedelta(seconds=settings.delivery_lease_seconds) / 2
+        settings, now = self.node.settings, self.node.clock()
         with self._handed_lock:
             waiting = self._handed.get(peer, [])
-            most = min(settings.batch_max_items, self._batch_items.get(peer, settings.batch_max_items))
-            room, n = settings.batch_max_bytes, 0
-            for claim in waiting[:most]:  # (one with half its lease gone is the dispatcher's, to give back)
-                stale = claim.lease_expires_at < fresh_until
-                if stale or claim.envelope_size > min(room, BATCH_ENVELOPE_LIMIT):
-                    break
-                room -= claim.envelope_size
-                n += 1
+            # (one with half its lease gone is the dispatcher's, to give back; a big one travels alone)
+            fresh = list(itertools.takewhile(lambda claim: not self._lease_half_gone(claim, now), waiting))
+            n = self._fitting(fresh, self._batch_items.get(peer, settings.batch_max_items),
+                              settings.batch_max_bytes, each_at_most=BATCH_ENVELOPE_LIMIT)
             if n:
                 self._set_handed(peer, waiting[n:])
             return waiting[:n]
