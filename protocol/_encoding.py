@@ -18,19 +18,91 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ._errors import EncodingError
+
+#: Nesting deeper than this is left to the standard library (``_plain``); orjson's own limit is 254.
+_FAST_DEPTH = 64
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is made only of dicts, lists, tuples, ``str``, ``int``, ``bool`` and ``None``, each
+    of exactly that type: values that orjson writes as Python's ``json`` does, or refuses (a key not a
+    ``str``, an integer beyond 64 bits, a lone surrogate: ``canonical_json`` then asks the standard
+    library). Floats are not (the two write some exponents differently, ``1e-07`` and ``1e-7``, and orjson
+    writes NaN as ``null``), nor subclasses (enums), nor what orjson writes and ``json`` refuses
+    (dataclasses, datetimes, UUIDs)."""
+    kind = type(value)
+    if kind is dict:
+        if depth >= _FAST_DEPTH:
+            return False
+        for item in value.values():  # noqa: SIM110 - a loop: all() over a generator costs a third more here
+            if type(item) is not str and not _plain(item, depth + 1):  # (strings: most values, checked here)
+                return False
+        return True
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is list or kind is tuple:
+        if depth >= _FAST_DEPTH:
+            return False
+        for item in value:  # noqa: SIM110 - as above
+            if type(item) is not str and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 def canonical_json(value: Any) -> bytes:
-    """Serialise ``value`` deterministically (sorted keys, compact, UTF-8)."""
+    """Serialise ``value`` deterministically (sorted keys, compact, UTF-8).
+
+    The bytes are those of ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False, allow_nan=False)`` encoded as UTF-8, and so are the errors.
+    orjson writes them, about ten times faster, when the value is ``_plain``;
+    anything else (floats, huge integers, lone surrogates, other types) takes
+    the standard library's path.
+    """
+    if _plain(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # (``_plain``): the standard library writes it or raises its own error
+            pass
+    return _canonical_json_stdlib(value)
+
+
+def _canonical_json_stdlib(value: Any) -> bytes:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
 
 
 def parse_json(data: bytes, *, what: str) -> Any:
-    """Parse JSON bytes, refusing duplicate keys, NaN and invalid UTF-8."""
+    """Parse JSON bytes, refusing duplicate keys, NaN and invalid UTF-8.
 
+    Signed structures arrive as canonical JSON (``canonical_json``), so the
+    fast path reads them with orjson, about five times faster, and keeps the
+    result only if orjson writes it back as exactly ``data``. Then no key was
+    repeated (it would be missing from what is written back), no integer was
+    too large for orjson (it would come back as a float), and each float is
+    written as its shortest round-trip form, which Python reads as the same
+    float: the value is the one the standard library reads. Any other input
+    is read by the standard library, strictly, as before.
+    """
+    if type(data) is bytes:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # refused below, with the standard library's reason
+        else:
+            try:
+                if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == data:
+                    return value
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes (254): read as below
+                pass
+    return _parse_json_stdlib(data, what=what)
+
+
+def _parse_json_stdlib(data: bytes, *, what: str) -> Any:
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key, val in pairs:

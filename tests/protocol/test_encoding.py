@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import EncodingError, Signed, SigningKey, b64d, b64e, canonical_json, pae, parse_json
 
@@ -163,3 +166,168 @@ def test_error_messages_name_the_structure() -> None:
     with pytest.raises(EncodingError) as exc:
         parse_json(b'{"a":1,"a":2}', what="envelope header")
     assert str(exc.value).startswith("encoding.malformed: envelope header")
+
+
+# --- JSON through orjson: the same bytes and values as the standard library -------------------
+# ``canonical_json`` and ``parse_json`` take orjson's path where it gives exactly what Python's ``json``
+# gives (``protocol._encoding``). The references below are the standard library's, as they were before.
+
+def _reference_canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _reference_parse(data: bytes) -> object:
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise EncodingError("duplicate key")
+        return dict(pairs)
+
+    def no_constants(name: str) -> object:
+        raise EncodingError(f"{name}")
+
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise EncodingError("not valid JSON") from None
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal and of the same types all the way down (``1 == 1.0 == True`` in Python; not here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # type: ignore[index]
+    if isinstance(a, (list, tuple)):
+        pairs = zip(a, b, strict=True)  # type: ignore[call-overload]
+        return len(a) == len(b) and all(_same(x, y) for x, y in pairs)  # type: ignore[arg-type]
+    if isinstance(a, float) and a != a:
+        return b != b
+    return a == b
+
+
+_texts = st.text(alphabet=st.characters(codec=None), max_size=12)  # any code point, lone surrogates too
+_scalars = (st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats()
+            | _texts | st.sampled_from(["ё", "Ж", "a", "A", "é", "😀", "\x7f", "\u2028", "", "\x00"]))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.lists(inner, max_size=3).map(tuple)
+                       | st.dictionaries(_texts, inner, max_size=4), max_leaves=20)
+
+
+def _outcome(function: Callable[[], object]) -> tuple[str, object]:
+    try:
+        return "value", function()
+    except Exception as exc:  # the kind of error is what is compared
+        return "error", type(exc)
+
+
+@given(_values)
+@settings(max_examples=400, deadline=None)
+def test_canonical_json_writes_what_the_standard_library_writes(value: object) -> None:
+    assert _outcome(lambda: canonical_json(value)) == _outcome(lambda: _reference_canonical(value))
+
+
+@pytest.mark.parametrize("value", [
+    # floats (orjson writes 1e-7 and NaN as null), integers at and past 64 bits, subclasses, odd keys:
+    1e-07, 1e-05, 1e16, 1e22, 1.5e300, 5e-324, -0.0, 0.1, float("inf"), float("nan"),
+    2**64, -(2**63) - 1, 2**64 - 1, -(2**63), True, [True, 1],
+    {"b": 1, "a": 2, "ё": 3, "z": 4, "Z": 5, "é": 6, "😀": 7, "\uffff": 8},
+    ("t", 1), {1: "int key"}, {"a": "\ud800"}, json.loads("[" * 80 + '"deep"' + "]" * 80),
+])
+def test_canonical_json_of_values_the_two_write_differently_is_the_standard_librarys(value: object) -> None:
+    assert _outcome(lambda: canonical_json(value)) == _outcome(lambda: _reference_canonical(value))
+
+
+def test_canonical_json_refuses_what_the_standard_library_refuses() -> None:
+    import enum
+    import uuid
+    from datetime import UTC, datetime
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    for value in (datetime.now(UTC), uuid.uuid4(), Colour.RED, {"a": b"bytes"}, Signed("t", b"", "k", b"")):
+        with pytest.raises(TypeError):
+            canonical_json(value)
+
+
+def test_canonical_json_of_str_and_int_subclasses_is_the_standard_librarys() -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Name(str):
+        pass
+
+    value = {"level": Level.HIGH, "name": Name("x"), "d": type("D", (dict,), {})(a=1)}
+    assert canonical_json(value) == _reference_canonical(value) == b'{"d":{"a":1},"level":3,"name":"x"}'
+
+
+@given(_values)
+@settings(max_examples=300, deadline=None)
+def test_parse_json_of_canonical_json_reads_what_the_standard_library_reads(value: object) -> None:
+    try:
+        data = _reference_canonical(value)
+    except (ValueError, TypeError, UnicodeEncodeError):
+        return
+    ours, theirs = _outcome(lambda: parse_json(data, what="t")), _outcome(lambda: _reference_parse(data))
+    assert ours[0] == theirs[0]
+    assert _same(ours[1], theirs[1]) if ours[0] == "value" else ours[1] is theirs[1]
+
+
+_json_texts = st.one_of(
+    _values.map(lambda v: json.dumps(v, ensure_ascii=False, allow_nan=True)),  # spaces, NaN, any order
+    _values.map(lambda v: json.dumps(v, separators=(",", ":"), sort_keys=True)),  # \u escapes
+    st.builds(lambda k, v, w: f'{{"{k}":{v},"{k}":{w}}}', st.sampled_from(["a", "ё", "z"]),  # a key twice
+              st.sampled_from(["1", '"x"', "null"]), st.sampled_from(["1", '"y"', "[]"])),
+    st.text(alphabet='{}[]",:0123456789.eE+-tfnrulsaё\\u ', max_size=30),
+)
+
+
+@given(st.one_of(_json_texts.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=30)))
+@settings(max_examples=600, deadline=None)
+def test_parse_json_of_any_bytes_reads_or_refuses_as_the_standard_library(data: bytes) -> None:
+    ours, theirs = _outcome(lambda: parse_json(data, what="t")), _outcome(lambda: _reference_parse(data))
+    assert ours[0] == theirs[0], (data, ours, theirs)
+    if ours[0] == "value":
+        assert _same(ours[1], theirs[1])
+    else:
+        assert ours[1] is EncodingError
+
+
+@pytest.mark.parametrize("data", [
+    # canonical JSON, but for the key repeated:
+    b'{"a":1,"a":1}', b'{"a":{"b":2,"b":2}}', b'[{"\xd1\x91":null,"\xd1\x91":null}]',
+])
+def test_a_key_repeated_with_the_same_value_in_canonical_json_is_refused(data: bytes) -> None:
+    with pytest.raises(EncodingError, match="duplicate"):
+        parse_json(data, what="t")
+
+
+@pytest.mark.parametrize("data, value", [
+    (b"18446744073709551616", 2**64), (b"-9223372036854775809", -(2**63) - 1), (b"[1e-07]", [1e-07]),
+    (b"[1e-7]", [1e-07]), (b"-0", 0), (b"[-0.0]", [-0.0]), (b'"\\ud83d\\ude00"', "😀"),
+    # read by orjson, but nested too deep for it to write back:
+    (b"[" * 300 + b"]" * 300, json.loads(b"[" * 300 + b"]" * 300)),
+])
+def test_parse_json_reads_numbers_and_escapes_as_python_does(data: bytes, value: object) -> None:
+    assert _same(parse_json(data, what="t"), value)
+
+
+def test_signed_structures_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document's JSON, a DSSE envelope and their bytes go through orjson, not the standard library
+    (which would be ten times slower: ``bench/bench_protocol.py``)."""
+    import protocol._encoding as encoding
+
+    def refused(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("the standard library's path was taken")
+
+    monkeypatch.setattr(encoding, "_canonical_json_stdlib", refused)
+    monkeypatch.setattr(encoding, "_parse_json_stdlib", refused)
+    document = {"kind": "request", "id": "0b7e", "content": "Просим предоставить сведения.",
+                "urgent": False, "thread_id": None,
+                "attachments": [{"name": "a.pdf", "size": 5242880, "sha256": "ab" * 32}]}
+    signed = Signed("application/vnd.prolink.document+json", canonical_json(document), "key", b"\x01" * 64)
+    assert parse_json(signed.to_bytes(), what="t") == signed.to_json()
+    assert parse_json(signed.payload, what="t") == document
