@@ -62,7 +62,7 @@ from ._documents import (
     is_russian,
     parse_document,
 )
-from ._encoding import Signed, b64d, b64e, canonical_json, pae, parse_json
+from ._encoding import Signed, b64d, b64e, canonical_json, compact_json, pae, parse_json, read_json
 from ._envelope import (
     MAGIC,
     PROTOCOL_VERSION,
@@ -225,6 +225,7 @@ __all__ = [
     "b64d",
     "b64e",
     "canonical_json",
+    "compact_json",
     "check_detail",
     "consistency_proof",
     "cosign",
@@ -259,6 +260,7 @@ __all__ = [
     "parse_document",
     "parse_entry",
     "parse_json",
+    "read_json",
     "parse_note",
     "parse_signature_line",
     "read_framing",

@@ -13,7 +13,6 @@ Admin API (bearer token, role auditor or operator):
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -21,7 +20,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from protocol import ProlinkError
+from protocol import ProlinkError, read_json
 from service import audit, audit_export
 from service.audit_witness import accept_head, accepted_view, latest_accepted
 from service.auth import Principal, require_role
@@ -45,8 +44,8 @@ def install_peer_routes(app: FastAPI, node: Node) -> None:
             return JSONResponse(error_body(ProlinkError("head too large", code="audit.bad_request")),
                                 status_code=413)
         try:
-            body: Any = json.loads(raw)
-        except ValueError:
+            body: Any = read_json(raw)
+        except (ValueError, RecursionError):
             return JSONResponse(error_body(ProlinkError("the body is not JSON", code="audit.bad_request")),
                                 status_code=400)
         claimed = body.get("party") if isinstance(body, dict) else None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import orjson
 import structlog
 
 
@@ -17,9 +21,20 @@ def configure_logging(level: int = logging.INFO) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            structlog.processors.JSONRenderer(serializer=log_line),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def log_line(event: dict[str, Any], default: Callable[[Any], Any]) -> str:
+    """One event as a line of compact JSON: orjson's (a node logs a line per message; the standard library
+    took a fifth of the logging's time), the standard library's when orjson refuses the event (a key not
+    a string, an integer beyond 64 bits). ``default`` writes what JSON has no type for (structlog's
+    ``repr``)."""
+    try:
+        return orjson.dumps(event, default=default).decode("utf-8")
+    except TypeError:  # (orjson.JSONEncodeError is one)
+        return json.dumps(event, default=default, ensure_ascii=False, separators=(",", ":"))

@@ -19,19 +19,19 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from starlette.datastructures import UploadFile
 
-from protocol import AttachmentRef, Document, document_to_json
+from protocol import AttachmentRef, Document, document_to_json, read_json
 from service import reading
-from service.openapi_examples import document_body
-from service.case_api import cases_router
-from service.reading import can_see
-from service.case_models import Thread
 from service.auth import Principal, require_role
+from service.case_api import cases_router
+from service.case_models import Thread
 from service.compose import attachment_ref, compose
 from service.db import loop_reader, session_scope
 from service.errors import ServiceError, install_error_handlers
 from service.metrics import NO_TELEMETRY
 from service.models import Message
 from service.node import Node, new_message_id
+from service.openapi_examples import document_body
+from service.reading import can_see
 
 Sender = Annotated[Principal, Depends(require_role("signatory"))]
 Viewer = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
@@ -241,8 +241,8 @@ def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef], *
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        value = read_json(raw)
+    except (ValueError, RecursionError):  # (RecursionError: nested deeper than the parser goes)
         raise ServiceError("the body is not valid JSON", code="request.malformed_json", status=400) from None
     if not isinstance(value, dict):
         raise ServiceError("the body must be a JSON object", code="request.invalid", status=422)

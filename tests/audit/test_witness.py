@@ -199,3 +199,5 @@ def test_the_peer_api_routes_answer_with_codes(pair) -> None:  # type: ignore[no
     got = client.get("/v1/log/heads/KZ").json()
     assert got["size"] == head.size and got["cosignature"] == r.json()["cosignature"]  # type: ignore[union-attr]
     assert client.post("/v1/log/heads", content=b"not json").json()["error"]["code"] == "audit.bad_request"
+    deep = client.post("/v1/log/heads", content=b"[" * 100_000)  # deeper than the parser goes: was a 500
+    assert (deep.status_code, deep.json()["error"]["code"]) == (400, "audit.bad_request")

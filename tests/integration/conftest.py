@@ -7,6 +7,7 @@ would set them up; then both run as separate processes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +41,18 @@ class Pair:
     def log(self, p: DemoParty) -> str:
         path = self.log_dir / f"{p.party.lower()}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def events(self, p: DemoParty) -> list[dict[str, Any]]:
+        """The node's structured log: its JSON lines, parsed (other lines, from uvicorn, left out)."""
+        events = []
+        for line in self.log(p).splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

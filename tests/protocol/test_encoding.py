@@ -5,12 +5,24 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import EncodingError, Signed, SigningKey, b64d, b64e, canonical_json, pae, parse_json
+from protocol import (
+    EncodingError,
+    Signed,
+    SigningKey,
+    b64d,
+    b64e,
+    canonical_json,
+    compact_json,
+    pae,
+    parse_json,
+    read_json,
+)
 
 # --- DSSE (https://github.com/secure-systems-lab/dsse, protocol.md) -----------------------
 
@@ -227,6 +239,15 @@ def test_canonical_json_writes_what_the_standard_library_writes(value: object) -
     assert _outcome(lambda: canonical_json(value)) == _outcome(lambda: _reference_canonical(value))
 
 
+@given(_values)
+@settings(max_examples=300, deadline=None)
+def test_compact_json_writes_what_the_standard_library_writes(value: object) -> None:
+    def reference() -> bytes:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+    assert _outcome(lambda: compact_json(value)) == _outcome(reference)
+
+
 @pytest.mark.parametrize("value", [
     # floats (orjson writes 1e-7 and NaN as null), integers at and past 64 bits, subclasses, odd keys:
     1e-07, 1e-05, 1e16, 1e22, 1.5e300, 5e-324, -0.0, 0.1, float("inf"), float("nan"),
@@ -296,6 +317,23 @@ def test_parse_json_of_any_bytes_reads_or_refuses_as_the_standard_library(data: 
         assert ours[1] is EncodingError
 
 
+@given(st.one_of(_json_texts.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=30),
+                 _json_texts.map(lambda t: t.encode("utf-16", "surrogatepass")),
+                 _json_texts.map(lambda t: b"\xef\xbb\xbf" + t.encode("utf-8", "surrogatepass"))))
+@settings(max_examples=600, deadline=None)
+def test_read_json_reads_or_refuses_as_json_loads(data: bytes) -> None:
+    ours, theirs = _outcome(lambda: read_json(data)), _outcome(lambda: json.loads(data))
+    assert ours[0] == theirs[0], (data, ours, theirs)
+    assert _same(ours[1], theirs[1]) if ours[0] == "value" else ours[1] is theirs[1]
+
+
+@pytest.mark.parametrize("data", [b'{"a":1,"b":2,"a":3}', b"18446744073709551616", b"[1e-7, NaN]", b"[" * 5000])
+def test_read_json_of_what_orjson_reads_otherwise_is_json_loads(data: bytes) -> None:
+    ours, theirs = _outcome(lambda: read_json(data)), _outcome(lambda: json.loads(data))
+    assert ours[0] == theirs[0]
+    assert _same(ours[1], theirs[1]) if ours[0] == "value" else ours[1] is theirs[1]
+
+
 @pytest.mark.parametrize("data", [
     # canonical JSON, but for the key repeated:
     b'{"a":1,"a":1}', b'{"a":{"b":2,"b":2}}', b'[{"\xd1\x91":null,"\xd1\x91":null}]',
@@ -323,7 +361,7 @@ def test_signed_structures_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
     def refused(*_args: object, **_kwargs: object) -> object:
         raise AssertionError("the standard library's path was taken")
 
-    monkeypatch.setattr(encoding, "_canonical_json_stdlib", refused)
+    monkeypatch.setattr(encoding, "json", SimpleNamespace(dumps=refused, loads=refused))
     monkeypatch.setattr(encoding, "_parse_json_stdlib", refused)
     document = {"kind": "request", "id": "0b7e", "content": "Просим предоставить сведения.",
                 "urgent": False, "thread_id": None,
@@ -331,3 +369,6 @@ def test_signed_structures_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
     signed = Signed("application/vnd.prolink.document+json", canonical_json(document), "key", b"\x01" * 64)
     assert parse_json(signed.to_bytes(), what="t") == signed.to_json()
     assert parse_json(signed.payload, what="t") == document
+    assert read_json(compact_json(document)) == document
+    answer = {"results": [{"http_status": 200, "receipt": signed.to_json()}]}
+    assert read_json(compact_json(answer)) == answer
