@@ -210,6 +210,7 @@ class Identity:
                  passphrase: Passphrase | None) -> None:
         self.data_dir = Path(data_dir)
         self._kd = keys_dir(data_dir)
+        self._bundle_path = os.fspath(self._kd / BUNDLE_FILE)  # (a str: each send stats it, ``trusted_self``)
         self._state = state
         self.party: str = state["party"]
         self.name: str = state["name"]
@@ -251,7 +252,8 @@ class Identity:
 
     def bundle_bytes(self) -> bytes:
         """The current signed bundle, exactly as published in bundle.json."""
-        return (self._kd / BUNDLE_FILE).read_bytes()
+        with open(self._bundle_path, "rb") as f:
+            return f.read()
 
     def trusted_self(self) -> TrustedParty:
         """Our own bundle verified against our own root: what a peer holds about us.
@@ -262,7 +264,7 @@ class Identity:
         differ; verification depends on nothing else, and every send asks. A
         stat costs a fraction of reading the file.
         """
-        st = os.stat(self._kd / BUNDLE_FILE)
+        st = os.stat(self._bundle_path)
         version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         cached = self._trusted_self
         if cached is None or cached[0] != version:
