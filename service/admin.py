@@ -610,7 +610,7 @@ def peer_reachability(node: Node) -> dict[str, dict[str, Any]]:
             }
             if not ok:
                 view["error"] = f"HTTP {r.status_code}"
-        except (httpx.HTTPError, OSError, ProlinkError, ValueError) as exc:
+        except (httpx.HTTPError, OSError, ProlinkError, ValueError, RecursionError) as exc:
             view = {"status": status, "reachable": False, "error": type(exc).__name__}
         cache[party] = _PingResult(time.monotonic(), view)
         out[party] = view
@@ -792,7 +792,7 @@ class KeySync(BackgroundLoop):
                 error = f"HTTP {r.status_code} {code}"
             elif r.json().get("version") != version:
                 error = f"peer holds version {r.json().get('version')}"
-        except (httpx.HTTPError, OSError, ProlinkError, ValueError) as exc:
+        except (httpx.HTTPError, OSError, ProlinkError, ValueError, RecursionError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         with session_scope(node.engine) as s:
             if s.get(Peer, party) is None:

@@ -129,7 +129,7 @@ class HeadPublisher(BackgroundLoop):
                 self._refused(party, head, response.status_code, code, body)
                 return "refused"
             return "refused"
-        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("audit_head_push_failed", peer=party, size=head.size, error_type=type(exc).__name__,
                         error=str(exc)[:200])
             return "failed"

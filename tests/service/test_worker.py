@@ -74,3 +74,15 @@ def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(worker: Deliv
     worker._small_in_flight["AM"] -= 1  # AM has room: its rows are claimed (BY's are passed over)
     assert worker._dispatch() == 0
     assert claims == [["BY"]]
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[" * 100_000, b"\xff"])
+def test_an_answer_that_is_no_json_is_no_answer(content: bytes) -> None:
+    """A peer's answer that is not JSON, or nested deeper than the parser goes (which raised out of the
+    delivery before: no attempt counted, the claims left leased), reads as none: each envelope then gets
+    a failed attempt (``deliver_batch``)."""
+    import httpx
+
+    from service.worker import _json_or_none
+
+    assert _json_or_none(httpx.Response(200, content=content)) is None
