@@ -327,7 +327,10 @@ def test_read_json_reads_or_refuses_as_json_loads(data: bytes) -> None:
     assert _same(ours[1], theirs[1]) if ours[0] == "value" else ours[1] is theirs[1]
 
 
-@pytest.mark.parametrize("data", [b'{"a":1,"b":2,"a":3}', b"18446744073709551616", b"[1e-7, NaN]", b"[" * 5000])
+@pytest.mark.parametrize("data", [
+    b'{"a":1,"b":2,"a":3}', b"18446744073709551616", b"[1e-7, NaN]", b"[" * 5000,
+    memoryview(b'{"a":1}'), bytearray(b'{"a":1}'), '{"a":1}',  # (orjson reads a memoryview; json.loads not)
+])
 def test_read_json_of_what_orjson_reads_otherwise_is_json_loads(data: bytes) -> None:
     ours, theirs = _outcome(lambda: read_json(data)), _outcome(lambda: json.loads(data))
     assert ours[0] == theirs[0]
