@@ -602,7 +602,7 @@ def peer_reachability(node: Node) -> dict[str, dict[str, Any]]:
         try:
             trusted = node.peer(party)
             r = _client(node, trusted).get(_url(trusted, "/v1/ping"), timeout=3.0)
-            ok = r.status_code == 200 and r.json().get("party") == party
+            ok = r.status_code == 200 and protocol.read_json(r.content).get("party") == party
             view: dict[str, Any] = {
                 "status": status,
                 "reachable": ok,
@@ -610,7 +610,7 @@ def peer_reachability(node: Node) -> dict[str, dict[str, Any]]:
             }
             if not ok:
                 view["error"] = f"HTTP {r.status_code}"
-        except (httpx.HTTPError, OSError, ProlinkError, ValueError, RecursionError) as exc:
+        except (httpx.HTTPError, OSError, ProlinkError, ValueError) as exc:
             view = {"status": status, "reachable": False, "error": type(exc).__name__}
         cache[party] = _PingResult(time.monotonic(), view)
         out[party] = view
@@ -790,9 +790,9 @@ class KeySync(BackgroundLoop):
             if r.status_code != 200:
                 code = peer_error_code(r)
                 error = f"HTTP {r.status_code} {code}"
-            elif r.json().get("version") != version:
-                error = f"peer holds version {r.json().get('version')}"
-        except (httpx.HTTPError, OSError, ProlinkError, ValueError, RecursionError) as exc:
+            elif (held := protocol.read_json(r.content).get("version")) != version:
+                error = f"peer holds version {held}"
+        except (httpx.HTTPError, OSError, ProlinkError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         with session_scope(node.engine) as s:
             if s.get(Peer, party) is None:

@@ -45,7 +45,7 @@ def install_peer_routes(app: FastAPI, node: Node) -> None:
                                 status_code=413)
         try:
             body: Any = read_json(raw)
-        except (ValueError, RecursionError):
+        except ValueError:
             return JSONResponse(error_body(ProlinkError("the body is not JSON", code="audit.bad_request")),
                                 status_code=400)
         claimed = body.get("party") if isinstance(body, dict) else None

@@ -114,7 +114,7 @@ class HeadPublisher(BackgroundLoop):
                 base = self._accepted_size(client, url, party)
             for _attempt in range(2):
                 response = client.post(url + HEADS_PATH, json=self._request(head, base))
-                body: Any = response.json()
+                body: Any = protocol.read_json(response.content)
                 if response.status_code == 200:
                     self._store(party, head, str(body["cosignature"]))
                     return "cosigned"
@@ -129,7 +129,7 @@ class HeadPublisher(BackgroundLoop):
                 self._refused(party, head, response.status_code, code, body)
                 return "refused"
             return "refused"
-        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("audit_head_push_failed", peer=party, size=head.size, error_type=type(exc).__name__,
                         error=str(exc)[:200])
             return "failed"
@@ -143,7 +143,7 @@ class HeadPublisher(BackgroundLoop):
         if r.status_code == 404:
             return 0
         r.raise_for_status()
-        return int(r.json()["size"])
+        return int(protocol.read_json(r.content)["size"])
 
     def _request(self, head: audit.Head, base: int) -> dict[str, Any]:
         with session_scope(self.node.engine, readonly=True) as s:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protocol import ProlinkError
+from protocol import ProlinkError, read_json
 
 log = structlog.get_logger("prolink.errors")
 
@@ -76,7 +76,7 @@ def error_body(exc: ProlinkError, **extra: Any) -> dict[str, Any]:
 def peer_error_code(response: Any) -> str:
     """The stable code in another node's error answer (an ``httpx.Response``), or "" if it has none."""
     try:
-        code = response.json()["error"]["code"]
+        code = read_json(response.content)["error"]["code"]
     except (ValueError, KeyError, TypeError):
         return ""
     return code if isinstance(code, str) else ""

@@ -517,11 +517,11 @@ class DeliveryWorker(BackgroundLoop):
 
 
 def _json_or_none(response: httpx.Response) -> Any:
-    """The peer's answer as JSON (what ``json.loads`` reads), or None: not JSON, or nested deeper than the
+    """The peer's answer as JSON (``protocol.read_json``), or None: not JSON, or nested deeper than the
     parser goes (then each envelope gets a failed attempt, not an error the attempt escapes)."""
     try:
         return protocol.read_json(response.content)
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
 
 

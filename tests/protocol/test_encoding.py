@@ -328,13 +328,23 @@ def test_read_json_reads_or_refuses_as_json_loads(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("data", [
-    b'{"a":1,"b":2,"a":3}', b"18446744073709551616", b"[1e-7, NaN]", b"[" * 5000,
+    b'{"a":1,"b":2,"a":3}', b"18446744073709551616", b"[1e-7, NaN]",
     memoryview(b'{"a":1}'), bytearray(b'{"a":1}'), '{"a":1}',  # (orjson reads a memoryview; json.loads not)
 ])
 def test_read_json_of_what_orjson_reads_otherwise_is_json_loads(data: bytes) -> None:
     ours, theirs = _outcome(lambda: read_json(data)), _outcome(lambda: json.loads(data))
     assert ours[0] == theirs[0]
     assert _same(ours[1], theirs[1]) if ours[0] == "value" else ours[1] is theirs[1]
+
+
+@pytest.mark.parametrize("data", [b"[" * 5000, b"[" * 100_000, bytearray(b"[" * 5000)])
+def test_read_json_refuses_json_nested_deeper_than_the_parser_goes_as_not_json(data: bytes) -> None:
+    """``json.loads`` raises ``RecursionError`` there; ``read_json`` a ``ValueError``, as for anything else
+    it cannot read (its callers catch that one)."""
+    with pytest.raises(RecursionError):
+        json.loads(data)
+    with pytest.raises(ValueError, match="nested deeper"):
+        read_json(data)
 
 
 @pytest.mark.parametrize("data", [

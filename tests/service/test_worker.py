@@ -83,6 +83,8 @@ def test_an_answer_that_is_no_json_is_no_answer(content: bytes) -> None:
     a failed attempt (``deliver_batch``)."""
     import httpx
 
+    from service.errors import peer_error_code
     from service.worker import _json_or_none
 
     assert _json_or_none(httpx.Response(200, content=content)) is None
+    assert peer_error_code(httpx.Response(400, content=content)) == ""  # (a refused batch's code, say)
