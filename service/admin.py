@@ -700,6 +700,10 @@ class KeySync(BackgroundLoop):
             return False
         old = node.identity
         new = load_identity(node.settings.data_dir, passphrase=node.settings.key_passphrase())
+        if new.bundle_version < trusted.bundle.version:
+            # A rotation writes bundle.json first, then identity.json: we read between the two. The
+            # bundle's stat is not recorded, so the next round reads both again.
+            return False
         full = new.node_keys
         old_key = old.node_keys.signing
         now = node.clock()

@@ -128,3 +128,25 @@ def test_the_storage_key_of_a_passphrase_node_is_encrypted_with_that_passphrase(
     with pytest.raises(KeyFileError) as refused:
         storage_key(node.settings.data_dir)
     assert refused.value.code == "keys.passphrase_required"
+
+
+def test_key_sync_read_between_the_two_writes_of_a_rotation_reloads_on_the_next_round(node) -> None:
+    """A rotation writes bundle.json, then identity.json; a key sync round that runs in between reads
+    the new bundle beside the old identity. It must not settle for that: the next round switches."""
+    keys_dir = node.settings.data_dir / "keys"
+    sync = admin.key_sync(node)
+    sync.check()  # the sync has seen the bundle as it is before the rotation
+    old_identity = (keys_dir / "identity.json").read_bytes()
+    old_signing = node.identity.node_keys.signing.key_id
+
+    result = admin.rotate_keys(node, timedelta(hours=1), PASS, "test", push=False)
+    new_identity = (keys_dir / "identity.json").read_bytes()
+    (keys_dir / "identity.json").write_bytes(old_identity)  # as if read before the second write landed
+
+    assert sync.check()["reloaded"] is False
+    assert node.identity.node_keys.signing.key_id == old_signing
+
+    (keys_dir / "identity.json").write_bytes(new_identity)  # the second write lands; bundle.json unchanged
+    assert sync.check()["reloaded"] is True
+    assert node.identity.bundle_version == result["bundle_version"]
+    assert node.identity.node_keys.signing.key_id == result["signing_key"]
