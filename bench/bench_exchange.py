@@ -98,7 +98,7 @@ def russian_document(recipient: str, size: int = DOCUMENT_BYTES) -> dict[str, An
     due = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
     doc: dict[str, Any] = {
         "kind": "request", "recipient_party": recipient, "urgent": False,
-        "grounds": "Уголовное дело № 2026-0451, статья 190 УК Республики Казахстан (мошенничество).",  # noqa: RUF001
+        "grounds": "Уголовное дело № 2026-0451, статья 190 УК Республики Казахстан (мошенничество).",
         "purpose": "Установление владельца банковского счёта.",
         "content": "",
         "expected_execution_date": due,
@@ -106,7 +106,7 @@ def russian_document(recipient: str, size: int = DOCUMENT_BYTES) -> dict[str, An
         "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
         "purpose_code": "criminal_investigation", "case_number": "2026-0451",
     }
-    prose = "Просим предоставить сведения о владельце счёта и выписку операций за первое полугодие. "  # noqa: RUF001
+    prose = "Просим предоставить сведения о владельце счёта и выписку операций за первое полугодие. "
     base = len(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
     text = ""
     while base + len((text + "ж").encode("utf-8")) <= size:

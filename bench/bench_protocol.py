@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (Russian text: Art. 8)
+
 """Benchmark of prolink's protocol layer against the raw primitives it is built on, measured in the same run.
 
 Part 1, a 1 KiB document, for each HPKE suite:

@@ -33,8 +33,8 @@ from ._identity import (
     revoke_key,
     rotate_node_keys,
 )
-from ._storage import storage_key
 from ._signatories import Signatory, add_signatory, list_signatories, load_signatory
+from ._storage import storage_key
 from ._tls import client_ssl_context, peer_party, server_ssl_context
 
 __all__ = [

@@ -196,7 +196,7 @@ class Signed:
         return canonical_json(self.to_json())
 
     @classmethod
-    def from_json(cls, obj: Any, *, what: str) -> "Signed":
+    def from_json(cls, obj: Any, *, what: str) -> Signed:
         if not isinstance(obj, dict) or set(obj) != {"payloadType", "payload", "signatures"}:
             raise EncodingError(f"{what}: not a DSSE envelope")
         sigs = obj["signatures"]
@@ -213,7 +213,7 @@ class Signed:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, what: str) -> "Signed":
+    def from_bytes(cls, data: bytes, *, what: str) -> Signed:
         return cls.from_json(parse_json(data, what=what), what=what)
 
     def signed_bytes(self) -> bytes:

@@ -34,12 +34,19 @@ from datetime import date, datetime, timedelta
 from typing import Any, BinaryIO
 
 from ._documents import AttachmentRef, Document, document_to_json, parse_document
-from ._encoding import Signed, b64d, b64e, canonical_json, parse_json, pae
+from ._encoding import Signed, b64d, b64e, canonical_json, pae, parse_json
 from ._errors import DocumentError, EncodingError, EnvelopeError, TrustError
-from ._primitives import DEFAULT_SUITE, DecryptionKey, SigningKey, sha256
+from ._primitives import DecryptionKey, SigningKey
 from ._stream import CHUNK_SIZE, attachment_key, ciphertext_size, decrypt_stream, encrypt_stream
-from ._trust import (Authorisation, TrustedParty, format_time, parse_time, sign_statement,
-                     verify_authorisation, verify_statement)
+from ._trust import (
+    Authorisation,
+    TrustedParty,
+    format_time,
+    parse_time,
+    sign_statement,
+    verify_authorisation,
+    verify_statement,
+)
 
 MAGIC = b"PRLKENV1"
 PROTOCOL_VERSION = 1
@@ -88,7 +95,7 @@ class Header:
                                "recipient_key_id": self.recipient_key_id, "suite": self.suite})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Header":
+    def from_bytes(cls, data: bytes) -> Header:
         obj = parse_json(data, what="envelope header")
         if not isinstance(obj, dict) or set(obj) != _HEADER_KEYS:
             raise EncodingError("envelope header has missing or unknown fields")

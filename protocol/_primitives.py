@@ -81,7 +81,7 @@ class SigningKey:
         object.__setattr__(self, "public", VerifyKey(public))
 
     @classmethod
-    def generate(cls) -> "SigningKey":
+    def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate().private_bytes_raw())
 
     @property
@@ -186,7 +186,7 @@ class DecryptionKey:
         object.__setattr__(self, "public", EncryptionKey(self.suite, pub))
 
     @classmethod
-    def generate(cls, suite: str = DEFAULT_SUITE) -> "DecryptionKey":
+    def generate(cls, suite: str = DEFAULT_SUITE) -> DecryptionKey:
         if suite == PQ_HYBRID:
             mk = mlkem.MLKEM768PrivateKey.generate().private_bytes_raw()
             return cls(suite, mk + x25519.X25519PrivateKey.generate().private_bytes_raw())

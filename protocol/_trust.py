@@ -14,7 +14,7 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 from ._encoding import Signed, b64d, b64e, canonical_json, parse_json
@@ -32,7 +32,7 @@ BUNDLE_FORMAT = "prolink-bundle/1"
 def format_time(t: datetime) -> str:
     if t.tzinfo is None:
         raise ValueError("naive datetime")
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 #: What ``datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")`` accepts, ASCII digits only; matched by hand,
@@ -50,7 +50,7 @@ def parse_time(text: Any, *, what: str) -> datetime:
     year, month, day, hour, minute, second, fraction = match.groups()
     try:
         return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                        int(fraction.ljust(6, "0")), tzinfo=timezone.utc)
+                        int(fraction.ljust(6, "0")), tzinfo=UTC)
     except ValueError:  # a day, hour... out of range
         raise EncodingError(f"{what}: not a timestamp") from None
 
@@ -259,7 +259,7 @@ class TrustedParty:
             raise TrustError(f"{self.party} has no encryption key valid now", code="trust.no_valid_key")
         return max(usable, key=lambda kv: kv[1].valid_from)[0]
 
-    def with_revocation(self, signed_revocation: bytes) -> "TrustedParty":
+    def with_revocation(self, signed_revocation: bytes) -> TrustedParty:
         rev = verify_revocation(signed_revocation, self)
         return replace(self, extra_revocations=(*self.extra_revocations, rev))
 

@@ -85,7 +85,7 @@ MAX_STAGING = 60.0
 PING_CACHE_SECONDS = 5.0
 
 AGREEMENT_SIGNED_ON = date(2014, 7, 21)
-AGREEMENT_REFERENCE = "Соглашение о сотрудничестве от 21 июля 2014 года"  # noqa: RUF001
+AGREEMENT_REFERENCE = "Соглашение о сотрудничестве от 21 июля 2014 года"
 
 
 def _iso(value: datetime | date | None) -> str | None:

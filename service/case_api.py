@@ -16,16 +16,16 @@ from sqlalchemy import select
 
 from protocol import OPEN_REQUEST_STATES, agreement_state_on
 from service import drafts
-from service.openapi_examples import document_body
 from service.auth import Principal, require_role
 from service.case_models import Consent, DirectoryVersion, Draft, Original, TerminationNotice, Thread
-from service.policy import check_purpose_code
-from service.reading import can_see
 from service.cases import agreement_ends_on, termination_received_on
 from service.db import session_scope
 from service.errors import ServiceError
 from service.models import Message
 from service.node import Node, record_event
+from service.openapi_examples import document_body
+from service.policy import check_purpose_code
+from service.reading import can_see
 
 Staff = Annotated[Principal, Depends(require_role("clerk", "signatory", "reader", "operator"))]
 Drafter = Annotated[Principal, Depends(require_role("clerk", "signatory", "operator"))]

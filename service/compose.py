@@ -15,8 +15,8 @@ from typing import IO, Any
 
 from protocol import DOCUMENT_TYPES, AttachmentRef, Document, parse_document
 from service.errors import ServiceError
-from service.policy import check_purpose_code
 from service.models import Message
+from service.policy import check_purpose_code
 
 NODE_FIELDS = ("id", "sender_party", "created_at", "language", "attachments")
 

@@ -752,7 +752,7 @@ def test_agreement_configuration_is_versioned_never_edited(shared_pair) -> None:
             "/v1/admin/agreement/versions",
             json={
                 "effective_from": start,
-                "reference": "Протокол о внесении изменений № 1",  # noqa: RUF001
+                "reference": "Протокол о внесении изменений № 1",
                 "changes": {"originals_due_days": 20, "directions": [*protocol.DIRECTIONS, "cybercrime_2"]},
             },
         )

@@ -15,10 +15,18 @@ import pytest
 
 from keys import add_signatory
 from service.auth import create_user
-from service.db import make_engine, session_scope
 from service.case_models import Original
+from service.db import make_engine, session_scope
 from service.settings import Settings
-from tests.integration.helpers import PURPOSE, craft_envelope, deliver, row_counts, request_fields, send, wait_for, wait_status
+from tests.integration.helpers import (
+    PURPOSE,
+    craft_envelope,
+    deliver,
+    request_fields,
+    row_counts,
+    send,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import struct
 import os
 import socket
 import ssl
+import struct
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -15,8 +15,17 @@ import pytest
 
 import protocol
 from keys import generate_identity, load_identity
-from tests.integration.helpers import (PURPOSE, craft_envelope, deliver, messages, request_fields, row_counts, send,
-                                       trusted, wait_status)
+from tests.integration.helpers import (
+    PURPOSE,
+    craft_envelope,
+    deliver,
+    messages,
+    request_fields,
+    row_counts,
+    send,
+    trusted,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (Russian text is the point: Art. 8)
+
 """In-memory fixtures for the protocol tests: two Parties (KZ and BY) and valid documents.
 
 Nothing here touches the disk, the network or the clock: keys are generated in

@@ -1,7 +1,6 @@
 """The documents of the agreement, article by article (protocol/_documents.py)."""
 
 # Russian text is the point of these tests: Cyrillic look-alikes of Latin letters are expected.
-# ruff: noqa: RUF001
 
 from __future__ import annotations
 

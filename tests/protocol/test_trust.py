@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (Russian text is the point: Art. 8)
+
 """Trust: bundles and fingerprints, signing authorisations (Art. 4), revocations, key validity."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def threads(engine: Engine) -> list[dict[str, Any]]:
 def test_art5_a_request_and_its_replies_in_one_batch_end_as_applied_one_by_one(engine: Engine) -> None:
     first, second = request(), request()
     accepted = reply(first, {"kind": "acceptance"}, T0 + timedelta(minutes=1))
-    delayed = reply(first, {"kind": "delay_notice", "reason": "Требуется время на сбор сведений.",  # noqa: RUF001
+    delayed = reply(first, {"kind": "delay_notice", "reason": "Требуется время на сбор сведений.",
                             "new_expected_date": (T0 + timedelta(days=60)).date().isoformat()},
                     T0 + timedelta(minutes=2))
     done = reply(second, {"kind": "execution_result", "summary": "Сведения прилагаются."},

@@ -47,7 +47,7 @@ def message_row(n: int, **changes: Any) -> dict[str, Any]:
            "created_at": (T0 + timedelta(seconds=n)).astimezone(ALMATY), "status": "queued",
            "receipt": None, "receipt_status": None, "receipt_verified": False, "delivered_at": None,
            "summary": {"signed_by_key": "k-1", "policy": {"confidentiality": "confidential", "n": n},
-                       "note": "Запрос о правовой помощи"}}  # noqa: RUF001 (Russian)
+                       "note": "Запрос о правовой помощи"}}
     row.update(changes)
     return row
 

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (Russian text is the point: Art. 8)
+
 """Build prolink's published test vectors (``tests/vectors/v1.json``) from fixed seeds and a fixed time.
 
 Usage (from the repository root)::
