@@ -61,11 +61,20 @@ EXCHANGE_TARGET = 0.9
 
 def sample_entry(i: int) -> dict[str, Any]:
     """One realistic event: what ``record_event`` stores for a received message."""
-    return {"at": T0 + timedelta(microseconds=i * 1000), "actor": "node" if i % 3 else f"user:{i % 50}",
-            "party": "BY", "type": ("message.received", "receipt.issued", "message.read")[i % 3],
-            "object_id": f"{i:08x}-8a38-4c55-9d36-2b6c1f0e9a01", "outcome": "accepted",
-            "detail": {"envelope_sha256": hashlib.sha256(i.to_bytes(8, "big")).hexdigest(), "kind": "request",
-                       "purpose_code": "criminal_case", "case_number": f"2026-{i % 10000:04d}"}}
+    return {
+        "at": T0 + timedelta(microseconds=i * 1000),
+        "actor": "node" if i % 3 else f"user:{i % 50}",
+        "party": "BY",
+        "type": ("message.received", "receipt.issued", "message.read")[i % 3],
+        "object_id": f"{i:08x}-8a38-4c55-9d36-2b6c1f0e9a01",
+        "outcome": "accepted",
+        "detail": {
+            "envelope_sha256": hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
+            "kind": "request",
+            "purpose_code": "criminal_case",
+            "case_number": f"2026-{i % 10000:04d}",
+        },
+    }
 
 
 def rate(n: int, seconds: float) -> str:
@@ -73,6 +82,7 @@ def rate(n: int, seconds: float) -> str:
 
 
 # --- 1. appending ---------------------------------------------------------------------------
+
 
 def bench_append(n: int) -> tuple[list[bytes], dict[str, float]]:
     print(f"1. Appending {n:,} entries")
@@ -125,6 +135,7 @@ def bench_db_append(n: int, url: str, label: str, raw: float) -> float:
 
 # --- 2. verification ---------------------------------------------------------------------------
 
+
 def bench_verify(node: Any, n: int, tmp: Path) -> float:
     from service.audit_export import READ_BLOCK, export_to, load_bundle, verify_file
 
@@ -138,8 +149,10 @@ def bench_verify(node: Any, n: int, tmp: Path) -> float:
     bundle_path.write_bytes(node.identity.bundle_bytes())
     bundles = {"KZ": load_bundle(bundle_path)}
     mb = path.stat().st_size / 1e6
-    print(f"  export: {plan.count:,} entries, {mb:.0f} MB in {exported:.1f} s "
-          f"({rate(plan.count, exported).strip()})")
+    print(
+        f"  export: {plan.count:,} entries, {mb:.0f} MB in {exported:.1f} s "
+        f"({rate(plan.count, exported).strip()})"
+    )
 
     def raw_pass() -> None:
         sha = hashlib.sha256
@@ -148,7 +161,7 @@ def bench_verify(node: Any, n: int, tmp: Path) -> float:
             while block := f.read(READ_BLOCK):
                 data = tail + block
                 cut = data.rfind(b"\n")
-                tail = data[cut + 1:]
+                tail = data[cut + 1 :]
                 for line in data[:cut].split(b"\n"):
                     if not line.startswith(b'{"record":'):
                         sha(line).digest()
@@ -173,14 +186,19 @@ def bench_verify(node: Any, n: int, tmp: Path) -> float:
     assert report.count == plan.count
     print(f"  {'':<44} {'rate':>15} {'vs raw SHA-256':>15}")
     print(f"  {'read + SHA-256 of each entry line (raw)':<44} {rate(plan.count, raw)}")
-    print(f"  {'prolink audit verify':<44} {rate(plan.count, ours)} {raw / ours:15.2f}"
-          f"   (target >= {VERIFY_TARGET})")
-    print(f"  for information: one SHA-256 over the whole file runs at {mb / whole:.0f} MB/s; verify at "
-          f"{mb / ours:.0f} MB/s")
+    print(
+        f"  {'prolink audit verify':<44} {rate(plan.count, ours)} {raw / ours:15.2f}"
+        f"   (target >= {VERIFY_TARGET})"
+    )
+    print(
+        f"  for information: one SHA-256 over the whole file runs at {mb / whole:.0f} MB/s; verify at "
+        f"{mb / ours:.0f} MB/s"
+    )
     return raw / ours
 
 
 # --- 3. proof sizes ------------------------------------------------------------------------------
+
 
 def bench_proofs(node: Any, n: int) -> None:
     from service import audit
@@ -188,24 +206,28 @@ def bench_proofs(node: Any, n: int) -> None:
     print(f"3. Proofs at {n:,} entries (RFC 9162; 32-byte hashes)")
     with node.engine.connect() as conn:
         size = audit.size(conn)
-        cases = [("inclusion of entry 0", lambda: audit.inclusion(conn, 0, size)),
-                 (f"inclusion of entry {size // 2:,}", lambda: audit.inclusion(conn, size // 2, size)),
-                 (f"inclusion of entry {size - 1:,}", lambda: audit.inclusion(conn, size - 1, size)),
-                 (f"consistency {size // 3:,} -> {size:,}", lambda: audit.consistency(conn, size // 3, size)),
-                 (f"consistency {size - 1000:,} -> {size:,}",
-                  lambda: audit.consistency(conn, size - 1000, size)),
-                 (f"root at {size - 12345:,}", lambda: [audit.root_at(conn, size - 12345)])]
+        cases = [
+            ("inclusion of entry 0", lambda: audit.inclusion(conn, 0, size)),
+            (f"inclusion of entry {size // 2:,}", lambda: audit.inclusion(conn, size // 2, size)),
+            (f"inclusion of entry {size - 1:,}", lambda: audit.inclusion(conn, size - 1, size)),
+            (f"consistency {size // 3:,} -> {size:,}", lambda: audit.consistency(conn, size // 3, size)),
+            (f"consistency {size - 1000:,} -> {size:,}", lambda: audit.consistency(conn, size - 1000, size)),
+            (f"root at {size - 12345:,}", lambda: [audit.root_at(conn, size - 12345)]),
+        ]
         for name, fn in cases:
             proof = fn()
             t = time.perf_counter()
             for _ in range(20):
                 fn()
             ms = (time.perf_counter() - t) / 20 * 1000
-            print(f"  {name:<36} {len(proof):3d} hashes {32 * len(proof):5d} bytes"
-                  f"   {ms:6.2f} ms from the database")
+            print(
+                f"  {name:<36} {len(proof):3d} hashes {32 * len(proof):5d} bytes"
+                f"   {ms:6.2f} ms from the database"
+            )
 
 
 # --- 4. exchange with the log on and off ----------------------------------------------------------
+
 
 def _parties(root: Path, urls: dict[str, str | None]) -> tuple[Any, Any, Any]:
     from service.demo import introduce, setup_party
@@ -228,15 +250,28 @@ def _envelopes(kz: Any, by: Any, count: int) -> Iterator[bytes]:
     now = datetime.now(UTC)
     for _ in range(count):
         mid = str(__import__("uuid").uuid4())
-        doc = protocol.parse_document({
-            "kind": "request", "urgent": False, "grounds": "Уголовное дело № 2026-0451.",
-            "purpose": "Установление владельца банковского счёта.",
-            "content": "Просим предоставить сведения.",
-            "other_information": "Нет.", "direction": "economic_crime", "form": "crime_information",
-            "confidentiality": "confidential", "recipient_party": "BY", "id": mid, "thread_id": mid,
-            "sender_party": "KZ", "requesting_party": "KZ", "requested_party": "BY",
-            "created_at": now.isoformat(), "language": "ru",
-            "expected_execution_date": (now.date() + timedelta(days=30)).isoformat()})
+        doc = protocol.parse_document(
+            {
+                "kind": "request",
+                "urgent": False,
+                "grounds": "Уголовное дело № 2026-0451.",
+                "purpose": "Установление владельца банковского счёта.",
+                "content": "Просим предоставить сведения.",
+                "other_information": "Нет.",
+                "direction": "economic_crime",
+                "form": "crime_information",
+                "confidentiality": "confidential",
+                "recipient_party": "BY",
+                "id": mid,
+                "thread_id": mid,
+                "sender_party": "KZ",
+                "requesting_party": "KZ",
+                "requested_party": "BY",
+                "created_at": now.isoformat(),
+                "language": "ru",
+                "expected_execution_date": (now.date() + timedelta(days=30)).isoformat(),
+            }
+        )
         signed = protocol.sign_document(doc, signatory.key)
         yield protocol.seal(signed, signatory.authorisation, [], identity.node_keys, recipient, now)
 
@@ -306,16 +341,21 @@ def bench_exchange(label: str, urls: dict[str, str | None], count: int) -> float
     on, off = sum(times["on"]), sum(times["off"])
     med_on, med_off = statistics.median(times["on"]), statistics.median(times["off"])
     append_ms = spent[0] / max(spent[1], 1) * 1000
-    print(f"  {label:<11} log on {len(times['on']) / on:7.1f} msg/s, "
-          f"off {len(times['off']) / off:7.1f} msg/s: "
-          f"on/off {off / on:4.2f} (median per message {med_on * 1000:.2f} vs {med_off * 1000:.2f} ms: "
-          f"{med_off / med_on:4.2f})   target >= {EXCHANGE_TARGET}")
-    print(f"  {'':<11} the log's append inside each receive transaction: {append_ms:.2f} ms "
-          f"({append_ms / (med_on * 1000):.1%} of a median receive)")
+    print(
+        f"  {label:<11} log on {len(times['on']) / on:7.1f} msg/s, "
+        f"off {len(times['off']) / off:7.1f} msg/s: "
+        f"on/off {off / on:4.2f} (median per message {med_on * 1000:.2f} vs {med_off * 1000:.2f} ms: "
+        f"{med_off / med_on:4.2f})   target >= {EXCHANGE_TARGET}"
+    )
+    print(
+        f"  {'':<11} the log's append inside each receive transaction: {append_ms:.2f} ms "
+        f"({append_ms / (med_on * 1000):.1%} of a median receive)"
+    )
     return off / on
 
 
 # --- main -----------------------------------------------------------------------------------------
+
 
 class Postgres:
     def __init__(self, url: str) -> None:
@@ -356,8 +396,12 @@ def log_parts(args: argparse.Namespace, pg: Postgres | None) -> bool:
         if pg is not None:
             bench_db_append(args.entries, pg.create(), "PostgreSQL", r["raw"])
         print()
-        node = Node(settings, load_identity(settings.data_dir), make_engine(settings.database_url),
-                    clock=lambda: datetime.now(UTC))
+        node = Node(
+            settings,
+            load_identity(settings.data_dir),
+            make_engine(settings.database_url),
+            clock=lambda: datetime.now(UTC),
+        )
         ratio = bench_verify(node, args.entries, Path(tmp))
         print()
         bench_proofs(node, args.entries)
@@ -371,8 +415,10 @@ def exchange_part(args: argparse.Namespace, pg: Postgres | None) -> bool:
     print("4. Exchange throughput (BY receives KZ's envelopes in-process), audit log on vs off")
     ok = bench_exchange("SQLite", {"KZ": None, "BY": None}, args.messages) >= EXCHANGE_TARGET
     if pg is not None:
-        ok &= bench_exchange("PostgreSQL", {"KZ": pg.create(), "BY": pg.create()},
-                             args.messages) >= EXCHANGE_TARGET
+        ok &= (
+            bench_exchange("PostgreSQL", {"KZ": pg.create(), "BY": pg.create()}, args.messages)
+            >= EXCHANGE_TARGET
+        )
     print()
     return ok
 
@@ -388,8 +434,10 @@ def main() -> int:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # quiet: errors only
     print("prolink audit log benchmark")
-    print(f"  Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"SQLite synchronous=FULL (WAL)")
+    print(
+        f"  Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"SQLite synchronous=FULL (WAL)"
+    )
     print()
     pg = Postgres(args.postgres) if args.postgres else None
     ok = True

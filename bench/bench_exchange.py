@@ -85,26 +85,34 @@ from fastapi import FastAPI, Request  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DOCUMENT_BYTES = 1024
-THROUGHPUT_TARGET = 0.3   # node msg/s >= 0.3 x echo req/s
-P99_TARGET = 3.0          # node p99 <= 3 x echo p99
-NAMES = {"KZ": "Генеральная прокуратура Республики Казахстан",
-         "BY": "Генеральная прокуратура Республики Беларусь"}
+THROUGHPUT_TARGET = 0.3  # node msg/s >= 0.3 x echo req/s
+P99_TARGET = 3.0  # node p99 <= 3 x echo p99
+NAMES = {
+    "KZ": "Генеральная прокуратура Республики Казахстан",
+    "BY": "Генеральная прокуратура Республики Беларусь",
+}
 
 
 # --- the document --------------------------------------------------------------------------------
+
 
 def russian_document(recipient: str, size: int = DOCUMENT_BYTES) -> dict[str, Any]:
     """A request whose JSON (UTF-8) is ``size`` bytes, most of it Russian prose in ``content``."""
     due = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
     doc: dict[str, Any] = {
-        "kind": "request", "recipient_party": recipient, "urgent": False,
+        "kind": "request",
+        "recipient_party": recipient,
+        "urgent": False,
         "grounds": "Уголовное дело № 2026-0451, статья 190 УК Республики Казахстан (мошенничество).",
         "purpose": "Установление владельца банковского счёта.",
         "content": "",
         "expected_execution_date": due,
         "other_information": "Нет.",
-        "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
-        "purpose_code": "criminal_investigation", "case_number": "2026-0451",
+        "direction": "economic_crime",
+        "form": "crime_information",
+        "confidentiality": "confidential",
+        "purpose_code": "criminal_investigation",
+        "case_number": "2026-0451",
     }
     prose = "Просим предоставить сведения о владельце счёта и выписку операций за первое полугодие. "
     base = len(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
@@ -116,6 +124,7 @@ def russian_document(recipient: str, size: int = DOCUMENT_BYTES) -> dict[str, An
 
 
 # --- small helpers -------------------------------------------------------------------------------
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
@@ -185,6 +194,7 @@ class Figures:
 
 # --- the echo baseline ---------------------------------------------------------------------------
 
+
 def echo_server_main(server_dir: Path, client_dir: Path, port: int) -> None:
     """Run in a child process: FastAPI echo over the node's mutual TLS (server: ``server_dir``'s identity).
 
@@ -231,9 +241,17 @@ def echo_server_main(server_dir: Path, client_dir: Path, port: int) -> None:
         return {"status": "accepted", "size": len(body)}
 
     peer_http, _ = http_protocols()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=peer_http, lifespan="off",
-                            log_level="warning", access_log=False, timeout_keep_alive=30,
-                            ssl_context_factory=lambda _config, _default: ctx)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=peer_http,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        ssl_context_factory=lambda _config, _default: ctx,
+    )
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(uvicorn.Server(config).serve())
 
@@ -256,8 +274,16 @@ def echo_server(server_dir: Path, client_dir: Path, log_dir: Path) -> Iterator[t
             proc.wait(5)
 
 
-def measure_echo(client_dir: Path, server_dir: Path, port: int, body_size: int, concurrency: int,
-                 requests: int, server_pid: int, path: str = "/v1/echo") -> Figures:
+def measure_echo(
+    client_dir: Path,
+    server_dir: Path,
+    port: int,
+    body_size: int,
+    concurrency: int,
+    requests: int,
+    server_pid: int,
+    path: str = "/v1/echo",
+) -> Figures:
     import protocol
     from keys import client_ssl_context, export_bundle, load_identity
 
@@ -318,11 +344,17 @@ def measure_echo(client_dir: Path, server_dir: Path, port: int, body_size: int, 
     elapsed = time.perf_counter() - started
     if len(latencies) != requests:
         raise RuntimeError(f"echo: {len(latencies)} of {requests} requests completed")
-    return Figures("echo", requests, elapsed, latencies, cpu={"echo": process_cpu(server_pid) - cpu_before,
-                                                             "load": process_cpu(os.getpid()) - load_before})
+    return Figures(
+        "echo",
+        requests,
+        elapsed,
+        latencies,
+        cpu={"echo": process_cpu(server_pid) - cpu_before, "load": process_cpu(os.getpid()) - load_before},
+    )
 
 
 # --- two nodes -------------------------------------------------------------------------------------
+
 
 class Postgres:
     """Creates uniquely named databases for the benchmark and drops them all at the end."""
@@ -350,8 +382,9 @@ class Postgres:
         name = f"prolink_bench_{secrets.token_hex(5)}"
         self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.names.append(name)
-        return str(self.url.set(drivername="postgresql+psycopg", database=name).render_as_string(
-            hide_password=False))
+        return str(
+            self.url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+        )
 
     def drop_all(self) -> None:
         from psycopg import sql
@@ -422,11 +455,17 @@ class Outgoing:
         found: dict[str, Any] = {}
         with session_scope(self.engine, readonly=True) as s:
             for i in range(0, len(ids), 500):
-                batch = ids[i:i + 500]
-                query = select(Message.id, Message.status, Message.delivered_at, Message.receipt,  # type: ignore[call-overload]
-                               Message.receipt_status, Message.receipt_verified, Message.envelope_sha256,
-                               Message.created_at,
-                               ).where(Message.direction == direction, Message.id.in_(batch))  # type: ignore[attr-defined]
+                batch = ids[i : i + 500]
+                query = select(
+                    Message.id,
+                    Message.status,
+                    Message.delivered_at,
+                    Message.receipt,  # type: ignore[call-overload]
+                    Message.receipt_status,
+                    Message.receipt_verified,
+                    Message.envelope_sha256,
+                    Message.created_at,
+                ).where(Message.direction == direction, Message.id.in_(batch))  # type: ignore[attr-defined]
                 found.update({r.id: r for r in s.execute(query)})
         return found
 
@@ -440,8 +479,13 @@ class Outgoing:
         from service.models import Message
 
         with session_scope(self.engine, readonly=True) as s:
-            rows = s.execute(select(Message.status, func.count()).where(  # type: ignore[call-overload]
-                Message.direction == "out").group_by(Message.status)).all()
+            rows = s.execute(
+                select(Message.status, func.count())
+                .where(  # type: ignore[call-overload]
+                    Message.direction == "out"
+                )
+                .group_by(Message.status)
+            ).all()
         return {status: int(n) for status, n in rows}
 
     def wait_all(self, ids: list[str], timeout: float, before: dict[str, int] | None = None) -> None:
@@ -461,7 +505,8 @@ class Outgoing:
                 elif ended["delivered"] < len(ids):
                     if time.monotonic() > deadline:
                         raise RuntimeError(
-                            f"timed out: {ended['delivered']} of {len(ids)} messages delivered")
+                            f"timed out: {ended['delivered']} of {len(ids)} messages delivered"
+                        )
                     time.sleep(0.02)
                     continue
             rows = self.rows(pending)
@@ -501,9 +546,15 @@ class Outgoing:
                     waiting = [k for k, e in self._events.items() if not e.is_set()]
                 if waiting:
                     with session_scope(self.engine, readonly=True) as s:
-                        done = list(s.execute(select(Message.id).where(  # type: ignore[call-overload]
-                            Message.direction == "out", Message.id.in_(waiting),  # type: ignore[attr-defined]
-                            Message.status.in_(("delivered", "rejected", "parked")))).scalars())  # type: ignore[attr-defined]
+                        done = list(
+                            s.execute(
+                                select(Message.id).where(  # type: ignore[call-overload]
+                                    Message.direction == "out",
+                                    Message.id.in_(waiting),  # type: ignore[attr-defined]
+                                    Message.status.in_(("delivered", "rejected", "parked")),
+                                )
+                            ).scalars()
+                        )  # type: ignore[attr-defined]
                     with self._lock:
                         for k in done:
                             self._events[k].set()
@@ -526,13 +577,23 @@ def post_message(client: httpx.Client, doc: dict[str, Any]) -> tuple[str, float,
 
 
 def sender_clients(pair: Pair, concurrency: int) -> list[httpx.Client]:
-    return [httpx.Client(base_url=pair.kz.api, timeout=60.0,
-                         headers={"authorization": f"Bearer {pair.kz.tokens['signatory']}"})
-            for _ in range(concurrency)]
+    return [
+        httpx.Client(
+            base_url=pair.kz.api,
+            timeout=60.0,
+            headers={"authorization": f"Bearer {pair.kz.tokens['signatory']}"},
+        )
+        for _ in range(concurrency)
+    ]
 
 
-def post_all(pair: Pair, doc: dict[str, Any], concurrency: int, count: int,
-             after_each: Callable[[str], None] | None = None) -> dict[str, float]:
+def post_all(
+    pair: Pair,
+    doc: dict[str, Any],
+    concurrency: int,
+    count: int,
+    after_each: Callable[[str], None] | None = None,
+) -> dict[str, float]:
     """``count`` messages posted by ``concurrency`` senders; ``after_each(id)`` runs before a sender's next.
 
     Returns when every sender is done: message id -> wall-clock time its POST began.
@@ -563,8 +624,9 @@ def post_all(pair: Pair, doc: dict[str, Any], concurrency: int, count: int,
     return sent
 
 
-def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int,
-             timeout: float) -> tuple[Figures, dict[str, float]]:
+def run_open(
+    pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int, timeout: float
+) -> tuple[Figures, dict[str, float]]:
     """``count`` messages posted by ``concurrency`` senders as fast as accepted; waits for every delivery."""
     before = out.counts()
     pids = {"KZ": pair.kz.process.pid, "BY": pair.by.process.pid}
@@ -581,8 +643,9 @@ def run_open(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, c
     return figures, sent
 
 
-def run_closed(pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int,
-               timeout: float) -> tuple[Figures, dict[str, float]]:
+def run_closed(
+    pair: Pair, out: Outgoing, doc: dict[str, Any], concurrency: int, count: int, timeout: float
+) -> tuple[Figures, dict[str, float]]:
     """Each sender posts one message, waits until it is delivered, then posts the next."""
 
     def wait_delivered(mid: str) -> None:
@@ -625,11 +688,13 @@ def closed_stages(out: Outgoing, by_dir: Path, sent: dict[str, float]) -> dict[s
 
 def figures_from_db(out: Outgoing, label: str, sent: dict[str, float]) -> Figures:
     rows = out.rows(list(sent))
-    missing = [m for m in sent
-               if m not in rows or rows[m].status != "delivered" or not rows[m].receipt_verified]
+    missing = [
+        m for m in sent if m not in rows or rows[m].status != "delivered" or not rows[m].receipt_verified
+    ]
     if missing:
-        raise RuntimeError(f"{len(missing)} messages not delivered with a verified receipt, "
-                           f"e.g. {missing[0]}")
+        raise RuntimeError(
+            f"{len(missing)} messages not delivered with a verified receipt, e.g. {missing[0]}"
+        )
     latencies = [rows[m].delivered_at.timestamp() - t0 for m, t0 in sent.items()]
     first = min(sent.values())
     last = max(rows[m].delivered_at.timestamp() for m in sent)
@@ -645,14 +710,19 @@ def verify_receipts_offline(pair: Pair, out: Outgoing, ids: list[str]) -> int:
     trusted = protocol.verify_bundle(bundle, expected_fingerprint=fp)
     ok = 0
     for mid, row in out.rows(ids).items():
-        result = protocol.verify_receipt(row.receipt, trusted,
-                                         envelope_sha256=bytes.fromhex(row.envelope_sha256),
-                                         message_id=mid, sender="KZ")
+        result = protocol.verify_receipt(
+            row.receipt,
+            trusted,
+            envelope_sha256=bytes.fromhex(row.envelope_sha256),
+            message_id=mid,
+            sender="KZ",
+        )
         ok += bool(result.accepted)
     return ok
 
 
 # --- profiling (optional) ----------------------------------------------------------------------------
+
 
 @contextmanager
 def profiling(pair: Pair, directory: Path | None, tag: str) -> Iterator[None]:
@@ -673,10 +743,22 @@ def profiling(pair: Pair, directory: Path | None, tag: str) -> Iterator[None]:
     procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
     for p in (pair.kz, pair.by):
         out = directory / f"{tag}-{p.party.lower()}.txt"
-        command = [pyspy, "record", "--pid", str(p.process.pid), "--rate", "250", "--gil", "--format", "raw",
-                   "-o", str(out)]
-        procs.append((p.party, out, subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                                     stderr=subprocess.DEVNULL)))
+        command = [
+            pyspy,
+            "record",
+            "--pid",
+            str(p.process.pid),
+            "--rate",
+            "250",
+            "--gil",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ]
+        procs.append(
+            (p.party, out, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        )
     time.sleep(1.0)
     try:
         yield
@@ -716,6 +798,7 @@ def print_profile(label: str, path: Path, top: int = 12) -> None:
 
 # --- one backend --------------------------------------------------------------------------------------
 
+
 @dataclass
 class BackendResult:
     backend: str
@@ -726,16 +809,24 @@ class BackendResult:
     closed_stages: dict[str, list[float]] = field(default_factory=dict)  # ``closed_stages``
 
 
-def bench_backend(backend: str, root: Path, database_urls: dict[str, str | None], args: argparse.Namespace,
-                  baseline_hook: Callable[[Pair, int], None] | None = None) -> BackendResult:
+def bench_backend(
+    backend: str,
+    root: Path,
+    database_urls: dict[str, str | None],
+    args: argparse.Namespace,
+    baseline_hook: Callable[[Pair, int], None] | None = None,
+) -> BackendResult:
     with ExitStack() as stack:
         pair = make_pair(stack, root, database_urls)
         out = Outgoing(pair.kz.data_dir)
         stack.callback(out.close)
         doc = russian_document("BY")
         # Warm-up: connections, caches, the first TLS handshake between the nodes.
-        with httpx.Client(base_url=pair.kz.api, timeout=60.0,
-                          headers={"authorization": f"Bearer {pair.kz.tokens['signatory']}"}) as c:
+        with httpx.Client(
+            base_url=pair.kz.api,
+            timeout=60.0,
+            headers={"authorization": f"Bearer {pair.kz.tokens['signatory']}"},
+        ) as c:
             warm = [post_message(c, doc) for _ in range(10)]
         envelope_size = warm[0][2]
         out.wait_all([w[0] for w in warm], 60)
@@ -748,11 +839,18 @@ def bench_backend(backend: str, root: Path, database_urls: dict[str, str | None]
         verified = verify_receipts_offline(pair, out, ids)
         if verified != len(ids):
             raise RuntimeError(f"only {verified} of {len(ids)} receipts verified offline")
-        return BackendResult(backend, envelope_size, opened, closed, verified,
-                             closed_stages(out, pair.by.data_dir, sent_closed))
+        return BackendResult(
+            backend,
+            envelope_size,
+            opened,
+            closed,
+            verified,
+            closed_stages(out, pair.by.data_dir, sent_closed),
+        )
 
 
 # --- report ---------------------------------------------------------------------------------------------
+
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
@@ -764,47 +862,72 @@ def report(base: Figures, r: BackendResult, durable: Figures | None = None) -> d
     p99_ratio = r.closed.p99 / base.p99
     tp_ok, p99_ok = tp_ratio >= THROUGHPUT_TARGET, p99_ratio <= P99_TARGET
     b = f"{r.backend:<9}"
-    print(f"{b} throughput  {r.open.count} messages delivered in {r.open.seconds:.2f} s ="
-          f" {r.open.rate:7.1f} msg/s"
-          f"   ratio {tp_ratio:.3f}   target >= {THROUGHPUT_TARGET}   {verdict(tp_ok)}")
-    print(f"{b} latency     closed loop, {r.closed.count} messages: p50 {ms(r.closed.p50)} (x{p50_ratio:.1f})"
-          f"   p99 {ms(r.closed.p99)} (x{p99_ratio:.1f})   target p99 <= {P99_TARGET:g}x   {verdict(p99_ok)}")
+    print(
+        f"{b} throughput  {r.open.count} messages delivered in {r.open.seconds:.2f} s ="
+        f" {r.open.rate:7.1f} msg/s"
+        f"   ratio {tp_ratio:.3f}   target >= {THROUGHPUT_TARGET}   {verdict(tp_ok)}"
+    )
+    print(
+        f"{b} latency     closed loop, {r.closed.count} messages: p50 {ms(r.closed.p50)} (x{p50_ratio:.1f})"
+        f"   p99 {ms(r.closed.p99)} (x{p99_ratio:.1f})   target p99 <= {P99_TARGET:g}x   {verdict(p99_ok)}"
+    )
     if r.closed_stages:
-        print(f"{b} (info)      closed loop, where the time went (p50 / p99): " + ";  ".join(
-            f"{name} {ms(percentile(v, 50))} / {ms(percentile(v, 99))}"
-            for name, v in r.closed_stages.items()))
+        print(
+            f"{b} (info)      closed loop, where the time went (p50 / p99): "
+            + ";  ".join(
+                f"{name} {ms(percentile(v, 50))} / {ms(percentile(v, 99))}"
+                for name, v in r.closed_stages.items()
+            )
+        )
     accepted = r.open.count / r.open.accept_seconds
     per_message = {name: 1000 * seconds / r.open.count for name, seconds in r.open.cpu.items()}
     node_cpu = {party: per_message.get(party, 0.0) for party in ("KZ", "BY")}
     echo_cpu = 1000 * base.cpu.get("echo", 0.0) / base.count
-    print(f"{b} (info)      CPU per delivered message: KZ {node_cpu['KZ']:.2f} ms + BY "
-          f"{node_cpu['BY']:.2f} ms (both nodes {sum(node_cpu.values()):.2f} ms) against "
-          f"{echo_cpu:.2f} ms per request in the echo server"
-          f" (x{sum(node_cpu.values()) / max(echo_cpu, 1e-9):.1f})")
+    print(
+        f"{b} (info)      CPU per delivered message: KZ {node_cpu['KZ']:.2f} ms + BY "
+        f"{node_cpu['BY']:.2f} ms (both nodes {sum(node_cpu.values()):.2f} ms) against "
+        f"{echo_cpu:.2f} ms per request in the echo server"
+        f" (x{sum(node_cpu.values()) / max(echo_cpu, 1e-9):.1f})"
+    )
     # Where the machine's CPU went, per message: what bounds the open pipeline when every core is busy.
     database = per_message.get("database", 0.0)
     everything = sum(node_cpu.values()) + database + per_message.get("load", 0.0)
     echo_everything = echo_cpu + 1000 * base.cpu.get("load", 0.0) / base.count
-    print(f"{b} (info)      CPU of the whole run per message: nodes {sum(node_cpu.values()):.2f} ms"
-          f" + PostgreSQL server {database:.2f} ms + load generator {per_message.get('load', 0.0):.2f} ms"
-          f" = {everything:.2f} ms; echo: server + load generator {echo_everything:.2f} ms per request")
+    print(
+        f"{b} (info)      CPU of the whole run per message: nodes {sum(node_cpu.values()):.2f} ms"
+        f" + PostgreSQL server {database:.2f} ms + load generator {per_message.get('load', 0.0):.2f} ms"
+        f" = {everything:.2f} ms; echo: server + load generator {echo_everything:.2f} ms per request"
+    )
     if durable is not None:
-        print(f"{b} (info)      against the durable echo: throughput ratio {r.open.rate / durable.rate:.3f},"
-              f" closed-loop p99 x{r.closed.p99 / durable.p99:.1f}")
-    print(f"{b} (info)      open pipeline: user API accepted {accepted:.1f} msg/s,"
-          f" latency p50 {ms(r.open.p50)} p99 {ms(r.open.p99)} (time queued in the outbox);"
-          f" closed loop {r.closed.rate:.1f} msg/s; receipts verified offline {r.receipts_verified}")
-    return {"backend": r.backend, "msgs_per_s": round(r.open.rate, 1), "throughput_ratio": round(tp_ratio, 3),
-            "p50_ms": round(r.closed.p50 * 1000, 1), "p99_ms": round(r.closed.p99 * 1000, 1),
-            "p99_ratio": round(p99_ratio, 2), "throughput_pass": tp_ok, "p99_pass": p99_ok,
-            "open_p50_ms": round(r.open.p50 * 1000, 1), "open_p99_ms": round(r.open.p99 * 1000, 1),
-            "accepted_msgs_per_s": round(r.open.count / r.open.accept_seconds, 1),
-            "receipts_verified": r.receipts_verified,
-            "cpu_ms_per_message": {name: round(v, 2) for name, v in per_message.items()},
-            "echo_cpu_ms_per_request": round(echo_cpu, 2),
-            "closed_stages_p50_ms": {name: round(percentile(v, 50) * 1000, 1)
-                                     for name, v in r.closed_stages.items()},
-            "durable_echo_throughput_ratio": round(r.open.rate / durable.rate, 3) if durable else None}
+        print(
+            f"{b} (info)      against the durable echo: throughput ratio {r.open.rate / durable.rate:.3f},"
+            f" closed-loop p99 x{r.closed.p99 / durable.p99:.1f}"
+        )
+    print(
+        f"{b} (info)      open pipeline: user API accepted {accepted:.1f} msg/s,"
+        f" latency p50 {ms(r.open.p50)} p99 {ms(r.open.p99)} (time queued in the outbox);"
+        f" closed loop {r.closed.rate:.1f} msg/s; receipts verified offline {r.receipts_verified}"
+    )
+    return {
+        "backend": r.backend,
+        "msgs_per_s": round(r.open.rate, 1),
+        "throughput_ratio": round(tp_ratio, 3),
+        "p50_ms": round(r.closed.p50 * 1000, 1),
+        "p99_ms": round(r.closed.p99 * 1000, 1),
+        "p99_ratio": round(p99_ratio, 2),
+        "throughput_pass": tp_ok,
+        "p99_pass": p99_ok,
+        "open_p50_ms": round(r.open.p50 * 1000, 1),
+        "open_p99_ms": round(r.open.p99 * 1000, 1),
+        "accepted_msgs_per_s": round(r.open.count / r.open.accept_seconds, 1),
+        "receipts_verified": r.receipts_verified,
+        "cpu_ms_per_message": {name: round(v, 2) for name, v in per_message.items()},
+        "echo_cpu_ms_per_request": round(echo_cpu, 2),
+        "closed_stages_p50_ms": {
+            name: round(percentile(v, 50) * 1000, 1) for name, v in r.closed_stages.items()
+        },
+        "durable_echo_throughput_ratio": round(r.open.rate / durable.rate, 3) if durable else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -815,10 +938,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo-requests", type=int, default=2000, help="requests to the echo baseline")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent senders (and echo clients)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "PROLINK_BENCH_POSTGRES_URL", os.environ.get("PROLINK_TEST_POSTGRES_URL", DEFAULT_PG_URL)))
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="directory for py-spy profiles of both nodes during the throughput phase")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "PROLINK_BENCH_POSTGRES_URL", os.environ.get("PROLINK_TEST_POSTGRES_URL", DEFAULT_PG_URL)
+        ),
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="directory for py-spy profiles of both nodes during the throughput phase",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -834,22 +965,46 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"ok": False, "backends": []}
     baseline: dict[str, Figures] = {}
     failed = False
-    print(f"prolink exchange benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{args.concurrency} concurrent senders, {DOCUMENT_BYTES} B Russian documents", flush=True)
+    print(
+        f"prolink exchange benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{args.concurrency} concurrent senders, {DOCUMENT_BYTES} B Russian documents",
+        flush=True,
+    )
 
     def measure_baseline(pair: Pair, envelope_size: int) -> None:
         # Reuses this pair's real node certificates: BY's serves, KZ's is the client certificate.
         with echo_server(pair.by.data_dir, pair.kz.data_dir, root) as (port, pid):
-            base = measure_echo(pair.kz.data_dir, pair.by.data_dir, port, envelope_size, args.concurrency,
-                                args.echo_requests, pid)
-            durable = measure_echo(pair.kz.data_dir, pair.by.data_dir, port, envelope_size, args.concurrency,
-                                   args.echo_requests, pid, path="/v1/echo-durable")
+            base = measure_echo(
+                pair.kz.data_dir,
+                pair.by.data_dir,
+                port,
+                envelope_size,
+                args.concurrency,
+                args.echo_requests,
+                pid,
+            )
+            durable = measure_echo(
+                pair.kz.data_dir,
+                pair.by.data_dir,
+                port,
+                envelope_size,
+                args.concurrency,
+                args.echo_requests,
+                pid,
+                path="/v1/echo-durable",
+            )
         baseline["echo"], baseline["durable"] = base, durable
-        print(f"baseline  echo        FastAPI/uvicorn, mutual TLS 1.3, httpx, POST {envelope_size} B"
-              f" (= one envelope): {base.count} requests in {base.seconds:.2f} s = {base.rate:7.1f} req/s"
-              f"   p50 {ms(base.p50)}   p99 {ms(base.p99)}", flush=True)
-        print(f"(info)    durable echo  the same, each body stored with one durable SQLite commit:"
-              f" {durable.rate:7.1f} req/s   p50 {ms(durable.p50)}   p99 {ms(durable.p99)}", flush=True)
+        print(
+            f"baseline  echo        FastAPI/uvicorn, mutual TLS 1.3, httpx, POST {envelope_size} B"
+            f" (= one envelope): {base.count} requests in {base.seconds:.2f} s = {base.rate:7.1f} req/s"
+            f"   p50 {ms(base.p50)}   p99 {ms(base.p99)}",
+            flush=True,
+        )
+        print(
+            f"(info)    durable echo  the same, each body stored with one durable SQLite commit:"
+            f" {durable.rate:7.1f} req/s   p50 {ms(durable.p50)}   p99 {ms(durable.p99)}",
+            flush=True,
+        )
 
     try:
         for backend in backends:
@@ -861,8 +1016,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 urls = {"KZ": pg.create(), "BY": pg.create()}
             try:
-                result = bench_backend(backend, root / backend, urls, args,
-                                       measure_baseline if not baseline else None)
+                result = bench_backend(
+                    backend, root / backend, urls, args, measure_baseline if not baseline else None
+                )
             except Exception as exc:
                 failed = True
                 print(f"{backend:<9} ERROR: {type(exc).__name__}: {exc}", flush=True)
@@ -884,14 +1040,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if "echo" in baseline:
         base = baseline["echo"]
-        summary["baseline"] = {"req_per_s": round(base.rate, 1), "p50_ms": round(base.p50 * 1000, 1),
-                               "p99_ms": round(base.p99 * 1000, 1)}
+        summary["baseline"] = {
+            "req_per_s": round(base.rate, 1),
+            "p50_ms": round(base.p50 * 1000, 1),
+            "p99_ms": round(base.p99 * 1000, 1),
+        }
         if "durable" in baseline:
-            summary["durable_echo"] = {"req_per_s": round(baseline["durable"].rate, 1),
-                                       "p99_ms": round(baseline["durable"].p99 * 1000, 1)}
+            summary["durable_echo"] = {
+                "req_per_s": round(baseline["durable"].rate, 1),
+                "p99_ms": round(baseline["durable"].p99 * 1000, 1),
+            }
     results = summary["backends"]
-    summary["ok"] = (not failed and bool(results)
-                     and all(r["throughput_pass"] and r["p99_pass"] for r in results))
+    summary["ok"] = (
+        not failed and bool(results) and all(r["throughput_pass"] and r["p99_pass"] for r in results)
+    )
     summary["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary, ensure_ascii=False), flush=True)
     return 0 if summary["ok"] else 1

@@ -78,8 +78,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=32, help="rows per transaction")
     parser.add_argument("--transactions", type=int, default=300, help="transactions per measurement")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "PROLINK_BENCH_POSTGRES_URL", os.environ.get("PROLINK_TEST_POSTGRES_URL", DEFAULT_URL)))
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "PROLINK_BENCH_POSTGRES_URL", os.environ.get("PROLINK_TEST_POSTGRES_URL", DEFAULT_URL)
+        ),
+    )
     args = parser.parse_args()
     if not BUFFERING:
         sys.exit("this psycopg lacks what service.pg_pipeline overrides: nothing to compare")
@@ -93,8 +97,10 @@ def main() -> None:
     with conn:
         conn.execute("CREATE TEMP TABLE bench_rows (n integer, text text)")
         pipelines: dict[str, Pipeline] = {"psycopg": lambda c: c.pipeline(), "buffered": buffered_pipeline}
-        print(f"PostgreSQL pipelines: BEGIN, {args.rows} rows (executemany), COMMIT; "
-              f"{args.transactions} transactions each, median / p90 in ms")
+        print(
+            f"PostgreSQL pipelines: BEGIN, {args.rows} rows (executemany), COMMIT; "
+            f"{args.transactions} transactions each, median / p90 in ms"
+        )
         for busy in (False, True):
             medians: dict[str, float] = {}
             for name, pipeline in pipelines.items():
@@ -102,10 +108,14 @@ def main() -> None:
                 with busy_thread(busy):
                     took = sorted(transactions(conn, pipeline, args.rows, args.transactions))
                 medians[name] = statistics.median(took) * 1000
-                print(f"  {'with a busy thread' if busy else 'alone':20} {name:9} "
-                      f"{medians[name]:6.2f} / {took[int(len(took) * 0.9)] * 1000:6.2f}")
-            print(f"  {'with a busy thread' if busy else 'alone':20} ratio buffered / psycopg "
-                  f"{medians['buffered'] / medians['psycopg']:.2f}")
+                print(
+                    f"  {'with a busy thread' if busy else 'alone':20} {name:9} "
+                    f"{medians[name]:6.2f} / {took[int(len(took) * 0.9)] * 1000:6.2f}"
+                )
+            print(
+                f"  {'with a busy thread' if busy else 'alone':20} ratio buffered / psycopg "
+                f"{medians['buffered'] / medians['psycopg']:.2f}"
+            )
 
 
 if __name__ == "__main__":

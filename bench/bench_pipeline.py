@@ -75,8 +75,9 @@ def run(root: Path, urls: dict[str, str | None], args: argparse.Namespace) -> di
     demo.introduce(by_party, kz_party)
     kz, by = build_node(kz_party.data_dir), build_node(by_party.data_dir)
     with session_scope(kz.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+        key_id = s.execute(
+            select(User.signatory_key_id).where(User.signatory_key_id.is_not(None))
+        ).scalar_one()  # type: ignore[union-attr]
     signatory = kz.signatory(key_id)
     fields = russian_document("BY")
     worker = DeliveryWorker(kz)
@@ -90,12 +91,22 @@ def run(root: Path, urls: dict[str, str | None], args: argparse.Namespace) -> di
                 for _ in range(args.batch):
                     kz.send(compose_for(kz, dict(fields), []), signatory, [], actor="user:bench")
             else:  # as concurrent API requests would: sends that arrive together share a transaction
-                list(senders.map(lambda _: kz.send(compose_for(kz, dict(fields), []), signatory, [],
-                                                   actor="user:bench"), range(args.batch)))
+                list(
+                    senders.map(
+                        lambda _: kz.send(
+                            compose_for(kz, dict(fields), []), signatory, [], actor="user:bench"
+                        ),
+                        range(args.batch),
+                    )
+                )
             t1 = time.process_time()
             claims = outbox.claim_due(kz.engine, "bench", kz.clock(), args.batch, 60).claims
-            envelopes = [bytes(b) for b in small_blobs(kz.engine, [c.blob_id for c in claims],
-                                                         max_total=kz.settings.batch_max_bytes)]
+            envelopes = [
+                bytes(b)
+                for b in small_blobs(
+                    kz.engine, [c.blob_id for c in claims], max_total=kz.settings.batch_max_bytes
+                )
+            ]
             t2 = time.process_time()
             answers = by.receive_batch(envelopes, "KZ")
             t3 = time.process_time()
@@ -129,22 +140,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=800)
     parser.add_argument("--batch", type=int, default=8, help="envelopes per delivery")
-    parser.add_argument("--senders", type=int, default=1,
-                        help="threads sending each batch's messages at once (1: one after another)")
+    parser.add_argument(
+        "--senders",
+        type=int,
+        default=1,
+        help="threads sending each batch's messages at once (1: one after another)",
+    )
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     args.messages -= args.messages % args.batch
     configure_logging()  # the node's own log lines are part of its cost; they go to stderr
     server = os.environ.get("PROLINK_BENCH_POSTGRES_URL") or os.environ.get(
-        "PROLINK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    with tempfile.TemporaryDirectory() as tmp, \
-            (postgres_databases(server, ["KZ", "BY"]) if args.postgres else _no_databases()) as urls:
+        "PROLINK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        postgres_databases(server, ["KZ", "BY"]) if args.postgres else _no_databases() as urls,
+    ):
         per_message = run(Path(tmp), urls, args)
     backend = "postgres" if args.postgres else "sqlite"
     steps = "   ".join(f"{step} {ms:.2f}" for step, ms in per_message.items())
-    print(f"{backend}, batches of {args.batch}, {args.messages} messages: CPU ms per message: {steps}   "
-          f"total {sum(per_message.values()):.2f}")
+    print(
+        f"{backend}, batches of {args.batch}, {args.messages} messages: CPU ms per message: {steps}   "
+        f"total {sum(per_message.values()):.2f}"
+    )
 
 
 @contextmanager

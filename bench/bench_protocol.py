@@ -1,4 +1,3 @@
-
 """Benchmark of prolink's protocol layer against the raw primitives it is built on, measured in the same run.
 
 Part 1, a 1 KiB document, for each HPKE suite:
@@ -95,6 +94,7 @@ SEALED_CHUNK = CHUNK_SIZE + TAG_SIZE
 
 # --- timing ------------------------------------------------------------------------
 
+
 def calibrate(fn: Callable[[], Any], min_time: float) -> int:
     """How many calls of ``fn`` take about ``min_time`` seconds."""
     number = 1
@@ -108,8 +108,9 @@ def calibrate(fn: Callable[[], Any], min_time: float) -> int:
         number *= 2
 
 
-def best_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 9,
-                     min_time: float = 0.05) -> dict[str, float]:
+def best_interleaved(
+    fns: dict[str, Callable[[], Any]], *, rounds: int = 9, min_time: float = 0.05
+) -> dict[str, float]:
     """Seconds per call of each function, best of ``rounds``.
 
     The functions are timed in turn within each round, so that load from other
@@ -127,6 +128,7 @@ def best_interleaved(fns: dict[str, Callable[[], Any]], *, rounds: int = 9,
 
 
 # --- two Parties, in memory ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Party:
@@ -147,18 +149,37 @@ def make_party(code: str, suite: str) -> Party:
     root, node, signatory = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
     decryption = DecryptionKey.generate(suite)
     since = NOW - timedelta(days=30)
-    contents = BundleContents(code, code, f"https://{code.lower()}.example", 1, since, root.public,
-                              ((node.public, KeyValidity(node.key_id, since, None)),),
-                              ((decryption.public, KeyValidity(decryption.key_id, since, None)),),
-                              "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    contents = BundleContents(
+        code,
+        code,
+        f"https://{code.lower()}.example",
+        1,
+        since,
+        root.public,
+        ((node.public, KeyValidity(node.key_id, since, None)),),
+        ((decryption.public, KeyValidity(decryption.key_id, since, None)),),
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
     trusted = verify_bundle(sign_bundle(contents, root), expected_fingerprint=fingerprint(root.public))
-    auth = issue_authorisation(Authorisation(code, "Иванов Иван Иванович", "прокурор", signatory.public,
-                                             date(2026, 1, 1), date(2026, 12, 31), since), root)
+    auth = issue_authorisation(
+        Authorisation(
+            code,
+            "Иванов Иван Иванович",
+            "прокурор",
+            signatory.public,
+            date(2026, 1, 1),
+            date(2026, 12, 31),
+            since,
+        ),
+        root,
+    )
     return Party(code, root, node, decryption, signatory, trusted, auth)
 
 
-SENTENCE = ("Просим предоставить сведения о регистрации ООО «Восток-Транзит» и о движении денежных "
-            "средств по его счетам за 2025-2026 годы, а также копии учредительных документов.")
+SENTENCE = (
+    "Просим предоставить сведения о регистрации ООО «Восток-Транзит» и о движении денежных "
+    "средств по его счетам за 2025-2026 годы, а также копии учредительных документов."
+)
 WORDS = SENTENCE.split(" ")
 
 
@@ -168,14 +189,24 @@ def document_of_size(target: int, attachments: list[dict[str, Any]] | None = Non
 
     def build(filler: int) -> dict[str, Any]:
         return {
-            "kind": "request", "id": request_id, "thread_id": request_id, "sender_party": "KZ",
-            "recipient_party": "BY", "created_at": "2026-11-25T11:00:00Z", "language": "ru",
-            "confidentiality": "confidential", "requesting_party": "KZ", "requested_party": "BY",
+            "kind": "request",
+            "id": request_id,
+            "thread_id": request_id,
+            "sender_party": "KZ",
+            "recipient_party": "BY",
+            "created_at": "2026-11-25T11:00:00Z",
+            "language": "ru",
+            "confidentiality": "confidential",
+            "requesting_party": "KZ",
+            "requested_party": "BY",
             "grounds": "Уголовное дело № 2026-0415",
             "purpose": "Установление источника поставки",
             "content": " ".join(WORDS[i % len(WORDS)] for i in range(filler + 1)),
-            "expected_execution_date": "2026-12-25", "other_information": "",
-            "direction": "drugs", "form": "crime_information", "attachments": attachments or [],
+            "expected_execution_date": "2026-12-25",
+            "other_information": "",
+            "direction": "drugs",
+            "form": "crime_information",
+            "attachments": attachments or [],
         }
 
     filler = 0
@@ -185,6 +216,7 @@ def document_of_size(target: int, attachments: list[dict[str, Any]] | None = Non
 
 
 # --- part 1: a 1 KiB document ------------------------------------------------------------
+
 
 @dataclass
 class DocResult:
@@ -206,13 +238,21 @@ def bench_document(suite: str) -> DocResult:
     signed = sign_document(document, kz.signatory)
     envelope = seal(signed, kz.authorisation, [], kz.keys, by.trusted, NOW)
     framing = read_framing(envelope)
-    inner = canonical_json({"document": json.loads(signed), "authorisation": json.loads(kz.authorisation),
-                            "content_key": "A" * 43, "chunk_size": CHUNK_SIZE})
-    info = envelope[12:12 + len(framing.header_bytes)]
-    payload = envelope[12 + len(framing.header_bytes):-64]
+    inner = canonical_json(
+        {
+            "document": json.loads(signed),
+            "authorisation": json.loads(kz.authorisation),
+            "content_key": "A" * 43,
+            "chunk_size": CHUNK_SIZE,
+        }
+    )
+    info = envelope[12 : 12 + len(framing.header_bytes)]
+    payload = envelope[12 + len(framing.header_bytes) : -64]
 
     def seal_and_sign() -> bytes:
-        return seal(sign_document(document, kz.signatory), kz.authorisation, [], kz.keys, by.trusted, NOW, document)
+        return seal(
+            sign_document(document, kz.signatory), kz.authorisation, [], kz.keys, by.trusted, NOW, document
+        )
 
     def verify_and_open() -> Any:
         return open(envelope, by.keys, kz.trusted, NOW)
@@ -241,7 +281,8 @@ def bench_document(suite: str) -> DocResult:
         "ed25519 verify (node)": lambda: nacl.bindings.crypto_sign_open(node_sig + node_msg, node_pk),
         "ed25519 verify (person)": lambda: nacl.bindings.crypto_sign_open(person_sig + doc_pae, person_pk),
         "ed25519 verify (authorisation)": lambda: nacl.bindings.crypto_sign_open(
-            auth.signature + auth.signed_bytes(), root_pk),
+            auth.signature + auth.signed_bytes(), root_pk
+        ),
         f"hpke encrypt ({len(inner)} B)": lambda: hpke_suite.encrypt(inner, hpke_pub, info=info),
         "hpke decrypt": lambda: hpke_suite.decrypt(sealed_body, hpke_priv, info=info),
         f"sha256 (payload, {len(payload)} B)": lambda: hashlib.sha256(payload).digest(),
@@ -252,21 +293,36 @@ def bench_document(suite: str) -> DocResult:
         "(info) ed25519 verify (node), OpenSSL": lambda: openssl_node_pub.verify(node_sig, node_msg),
     }
     doc_json = document_to_json(document)
-    timed = best_interleaved({"seal+sign": seal_and_sign, "verify+open": verify_and_open,
-                              "validate": lambda: parse_document(doc_json), **parts, **openssl})
+    timed = best_interleaved(
+        {
+            "seal+sign": seal_and_sign,
+            "verify+open": verify_and_open,
+            "validate": lambda: parse_document(doc_json),
+            **parts,
+            **openssl,
+        }
+    )
     raw = {name: timed[name] for name in parts}
     sign_p, sign_n, ver_n, ver_p, ver_a, enc, dec, sha_payload, sha_env = raw.values()
     seal_raw = sign_p + sign_n + enc + sha_payload
     open_raw = ver_n + ver_p + ver_a + dec + sha_payload + sha_env
-    return DocResult(suite, doc_bytes, len(envelope), timed["seal+sign"], seal_raw,
-                     timed["verify+open"], open_raw, raw | {name: timed[name] for name in openssl},
-                     timed["validate"])
+    return DocResult(
+        suite,
+        doc_bytes,
+        len(envelope),
+        timed["seal+sign"],
+        seal_raw,
+        timed["verify+open"],
+        open_raw,
+        raw | {name: timed[name] for name in openssl},
+        timed["validate"],
+    )
 
 
 # --- part 2: a 256 MiB attachment -------------------------------------------------------------
 
 POOL = os.urandom(MIB)
-POOL_CHUNKS = [POOL[i:i + CHUNK_SIZE] for i in range(0, MIB, CHUNK_SIZE)]
+POOL_CHUNKS = [POOL[i : i + CHUNK_SIZE] for i in range(0, MIB, CHUNK_SIZE)]
 
 
 def plaintext(size: int = BIG) -> Iterator[bytes]:
@@ -302,7 +358,7 @@ def nonce(counter: int, last: bool) -> bytes:
 
 @dataclass
 class StreamResult:
-    rows: list[tuple[str, float, str]]        # (name, seconds for BIG bytes, note)
+    rows: list[tuple[str, float, str]]  # (name, seconds for BIG bytes, note)
     raw_chunk_enc: float
     raw_chunk_dec: float
     raw_big_enc: float
@@ -330,8 +386,12 @@ def bench_stream(rounds: int) -> StreamResult:
     aead = AESGCM(key)
     total_chunks = BIG // CHUNK_SIZE
     kz, by = make_party("KZ", PQ_HYBRID), make_party("BY", PQ_HYBRID)
-    ref = {"name": "big.bin", "media_type": "application/octet-stream", "size": BIG,
-           "sha256": plaintext_sha256()}
+    ref = {
+        "name": "big.bin",
+        "media_type": "application/octet-stream",
+        "size": BIG,
+        "sha256": plaintext_sha256(),
+    }
     signed = sign_document(document_of_size(DOC_TARGET_BYTES, [ref]), kz.signatory)
     tmp = os.environ.get("BENCH_TMP")
 
@@ -371,14 +431,29 @@ def bench_stream(rounds: int) -> StreamResult:
         def ours_open() -> None:
             open(env_file, by.keys, kz.trusted, NOW, verify_attachments=True)
 
-        t = best_rounds({"raw_enc": raw_chunk_encrypt, "enc": ours_encrypt, "raw_dec": raw_chunk_decrypt,
-                         "dec": ours_decrypt, "sha": raw_sha, "seal": ours_seal, "open": ours_open}, rounds)
+        t = best_rounds(
+            {
+                "raw_enc": raw_chunk_encrypt,
+                "enc": ours_encrypt,
+                "raw_dec": raw_chunk_decrypt,
+                "dec": ours_decrypt,
+                "sha": raw_sha,
+                "seal": ours_seal,
+                "open": ours_open,
+            },
+            rounds,
+        )
 
     # Raw AES-GCM on one big buffer: holds 2 x 256 MiB, so it runs last (memory is measured elsewhere).
     buffers = {"plain": POOL * (BIG // MIB)}
     buffers["sealed"] = aead.encrypt(nonce(0, True), buffers["plain"], None)
-    big = best_rounds({"enc": lambda: aead.encrypt(nonce(0, True), buffers["plain"], None),
-                       "dec": lambda: aead.decrypt(nonce(0, True), buffers["sealed"], None)}, rounds)
+    big = best_rounds(
+        {
+            "enc": lambda: aead.encrypt(nonce(0, True), buffers["plain"], None),
+            "dec": lambda: aead.decrypt(nonce(0, True), buffers["sealed"], None),
+        },
+        rounds,
+    )
     buffers.clear()
 
     chacha = ChaCha20Poly1305(key)
@@ -402,11 +477,22 @@ def bench_stream(rounds: int) -> StreamResult:
         ("raw XChaCha20-Poly1305 encrypt, 64 KiB (PyNaCl)", other["xchacha"], "info"),
         ("raw SHA-256, 64 KiB pieces", t["sha"], "info"),
     ]
-    return StreamResult(rows, t["raw_enc"], t["raw_dec"], big["enc"], big["dec"], t["sha"], t["enc"],
-                        t["dec"], t["seal"], t["open"])
+    return StreamResult(
+        rows,
+        t["raw_enc"],
+        t["raw_dec"],
+        big["enc"],
+        big["dec"],
+        t["sha"],
+        t["enc"],
+        t["dec"],
+        t["seal"],
+        t["open"],
+    )
 
 
 # --- memory, in a fresh child process ------------------------------------------------------------
+
 
 def _rss_status() -> dict[str, int]:
     """VmRSS and VmHWM in bytes from /proc/self/status (Linux), else ru_maxrss for both."""
@@ -431,12 +517,18 @@ def _reset_peak_rss() -> None:
 def memory_child() -> None:
     """Stream 256 MiB through encrypt/decrypt_stream, then seal_stream/open; print peaks as JSON."""
     kz, by = make_party("KZ", PQ_HYBRID), make_party("BY", PQ_HYBRID)
-    ref = {"name": "big.bin", "media_type": "application/octet-stream", "size": BIG,
-           "sha256": plaintext_sha256()}
+    ref = {
+        "name": "big.bin",
+        "media_type": "application/octet-stream",
+        "size": BIG,
+        "sha256": plaintext_sha256(),
+    }
     signed = sign_document(document_of_size(DOC_TARGET_BYTES, [ref]), kz.signatory)
     key = os.urandom(32)
-    with tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as ct_file, \
-            tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as env_file:
+    with (
+        tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as ct_file,
+        tempfile.TemporaryFile(dir=os.environ.get("BENCH_TMP")) as env_file,
+    ):
         _reset_peak_rss()
         start = _rss_status()
         tracemalloc.start()
@@ -458,18 +550,31 @@ def memory_child() -> None:
         _, envelope_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         end = _rss_status()
-    print(json.dumps({"stream_tracemalloc_peak": stream_peak, "envelope_tracemalloc_peak": envelope_peak,
-                      "rss_start": start["VmRSS"], "rss_peak": end["VmHWM"],
-                      "rss_growth": end["VmHWM"] - start["VmRSS"]}))
+    print(
+        json.dumps(
+            {
+                "stream_tracemalloc_peak": stream_peak,
+                "envelope_tracemalloc_peak": envelope_peak,
+                "rss_start": start["VmRSS"],
+                "rss_peak": end["VmHWM"],
+                "rss_growth": end["VmHWM"] - start["VmRSS"],
+            }
+        )
+    )
 
 
 def measure_memory() -> dict[str, int]:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child"], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--memory-child"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 # --- report --------------------------------------------------------------------------------------
+
 
 def mb_s(seconds: float, size: int = BIG) -> float:
     return size / seconds / 1e6
@@ -488,13 +593,17 @@ def main() -> int:
     verdicts: list[tuple[str, bool]] = []
 
     print("prolink protocol benchmark")
-    print(f"  Python {platform.python_version()}, cryptography {cryptography.__version__}, "
-          f"{openssl_backend.openssl_version_text()}, "
-          f"{os.cpu_count()} CPU(s), {platform.machine()}")
+    print(
+        f"  Python {platform.python_version()}, cryptography {cryptography.__version__}, "
+        f"{openssl_backend.openssl_version_text()}, "
+        f"{os.cpu_count()} CPU(s), {platform.machine()}"
+    )
     print()
 
-    print(f"1. A {DOC_TARGET_BYTES / 1024:.0f} KiB document, no attachment "
-          f"(ours / raw primitives of the same path, same run; target >= {RATIO_TARGET})")
+    print(
+        f"1. A {DOC_TARGET_BYTES / 1024:.0f} KiB document, no attachment "
+        f"(ours / raw primitives of the same path, same run; target >= {RATIO_TARGET})"
+    )
     header = f"  {'suite':<40} {'operation':<14} {'ours/s':>9} {'raw/s':>9} {'ratio':>6}"
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -503,22 +612,29 @@ def main() -> int:
         for op, ours, raw in (("seal+sign", r.seal_s, r.seal_raw_s), ("verify+open", r.open_s, r.open_raw_s)):
             ratio = raw / ours
             print(f"  {r.suite:<40} {op:<14} {1 / ours:9.0f} {1 / raw:9.0f} {ratio:6.2f}")
-            verdicts.append((f"{op:<11} {r.suite}: ratio {ratio:.2f} >= {RATIO_TARGET}",
-                             ratio >= RATIO_TARGET))
-    print(f"  document JSON {results[0].doc_bytes} B; envelope {results[0].envelope_bytes} B (hybrid), "
-          f"{results[1].envelope_bytes} B (X25519)")
+            verdicts.append(
+                (f"{op:<11} {r.suite}: ratio {ratio:.2f} >= {RATIO_TARGET}", ratio >= RATIO_TARGET)
+            )
+    print(
+        f"  document JSON {results[0].doc_bytes} B; envelope {results[0].envelope_bytes} B (hybrid), "
+        f"{results[1].envelope_bytes} B (X25519)"
+    )
     print("  raw primitive costs, microseconds per call:")
     names = list(results[0].raw_parts)
     print(f"    {'':<40} " + " ".join(f"{r.suite.split('/')[0]:>16}" for r in results))
     for i, name in enumerate(names):
         print(f"    {name:<40} " + " ".join(f"{list(r.raw_parts.values())[i] * 1e6:16.1f}" for r in results))
-    print("    seal raw = 2 signs + hpke encrypt + sha256(payload); "
-          "open raw = 3 verifies + hpke decrypt + sha256(payload) + sha256(envelope)")
+    print(
+        "    seal raw = 2 signs + hpke encrypt + sha256(payload); "
+        "open raw = 3 verifies + hpke decrypt + sha256(payload) + sha256(envelope)"
+    )
     print("    (Ed25519 through libsodium, as protocol/ calls it; the (info) rows: OpenSSL's, not counted)")
     for r in results:
-        print(f"  {r.suite.split('/')[0]}: document validation (parse_document, incl. Art. 8 checks) "
-              f"{r.validate_s * 1e6:.0f} us, run once by seal and once by open: "
-              f"{r.validate_s / r.seal_s:.0%} of seal+sign, {r.validate_s / r.open_s:.0%} of verify+open")
+        print(
+            f"  {r.suite.split('/')[0]}: document validation (parse_document, incl. Art. 8 checks) "
+            f"{r.validate_s * 1e6:.0f} us, run once by seal and once by open: "
+            f"{r.validate_s / r.seal_s:.0%} of seal+sign, {r.validate_s / r.open_s:.0%} of verify+open"
+        )
     print()
 
     print(f"2. A {BIG // MIB} MiB attachment ({CHUNK_SIZE // 1024} KiB chunks)")
@@ -539,30 +655,57 @@ def main() -> int:
         print(f"  {name:<56} {mb_s(seconds):8.0f} {chunk / seconds:10.2f} {big / seconds:11.2f}")
     seal_same = s.raw_chunk_enc + 2 * s.sha
     open_same = s.raw_chunk_dec + 3 * s.sha
-    print(f"  same primitives, raw: seal = AES-GCM + 2 x SHA-256 -> {mb_s(seal_same):.0f} MB/s; "
-          f"open = AES-GCM + 3 x SHA-256 -> {mb_s(open_same):.0f} MB/s")
-    print(f"  seal_stream / same primitives: {seal_same / s.seal:.2f};  open / same primitives: "
-          f"{open_same / s.open:.2f}")
+    print(
+        f"  same primitives, raw: seal = AES-GCM + 2 x SHA-256 -> {mb_s(seal_same):.0f} MB/s; "
+        f"open = AES-GCM + 3 x SHA-256 -> {mb_s(open_same):.0f} MB/s"
+    )
+    print(
+        f"  seal_stream / same primitives: {seal_same / s.seal:.2f};  open / same primitives: "
+        f"{open_same / s.open:.2f}"
+    )
     enc_ratio, dec_ratio = fastest_enc / s.enc, fastest_dec / s.dec
-    verdicts.append((f"encrypt_stream throughput: {enc_ratio:.2f} of the fastest raw AES-256-GCM >= "
-                     f"{RATIO_TARGET}", enc_ratio >= RATIO_TARGET))
-    verdicts.append((f"decrypt_stream throughput: {dec_ratio:.2f} of the fastest raw AES-256-GCM >= "
-                     f"{RATIO_TARGET}", dec_ratio >= RATIO_TARGET))
-    verdicts.append((f"seal_stream throughput: {seal_same / s.seal:.2f} of the same raw primitives >= "
-                     f"{RATIO_TARGET}", seal_same / s.seal >= RATIO_TARGET))
-    verdicts.append((f"open (verify) throughput: {open_same / s.open:.2f} of the same raw primitives >= "
-                     f"{RATIO_TARGET}", open_same / s.open >= RATIO_TARGET))
+    verdicts.append(
+        (
+            f"encrypt_stream throughput: {enc_ratio:.2f} of the fastest raw AES-256-GCM >= {RATIO_TARGET}",
+            enc_ratio >= RATIO_TARGET,
+        )
+    )
+    verdicts.append(
+        (
+            f"decrypt_stream throughput: {dec_ratio:.2f} of the fastest raw AES-256-GCM >= {RATIO_TARGET}",
+            dec_ratio >= RATIO_TARGET,
+        )
+    )
+    verdicts.append(
+        (
+            f"seal_stream throughput: {seal_same / s.seal:.2f} of the same raw primitives >= {RATIO_TARGET}",
+            seal_same / s.seal >= RATIO_TARGET,
+        )
+    )
+    verdicts.append(
+        (
+            f"open (verify) throughput: {open_same / s.open:.2f} of the same raw primitives >= "
+            f"{RATIO_TARGET}",
+            open_same / s.open >= RATIO_TARGET,
+        )
+    )
     print()
 
     mem = measure_memory()
     print(f"3. Peak memory streaming {BIG // MIB} MiB (fresh child process)")
-    print(f"  encrypt_stream + decrypt_stream, tracemalloc peak: "
-          f"{mem['stream_tracemalloc_peak'] / MIB:7.2f} MiB")
-    print(f"  seal_stream + open + read attachment, tracemalloc peak: "
-          f"{mem['envelope_tracemalloc_peak'] / MIB:7.2f} MiB")
-    print(f"  resident set growth over both (peak VmHWM - VmRSS at start): "
-          f"{mem['rss_growth'] / MIB:7.2f} MiB "
-          f"(from {mem['rss_start'] / MIB:.0f} to a peak of {mem['rss_peak'] / MIB:.0f} MiB)")
+    print(
+        f"  encrypt_stream + decrypt_stream, tracemalloc peak: "
+        f"{mem['stream_tracemalloc_peak'] / MIB:7.2f} MiB"
+    )
+    print(
+        f"  seal_stream + open + read attachment, tracemalloc peak: "
+        f"{mem['envelope_tracemalloc_peak'] / MIB:7.2f} MiB"
+    )
+    print(
+        f"  resident set growth over both (peak VmHWM - VmRSS at start): "
+        f"{mem['rss_growth'] / MIB:7.2f} MiB "
+        f"(from {mem['rss_start'] / MIB:.0f} to a peak of {mem['rss_peak'] / MIB:.0f} MiB)"
+    )
     peak = max(mem["stream_tracemalloc_peak"], mem["envelope_tracemalloc_peak"], mem["rss_growth"])
     verdicts.append((f"peak memory {peak / MIB:.1f} MiB < {MEMORY_TARGET // MIB} MiB", peak < MEMORY_TARGET))
     print()

@@ -47,17 +47,22 @@ from service.server import build_node  # noqa: E402
 from service.user_api import compose_for  # noqa: E402
 
 
-def cpu_per_message(node, sealed: list, group: int, rounds: int = 3,  # type: ignore[no-untyped-def]
-                    server_cpu: Callable[[], float] = lambda: 0.0) -> tuple[float, float]:
+def cpu_per_message(
+    node,
+    sealed: list,
+    group: int,
+    rounds: int = 3,  # type: ignore[no-untyped-def]
+    server_cpu: Callable[[], float] = lambda: 0.0,
+) -> tuple[float, float]:
     """Best of ``rounds``: CPU seconds per message storing ``sealed`` in groups of ``group``, in this
     process and (``server_cpu``) in the database server."""
     per_round = len(sealed) // rounds
     best = (float("inf"), 0.0)
     for r in range(rounds):
-        part = sealed[r * per_round:(r + 1) * per_round]
+        part = sealed[r * per_round : (r + 1) * per_round]
         started, server_started = time.process_time(), server_cpu()
         for i in range(0, len(part), group):
-            node._store_sends(part[i:i + group])
+            node._store_sends(part[i : i + group])
         used = ((time.process_time() - started) / len(part), (server_cpu() - server_started) / len(part))
         best = min(best, used)
     return best
@@ -86,25 +91,42 @@ def wall_per_round_trip(engine, count: int) -> float:  # type: ignore[no-untyped
 
 def backend_cpu(postgres: Postgres, database: str) -> Callable[[], float]:
     """CPU seconds used so far by the server processes serving ``database`` (Linux /proc)."""
+
     def used() -> float:
-        pids = postgres.admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                                      (database,)).fetchall()
+        pids = postgres.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchall()
         return sum(process_cpu(pid) for (pid,) in pids)
+
     return used
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--group", type=int, default=8, help="messages per group (against groups of 1)")
     parser.add_argument("--groups", type=int, default=150, help="groups per round")
-    parser.add_argument("--postgres", nargs="?", const=DEFAULT_PG_URL, default=None, metavar="URL",
-                        help=f"store on a new PostgreSQL database made through URL ({DEFAULT_PG_URL})")
-    parser.add_argument("--statements", action="store_true",
-                        help="print the SQL statements one stored group sends (after the figures)")
-    parser.add_argument("--delay-ms", type=float, default=0.0,
-                        help="with --postgres: reach it through a proxy that adds this much each way "
-                             "(bench/delay_proxy.py), as a server across a network would")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=DEFAULT_PG_URL,
+        default=None,
+        metavar="URL",
+        help=f"store on a new PostgreSQL database made through URL ({DEFAULT_PG_URL})",
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="print the SQL statements one stored group sends (after the figures)",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="with --postgres: reach it through a proxy that adds this much each way "
+        "(bench/delay_proxy.py), as a server across a network would",
+    )
     parser.add_argument("--keep-database", action="store_true", help="with --postgres: do not drop it")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -132,14 +154,17 @@ def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
         demo.introduce(by, kz)
         node = build_node(kz.data_dir)
         with session_scope(node.engine, readonly=True) as s:
-            key_id = s.execute(select(User.signatory_key_id).where(
-                User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+            key_id = s.execute(
+                select(User.signatory_key_id).where(User.signatory_key_id.is_not(None))
+            ).scalar_one()  # type: ignore[union-attr]
         signatory, recipient = node.signatory(key_id), node.peer("BY", active_only=False)
         fields = russian_document("BY")
 
         def sealed(count: int) -> list:  # type: ignore[type-arg]
-            return [node._seal(compose_for(node, dict(fields), []), signatory, [], "user:bench", recipient)
-                    for _ in range(count)]
+            return [
+                node._seal(compose_for(node, dict(fields), []), signatory, [], "user:bench", recipient)
+                for _ in range(count)
+            ]
 
         count = 3 * args.groups * args.group
         node._store_sends(sealed(20))  # warm: caches, compiled statements
@@ -149,14 +174,18 @@ def run(args: argparse.Namespace, postgres: Postgres | None) -> None:
         backend = "PostgreSQL" if postgres else "SQLite"
         for size, cpu, server_used in ((1, alone, alone_server), (args.group, grouped, grouped_server)):
             on_server = f" + {server_used * 1e6:4.0f} us in the server" if postgres else ""
-            print(f"{backend} _store_sends, groups of {size:<2}: {cpu * 1e6:6.0f} us CPU per message"
-                  + on_server
-                  + (f"   ratio {grouped / alone:.2f} of groups of 1" if size > 1 else ""))
+            print(
+                f"{backend} _store_sends, groups of {size:<2}: {cpu * 1e6:6.0f} us CPU per message"
+                + on_server
+                + (f"   ratio {grouped / alone:.2f} of groups of 1" if size > 1 else "")
+            )
         if postgres:
             store = wall_per_store(node, sealed(args.groups))
             trip = wall_per_round_trip(node.engine, args.groups)
-            print(f"{backend} _store_sends, one message: p50 {store * 1e3:.2f} ms wall-clock per store"
-                  f" = {store / trip:.1f} x a bare round trip (SELECT 1, p50 {trip * 1e3:.3f} ms, same run)")
+            print(
+                f"{backend} _store_sends, one message: p50 {store * 1e3:.2f} ms wall-clock per store"
+                f" = {store / trip:.1f} x a bare round trip (SELECT 1, p50 {trip * 1e3:.3f} ms, same run)"
+            )
         if args.statements:
             group = sealed(args.group)
             statements: list[str] = []

@@ -41,8 +41,9 @@ from bench.bench_exchange import DEFAULT_PG_URL, Postgres, process_cpu, russian_
 from service import demo  # noqa: E402
 
 
-def measure(pid: int, clients: list[httpx.Client], call: Callable[[httpx.Client], Any],
-            requests: int) -> tuple[float, float]:
+def measure(
+    pid: int, clients: list[httpx.Client], call: Callable[[httpx.Client], Any], requests: int
+) -> tuple[float, float]:
     """(requests per second, CPU seconds of ``pid`` per request) for ``requests`` calls over ``clients``."""
     for c in clients:
         call(c)  # warm: connections, caches
@@ -72,9 +73,12 @@ def measure(pid: int, clients: list[httpx.Client], call: Callable[[httpx.Client]
 def expect(status: int) -> Callable[[httpx.Response], httpx.Response]:
     def check(response: httpx.Response) -> httpx.Response:
         if response.status_code != status:
-            raise RuntimeError(f"{response.request.method} {response.request.url.path} answered "
-                               f"{response.status_code}: {response.text[:200]}")
+            raise RuntimeError(
+                f"{response.request.method} {response.request.url.path} answered "
+                f"{response.status_code}: {response.text[:200]}"
+            )
         return response
+
     return check
 
 
@@ -84,8 +88,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--postgres", action="store_true")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "PROLINK_BENCH_POSTGRES_URL", os.environ.get("PROLINK_TEST_POSTGRES_URL", DEFAULT_PG_URL)))
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "PROLINK_BENCH_POSTGRES_URL", os.environ.get("PROLINK_TEST_POSTGRES_URL", DEFAULT_PG_URL)
+        ),
+    )
     args = parser.parse_args()
 
     pg = Postgres(args.postgres_url) if args.postgres else None
@@ -127,11 +135,15 @@ def main() -> int:
                 pg.drop_all()
     backend = "postgres" if args.postgres else "sqlite"
     base_cpu = best["GET /healthz"][1]
-    print(f"user API, {backend}, {args.concurrency} concurrent clients, best of {args.rounds} rounds "
-          f"of {args.requests} requests:")
+    print(
+        f"user API, {backend}, {args.concurrency} concurrent clients, best of {args.rounds} rounds "
+        f"of {args.requests} requests:"
+    )
     for name, (rate, cpu) in best.items():
-        print(f"  {name:32s} {rate:7.0f} req/s   node CPU {cpu * 1000:5.2f} ms per request"
-              f"   x{cpu / base_cpu:5.2f} of /healthz")
+        print(
+            f"  {name:32s} {rate:7.0f} req/s   node CPU {cpu * 1000:5.2f} ms per request"
+            f"   x{cpu / base_cpu:5.2f} of /healthz"
+        )
     return 0
 
 

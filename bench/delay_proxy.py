@@ -85,10 +85,22 @@ def delayed(url: str, delay_ms: float) -> Iterator[str]:
     with socket.socket() as probe:  # a free port on loopback
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bench.delay_proxy", "--listen", f"127.0.0.1:{port}",
-                             "--to", f"{target.host or '127.0.0.1'}:{target.port or 5432}",
-                             "--delay-ms", str(delay_ms)],
-                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.delay_proxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--to",
+            f"{target.host or '127.0.0.1'}:{target.port or 5432}",
+            "--delay-ms",
+            str(delay_ms),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         if proc.stdout is None or proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the delay proxy did not start")
@@ -104,8 +116,9 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--listen", type=_address, required=True, help="HOST:PORT to listen on")
     parser.add_argument("--to", type=_address, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--delay-ms", type=float, required=True, help="added one way, in milliseconds")

@@ -84,6 +84,7 @@ def _passphrase_bytes(passphrase: Passphrase) -> bytes:
 
 # --- atomic writes --------------------------------------------------------------
 
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -110,8 +111,9 @@ def atomic_write(path: Path, data: bytes, *, mode: int, exclusive: bool = False)
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise KeyFileError(f"{path} already exists; refusing to overwrite it",
-                                   code="keys.exists") from None
+                raise KeyFileError(
+                    f"{path} already exists; refusing to overwrite it", code="keys.exists"
+                ) from None
         else:
             os.replace(tmp, path)
     finally:
@@ -132,7 +134,9 @@ def check_private_file(path: Path) -> None:
     if perms & 0o077:
         raise KeyFileError(
             f"private key file {path} has mode {perms:04o}, readable or writable by group or others; "
-            f"run: chmod 600 {path}", code="keys.bad_permissions")
+            f"run: chmod 600 {path}",
+            code="keys.bad_permissions",
+        )
 
 
 def _read_private(path: Path) -> bytes:
@@ -141,6 +145,7 @@ def _read_private(path: Path) -> bytes:
 
 
 # --- the prolink key file -------------------------------------------------------
+
 
 def _kind_of(key: PrivateKey) -> str:
     return ED25519 if isinstance(key, SigningKey) else key.suite
@@ -154,8 +159,9 @@ def _derive(passphrase: bytes, salt: bytes, params: ScryptParams) -> bytes:
     return Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p).derive(passphrase)
 
 
-def encode_private_key(key: PrivateKey, passphrase: Passphrase | None = None,
-                       scrypt: ScryptParams = DEFAULT_SCRYPT) -> bytes:
+def encode_private_key(
+    key: PrivateKey, passphrase: Passphrase | None = None, scrypt: ScryptParams = DEFAULT_SCRYPT
+) -> bytes:
     """The bytes of a key file for ``key`` (encrypted when ``passphrase`` is given)."""
     header: dict[str, Any] = {"format": KEY_FILE_FORMAT, "kind": _kind_of(key), "key_id": key.key_id}
     if passphrase is None:
@@ -163,24 +169,28 @@ def encode_private_key(key: PrivateKey, passphrase: Passphrase | None = None,
     return encrypt_secret(header, _raw_of(key), passphrase, scrypt)
 
 
-def encrypt_secret(header: dict[str, Any], raw: bytes, passphrase: Passphrase,
-                   scrypt: ScryptParams = DEFAULT_SCRYPT) -> bytes:
+def encrypt_secret(
+    header: dict[str, Any], raw: bytes, passphrase: Passphrase, scrypt: ScryptParams = DEFAULT_SCRYPT
+) -> bytes:
     """A key file holding ``raw`` encrypted under ``passphrase``, bound to ``header`` (format, kind, key id)."""
     header = dict(header)
     salt, nonce = os.urandom(16), os.urandom(12)
-    header.update({
-        "encrypted": True,
-        "kdf": {"name": "scrypt", "n": scrypt.n, "r": scrypt.r, "p": scrypt.p, "salt": b64e(salt)},
-        "aead": "AES-256-GCM",
-        "nonce": b64e(nonce),
-    })
+    header.update(
+        {
+            "encrypted": True,
+            "kdf": {"name": "scrypt", "n": scrypt.n, "r": scrypt.r, "p": scrypt.p, "salt": b64e(salt)},
+            "aead": "AES-256-GCM",
+            "nonce": b64e(nonce),
+        }
+    )
     aead_key = _derive(_passphrase_bytes(passphrase), salt, scrypt)
     ciphertext = AESGCM(aead_key).encrypt(nonce, raw, canonical_json(header))
     return canonical_json({**header, "ciphertext": b64e(ciphertext)}) + b"\n"
 
 
-def decode_private_key(data: bytes, passphrase: Passphrase | None = None, *,
-                       where: str = "key file") -> PrivateKey:
+def decode_private_key(
+    data: bytes, passphrase: Passphrase | None = None, *, where: str = "key file"
+) -> PrivateKey:
     """Parse (and decrypt) key file bytes; the key id in the file must match the key."""
     try:
         obj = parse_json(data, what=where)
@@ -195,8 +205,9 @@ def decode_private_key(data: bytes, passphrase: Passphrase | None = None, *,
             raw = b64d(obj["private"], what=f"{where} private")
         elif encrypted is True:
             if passphrase is None:
-                raise KeyFileError(f"{where} is encrypted; a passphrase is required",
-                                   code="keys.passphrase_required")
+                raise KeyFileError(
+                    f"{where} is encrypted; a passphrase is required", code="keys.passphrase_required"
+                )
             raw = _decrypt(obj, _passphrase_bytes(passphrase), where)
         else:
             raise KeyFileError(f"{where}: 'encrypted' must be true or false", code="keys.malformed")
@@ -242,12 +253,14 @@ def _decrypt(obj: dict[str, Any], passphrase: bytes, where: str) -> bytes:
     try:
         return AESGCM(_derive(passphrase, salt, params)).decrypt(nonce, ciphertext, canonical_json(header))
     except InvalidTag:
-        raise KeyFileError(f"wrong passphrase for {where} (or the file was altered)",
-                           code="keys.wrong_passphrase") from None
+        raise KeyFileError(
+            f"wrong passphrase for {where} (or the file was altered)", code="keys.wrong_passphrase"
+        ) from None
 
 
-def write_private_key(path: Path, key: PrivateKey, passphrase: Passphrase | None = None,
-                      scrypt: ScryptParams = DEFAULT_SCRYPT) -> None:
+def write_private_key(
+    path: Path, key: PrivateKey, passphrase: Passphrase | None = None, scrypt: ScryptParams = DEFAULT_SCRYPT
+) -> None:
     """Write a new key file, mode 0600; never replaces an existing file."""
     atomic_write(Path(path), encode_private_key(key, passphrase, scrypt), mode=PRIVATE_MODE, exclusive=True)
 
@@ -272,11 +285,19 @@ def read_decryption_key(path: Path, passphrase: Passphrase | None = None) -> Dec
 
 # --- TLS private keys (PKCS#8 PEM) -------------------------------------------------
 
-def write_tls_key(path: Path, key: ec.EllipticCurvePrivateKey, passphrase: Passphrase | None = None, *,
-                  overwrite: bool = False) -> None:
+
+def write_tls_key(
+    path: Path,
+    key: ec.EllipticCurvePrivateKey,
+    passphrase: Passphrase | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
     enc: serialization.KeySerializationEncryption = (
-        serialization.NoEncryption() if passphrase is None
-        else serialization.BestAvailableEncryption(_passphrase_bytes(passphrase)))
+        serialization.NoEncryption()
+        if passphrase is None
+        else serialization.BestAvailableEncryption(_passphrase_bytes(passphrase))
+    )
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     atomic_write(Path(path), pem, mode=PRIVATE_MODE, exclusive=not overwrite)
 
@@ -288,7 +309,8 @@ def read_tls_key(path: Path, passphrase: Passphrase | None = None) -> ec.Ellipti
         raise KeyFileError(f"{path} is encrypted; a passphrase is required", code="keys.passphrase_required")
     try:
         key = serialization.load_pem_private_key(
-            data, _passphrase_bytes(passphrase) if encrypted and passphrase is not None else None)
+            data, _passphrase_bytes(passphrase) if encrypted and passphrase is not None else None
+        )
     except (ValueError, TypeError):
         if encrypted:
             raise KeyFileError(f"wrong passphrase for {path}", code="keys.wrong_passphrase") from None
@@ -301,11 +323,15 @@ def read_tls_key(path: Path, passphrase: Passphrase | None = None) -> ec.Ellipti
 def tls_key_password(path: Path, passphrase: Passphrase | None) -> bytes | None:
     """What ``ssl.SSLContext.load_cert_chain`` needs as ``password`` (checks the file first)."""
     read_tls_key(path, passphrase)  # clear errors instead of an opaque ssl.SSLError
-    return None if passphrase is None or b"ENCRYPTED" not in Path(path).read_bytes() \
+    return (
+        None
+        if passphrase is None or b"ENCRYPTED" not in Path(path).read_bytes()
         else _passphrase_bytes(passphrase)
+    )
 
 
 # --- locking ------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def locked(directory: Path) -> Iterator[None]:
@@ -319,4 +345,3 @@ def locked(directory: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-

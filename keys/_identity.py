@@ -95,10 +95,16 @@ def _aware(now: datetime) -> datetime:
 
 
 def _check_party(party: str) -> str:
-    if not (2 <= len(party) <= 16 and party.isascii() and party.isalnum() and party.isupper()
-            and party[0].isalpha()):
-        raise IdentityError(f"party code {party!r} must be 2-16 upper-case letters or digits",
-                            code="keys.bad_party")
+    if not (
+        2 <= len(party) <= 16
+        and party.isascii()
+        and party.isalnum()
+        and party.isupper()
+        and party[0].isalpha()
+    ):
+        raise IdentityError(
+            f"party code {party!r} must be 2-16 upper-case letters or digits", code="keys.bad_party"
+        )
     return party
 
 
@@ -106,12 +112,14 @@ def endpoint_host(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     host = parts.hostname
     if parts.scheme != "https" or not host:
-        raise IdentityError(f"endpoint {endpoint!r} must be an https:// URL with a host",
-                            code="keys.bad_endpoint")
+        raise IdentityError(
+            f"endpoint {endpoint!r} must be an https:// URL with a host", code="keys.bad_endpoint"
+        )
     return host
 
 
 # --- identity.json ------------------------------------------------------------------
+
 
 def _read_state(kd: Path) -> dict[str, Any]:
     path = kd / IDENTITY_FILE
@@ -134,29 +142,48 @@ def _write_state(kd: Path, state: dict[str, Any]) -> None:
 
 def _validity(entry: dict[str, Any]) -> KeyValidity:
     until = entry.get("valid_until")
-    return KeyValidity(entry["key_id"], parse_time(entry["valid_from"], what="valid_from"),
-                       None if until is None else parse_time(until, what="valid_until"))
+    return KeyValidity(
+        entry["key_id"],
+        parse_time(entry["valid_from"], what="valid_from"),
+        None if until is None else parse_time(until, what="valid_until"),
+    )
 
 
-def _key_entry(key_id: str, public: bytes, file: str, valid_from: datetime,
-               valid_until: datetime | None, **extra: str) -> dict[str, Any]:
-    return {"key_id": key_id, "public": b64e(public), "file": file, **extra,
-            "valid_from": format_time(valid_from),
-            "valid_until": None if valid_until is None else format_time(valid_until)}
+def _key_entry(
+    key_id: str, public: bytes, file: str, valid_from: datetime, valid_until: datetime | None, **extra: str
+) -> dict[str, Any]:
+    return {
+        "key_id": key_id,
+        "public": b64e(public),
+        "file": file,
+        **extra,
+        "valid_from": format_time(valid_from),
+        "valid_until": None if valid_until is None else format_time(valid_until),
+    }
 
 
 def _contents(kd: Path, state: dict[str, Any], version: int, now: datetime) -> BundleContents:
     try:
         return BundleContents(
-            party=state["party"], name=state["name"], endpoint=state["endpoint"], version=version,
-            issued_at=now, root=VerifyKey(b64d(state["root"]["public"], what="root")),
-            signing_keys=tuple((VerifyKey(b64d(e["public"], what="signing key")), _validity(e))
-                               for e in state["signing_keys"]),
-            encryption_keys=tuple((EncryptionKey(e["suite"], b64d(e["public"], what="encryption key")),
-                                   _validity(e)) for e in state["encryption_keys"]),
+            party=state["party"],
+            name=state["name"],
+            endpoint=state["endpoint"],
+            version=version,
+            issued_at=now,
+            root=VerifyKey(b64d(state["root"]["public"], what="root")),
+            signing_keys=tuple(
+                (VerifyKey(b64d(e["public"], what="signing key")), _validity(e))
+                for e in state["signing_keys"]
+            ),
+            encryption_keys=tuple(
+                (EncryptionKey(e["suite"], b64d(e["public"], what="encryption key")), _validity(e))
+                for e in state["encryption_keys"]
+            ),
             tls_ca_pem=(kd / state["tls"]["ca_cert"]).read_text("ascii"),
-            revocations=tuple(Revocation(r["key_id"], parse_time(r["revoked_at"], what="revoked_at"),
-                                         r["reason"]) for r in state["revocations"]),
+            revocations=tuple(
+                Revocation(r["key_id"], parse_time(r["revoked_at"], what="revoked_at"), r["reason"])
+                for r in state["revocations"]
+            ),
         )
     except (KeyError, TypeError) as exc:
         raise IdentityError(f"identity.json is missing {exc}") from None
@@ -193,8 +220,9 @@ def _root_public(state: dict[str, Any]) -> VerifyKey:
 def _load_root(kd: Path, state: dict[str, Any], passphrase: Passphrase | None) -> SigningKey:
     path = kd / state["root"]["file"]
     if not path.exists():
-        raise IdentityError(f"the root key {path} is not present (kept offline?); it is needed here",
-                            code="keys.root_offline")
+        raise IdentityError(
+            f"the root key {path} is not present (kept offline?); it is needed here", code="keys.root_offline"
+        )
     root = read_signing_key(path, passphrase)
     if root.public != _root_public(state):
         raise IdentityError(f"{path} is not this identity's root key")
@@ -203,11 +231,13 @@ def _load_root(kd: Path, state: dict[str, Any], passphrase: Passphrase | None) -
 
 # --- the Identity object -------------------------------------------------------------
 
+
 class Identity:
     """A node's loaded identity: current keys for sealing and opening, TLS paths, the bundle."""
 
-    def __init__(self, data_dir: Path, state: dict[str, Any], node_keys: NodeKeys,
-                 passphrase: Passphrase | None) -> None:
+    def __init__(
+        self, data_dir: Path, state: dict[str, Any], node_keys: NodeKeys, passphrase: Passphrase | None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self._kd = keys_dir(data_dir)
         self._bundle_path = os.fspath(self._kd / BUNDLE_FILE)  # (a str: each send stats it, ``trusted_self``)
@@ -227,8 +257,9 @@ class Identity:
         self._trusted_self: tuple[tuple[int, int, int, int], TrustedParty] | None = None
 
     def __repr__(self) -> str:
-        return (f"Identity(party={self.party!r}, data_dir={str(self.data_dir)!r}, "
-                f"version={self.bundle_version})")
+        return (
+            f"Identity(party={self.party!r}, data_dir={str(self.data_dir)!r}, version={self.bundle_version})"
+        )
 
     @property
     def passphrase(self) -> Passphrase | None:
@@ -276,11 +307,19 @@ class Identity:
         return cached[1]
 
 
-def generate_identity(data_dir: Path | str, party: str, name: str, endpoint: str, now: datetime,
-                      passphrase: Passphrase | None = None, suite: str = PQ_HYBRID,
-                      key_lifetime: timedelta | None = DEFAULT_KEY_LIFETIME, *,
-                      tls_lifetime: timedelta = DEFAULT_TLS_LIFETIME,
-                      scrypt: ScryptParams = DEFAULT_SCRYPT) -> Identity:
+def generate_identity(
+    data_dir: Path | str,
+    party: str,
+    name: str,
+    endpoint: str,
+    now: datetime,
+    passphrase: Passphrase | None = None,
+    suite: str = PQ_HYBRID,
+    key_lifetime: timedelta | None = DEFAULT_KEY_LIFETIME,
+    *,
+    tls_lifetime: timedelta = DEFAULT_TLS_LIFETIME,
+    scrypt: ScryptParams = DEFAULT_SCRYPT,
+) -> Identity:
     """Create a Party's identity under ``data_dir/keys`` and publish bundle version 1.
 
     Refuses to touch a directory that already holds an identity (or a partial one).
@@ -293,8 +332,11 @@ def generate_identity(data_dir: Path | str, party: str, name: str, endpoint: str
         raise IdentityError("the Party name must not be empty", code="keys.bad_identity")
     kd = keys_dir(data_dir)
     if (kd / IDENTITY_FILE).exists() or (kd / ROOT_FILE).exists():
-        raise IdentityError(f"{kd} already holds an identity (or the remains of an interrupted init); "
-                            "refusing to overwrite it", code="keys.identity_exists")
+        raise IdentityError(
+            f"{kd} already holds an identity (or the remains of an interrupted init); "
+            "refusing to overwrite it",
+            code="keys.identity_exists",
+        )
     kd.mkdir(mode=0o700, parents=True, exist_ok=True)
     (kd / SIGNATORIES_DIR).mkdir(mode=0o700, exist_ok=True)
 
@@ -318,13 +360,20 @@ def generate_identity(data_dir: Path | str, party: str, name: str, endpoint: str
 
         until = None if key_lifetime is None else now + key_lifetime
         state: dict[str, Any] = {
-            "format": IDENTITY_FORMAT, "party": party, "name": name, "endpoint": endpoint,
-            "suite": suite, "created_at": format_time(now), "bundle_version": 0,
+            "format": IDENTITY_FORMAT,
+            "party": party,
+            "name": name,
+            "endpoint": endpoint,
+            "suite": suite,
+            "created_at": format_time(now),
+            "bundle_version": 0,
             "root": {"key_id": root.key_id, "public": b64e(root.public.public), "file": ROOT_FILE},
-            "current_signing_key": signing.key_id, "current_encryption_key": decryption.key_id,
+            "current_signing_key": signing.key_id,
+            "current_encryption_key": decryption.key_id,
             "signing_keys": [_key_entry(signing.key_id, signing.public.public, sig_file, now, until)],
-            "encryption_keys": [_key_entry(decryption.key_id, decryption.public.public, enc_file, now, until,
-                                           suite=suite)],
+            "encryption_keys": [
+                _key_entry(decryption.key_id, decryption.public.public, enc_file, now, until, suite=suite)
+            ],
             "tls": {"ca_cert": TLS_CA_CERT, "ca_key": TLS_CA_KEY, "cert": TLS_CERT, "key": TLS_KEY},
             "revocations": [],
         }
@@ -332,8 +381,9 @@ def generate_identity(data_dir: Path | str, party: str, name: str, endpoint: str
     return load_identity(data_dir, passphrase, now=now)
 
 
-def load_identity(data_dir: Path | str, passphrase: Passphrase | None = None, *,
-                  now: datetime | None = None) -> Identity:
+def load_identity(
+    data_dir: Path | str, passphrase: Passphrase | None = None, *, now: datetime | None = None
+) -> Identity:
     """Load the node's current signing key and its decryption keys (newest first).
 
     With ``now``, decryption keys that expired before ``now`` are left out; without
@@ -367,6 +417,7 @@ def load_identity(data_dir: Path | str, passphrase: Passphrase | None = None, *,
 
 
 # --- bundles ---------------------------------------------------------------------------
+
 
 def export_bundle(data_dir: Path | str) -> tuple[bytes, str]:
     """The current signed bundle and the root fingerprint to read to the peer out of band."""
@@ -402,20 +453,30 @@ def import_bundle_update(data: bytes, current: TrustedParty) -> TrustedParty:
         return current
     new = verify_bundle(data, pinned_root=current.root)
     if new.party != current.party:
-        raise TrustError(f"bundle update is for Party {new.party}, not {current.party}",
-                         code="trust.bad_bundle")
+        raise TrustError(
+            f"bundle update is for Party {new.party}, not {current.party}", code="trust.bad_bundle"
+        )
     if new.bundle.version <= current.bundle.version:
-        raise TrustError(f"bundle version {new.bundle.version} is not newer than the trusted version "
-                         f"{current.bundle.version}", code="trust.bundle_rollback")
+        raise TrustError(
+            f"bundle version {new.bundle.version} is not newer than the trusted version "
+            f"{current.bundle.version}",
+            code="trust.bundle_rollback",
+        )
     return TrustedParty(new.bundle, new.raw, current.extra_revocations)
 
 
 # --- rotation and revocation ----------------------------------------------------------------
 
-def rotate_node_keys(data_dir: Path | str, now: datetime, overlap: timedelta,
-                     passphrase: Passphrase | None = None, *,
-                     key_lifetime: timedelta | None = DEFAULT_KEY_LIFETIME,
-                     scrypt: ScryptParams = DEFAULT_SCRYPT) -> bytes:
+
+def rotate_node_keys(
+    data_dir: Path | str,
+    now: datetime,
+    overlap: timedelta,
+    passphrase: Passphrase | None = None,
+    *,
+    key_lifetime: timedelta | None = DEFAULT_KEY_LIFETIME,
+    scrypt: ScryptParams = DEFAULT_SCRYPT,
+) -> bytes:
     """New node signing and encryption keys; the old ones stay valid until ``now + overlap``.
 
     Returns the new bundle (version + 1, root-signed), also written to bundle.json.
@@ -440,10 +501,12 @@ def rotate_node_keys(data_dir: Path | str, now: datetime, overlap: timedelta,
             if old.valid_until is None or old.valid_until > end:
                 entry["valid_until"] = format_time(end)
         until = None if key_lifetime is None else now + key_lifetime
-        state["signing_keys"].insert(0, _key_entry(signing.key_id, signing.public.public, sig_file,
-                                                   now, until))
-        state["encryption_keys"].insert(0, _key_entry(decryption.key_id, decryption.public.public, enc_file,
-                                                      now, until, suite=suite))
+        state["signing_keys"].insert(
+            0, _key_entry(signing.key_id, signing.public.public, sig_file, now, until)
+        )
+        state["encryption_keys"].insert(
+            0, _key_entry(decryption.key_id, decryption.public.public, enc_file, now, until, suite=suite)
+        )
         state["current_signing_key"] = signing.key_id
         state["current_encryption_key"] = decryption.key_id
         return _publish(kd, state, root, now)
@@ -454,8 +517,15 @@ def _signatory_ids(kd: Path) -> set[str]:
     return {p.stem for p in sd.glob("*.auth")} if sd.is_dir() else set()
 
 
-def revoke_key(data_dir: Path | str, key_id: str, reason: str, now: datetime,
-               passphrase: Passphrase | None = None, *, revoked_at: datetime | None = None) -> bytes:
+def revoke_key(
+    data_dir: Path | str,
+    key_id: str,
+    reason: str,
+    now: datetime,
+    passphrase: Passphrase | None = None,
+    *,
+    revoked_at: datetime | None = None,
+) -> bytes:
     """Revoke a node or signatory key from ``now`` on; returns the signed revocation.
 
     ``revoked_at`` may be set earlier than ``now`` when a compromise is known to
@@ -477,19 +547,24 @@ def revoke_key(data_dir: Path | str, key_id: str, reason: str, now: datetime,
     with locked(kd):
         state = _read_state(kd)
         if key_id in (state["current_signing_key"], state["current_encryption_key"]):
-            raise IdentityError(f"key {key_id} is this node's current key; rotate the node keys first, "
-                                "then revoke it", code="keys.current_key")
-        known = ({e["key_id"] for e in (*state["signing_keys"], *state["encryption_keys"])}
-                 | _signatory_ids(kd))
+            raise IdentityError(
+                f"key {key_id} is this node's current key; rotate the node keys first, then revoke it",
+                code="keys.current_key",
+            )
+        known = {e["key_id"] for e in (*state["signing_keys"], *state["encryption_keys"])} | _signatory_ids(
+            kd
+        )
         if key_id not in known:
-            raise IdentityError(f"no node or signatory key {key_id} in this identity",
-                                code="keys.unknown_key")
+            raise IdentityError(
+                f"no node or signatory key {key_id} in this identity", code="keys.unknown_key"
+            )
         if any(r["key_id"] == key_id for r in state["revocations"]):
             raise IdentityError(f"key {key_id} is already revoked", code="keys.already_revoked")
         root = _load_root(kd, state, passphrase)
         signed = issue_revocation(key_id, at, reason, root)
-        state["revocations"].append({"key_id": key_id, "revoked_at": format_time(at), "reason": reason,
-                                     "signed": b64e(signed)})
+        state["revocations"].append(
+            {"key_id": key_id, "revoked_at": format_time(at), "reason": reason, "signed": b64e(signed)}
+        )
         _publish(kd, state, root, now)
         return signed
 
@@ -500,9 +575,13 @@ def issued_revocations(data_dir: Path | str) -> list[bytes]:
     return [b64d(r["signed"], what="revocation") for r in state["revocations"]]
 
 
-
-def renew_tls_cert(data_dir: Path | str, now: datetime, passphrase: Passphrase | None = None, *,
-                   lifetime: timedelta = DEFAULT_TLS_LIFETIME) -> Path:
+def renew_tls_cert(
+    data_dir: Path | str,
+    now: datetime,
+    passphrase: Passphrase | None = None,
+    *,
+    lifetime: timedelta = DEFAULT_TLS_LIFETIME,
+) -> Path:
     """A fresh node TLS key and certificate from the Party's TLS CA (same SANs rule, same CA).
 
     The bundle does not change (it carries the CA, not the node certificate), so
@@ -515,8 +594,9 @@ def renew_tls_cert(data_dir: Path | str, now: datetime, passphrase: Passphrase |
         state = _read_state(kd)
         ca_key = read_tls_key(kd / state["tls"]["ca_key"], passphrase)
         ca_cert = x509.load_pem_x509_certificate((kd / state["tls"]["ca_cert"]).read_bytes())
-        key, cert = issue_node_cert(state["party"], endpoint_host(state["endpoint"]), ca_key, ca_cert,
-                                    now, lifetime)
+        key, cert = issue_node_cert(
+            state["party"], endpoint_host(state["endpoint"]), ca_key, ca_cert, now, lifetime
+        )
         write_tls_key(kd / state["tls"]["key"], key, passphrase, overwrite=True)
         cert_path: Path = kd / state["tls"]["cert"]
         atomic_write(cert_path, cert_pem(cert), mode=PUBLIC_MODE)

@@ -54,9 +54,17 @@ def _dir(data_dir: Path | str) -> Path:
     return keys_dir(data_dir) / SIGNATORIES_DIR
 
 
-def add_signatory(data_dir: Path | str, person: str, position: str, valid_from: date, valid_until: date,
-                  now: datetime, passphrase: Passphrase | None = None, *,
-                  scrypt: ScryptParams = DEFAULT_SCRYPT) -> Signatory:
+def add_signatory(
+    data_dir: Path | str,
+    person: str,
+    position: str,
+    valid_from: date,
+    valid_until: date,
+    now: datetime,
+    passphrase: Passphrase | None = None,
+    *,
+    scrypt: ScryptParams = DEFAULT_SCRYPT,
+) -> Signatory:
     """Create a signatory key and its root-signed authorisation (needs the root key)."""
     _aware(now)
     if not person.strip() or not position.strip():
@@ -65,8 +73,15 @@ def add_signatory(data_dir: Path | str, person: str, position: str, valid_from: 
     state = _read_state(kd)
     root = _load_root(kd, state, passphrase)
     key = SigningKey.generate()
-    auth = Authorisation(party=state["party"], person=person, position=position, key=key.public,
-                         valid_from=valid_from, valid_until=valid_until, issued_at=now)
+    auth = Authorisation(
+        party=state["party"],
+        person=person,
+        position=position,
+        key=key.public,
+        valid_from=valid_from,
+        valid_until=valid_until,
+        issued_at=now,
+    )
     signed = issue_authorisation(auth, root)  # refuses an inverted date range
     sd = _dir(data_dir)
     sd.mkdir(mode=0o700, exist_ok=True)
@@ -80,12 +95,14 @@ def _authorisation(data_dir: Path | str, key_id: str) -> tuple[bytes, Authorisat
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise IdentityError(f"no signatory {key_id} in {_dir(data_dir)}",
-                            code="keys.unknown_signatory") from None
+        raise IdentityError(
+            f"no signatory {key_id} in {_dir(data_dir)}", code="keys.unknown_signatory"
+        ) from None
     auth = verify_authorisation(data, load_bundle_self(data_dir))
     if auth.key.key_id != key_id:
-        raise IdentityError(f"{path} authorises key {auth.key.key_id}, not {key_id}",
-                            code="keys.bad_signatory")
+        raise IdentityError(
+            f"{path} authorises key {auth.key.key_id}, not {key_id}", code="keys.bad_signatory"
+        )
     return data, auth
 
 
@@ -96,8 +113,9 @@ def load_signatory(data_dir: Path | str, key_id: str, passphrase: Passphrase | N
     data, auth = _authorisation(data_dir, key_id)
     key = read_signing_key(_dir(data_dir) / f"{key_id}.key", passphrase)
     if key.public != auth.key:
-        raise IdentityError(f"signatory key file {key_id} does not match its authorisation",
-                            code="keys.bad_signatory")
+        raise IdentityError(
+            f"signatory key file {key_id} does not match its authorisation", code="keys.bad_signatory"
+        )
     return Signatory(key, data, auth.person, auth.position, auth.valid_from, auth.valid_until)
 
 

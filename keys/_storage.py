@@ -34,8 +34,9 @@ STORAGE_KEY_KIND = "storage-aes-256"
 _SIZE = 32
 
 
-def storage_key(data_dir: Path | str, passphrase: Passphrase | None = None,
-                scrypt: ScryptParams = DEFAULT_SCRYPT) -> bytes:
+def storage_key(
+    data_dir: Path | str, passphrase: Passphrase | None = None, scrypt: ScryptParams = DEFAULT_SCRYPT
+) -> bytes:
     """The node's storage key, created (mode 0600) if it does not exist yet.
 
     With ``passphrase`` (the one protecting the node's other private keys) a
@@ -49,9 +50,16 @@ def storage_key(data_dir: Path | str, passphrase: Passphrase | None = None,
         with locked(kd):
             if not path.exists():
                 key = secrets.token_bytes(_SIZE)
-                data = key if passphrase is None else encrypt_secret(
-                    {"format": KEY_FILE_FORMAT, "kind": STORAGE_KEY_KIND, "key_id": _key_id(key)},
-                    key, passphrase, scrypt)
+                data = (
+                    key
+                    if passphrase is None
+                    else encrypt_secret(
+                        {"format": KEY_FILE_FORMAT, "kind": STORAGE_KEY_KIND, "key_id": _key_id(key)},
+                        key,
+                        passphrase,
+                        scrypt,
+                    )
+                )
                 atomic_write(path, data, mode=0o600, exclusive=True)
     check_private_file(path)
     data = path.read_bytes()
@@ -70,8 +78,12 @@ def _decode(data: bytes, passphrase: Passphrase | None, where: str) -> bytes:
         obj = parse_json(data, what=where)
     except ProlinkError:
         raise KeyFileError(f"{where} is not a {_SIZE}-byte storage key", code="keys.malformed") from None
-    if not isinstance(obj, dict) or obj.get("format") != KEY_FILE_FORMAT or obj.get("kind") != STORAGE_KEY_KIND \
-            or obj.get("encrypted") is not True:
+    if (
+        not isinstance(obj, dict)
+        or obj.get("format") != KEY_FILE_FORMAT
+        or obj.get("kind") != STORAGE_KEY_KIND
+        or obj.get("encrypted") is not True
+    ):
         raise KeyFileError(f"{where} is not a {_SIZE}-byte storage key", code="keys.malformed")
     key = decrypt_secret(obj, passphrase, where)
     if len(key) != _SIZE or _key_id(key) != obj.get("key_id"):

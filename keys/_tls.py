@@ -37,26 +37,41 @@ BACKDATE = timedelta(hours=1)
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def generate_ca(party: str, name: str, now: datetime,
-                lifetime: timedelta = CA_LIFETIME) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def generate_ca(
+    party: str, name: str, now: datetime, lifetime: timedelta = CA_LIFETIME
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, f"prolink {party} TLS CA"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, name or party),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"prolink party {party}"),
-    ])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"prolink {party} TLS CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name or party),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"prolink party {party}"),
+        ]
+    )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(subject)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE).not_valid_after(now + lifetime)
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                     decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -79,9 +94,14 @@ def san_for_endpoint(endpoint_host: str) -> list[x509.GeneralName]:
     return names
 
 
-def issue_node_cert(party: str, endpoint_host: str, ca_key: ec.EllipticCurvePrivateKey,
-                    ca_cert: x509.Certificate, now: datetime,
-                    lifetime: timedelta) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def issue_node_cert(
+    party: str,
+    endpoint_host: str,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    now: datetime,
+    lifetime: timedelta,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
     cert = (
@@ -90,18 +110,32 @@ def issue_node_cert(party: str, endpoint_host: str, ca_key: ec.EllipticCurvePriv
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE).not_valid_after(not_after)
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     key_cert_sign=False, crl_sign=False, encipher_only=False,
-                                     decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(san_for_endpoint(endpoint_host)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
@@ -112,6 +146,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 # --- ssl contexts -----------------------------------------------------------------
+
 
 def _base(ctx: ssl.SSLContext, identity: Identity, allow_tls12: bool) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2 if allow_tls12 else ssl.TLSVersion.TLSv1_3
@@ -132,8 +167,9 @@ def _check_pem(pem: str) -> str:
     return pem
 
 
-def server_ssl_context(identity: Identity, peer_ca_pems: list[str],
-                       allow_tls12: bool = False, *, allow_no_peer: bool = False) -> ssl.SSLContext:
+def server_ssl_context(
+    identity: Identity, peer_ca_pems: list[str], allow_tls12: bool = False, *, allow_no_peer: bool = False
+) -> ssl.SSLContext:
     """Server side of the peer API: client certificates required, issued by one of ``peer_ca_pems``.
 
     Only the given CAs (from peers' verified bundles) are trusted; the system
@@ -159,7 +195,6 @@ def client_ssl_context(identity: Identity, peer_ca_pem: str, allow_tls12: bool =
     return ctx
 
 
-
 def peer_party(cert_der: bytes, parties: Iterable[TrustedParty]) -> TrustedParty:
     """Which trusted Party a verified client certificate (``getpeercert(binary_form=True)``) belongs to.
 
@@ -180,6 +215,7 @@ def peer_party(cert_der: bytes, parties: Iterable[TrustedParty]) -> TrustedParty
             continue
         if cns == [party.party]:
             return party
-        raise TrustError(f"certificate from {party.party}'s CA names {cns}, not {party.party}",
-                         code="trust.unknown_peer")
+        raise TrustError(
+            f"certificate from {party.party}'s CA names {cns}, not {party.party}", code="trust.unknown_peer"
+        )
     raise TrustError("peer certificate is not issued by any trusted Party's CA", code="trust.unknown_peer")

@@ -67,13 +67,30 @@ RECORD_PREFIX = b'{"record":'
 MAX_ENTRY_BYTES = 16 * 1024
 
 #: Detail keys that would put content or secrets into the log; refused outright.
-FORBIDDEN_DETAIL_KEYS = frozenset({
-    "content", "body", "plaintext", "text", "document", "attachment", "attachment_data", "summary",
-    "grounds", "token", "password", "passphrase", "secret", "private_key", "seed", "key_material",
-})
+FORBIDDEN_DETAIL_KEYS = frozenset(
+    {
+        "content",
+        "body",
+        "plaintext",
+        "text",
+        "document",
+        "attachment",
+        "attachment_data",
+        "summary",
+        "grounds",
+        "token",
+        "password",
+        "passphrase",
+        "secret",
+        "private_key",
+        "seed",
+        "key_material",
+    }
+)
 
 
 # --- entries ------------------------------------------------------------------
+
 
 def check_detail(detail: Mapping[str, Any], path: str = "detail") -> None:
     """Refuse detail keys that name content or secrets (at any depth)."""
@@ -86,19 +103,39 @@ def check_detail(detail: Mapping[str, Any], path: str = "detail") -> None:
             check_detail(value, f"{path}.{key}")
 
 
-def entry_bytes(*, seq: int, at: datetime, actor: str, party: str | None, type: str, object_id: str | None,
-                outcome: str, detail: Mapping[str, Any] | None = None) -> bytes:
+def entry_bytes(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    party: str | None,
+    type: str,
+    object_id: str | None,
+    outcome: str,
+    detail: Mapping[str, Any] | None = None,
+) -> bytes:
     """The canonical bytes of one entry: the Merkle leaf. ``at`` must be timezone-aware."""
     if at.tzinfo is None:
         raise ValueError("naive datetime given to the audit log; pass an aware UTC datetime")
     detail = dict(detail or {})
     check_detail(detail)
-    data = canonical_json({"v": ENTRY_VERSION, "seq": seq, "at": format_time(at), "actor": actor,
-                           "party": party, "type": type, "object_id": object_id, "outcome": outcome,
-                           "detail": detail})
+    data = canonical_json(
+        {
+            "v": ENTRY_VERSION,
+            "seq": seq,
+            "at": format_time(at),
+            "actor": actor,
+            "party": party,
+            "type": type,
+            "object_id": object_id,
+            "outcome": outcome,
+            "detail": detail,
+        }
+    )
     if len(data) > MAX_ENTRY_BYTES:
-        raise ValueError(f"an audit entry is limited to {MAX_ENTRY_BYTES} bytes (ids and hashes, "
-                         f"not content)")
+        raise ValueError(
+            f"an audit entry is limited to {MAX_ENTRY_BYTES} bytes (ids and hashes, not content)"
+        )
     return data
 
 
@@ -116,6 +153,7 @@ def parse_entry(data: bytes) -> dict[str, Any]:
 
 
 # --- export records --------------------------------------------------------------
+
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
@@ -150,6 +188,7 @@ def _hash_list(value: Any, what: str) -> list[bytes]:
 
 
 # --- verification ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class HeadInfo:
@@ -195,19 +234,25 @@ class ExportReport:
         return [(p, size, t) for (p, size), t in sorted(out.items())]
 
     def summary(self) -> str:
-        lines = [f"INTACT: {self.count} entries (seq {self.first_seq}..{self.last_seq}) of log {self.origin} "
-                 f"match the {self.head.describe()} by {self.party}"
-                 if self.count else
-                 f"INTACT: no entries in range; the {self.head.describe()} of {self.origin} verified"]
+        lines = [
+            f"INTACT: {self.count} entries (seq {self.first_seq}..{self.last_seq}) of log {self.origin} "
+            f"match the {self.head.describe()} by {self.party}"
+            if self.count
+            else f"INTACT: no entries in range; the {self.head.describe()} of {self.origin} verified"
+        ]
         lines.append(f"  {len(self.checkpoints)} signed checkpoint(s) inside the range matched the entries")
         wit = self.witnesses()
         if wit:
             best = max(wit, key=lambda w: w[1])
-            lines.append(f"  witnessed: {len(wit)} cosignature(s); the largest cosigned size is {best[1]} "
-                         f"(by {best[0]} at {format_time(best[2])}), consistent with the head")
+            lines.append(
+                f"  witnessed: {len(wit)} cosignature(s); the largest cosigned size is {best[1]} "
+                f"(by {best[0]} at {format_time(best[2])}), consistent with the head"
+            )
         else:
-            lines.append("  WARNING: no cosignature by another Party covers this export; only "
-                         f"{self.party} vouches for it")
+            lines.append(
+                "  WARNING: no cosignature by another Party covers this export; only "
+                f"{self.party} vouches for it"
+            )
         for h in self.extra_heads:
             lines.append(f"  the supplied {h.describe()} is consistent with the export")
         for party, fp in sorted(self.bundles.items()):
@@ -220,15 +265,22 @@ class ExportFailure(LogError):
 
     code = "audit.export_invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, line: int | None = None,
-                 interval: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        line: int | None = None,
+        interval: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.line = line
         self.interval = interval
 
 
-def open_head(raw: bytes, party: str, bundles: Mapping[str, TrustedParty],
-              what: str = "head") -> tuple[Checkpoint, HeadInfo]:
+def open_head(
+    raw: bytes, party: str, bundles: Mapping[str, TrustedParty], what: str = "head"
+) -> tuple[Checkpoint, HeadInfo]:
     """A signed (and perhaps cosigned) head of ``party``'s log, checked against the bundles.
 
     The log's signature must verify with a node key of ``party``'s bundle that
@@ -248,8 +300,9 @@ def open_head(raw: bytes, party: str, bundles: Mapping[str, TrustedParty],
     return cp, HeadInfo(cp.size, cp.root, at, key.key_id, tuple(_cosignatures(note, party, bundles)), what)
 
 
-def _cosignatures(note: Note, party: str,
-                  bundles: Mapping[str, TrustedParty]) -> Iterator[tuple[str, datetime]]:
+def _cosignatures(
+    note: Note, party: str, bundles: Mapping[str, TrustedParty]
+) -> Iterator[tuple[str, datetime]]:
     for witness, trusted in bundles.items():
         if witness == party:
             continue
@@ -273,10 +326,20 @@ def entry_proof(party: str, seq: int, entry: bytes, inclusion: Sequence[bytes], 
     the RFC 9162 audit path from the entry's leaf to that head's root.
     """
     size = Checkpoint.parse(parse_note(checkpoint).text).size
-    return canonical_json({"format": PROOF_FORMAT, "party": party, "seq": seq,
-                           "entry": base64.b64encode(entry).decode("ascii"), "tree_size": size,
-                           "inclusion": [base64.b64encode(h).decode("ascii") for h in inclusion],
-                           "checkpoint": checkpoint.decode("utf-8")}) + b"\n"
+    return (
+        canonical_json(
+            {
+                "format": PROOF_FORMAT,
+                "party": party,
+                "seq": seq,
+                "entry": base64.b64encode(entry).decode("ascii"),
+                "tree_size": size,
+                "inclusion": [base64.b64encode(h).decode("ascii") for h in inclusion],
+                "checkpoint": checkpoint.decode("utf-8"),
+            }
+        )
+        + b"\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -290,10 +353,12 @@ class ProvenEntry:
 
     def summary(self) -> str:
         e = self.entry
-        return (f"PROVEN: entry {self.seq} of log {log_origin(self.party)} is in its "
-                f"{self.head.describe()}.\n"
-                f"  {e['at']} {e['type']} {e['outcome']} actor={e['actor']} party={e['party']} "
-                f"object={e['object_id']}")
+        return (
+            f"PROVEN: entry {self.seq} of log {log_origin(self.party)} is in its "
+            f"{self.head.describe()}.\n"
+            f"  {e['at']} {e['type']} {e['outcome']} actor={e['actor']} party={e['party']} "
+            f"object={e['object_id']}"
+        )
 
 
 def verify_entry_proof(data: bytes, bundles: Mapping[str, TrustedParty]) -> ProvenEntry:
@@ -303,8 +368,9 @@ def verify_entry_proof(data: bytes, bundles: Mapping[str, TrustedParty]) -> Prov
         if not isinstance(obj, dict) or obj.get("format") != PROOF_FORMAT or set(obj) != _PROOF_FIELDS:
             raise LogError("not a prolink audit proof", code="audit.bad_proof")
         party, seq, size = obj["party"], obj["seq"], obj["tree_size"]
-        if not isinstance(party, str) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                 for v in (seq, size)):
+        if not isinstance(party, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (seq, size)
+        ):
             raise LogError("audit proof: bad party, seq or tree size", code="audit.bad_proof")
         entry = base64.b64decode(obj["entry"], validate=True)
         path = [base64.b64decode(h, validate=True) for h in obj["inclusion"]]
@@ -363,7 +429,7 @@ class ExportVerifier:
         if last < 0:
             self._tail = data
             return
-        self._tail = data[last + 1:]
+        self._tail = data[last + 1 :]
         self._lines(data, last)
 
     def _lines(self, data: bytes, end: int) -> None:
@@ -375,7 +441,7 @@ class ExportVerifier:
                 nxt = data.find(RECORD_PREFIX, nxt + 1, end)
             stop = end + 1 if nxt < 0 else nxt
             if stop > pos:  # a run of entry lines, each ending in a newline
-                self.entries(data[pos:stop - 1].split(b"\n"))
+                self.entries(data[pos : stop - 1].split(b"\n"))
             if nxt < 0:
                 return
             line_end = data.find(b"\n", nxt, end + 1)
@@ -383,19 +449,24 @@ class ExportVerifier:
             try:
                 obj = json.loads(data[nxt:line_end])
             except ValueError:
-                raise ExportFailure(f"line {self.line} is not valid JSON", code="audit.bad_export",
-                                    line=self.line) from None
+                raise ExportFailure(
+                    f"line {self.line} is not valid JSON", code="audit.bad_export", line=self.line
+                ) from None
             self.record(obj)
             pos = line_end + 1
 
     def entries(self, lines: list[bytes]) -> None:
         """A run of entry lines (their exact bytes, without newlines)."""
         if self._header is None:
-            raise ExportFailure("the export does not start with a header record", code="audit.bad_export",
-                                line=1)
+            raise ExportFailure(
+                "the export does not start with a header record", code="audit.bad_export", line=1
+            )
         if self._head is not None:
-            raise ExportFailure(f"line {self.line + 1}: entries after the head record",
-                                code="audit.bad_export", line=self.line + 1)
+            raise ExportFailure(
+                f"line {self.line + 1}: entries after the head record",
+                code="audit.bad_export",
+                line=self.line + 1,
+            )
         if b"" in lines:
             at = self.line + lines.index(b"") + 1
             raise ExportFailure(f"line {at} is empty", code="audit.bad_export", line=at)
@@ -405,7 +476,10 @@ class ExportVerifier:
             raise ExportFailure(
                 f"line {at}: more entries than the {self._count} the header announces: an entry was inserted "
                 f"after seq {self._first + self._seen + room - 1}",
-                code="audit.entry_inserted", line=at, interval=(self._good, self._first + self._count))
+                code="audit.entry_inserted",
+                line=at,
+                interval=(self._good, self._first + self._count),
+            )
         sha = hashlib.sha256
         cr = self._cr
         if self._pending_sizes:
@@ -427,8 +501,9 @@ class ExportVerifier:
             raise ExportFailure(f"line {self.line}: not a record", code="audit.bad_export", line=self.line)
         kind = obj["record"]
         if self._header is None and kind != "header":
-            raise ExportFailure("the export does not start with a header record", code="audit.bad_export",
-                                line=1)
+            raise ExportFailure(
+                "the export does not start with a header record", code="audit.bad_export", line=1
+            )
         try:
             if kind == "header":
                 self._on_header(obj)
@@ -444,8 +519,9 @@ class ExportVerifier:
             exc.line = exc.line or self.line
             raise
         except ProlinkError as exc:
-            raise ExportFailure(f"line {self.line} ({kind}): {exc.message}", code=exc.code,
-                                line=self.line) from None
+            raise ExportFailure(
+                f"line {self.line} ({kind}): {exc.message}", code=exc.code, line=self.line
+            ) from None
 
     # -- records ---------------------------------------------------------------
 
@@ -455,16 +531,24 @@ class ExportVerifier:
         if obj.get("format") != EXPORT_FORMAT:
             raise ExportFailure(f"not a {EXPORT_FORMAT} export", code="audit.bad_export")
         party, first, count = obj.get("party"), obj.get("first_seq"), obj.get("count")
-        if not isinstance(party, str) or not isinstance(first, int) or not isinstance(count, int) \
-                or not _nonneg(first) or not _nonneg(count):
+        if (
+            not isinstance(party, str)
+            or not isinstance(first, int)
+            or not isinstance(count, int)
+            or not _nonneg(first)
+            or not _nonneg(count)
+        ):
             raise ExportFailure("header: party, first_seq and count are required", code="audit.bad_export")
         if party not in self.bundles:
-            raise ExportFailure(f"the export is of {party}'s log but no bundle of {party} was given",
-                                code="audit.no_bundle")
+            raise ExportFailure(
+                f"the export is of {party}'s log but no bundle of {party} was given", code="audit.no_bundle"
+            )
         origin = log_origin(party)
         if obj.get("origin") != origin:
-            raise ExportFailure(f"header: origin {obj.get('origin')!r} is not {party}'s log {origin!r}",
-                                code="audit.wrong_origin")
+            raise ExportFailure(
+                f"header: origin {obj.get('origin')!r} is not {party}'s log {origin!r}",
+                code="audit.wrong_origin",
+            )
         left = _hash_list(obj.get("left", []), "header.left")
         self._cr = CompactRange(first, left)
         self._header, self._party, self._origin = obj, party, origin
@@ -488,12 +572,15 @@ class ExportVerifier:
                 f"{'missing' if cp.size > here else 'extra'} between seq {lo} and "
                 f"{max(cp.size, here) - 1}",
                 code="audit.entry_missing" if cp.size > here else "audit.entry_inserted",
-                interval=(lo, max(cp.size, here)))
+                interval=(lo, max(cp.size, here)),
+            )
         if self._cr.root() != cp.root:
             raise ExportFailure(
                 f"line {self.line}: entries seq {self._good}..{here - 1} do not match the {info.describe()}: "
                 f"an entry in that range was altered, deleted, inserted or reordered",
-                code="audit.entry_mismatch", interval=(self._good, here))
+                code="audit.entry_mismatch",
+                interval=(self._good, here),
+            )
         self._good = here
         self._checkpoints.append(info)
 
@@ -504,13 +591,17 @@ class ExportVerifier:
             raise ExportFailure(
                 f"line {self.line}: the header announces {self._count} entries but {self._seen} came before "
                 f"the head: the export was truncated or entries were deleted",
-                code="audit.entry_missing", interval=(self._good, self._first + self._count))
+                code="audit.entry_missing",
+                interval=(self._good, self._first + self._count),
+            )
         cp, info = self._open(_note(obj), "head")
         proof = _hash_list(obj.get("proof", []), "head.proof")
         end = self._cr.size
         if cp.size < end:
-            raise ExportFailure(f"the head has size {cp.size}, smaller than the {end} entries exported",
-                                code="audit.bad_export")
+            raise ExportFailure(
+                f"the head has size {cp.size}, smaller than the {end} entries exported",
+                code="audit.bad_export",
+            )
         try:
             verify_consistency(end, cp.size, self._cr.root(), cp.root, proof)
         except LogError:
@@ -518,26 +609,34 @@ class ExportVerifier:
                 f"entries seq {self._good}..{end - 1} do not match the {info.describe()}: the tree they "
                 f"build (size {end}) is not a prefix of it, so an entry in that range was altered, deleted, "
                 f"inserted or reordered (or the proof was changed)",
-                code="audit.entry_mismatch", interval=(self._good, end)) from None
+                code="audit.entry_mismatch",
+                interval=(self._good, end),
+            ) from None
         self._head = (cp, info, proof)
         if end > self._good:
             self._good = end
 
     def _on_cosigned(self, obj: dict[str, Any]) -> None:
         if self._head is None:
-            raise ExportFailure(f"line {self.line}: a cosigned head before the head record",
-                                code="audit.bad_export")
+            raise ExportFailure(
+                f"line {self.line}: a cosigned head before the head record", code="audit.bad_export"
+            )
         cp, info = self._open(_note(obj), f"cosigned head on line {self.line}")
         if not info.cosigned_by:
-            raise ExportFailure(f"line {self.line}: the {info.describe()} carries no cosignature by a "
-                                f"known peer", code="audit.no_cosignature")
+            raise ExportFailure(
+                f"line {self.line}: the {info.describe()} carries no cosignature by a known peer",
+                code="audit.no_cosignature",
+            )
         proof = _hash_list(obj.get("proof", []), "cosigned.proof")
         head, _, _ = self._head
         try:
             verify_consistency(cp.size, head.size, cp.root, head.root, proof)
         except LogError as exc:
-            raise ExportFailure(f"the {info.describe()} is not consistent with the export's head of size "
-                                f"{head.size}: {exc.message}", code="audit.inconsistent") from None
+            raise ExportFailure(
+                f"the {info.describe()} is not consistent with the export's head of size "
+                f"{head.size}: {exc.message}",
+                code="audit.inconsistent",
+            ) from None
         self._cosigned.append((cp, info, proof))
 
     def _check_extra(self, size: int) -> None:
@@ -546,7 +645,10 @@ class ExportVerifier:
             if cp.root != root:
                 raise ExportFailure(
                     f"entries seq {self._good}..{size - 1} do not match the supplied {info.describe()}",
-                    code="audit.entry_mismatch", line=self.line, interval=(self._good, size))
+                    code="audit.entry_mismatch",
+                    line=self.line,
+                    interval=(self._good, size),
+                )
             self._extra_ok.append(info)
 
     # -- signatures ------------------------------------------------------------
@@ -569,18 +671,30 @@ class ExportVerifier:
         if self._head is None:
             raise ExportFailure(
                 f"the export ends without its head record (after {self._seen} of {self._count} entries): "
-                f"it was truncated", code="audit.bad_export", line=self.line,
-                interval=(self._good, self._first + self._count))
+                f"it was truncated",
+                code="audit.bad_export",
+                line=self.line,
+                interval=(self._good, self._first + self._count),
+            )
         missing = [s for s in self._pending_sizes if s > self._first + self._seen]
         if missing:
-            raise ExportFailure(f"supplied heads of sizes {missing} lie beyond the exported entries",
-                                code="audit.bad_export")
+            raise ExportFailure(
+                f"supplied heads of sizes {missing} lie beyond the exported entries", code="audit.bad_export"
+            )
         _, head, _ = self._head
         from ._trust import fingerprint
 
-        return ExportReport(self._party, self._origin, self._first, self._count, head, self._checkpoints,
-                            [c[1] for c in self._cosigned], self._extra_ok,
-                            {p: fingerprint(t.bundle.root) for p, t in self.bundles.items()})
+        return ExportReport(
+            self._party,
+            self._origin,
+            self._first,
+            self._count,
+            head,
+            self._checkpoints,
+            [c[1] for c in self._cosigned],
+            self._extra_ok,
+            {p: fingerprint(t.bundle.root) for p, t in self.bundles.items()},
+        )
 
 
 def _nonneg(v: Any) -> bool:
@@ -594,8 +708,9 @@ def _note(obj: Mapping[str, Any]) -> bytes:
     return note.encode("utf-8")
 
 
-def verify_export_bytes(data: bytes, bundles: Mapping[str, TrustedParty],
-                        extra_heads: Sequence[bytes] = ()) -> ExportReport:
+def verify_export_bytes(
+    data: bytes, bundles: Mapping[str, TrustedParty], extra_heads: Sequence[bytes] = ()
+) -> ExportReport:
     """Verify a whole JSONL export held in memory (tests and small exports)."""
     v = ExportVerifier(bundles, extra_heads)
     v.feed(data)
@@ -603,6 +718,7 @@ def verify_export_bytes(data: bytes, bundles: Mapping[str, TrustedParty],
 
 
 # --- diagnosis ------------------------------------------------------------------------
+
 
 def diagnose(entries: Iterable[tuple[int, bytes]], first_seq: int, lo: int, hi: int) -> str:
     """Say what is wrong with the entries at positions ``lo..hi-1`` of an export.
@@ -625,21 +741,27 @@ def diagnose(entries: Iterable[tuple[int, bytes]], first_seq: int, lo: int, hi: 
         try:
             seq = parse_entry(data)["seq"]
         except (EncodingError, ProlinkError) as exc:
-            return (f"line {line_no} (entry seq {position}): {exc.message}: the entry was edited after it "
-                    f"was exported or stored")
+            return (
+                f"line {line_no} (entry seq {position}): {exc.message}: the entry was edited after it "
+                f"was exported or stored"
+            )
         found.append((position, line_no, seq))
     seqs = [seq for _, _, seq in found]
     expected = list(range(lo, lo + len(found)))
     if seqs == expected:
-        return (f"every entry from seq {lo} to {hi - 1} is well-formed and in its place ({len(found)} "
-                f"entries), so the content of at least one of them was altered after it was logged")
+        return (
+            f"every entry from seq {lo} to {hi - 1} is well-formed and in its place ({len(found)} "
+            f"entries), so the content of at least one of them was altered after it was logged"
+        )
     pos, line_no, seq = next((p, n, q) for p, n, q in found if p != q)
     dup = sorted({q for q in seqs if seqs.count(q) > 1})
     if sorted(seqs) == expected:
         return f"entries were reordered: line {line_no} holds seq {seq} where seq {pos} belongs"
     if dup:
-        return (f"entry seq {dup[0]} appears more than once (first misplaced at line {line_no}): an entry "
-                f"was inserted or duplicated")
+        return (
+            f"entry seq {dup[0]} appears more than once (first misplaced at line {line_no}): an entry "
+            f"was inserted or duplicated"
+        )
     if pos not in seqs:
         gone = [p for p in range(pos, (max(seqs) if seqs else pos) + 1) if p not in seqs]
         missing = f"seq {gone[0]}" if len(gone) == 1 else f"seqs {', '.join(map(str, gone[:5]))}"

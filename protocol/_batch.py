@@ -46,14 +46,15 @@ def encode_batch(envelopes: Iterable[bytes]) -> bytes:
 def decode_batch(data: bytes, *, max_items: int, max_envelope_bytes: int) -> list[bytes]:
     """The envelopes of a batch, in order; ``BatchError`` if it is malformed or over a limit."""
     view = memoryview(data)
-    if len(view) < len(BATCH_MAGIC) + 4 or bytes(view[:len(BATCH_MAGIC)]) != BATCH_MAGIC:
+    if len(view) < len(BATCH_MAGIC) + 4 or bytes(view[: len(BATCH_MAGIC)]) != BATCH_MAGIC:
         raise BatchError("not a prolink batch (magic)")
     (count,) = _U32.unpack_from(view, len(BATCH_MAGIC))
     if count == 0:
         raise BatchError("a batch carries at least one envelope")
     if count > max_items:
-        raise BatchError(f"a batch may carry at most {max_items} envelopes, this one {count}",
-                         code="batch.too_many")
+        raise BatchError(
+            f"a batch may carry at most {max_items} envelopes, this one {count}", code="batch.too_many"
+        )
     offset = len(BATCH_MAGIC) + 4
     out: list[bytes] = []
     for index in range(count):
@@ -64,11 +65,12 @@ def decode_batch(data: bytes, *, max_items: int, max_envelope_bytes: int) -> lis
         if length == 0:
             raise BatchError(f"envelope {index} of the batch is empty")
         if length > max_envelope_bytes:
-            raise BatchError(f"envelope {index} of the batch is over {max_envelope_bytes} bytes",
-                             code="batch.too_large")
+            raise BatchError(
+                f"envelope {index} of the batch is over {max_envelope_bytes} bytes", code="batch.too_large"
+            )
         if offset + length > len(view):
             raise BatchError(f"batch ends inside envelope {index}")
-        out.append(bytes(view[offset:offset + length]))
+        out.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
         raise BatchError(f"{len(view) - offset} bytes after the last envelope of the batch")

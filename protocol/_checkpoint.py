@@ -93,11 +93,13 @@ def verifier_key(name: str, key: VerifyKey, sig_type: int = SIG_ED25519) -> str:
 
 def _check_name(name: str) -> None:
     if not name or "+" in name or _UNICODE_SPACE.search(name) or _CONTROL.search(name):
-        raise LogError(f"key name {name!r} must be non-empty, without spaces or '+'",
-                       code="audit.malformed_note")
+        raise LogError(
+            f"key name {name!r} must be non-empty, without spaces or '+'", code="audit.malformed_note"
+        )
 
 
 # --- signed notes ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class NoteSignature:
@@ -148,7 +150,7 @@ def parse_note(data: bytes) -> Note:
     split = whole.rfind("\n\n")
     if split < 0 or not whole.endswith("\n"):
         raise LogError("note has no blank line before its signatures", code=code)
-    text, block = whole[:split + 1], whole[split + 2:]
+    text, block = whole[: split + 1], whole[split + 2 :]
     lines = block[:-1].split("\n") if block else []
     if not lines or lines == [""]:
         raise LogError("note has no signature lines", code=code)
@@ -196,8 +198,10 @@ def verify_note(note: Note, name: str, keys: Sequence[VerifyKey]) -> VerifyKey:
             continue
         key = by_id[sig.key_id]
         if not key.verify(sig.signature, note.text):
-            raise LogError(f"the signature of {name} (key {key.key_id}) on this note does not verify",
-                           code="audit.bad_signature")
+            raise LogError(
+                f"the signature of {name} (key {key.key_id}) on this note does not verify",
+                code="audit.bad_signature",
+            )
         found = key
     if found is None:
         raise LogError(f"the note carries no signature by {name} with a known key", code="audit.unknown_key")
@@ -205,6 +209,7 @@ def verify_note(note: Note, name: str, keys: Sequence[VerifyKey]) -> VerifyKey:
 
 
 # --- checkpoints ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -221,8 +226,10 @@ class Checkpoint:
             raise LogError("checkpoint size or root out of range", code="audit.malformed_checkpoint")
         for ext in self.extensions:
             if not ext or "\n" in ext:
-                raise LogError("checkpoint extension lines must be non-empty single lines",
-                               code="audit.malformed_checkpoint")
+                raise LogError(
+                    "checkpoint extension lines must be non-empty single lines",
+                    code="audit.malformed_checkpoint",
+                )
         lines = [self.origin, str(self.size), _b64e(self.root), *self.extensions]
         text = "\n".join(lines) + "\n"
         _check_text(text, "checkpoint")
@@ -232,8 +239,8 @@ class Checkpoint:
     def time(self) -> int | None:
         """The ``time <POSIX seconds>`` extension line, if present."""
         for ext in self.extensions:
-            if ext.startswith(TIME_PREFIX) and _DECIMAL.match(ext[len(TIME_PREFIX):]):
-                return int(ext[len(TIME_PREFIX):])
+            if ext.startswith(TIME_PREFIX) and _DECIMAL.match(ext[len(TIME_PREFIX) :]):
+                return int(ext[len(TIME_PREFIX) :])
         return None
 
     @classmethod
@@ -249,8 +256,9 @@ class Checkpoint:
         if len(lines) < 3 or any(not line for line in lines):
             raise LogError("a checkpoint is at least three non-empty lines", code=code)
         if not _DECIMAL.match(lines[1]) or int(lines[1]) >= 1 << 63:
-            raise LogError(f"checkpoint tree size {lines[1][:30]!r} is not a decimal without leading zeroes",
-                           code=code)
+            raise LogError(
+                f"checkpoint tree size {lines[1][:30]!r} is not a decimal without leading zeroes", code=code
+            )
         root = _b64d(lines[2], what="checkpoint root hash", code=code)
         if len(root) != 32:
             raise LogError("checkpoint root hash is not 32 bytes", code=code)
@@ -277,19 +285,22 @@ class OpenedCheckpoint:
     key: VerifyKey
 
 
-def open_checkpoint(data: bytes, origin: str, keys: Sequence[VerifyKey],
-                    name: str | None = None) -> OpenedCheckpoint:
+def open_checkpoint(
+    data: bytes, origin: str, keys: Sequence[VerifyKey], name: str | None = None
+) -> OpenedCheckpoint:
     """Parse a checkpoint note; check its origin and the log's signature under ``name`` (default: origin)."""
     note = parse_note(data)
     checkpoint = Checkpoint.parse(note.text)
     if checkpoint.origin != origin:
-        raise LogError(f"checkpoint is for log {checkpoint.origin!r}, expected {origin!r}",
-                       code="audit.wrong_origin")
+        raise LogError(
+            f"checkpoint is for log {checkpoint.origin!r}, expected {origin!r}", code="audit.wrong_origin"
+        )
     key = verify_note(note, name or origin, keys)
     return OpenedCheckpoint(checkpoint, note, key)
 
 
 # --- cosignatures (cosignature/v1) -----------------------------------------------------
+
 
 def cosignature_message(text: bytes, timestamp: int) -> bytes:
     """What a cosignature/v1 signs: header line, time line, then the whole checkpoint text."""
@@ -303,12 +314,14 @@ def cosign(text: bytes, name: str, key: SigningKey, timestamp: int) -> NoteSigna
     _check_name(name)
     _check_note_text(text)
     sig = key.sign(cosignature_message(text, timestamp))
-    return NoteSignature(name, note_key_id(name, SIG_COSIGNATURE_V1, key.public.public),
-                         struct.pack(">Q", timestamp) + sig)
+    return NoteSignature(
+        name, note_key_id(name, SIG_COSIGNATURE_V1, key.public.public), struct.pack(">Q", timestamp) + sig
+    )
 
 
-def verify_cosignature(text: bytes, signature: NoteSignature, name: str,
-                       keys: Sequence[VerifyKey]) -> tuple[VerifyKey, int]:
+def verify_cosignature(
+    text: bytes, signature: NoteSignature, name: str, keys: Sequence[VerifyKey]
+) -> tuple[VerifyKey, int]:
     """(key, timestamp) of a valid cosignature/v1 by ``name`` with one of ``keys`` on checkpoint ``text``."""
     if signature.name != name:
         raise LogError(f"cosignature is by {signature.name!r}, expected {name!r}", code="audit.unknown_key")
@@ -317,8 +330,9 @@ def verify_cosignature(text: bytes, signature: NoteSignature, name: str,
     if key is None:
         raise LogError(f"cosignature by {name} is from no known key", code="audit.unknown_key")
     if len(signature.signature) != 8 + 64:
-        raise LogError("a cosignature/v1 is 8 bytes of timestamp and 64 of signature",
-                       code="audit.bad_signature")
+        raise LogError(
+            "a cosignature/v1 is 8 bytes of timestamp and 64 of signature", code="audit.bad_signature"
+        )
     (timestamp,) = struct.unpack(">Q", signature.signature[:8])
     if timestamp >= 1 << 63 or not key.verify(signature.signature[8:], cosignature_message(text, timestamp)):
         raise LogError(f"the cosignature of {name} does not verify", code="audit.bad_signature")
@@ -328,8 +342,11 @@ def verify_cosignature(text: bytes, signature: NoteSignature, name: str,
 def find_cosignatures(note: Note, name: str, keys: Sequence[VerifyKey]) -> list[tuple[VerifyKey, int]]:
     """Every valid cosignature by ``name`` on ``note``; other names and unknown key IDs are ignored."""
     ids = {note_key_id(name, SIG_COSIGNATURE_V1, k.public) for k in keys}
-    return [verify_cosignature(note.text, s, name, keys) for s in note.signatures
-            if s.name == name and s.key_id in ids]
+    return [
+        verify_cosignature(note.text, s, name, keys)
+        for s in note.signatures
+        if s.name == name and s.key_id in ids
+    ]
 
 
 def parse_signature_line(line: str) -> NoteSignature:

@@ -58,8 +58,16 @@ MAX_HEADER = 16 * 1024
 MAX_BODY = 64 * 1024 * 1024
 MAX_ATTACHMENTS = 1000
 _READ_BLOCK = 1024 * 1024
-_HEADER_KEYS = {"version", "message_id", "sender", "recipient", "sent_at",
-                "sender_key_id", "recipient_key_id", "suite"}
+_HEADER_KEYS = {
+    "version",
+    "message_id",
+    "sender",
+    "recipient",
+    "sent_at",
+    "sender_key_id",
+    "recipient_key_id",
+    "suite",
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,9 @@ class NodeKeys:
         for key in self.decryption:
             if key.key_id == key_id:
                 return key
-        raise EnvelopeError(f"this node holds no decryption key {key_id}", code="envelope.unknown_recipient_key")
+        raise EnvelopeError(
+            f"this node holds no decryption key {key_id}", code="envelope.unknown_recipient_key"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,10 +99,18 @@ class Header:
     version: int = PROTOCOL_VERSION
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"version": self.version, "message_id": self.message_id,
-                               "sender": self.sender, "recipient": self.recipient,
-                               "sent_at": format_time(self.sent_at), "sender_key_id": self.sender_key_id,
-                               "recipient_key_id": self.recipient_key_id, "suite": self.suite})
+        return canonical_json(
+            {
+                "version": self.version,
+                "message_id": self.message_id,
+                "sender": self.sender,
+                "recipient": self.recipient,
+                "sent_at": format_time(self.sent_at),
+                "sender_key_id": self.sender_key_id,
+                "recipient_key_id": self.recipient_key_id,
+                "suite": self.suite,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Header:
@@ -100,8 +118,9 @@ class Header:
         if not isinstance(obj, dict) or set(obj) != _HEADER_KEYS:
             raise EncodingError("envelope header has missing or unknown fields")
         if type(obj["version"]) is not int or obj["version"] != PROTOCOL_VERSION:
-            raise EnvelopeError(f"unsupported protocol version {obj['version']!r}",
-                                code="envelope.unsupported_version")
+            raise EnvelopeError(
+                f"unsupported protocol version {obj['version']!r}", code="envelope.unsupported_version"
+            )
         strings = ("message_id", "sender", "recipient", "sender_key_id", "recipient_key_id", "suite")
         if not all(isinstance(obj[k], str) and obj[k] for k in strings):
             raise EncodingError("envelope header fields must be non-empty strings")
@@ -109,9 +128,15 @@ class Header:
             uuid.UUID(obj["message_id"])
         except ValueError:
             raise EncodingError("message_id is not a UUID") from None
-        return cls(obj["message_id"], obj["sender"], obj["recipient"],
-                   parse_time(obj["sent_at"], what="sent_at"), obj["sender_key_id"],
-                   obj["recipient_key_id"], obj["suite"])
+        return cls(
+            obj["message_id"],
+            obj["sender"],
+            obj["recipient"],
+            parse_time(obj["sent_at"], what="sent_at"),
+            obj["sender_key_id"],
+            obj["recipient_key_id"],
+            obj["suite"],
+        )
 
 
 def _body_info(header_bytes: bytes) -> bytes:
@@ -128,13 +153,27 @@ def sign_document(document: Document, signer: SigningKey) -> bytes:
 
 
 def envelope_size(body_len: int, header_len: int, attachment_sizes: Sequence[int]) -> int:
-    return (len(MAGIC) + 4 + header_len + 4 + body_len + 4
-            + sum(8 + ciphertext_size(s) for s in attachment_sizes) + SIGNATURE_SIZE)
+    return (
+        len(MAGIC)
+        + 4
+        + header_len
+        + 4
+        + body_len
+        + 4
+        + sum(8 + ciphertext_size(s) for s in attachment_sizes)
+        + SIGNATURE_SIZE
+    )
 
 
-def seal_stream(signed_document: bytes, authorisation: bytes, attachments: Sequence[Iterable[bytes]],
-                sender: NodeKeys, recipient: TrustedParty, now: datetime,
-                document: Document | None = None) -> Iterator[bytes]:
+def seal_stream(
+    signed_document: bytes,
+    authorisation: bytes,
+    attachments: Sequence[Iterable[bytes]],
+    sender: NodeKeys,
+    recipient: TrustedParty,
+    now: datetime,
+    document: Document | None = None,
+) -> Iterator[bytes]:
     """Yield the envelope's bytes piece by piece; memory stays bounded by one chunk.
 
     ``attachments[i]`` must produce exactly the bytes described by the document's
@@ -146,18 +185,23 @@ def seal_stream(signed_document: bytes, authorisation: bytes, attachments: Seque
     if doc.sender_party != sender.party or doc.recipient_party != recipient.party:
         raise EnvelopeError("document parties do not match sender and recipient", code="envelope.wrong_party")
     if len(attachments) != len(doc.attachments):
-        raise EnvelopeError("attachments do not match the document's list", code="envelope.attachment_mismatch")
+        raise EnvelopeError(
+            "attachments do not match the document's list", code="envelope.attachment_mismatch"
+        )
     enc_key = recipient.encryption_key(now)
-    header = Header(doc.id, sender.party, recipient.party, now, sender.signing.key_id,
-                    enc_key.key_id, enc_key.suite)
+    header = Header(
+        doc.id, sender.party, recipient.party, now, sender.signing.key_id, enc_key.key_id, enc_key.suite
+    )
     header_bytes = header.to_bytes()
     content_key = os.urandom(32)
-    inner = canonical_json({
-        "document": parse_json(signed_document, what="signed document"),
-        "authorisation": parse_json(authorisation, what="authorisation"),
-        "content_key": b64e(content_key),
-        "chunk_size": CHUNK_SIZE,
-    })
+    inner = canonical_json(
+        {
+            "document": parse_json(signed_document, what="signed document"),
+            "authorisation": parse_json(authorisation, what="authorisation"),
+            "content_key": b64e(content_key),
+            "chunk_size": CHUNK_SIZE,
+        }
+    )
     body = enc_key.seal(inner, _body_info(header_bytes))
     payload_hash = hashlib.sha256()
 
@@ -180,16 +224,26 @@ def seal_stream(signed_document: bytes, authorisation: bytes, attachments: Seque
         for sealed in encrypt_stream(key, hashed(source), ref.size):
             yield payload(sealed)
         if digest.hexdigest() != ref.sha256:
-            raise EnvelopeError(f"attachment {ref.name!r} does not match its SHA-256 in the document",
-                                code="envelope.attachment_mismatch")
+            raise EnvelopeError(
+                f"attachment {ref.name!r} does not match its SHA-256 in the document",
+                code="envelope.attachment_mismatch",
+            )
     yield sender.signing.sign(_to_sign(header_bytes, payload_hash.digest()))
 
 
-def seal(signed_document: bytes, authorisation: bytes, attachments: Sequence[bytes | Iterable[bytes]],
-         sender: NodeKeys, recipient: TrustedParty, now: datetime, document: Document | None = None) -> bytes:
+def seal(
+    signed_document: bytes,
+    authorisation: bytes,
+    attachments: Sequence[bytes | Iterable[bytes]],
+    sender: NodeKeys,
+    recipient: TrustedParty,
+    now: datetime,
+    document: Document | None = None,
+) -> bytes:
     """Seal a signed document and its attachments for ``recipient``; the whole envelope as bytes."""
-    sources: list[Iterable[bytes]] = [[bytes(a)] if isinstance(a, (bytes, bytearray, memoryview)) else a
-                                      for a in attachments]
+    sources: list[Iterable[bytes]] = [
+        [bytes(a)] if isinstance(a, (bytes, bytearray, memoryview)) else a for a in attachments
+    ]
     return b"".join(seal_stream(signed_document, authorisation, sources, sender, recipient, now, document))
 
 
@@ -202,6 +256,7 @@ def _own_document(signed_document: bytes) -> Document:
 
 # --- opening -----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Framing:
     """Where each part of an envelope lies; produced by a single pass over the bytes."""
@@ -210,7 +265,7 @@ class Framing:
     header: Header
     body_offset: int
     body_len: int
-    attachments: tuple[tuple[int, int], ...]   # (offset, length) of each ciphertext stream
+    attachments: tuple[tuple[int, int], ...]  # (offset, length) of each ciphertext stream
     signature: bytes
     payload_sha256: bytes
     envelope_sha256: bytes
@@ -271,8 +326,17 @@ def read_framing(source: bytes | BinaryIO) -> Framing:
     signature = take(SIGNATURE_SIZE, "signature", in_payload=False)
     if src.read(1):
         raise EncodingError("trailing bytes after the envelope signature")
-    return Framing(header_bytes, header, body_offset, body_len, tuple(spans), signature,
-                   payload.digest(), whole.digest(), src.tell())
+    return Framing(
+        header_bytes,
+        header,
+        body_offset,
+        body_len,
+        tuple(spans),
+        signature,
+        payload.digest(),
+        whole.digest(),
+        src.tell(),
+    )
 
 
 @dataclass(frozen=True)
@@ -308,7 +372,9 @@ class VerifiedMessage:
             while left:
                 block = src.read(min(left, _READ_BLOCK))
                 if not block:
-                    raise EnvelopeError("envelope ends inside an attachment", code="envelope.attachment_corrupt")
+                    raise EnvelopeError(
+                        "envelope ends inside an attachment", code="envelope.attachment_corrupt"
+                    )
                 left -= len(block)
                 yield block
 
@@ -320,8 +386,10 @@ class VerifiedMessage:
             size += len(chunk)
             yield chunk
         if size != ref.size or digest.hexdigest() != ref.sha256:
-            raise EnvelopeError(f"attachment {ref.name!r} does not match the signed document",
-                                code="envelope.attachment_mismatch")
+            raise EnvelopeError(
+                f"attachment {ref.name!r} does not match the signed document",
+                code="envelope.attachment_mismatch",
+            )
 
     def attachment_bytes(self, index: int, source: bytes | BinaryIO) -> bytes:
         return b"".join(self.attachment_chunks(index, source))
@@ -330,11 +398,13 @@ class VerifiedMessage:
 def check_header(header: Header, me: NodeKeys, sender: TrustedParty) -> None:
     """Addressing checks that need no cryptography."""
     if header.recipient != me.party:
-        raise EnvelopeError(f"envelope is addressed to {header.recipient}, not {me.party}",
-                            code="envelope.wrong_recipient")
+        raise EnvelopeError(
+            f"envelope is addressed to {header.recipient}, not {me.party}", code="envelope.wrong_recipient"
+        )
     if header.sender != sender.party:
-        raise EnvelopeError(f"envelope claims sender {header.sender}, expected {sender.party}",
-                            code="envelope.unknown_sender")
+        raise EnvelopeError(
+            f"envelope claims sender {header.sender}, expected {sender.party}", code="envelope.unknown_sender"
+        )
 
 
 DEFAULT_MAX_AGE = timedelta(days=4)
@@ -342,9 +412,16 @@ MAX_SIGNING_DELAY = timedelta(days=1)
 DEFAULT_MAX_SKEW = timedelta(minutes=5)
 
 
-def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: datetime, *,
-         max_age: timedelta | None = DEFAULT_MAX_AGE, max_skew: timedelta | None = DEFAULT_MAX_SKEW,
-         verify_attachments: bool = True) -> VerifiedMessage:
+def open(
+    source: bytes | BinaryIO,
+    me: NodeKeys,
+    sender: TrustedParty,
+    now: datetime,
+    *,
+    max_age: timedelta | None = DEFAULT_MAX_AGE,
+    max_skew: timedelta | None = DEFAULT_MAX_SKEW,
+    verify_attachments: bool = True,
+) -> VerifiedMessage:
     """Verify and decrypt an envelope. The one door through which received content becomes trusted.
 
     Order matters: framing, addressing, the clock window, the sender node's key
@@ -363,19 +440,27 @@ def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: date
     too_old = max_age is not None and now - header.sent_at > max_age
     too_new = max_skew is not None and header.sent_at - now > max_skew
     if too_old or too_new:
-        raise EnvelopeError(f"sent_at {format_time(header.sent_at)} is outside the clock window",
-                            code="envelope.replayed")
+        raise EnvelopeError(
+            f"sent_at {format_time(header.sent_at)} is outside the clock window", code="envelope.replayed"
+        )
     node_key = sender.signing_key(header.sender_key_id, header.sent_at)
     if not node_key.verify(framing.signature, _to_sign(framing.header_bytes, framing.payload_sha256)):
         raise EnvelopeError("node signature does not verify", code="envelope.bad_signature")
     dkey = me.decryption_key(header.recipient_key_id)
     if dkey.suite != header.suite:
-        raise EnvelopeError("header suite does not match the recipient key", code="envelope.unsupported_suite")
+        raise EnvelopeError(
+            "header suite does not match the recipient key", code="envelope.unsupported_suite"
+        )
     src: BinaryIO = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     src.seek(framing.body_offset)
     inner_bytes = dkey.open(_read_exact(src, framing.body_len, "body"), _body_info(framing.header_bytes))
     inner = parse_json(inner_bytes, what="envelope body")
-    if not isinstance(inner, dict) or set(inner) != {"document", "authorisation", "content_key", "chunk_size"}:
+    if not isinstance(inner, dict) or set(inner) != {
+        "document",
+        "authorisation",
+        "content_key",
+        "chunk_size",
+    }:
         raise EncodingError("envelope body has missing or unknown fields")
     if inner["chunk_size"] != CHUNK_SIZE:
         raise EnvelopeError("unsupported attachment chunk size", code="envelope.unsupported_chunking")
@@ -386,14 +471,24 @@ def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: date
     authorisation = verify_authorisation(authorisation_bytes, sender)
     signed_doc = Signed.from_json(inner["document"], what="signed document")
     if signed_doc.key_id != authorisation.key.key_id:
-        raise TrustError("document is not signed by the key the authorisation names",
-                         code="trust.unauthorised_signer")
-    doc_json = verify_statement(signed_doc, DOCUMENT_TYPE, authorisation.key, what="document",
-                                code="envelope.bad_document_signature")
+        raise TrustError(
+            "document is not signed by the key the authorisation names", code="trust.unauthorised_signer"
+        )
+    doc_json = verify_statement(
+        signed_doc, DOCUMENT_TYPE, authorisation.key, what="document", code="envelope.bad_document_signature"
+    )
     document = parse_document(doc_json)
     _check_document(document, header, authorisation, sender, len(framing.attachments))
-    message = VerifiedMessage(header, framing.envelope_sha256, document, signed_doc.to_bytes(),
-                              authorisation, authorisation_bytes, framing, content_key)
+    message = VerifiedMessage(
+        header,
+        framing.envelope_sha256,
+        document,
+        signed_doc.to_bytes(),
+        authorisation,
+        authorisation_bytes,
+        framing,
+        content_key,
+    )
     if verify_attachments:
         for index in range(len(framing.attachments)):
             for _ in message.attachment_chunks(index, src):
@@ -401,17 +496,20 @@ def open(source: bytes | BinaryIO, me: NodeKeys, sender: TrustedParty, now: date
     return message
 
 
-def _check_document(document: Document, header: Header, auth: Authorisation, sender: TrustedParty,
-                    attachment_count: int) -> None:
+def _check_document(
+    document: Document, header: Header, auth: Authorisation, sender: TrustedParty, attachment_count: int
+) -> None:
     if document.id != header.message_id:
         raise EnvelopeError("document id differs from the envelope's message id", code="envelope.id_mismatch")
     if document.sender_party != header.sender or document.recipient_party != header.recipient:
         raise EnvelopeError("document parties differ from the envelope's", code="envelope.wrong_party")
     signed_on: date = document.created_at.date()
     if not auth.covers(signed_on):
-        raise TrustError(f"{auth.person} held no signing authorisation on {signed_on.isoformat()} "
-                         f"(valid {auth.valid_from.isoformat()}..{auth.valid_until.isoformat()})",
-                         code="trust.authorisation_not_valid")
+        raise TrustError(
+            f"{auth.person} held no signing authorisation on {signed_on.isoformat()} "
+            f"(valid {auth.valid_from.isoformat()}..{auth.valid_until.isoformat()})",
+            code="trust.authorisation_not_valid",
+        )
     # Revocation is judged at both claimed times, and the document may not claim a date much older
     # than its envelope: a stolen signatory key cannot sign "in the past" to outlive its revocation.
     sender.check_not_revoked(auth.key.key_id, document.created_at, what="signatory key")
@@ -419,8 +517,10 @@ def _check_document(document: Document, header: Header, auth: Authorisation, sen
     if document.created_at > header.sent_at + timedelta(minutes=5):
         raise DocumentError("document is dated after the envelope was sent", code="document.dated_in_future")
     if document.created_at < header.sent_at - MAX_SIGNING_DELAY:
-        raise DocumentError("document was signed too long before its envelope was sealed",
-                            code="document.dated_too_early")
+        raise DocumentError(
+            "document was signed too long before its envelope was sealed", code="document.dated_too_early"
+        )
     if attachment_count != len(document.attachments):
-        raise EnvelopeError("attachment count differs from the signed document",
-                            code="envelope.attachment_mismatch")
+        raise EnvelopeError(
+            "attachment count differs from the signed document", code="envelope.attachment_mismatch"
+        )

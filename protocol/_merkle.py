@@ -57,6 +57,7 @@ def _is_perfect(start: int, end: int) -> bool:
 
 # --- the frontier ---------------------------------------------------------------
 
+
 class CompactRange:
     """The right edge of a tree of ``size`` leaves: one perfect-subtree hash per set bit of ``size``.
 
@@ -70,8 +71,11 @@ class CompactRange:
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
         if size < 0 or len(hashes) != bin(size).count("1"):
-            raise LogError(f"a compact range of size {size} has {bin(max(size, 0)).count('1')} hashes, "
-                           f"not {len(hashes)}", code="audit.bad_range")
+            raise LogError(
+                f"a compact range of size {size} has {bin(max(size, 0)).count('1')} hashes, "
+                f"not {len(hashes)}",
+                code="audit.bad_range",
+            )
         if any(len(h) != HASH_SIZE for h in hashes):
             raise LogError("compact range hashes are 32 bytes", code="audit.bad_range")
         self.size = size
@@ -143,6 +147,7 @@ def root_of(leaf_hashes: Iterable[bytes]) -> bytes:
 
 
 # --- proofs against a store of perfect subtrees -----------------------------------
+
 
 def subtree_hash(get: NodeGetter, start: int, end: int) -> bytes:
     """``MTH(D[start:end])`` for a range of the RFC 9162 recursion (a perfect subtree or a right edge)."""
@@ -255,6 +260,7 @@ class MemoryTree:
 
 # --- verification (RFC 9162 §2.1.3.2 and §2.1.4.2) --------------------------------------
 
+
 def _check_hashes(proof: Sequence[bytes], what: str, code: str) -> None:
     if len(proof) > 64 or any(not isinstance(h, bytes) or len(h) != HASH_SIZE for h in proof):
         raise LogError(f"{what}: proof hashes must be at most 64 values of 32 bytes", code=code)
@@ -286,8 +292,9 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         raise LogError(f"leaf {index} is not in the tree of size {size} with this root", code=code)
 
 
-def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
-                       proof: Sequence[bytes]) -> None:
+def verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> None:
     """Raise ``LogError`` (``audit.inconsistent``) unless tree (old_size, old_root) prefixes the new one."""
     code = "audit.inconsistent"
     _check_hashes(proof, "consistency proof", code)
@@ -330,7 +337,10 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     if sn != 0:  # step 7
         raise LogError("consistency proof is shorter than the tree is deep", code=code)
     if fr != old_root:
-        raise LogError(f"the tree of size {new_size} does not contain the tree of size {old_size} "
-                       f"that was signed before: the log was rewritten", code=code)
+        raise LogError(
+            f"the tree of size {new_size} does not contain the tree of size {old_size} "
+            f"that was signed before: the log was rewritten",
+            code=code,
+        )
     if sr != new_root:
         raise LogError(f"consistency proof does not lead to the root of size {new_size}", code=code)

@@ -94,6 +94,7 @@ class SigningKey:
 
 # --- HPKE (RFC 9180) ---------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SuiteSpec:
     name: str
@@ -112,10 +113,17 @@ CLASSIC = "X25519/HKDF_SHA256/AES_256_GCM"
 DEFAULT_SUITE = PQ_HYBRID
 
 SUITES: dict[str, SuiteSpec] = {
-    PQ_HYBRID: SuiteSpec(PQ_HYBRID, hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256,
-                         hpke.AEAD.AES_256_GCM, public_len=1184 + 32, private_len=64 + 32),
-    CLASSIC: SuiteSpec(CLASSIC, hpke.KEM.X25519, hpke.KDF.HKDF_SHA256,
-                       hpke.AEAD.AES_256_GCM, public_len=32, private_len=32),
+    PQ_HYBRID: SuiteSpec(
+        PQ_HYBRID,
+        hpke.KEM.MLKEM768_X25519,
+        hpke.KDF.HKDF_SHA256,
+        hpke.AEAD.AES_256_GCM,
+        public_len=1184 + 32,
+        private_len=64 + 32,
+    ),
+    CLASSIC: SuiteSpec(
+        CLASSIC, hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM, public_len=32, private_len=32
+    ),
 }
 
 
@@ -201,5 +209,6 @@ class DecryptionKey:
         try:
             return bytes(self._suite.decrypt(sealed, self._key, info=info))
         except (InvalidTag, ValueError):
-            raise EnvelopeError("the body does not decrypt with this node's key",
-                                code="envelope.decrypt_failed") from None
+            raise EnvelopeError(
+                "the body does not decrypt with this node's key", code="envelope.decrypt_failed"
+            ) from None

@@ -41,17 +41,32 @@ class Receipt:
         return self.status == ACCEPTED
 
 
-def make_receipt(envelope_sha256: bytes, message_id: str, sender: str, status: str, reason_code: str | None,
-                 receiver: NodeKeys, now: datetime) -> bytes:
+def make_receipt(
+    envelope_sha256: bytes,
+    message_id: str,
+    sender: str,
+    status: str,
+    reason_code: str | None,
+    receiver: NodeKeys,
+    now: datetime,
+) -> bytes:
     if status not in (ACCEPTED, REJECTED) or (status == REJECTED) != (reason_code is not None):
         raise ReceiptError("a rejection needs a reason code, an acceptance none", code="receipt.bad_status")
-    payload: dict[str, Any] = {"message_id": message_id, "envelope_sha256": envelope_sha256.hex(),
-                               "sender": sender, "receiver": receiver.party, "status": status,
-                               "reason_code": reason_code, "issued_at": format_time(now)}
+    payload: dict[str, Any] = {
+        "message_id": message_id,
+        "envelope_sha256": envelope_sha256.hex(),
+        "sender": sender,
+        "receiver": receiver.party,
+        "status": status,
+        "reason_code": reason_code,
+        "issued_at": format_time(now),
+    }
     return sign_statement(RECEIPT_TYPE, payload, receiver.signing).to_bytes()
 
 
-def receipt(envelope: bytes, status: str, reason_code: str | None, receiver: NodeKeys, now: datetime) -> bytes:
+def receipt(
+    envelope: bytes, status: str, reason_code: str | None, receiver: NodeKeys, now: datetime
+) -> bytes:
     """Receipt for ``envelope`` as received (message id and sender read from its clear header if parseable)."""
     try:
         header = read_framing(envelope).header
@@ -61,8 +76,9 @@ def receipt(envelope: bytes, status: str, reason_code: str | None, receiver: Nod
     return make_receipt(sha256(envelope), message_id, sender, status, reason_code, receiver, now)
 
 
-def verify_receipt(data: bytes, receiver: TrustedParty, *, envelope_sha256: bytes, message_id: str,
-                   sender: str) -> Receipt:
+def verify_receipt(
+    data: bytes, receiver: TrustedParty, *, envelope_sha256: bytes, message_id: str, sender: str
+) -> Receipt:
     """Verify a receipt against the receiving Party's bundle and the envelope it must answer."""
     try:
         signed = Signed.from_bytes(data, what="receipt")
@@ -70,8 +86,16 @@ def verify_receipt(data: bytes, receiver: TrustedParty, *, envelope_sha256: byte
         obj = verify_statement(signed, RECEIPT_TYPE, key, what="receipt", code="receipt.bad_signature")
         if set(obj) != _KEYS:
             raise ReceiptError("receipt has missing or unknown fields", code="receipt.malformed")
-        rec = Receipt(obj["message_id"], obj["envelope_sha256"], obj["sender"], obj["receiver"], obj["status"],
-                      obj["reason_code"], parse_time(obj["issued_at"], what="issued_at"), signed.key_id)
+        rec = Receipt(
+            obj["message_id"],
+            obj["envelope_sha256"],
+            obj["sender"],
+            obj["receiver"],
+            obj["status"],
+            obj["reason_code"],
+            parse_time(obj["issued_at"], what="issued_at"),
+            signed.key_id,
+        )
     except EncodingError as exc:
         raise ReceiptError(f"receipt is malformed: {exc.message}", code="receipt.malformed") from None
     except ProlinkError as exc:

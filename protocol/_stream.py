@@ -68,8 +68,9 @@ def _rechunk(data: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-def encrypt_stream(key: bytes, plaintext: Iterable[bytes], size: int,
-                   chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def encrypt_stream(
+    key: bytes, plaintext: Iterable[bytes], size: int, chunk_size: int = CHUNK_SIZE
+) -> Iterator[bytes]:
     """Yield the sealed chunks of exactly ``size`` plaintext bytes.
 
     Raises ``EnvelopeError(envelope.attachment_size)`` if the plaintext is not
@@ -90,8 +91,9 @@ def encrypt_stream(key: bytes, plaintext: Iterable[bytes], size: int,
         yield aead.encrypt(_nonce(0, True), b"", None)
 
 
-def decrypt_stream(key: bytes, ciphertext: Iterable[bytes], ciphertext_len: int,
-                   chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def decrypt_stream(
+    key: bytes, ciphertext: Iterable[bytes], ciphertext_len: int, chunk_size: int = CHUNK_SIZE
+) -> Iterator[bytes]:
     """Yield authenticated plaintext chunks; raise on any tampering.
 
     ``ciphertext_len`` comes from the envelope's framing (itself covered by the
@@ -107,7 +109,8 @@ def decrypt_stream(key: bytes, ciphertext: Iterable[bytes], ciphertext_len: int,
         try:
             yield aead.decrypt(_nonce(counter, counter == total - 1), chunk, None)
         except InvalidTag:
-            raise EnvelopeError(f"attachment chunk {counter} fails authentication",
-                                code="envelope.attachment_corrupt") from None
+            raise EnvelopeError(
+                f"attachment chunk {counter} fails authentication", code="envelope.attachment_corrupt"
+            ) from None
     if counter != total - 1:
         raise EnvelopeError("attachment stream is truncated", code="envelope.attachment_corrupt")

@@ -29,6 +29,7 @@ BUNDLE_FORMAT = "prolink-bundle/1"
 
 # --- time helpers (values are passed in, never read from a clock) ------------
 
+
 def format_time(t: datetime) -> str:
     if t.tzinfo is None:
         raise ValueError("naive datetime")
@@ -37,8 +38,10 @@ def format_time(t: datetime) -> str:
 
 #: What ``datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")`` accepts, ASCII digits only; matched by hand,
 #: as strptime costs more than verifying a signature does (every envelope and receipt holds timestamps).
-_TIMESTAMP: Final = re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})T([0-9]{1,2}):([0-9]{1,2}):([0-9]{1,2})"
-                               r"\.([0-9]{1,6})Z")
+_TIMESTAMP: Final = re.compile(
+    r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})T([0-9]{1,2}):([0-9]{1,2}):([0-9]{1,2})"
+    r"\.([0-9]{1,6})Z"
+)
 
 
 def parse_time(text: Any, *, what: str) -> datetime:
@@ -49,8 +52,16 @@ def parse_time(text: Any, *, what: str) -> datetime:
         raise EncodingError(f"{what}: not a timestamp")
     year, month, day, hour, minute, second, fraction = match.groups()
     try:
-        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                        int(fraction.ljust(6, "0")), tzinfo=UTC)
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int(fraction.ljust(6, "0")),
+            tzinfo=UTC,
+        )
     except ValueError:  # a day, hour... out of range
         raise EncodingError(f"{what}: not a timestamp") from None
 
@@ -72,16 +83,17 @@ def fingerprint(root: VerifyKey) -> str:
     taken as a big-endian number modulo 100000. About 132 bits.
     """
     digest = hashlib.sha256(b"prolink-fingerprint-v1\x00" + root.public).digest()
-    groups = [int.from_bytes(digest[i * 4: i * 4 + 5], "big") % 100000 for i in range(8)]
+    groups = [int.from_bytes(digest[i * 4 : i * 4 + 5], "big") % 100000 for i in range(8)]
     return " ".join(f"{g:05d}" for g in groups)
 
 
 def normalise_fingerprint(text: str) -> str:
     digits = "".join(ch for ch in text if ch.isdigit())
-    return " ".join(digits[i:i + 5] for i in range(0, len(digits), 5))
+    return " ".join(digits[i : i + 5] for i in range(0, len(digits), 5))
 
 
 # --- signing and verifying DSSE statements -----------------------------------
+
 
 def sign_statement(payload_type: str, payload: dict[str, Any], key: SigningKey) -> Signed:
     body = canonical_json(payload)
@@ -89,14 +101,16 @@ def sign_statement(payload_type: str, payload: dict[str, Any], key: SigningKey) 
     return replace(unsigned, signature=key.sign(unsigned.signed_bytes()))
 
 
-def verify_statement(signed: Signed, payload_type: str, key: VerifyKey, *, what: str,
-                     code: str = "trust.bad_signature") -> dict[str, Any]:
+def verify_statement(
+    signed: Signed, payload_type: str, key: VerifyKey, *, what: str, code: str = "trust.bad_signature"
+) -> dict[str, Any]:
     """Check type, key id and signature on the exact payload bytes, then parse them."""
     if signed.payload_type != payload_type:
         raise TrustError(f"{what}: expected payload type {payload_type}", code="trust.wrong_type")
     if signed.key_id != key.key_id:
-        raise TrustError(f"{what}: signed by key {signed.key_id}, expected {key.key_id}",
-                         code="trust.unknown_key")
+        raise TrustError(
+            f"{what}: signed by key {signed.key_id}, expected {key.key_id}", code="trust.unknown_key"
+        )
     if not key.verify(signed.signature, signed.signed_bytes()):
         raise TrustError(f"{what}: signature does not verify", code=code)
     obj = parse_json(signed.payload, what=what)
@@ -106,6 +120,7 @@ def verify_statement(signed: Signed, payload_type: str, key: VerifyKey, *, what:
 
 
 # --- bundle ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class KeyValidity:
@@ -138,8 +153,10 @@ class BundleContents:
 
     def to_json(self) -> dict[str, Any]:
         def validity(v: KeyValidity) -> dict[str, Any]:
-            return {"valid_from": format_time(v.valid_from),
-                    "valid_until": format_time(v.valid_until) if v.valid_until else None}
+            return {
+                "valid_from": format_time(v.valid_from),
+                "valid_until": format_time(v.valid_until) if v.valid_until else None,
+            }
 
         return {
             "format": BUNDLE_FORMAT,
@@ -149,13 +166,19 @@ class BundleContents:
             "version": self.version,
             "issued_at": format_time(self.issued_at),
             "root_key": {"alg": "ed25519", "public": b64e(self.root.public), "key_id": self.root.key_id},
-            "signing_keys": [{"key_id": k.key_id, "alg": "ed25519", "public": b64e(k.public), **validity(v)}
-                             for k, v in self.signing_keys],
-            "encryption_keys": [{"key_id": k.key_id, "suite": k.suite, "public": b64e(k.public), **validity(v)}
-                                for k, v in self.encryption_keys],
+            "signing_keys": [
+                {"key_id": k.key_id, "alg": "ed25519", "public": b64e(k.public), **validity(v)}
+                for k, v in self.signing_keys
+            ],
+            "encryption_keys": [
+                {"key_id": k.key_id, "suite": k.suite, "public": b64e(k.public), **validity(v)}
+                for k, v in self.encryption_keys
+            ],
             "tls_ca_pem": self.tls_ca_pem,
-            "revocations": [{"key_id": r.key_id, "revoked_at": format_time(r.revoked_at), "reason": r.reason}
-                            for r in self.revocations],
+            "revocations": [
+                {"key_id": r.key_id, "revoked_at": format_time(r.revoked_at), "reason": r.reason}
+                for r in self.revocations
+            ],
         }
 
 
@@ -188,23 +211,41 @@ def _parse_bundle(obj: dict[str, Any]) -> BundleContents:
         for i, k in enumerate(obj["encryption_keys"]):
             ek = EncryptionKey(k["suite"], b64d(k["public"], what=f"encryption_keys[{i}].public"))
             if k["key_id"] != ek.key_id:
-                raise TrustError(f"encryption_keys[{i}]: key id does not match the key", code="trust.bad_bundle")
+                raise TrustError(
+                    f"encryption_keys[{i}]: key id does not match the key", code="trust.bad_bundle"
+                )
             encryption.append((ek, KeyValidity(ek.key_id, *_validity(k, f"encryption_keys[{i}]"))))
         revocations = tuple(
             Revocation(r["key_id"], parse_time(r["revoked_at"], what="revoked_at"), str(r["reason"]))
             for r in obj["revocations"]
         )
         party, name, endpoint, version = obj["party"], obj["name"], obj["endpoint"], obj["version"]
-        if not (isinstance(party, str) and isinstance(name, str) and isinstance(endpoint, str)
-                and isinstance(version, int) and not isinstance(version, bool) and version >= 1
-                and isinstance(obj["tls_ca_pem"], str)):
+        if not (
+            isinstance(party, str)
+            and isinstance(name, str)
+            and isinstance(endpoint, str)
+            and isinstance(version, int)
+            and not isinstance(version, bool)
+            and version >= 1
+            and isinstance(obj["tls_ca_pem"], str)
+        ):
             raise TrustError("bundle fields have the wrong types", code="trust.bad_bundle")
         if not signing or not encryption:
-            raise TrustError("a bundle needs at least one signing and one encryption key",
-                             code="trust.bad_bundle")
-        return BundleContents(party, name, endpoint, version,
-                              parse_time(obj["issued_at"], what="issued_at"), root,
-                              tuple(signing), tuple(encryption), obj["tls_ca_pem"], revocations)
+            raise TrustError(
+                "a bundle needs at least one signing and one encryption key", code="trust.bad_bundle"
+            )
+        return BundleContents(
+            party,
+            name,
+            endpoint,
+            version,
+            parse_time(obj["issued_at"], what="issued_at"),
+            root,
+            tuple(signing),
+            tuple(encryption),
+            obj["tls_ca_pem"],
+            revocations,
+        )
     except ProlinkError:
         raise
     except (KeyError, TypeError, AttributeError):
@@ -238,8 +279,10 @@ class TrustedParty:
     def check_not_revoked(self, key_id: str, at: datetime, *, what: str) -> None:
         rev = self.revocation_of(key_id)
         if rev is not None and at >= rev.revoked_at:
-            raise TrustError(f"{what}: key {key_id} was revoked at {format_time(rev.revoked_at)} ({rev.reason})",
-                             code="trust.key_revoked")
+            raise TrustError(
+                f"{what}: key {key_id} was revoked at {format_time(rev.revoked_at)} ({rev.reason})",
+                code="trust.key_revoked",
+            )
 
     def signing_key(self, key_id: str, at: datetime) -> VerifyKey:
         """The node signing key ``key_id`` if it was valid and unrevoked at ``at``."""
@@ -252,9 +295,13 @@ class TrustedParty:
 
     def encryption_key(self, at: datetime) -> EncryptionKey:
         """The newest encryption key valid at ``at``: what a sender encrypts to."""
-        usable = [(k, v) for k, v in self.bundle.encryption_keys
-                  if v.valid_from <= at and (v.valid_until is None or at < v.valid_until)
-                  and (self.revocation_of(k.key_id) is None)]
+        usable = [
+            (k, v)
+            for k, v in self.bundle.encryption_keys
+            if v.valid_from <= at
+            and (v.valid_until is None or at < v.valid_until)
+            and (self.revocation_of(k.key_id) is None)
+        ]
         if not usable:
             raise TrustError(f"{self.party} has no encryption key valid now", code="trust.no_valid_key")
         return max(usable, key=lambda kv: kv[1].valid_from)[0]
@@ -266,14 +313,19 @@ class TrustedParty:
 
 def _check_validity(v: KeyValidity, at: datetime, *, what: str) -> None:
     if at < v.valid_from:
-        raise TrustError(f"{what} {v.key_id} is not valid before {format_time(v.valid_from)}",
-                         code="trust.key_not_yet_valid")
+        raise TrustError(
+            f"{what} {v.key_id} is not valid before {format_time(v.valid_from)}",
+            code="trust.key_not_yet_valid",
+        )
     if v.valid_until is not None and at >= v.valid_until:
-        raise TrustError(f"{what} {v.key_id} expired at {format_time(v.valid_until)}", code="trust.key_expired")
+        raise TrustError(
+            f"{what} {v.key_id} expired at {format_time(v.valid_until)}", code="trust.key_expired"
+        )
 
 
-def verify_bundle(data: bytes, expected_fingerprint: str | None = None,
-                  pinned_root: VerifyKey | None = None) -> TrustedParty:
+def verify_bundle(
+    data: bytes, expected_fingerprint: str | None = None, pinned_root: VerifyKey | None = None
+) -> TrustedParty:
     """Verify a signed bundle. The one door through which a Party's keys become trusted.
 
     The root key must match ``expected_fingerprint`` (typed by an operator on
@@ -281,8 +333,9 @@ def verify_bundle(data: bytes, expected_fingerprint: str | None = None,
     version); one of the two is required.
     """
     if expected_fingerprint is None and pinned_root is None:
-        raise TrustError("a bundle is only trusted against a fingerprint or a pinned root",
-                         code="trust.no_anchor")
+        raise TrustError(
+            "a bundle is only trusted against a fingerprint or a pinned root", code="trust.no_anchor"
+        )
     try:
         signed = Signed.from_bytes(data, what="bundle")
         unverified = parse_json(signed.payload, what="bundle payload")
@@ -292,12 +345,13 @@ def verify_bundle(data: bytes, expected_fingerprint: str | None = None,
     except EncodingError as exc:
         raise TrustError(f"bundle is malformed: {exc.message}", code="trust.bad_bundle") from None
     if pinned_root is not None and root != pinned_root:
-        raise TrustError("bundle is signed by a different root key than the one trusted",
-                         code="trust.fingerprint_mismatch")
-    if expected_fingerprint is not None and \
-            normalise_fingerprint(expected_fingerprint) != fingerprint(root):
-        raise TrustError("bundle root key does not match the fingerprint given",
-                         code="trust.fingerprint_mismatch")
+        raise TrustError(
+            "bundle is signed by a different root key than the one trusted", code="trust.fingerprint_mismatch"
+        )
+    if expected_fingerprint is not None and normalise_fingerprint(expected_fingerprint) != fingerprint(root):
+        raise TrustError(
+            "bundle root key does not match the fingerprint given", code="trust.fingerprint_mismatch"
+        )
     try:
         obj = verify_statement(signed, BUNDLE_TYPE, root, what="bundle")
     except EncodingError as exc:
@@ -307,9 +361,10 @@ def verify_bundle(data: bytes, expected_fingerprint: str | None = None,
 
 # --- signing authorisations (Art. 4) ------------------------------------------
 
+
 @dataclass(frozen=True)
 class Authorisation:
-    """"Person P, position Q, may sign for Party X with key K from date A to date B" (Art. 4)."""
+    """ "Person P, position Q, may sign for Party X with key K from date A to date B" (Art. 4)."""
 
     party: str
     person: str
@@ -320,10 +375,16 @@ class Authorisation:
     issued_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"party": self.party, "person": self.person, "position": self.position,
-                "key_id": self.key.key_id, "public": b64e(self.key.public),
-                "valid_from": self.valid_from.isoformat(), "valid_until": self.valid_until.isoformat(),
-                "issued_at": format_time(self.issued_at)}
+        return {
+            "party": self.party,
+            "person": self.person,
+            "position": self.position,
+            "key_id": self.key.key_id,
+            "public": b64e(self.key.public),
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat(),
+            "issued_at": format_time(self.issued_at),
+        }
 
     def covers(self, on: date) -> bool:
         return self.valid_from <= on <= self.valid_until
@@ -348,16 +409,26 @@ def verify_authorisation(data: bytes, party: TrustedParty) -> Authorisation:
 @functools.lru_cache(maxsize=256)
 def _verified_authorisation(data: bytes, root: VerifyKey, issuer: str) -> Authorisation:
     try:
-        obj = verify_statement(Signed.from_bytes(data, what="authorisation"), AUTHORISATION_TYPE,
-                               root, what="authorisation", code="trust.bad_authorisation")
+        obj = verify_statement(
+            Signed.from_bytes(data, what="authorisation"),
+            AUTHORISATION_TYPE,
+            root,
+            what="authorisation",
+            code="trust.bad_authorisation",
+        )
         key = VerifyKey(b64d(obj["public"], what="authorisation.public"))
         auth = Authorisation(
-            party=obj["party"], person=obj["person"], position=obj["position"], key=key,
+            party=obj["party"],
+            person=obj["person"],
+            position=obj["position"],
+            key=key,
             valid_from=parse_date(obj["valid_from"], what="valid_from"),
             valid_until=parse_date(obj["valid_until"], what="valid_until"),
-            issued_at=parse_time(obj["issued_at"], what="issued_at"))
-        if obj["key_id"] != key.key_id or not all(isinstance(x, str) for x in (auth.party, auth.person,
-                                                                                  auth.position)):
+            issued_at=parse_time(obj["issued_at"], what="issued_at"),
+        )
+        if obj["key_id"] != key.key_id or not all(
+            isinstance(x, str) for x in (auth.party, auth.person, auth.position)
+        ):
             raise TrustError("authorisation fields are inconsistent", code="trust.bad_authorisation")
     except (KeyError, TypeError, EncodingError):
         raise TrustError("authorisation is malformed", code="trust.bad_authorisation") from None
@@ -368,15 +439,18 @@ def _verified_authorisation(data: bytes, root: VerifyKey, issuer: str) -> Author
 
 # --- revocations --------------------------------------------------------------
 
+
 def issue_revocation(key_id: str, revoked_at: datetime, reason: str, root: SigningKey) -> bytes:
-    return sign_statement(REVOCATION_TYPE, {"key_id": key_id, "revoked_at": format_time(revoked_at),
-                                            "reason": reason}, root).to_bytes()
+    return sign_statement(
+        REVOCATION_TYPE, {"key_id": key_id, "revoked_at": format_time(revoked_at), "reason": reason}, root
+    ).to_bytes()
 
 
 def verify_revocation(data: bytes, party: TrustedParty) -> Revocation:
     try:
-        obj = verify_statement(Signed.from_bytes(data, what="revocation"), REVOCATION_TYPE,
-                               party.root, what="revocation")
+        obj = verify_statement(
+            Signed.from_bytes(data, what="revocation"), REVOCATION_TYPE, party.root, what="revocation"
+        )
         if not isinstance(obj["key_id"], str) or not isinstance(obj["reason"], str):
             raise TrustError("revocation fields have the wrong types", code="trust.bad_revocation")
         return Revocation(obj["key_id"], parse_time(obj["revoked_at"], what="revoked_at"), obj["reason"])

@@ -105,9 +105,7 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
         fingerprint: Annotated[str, typer.Option(help="The fingerprint the other Party read to you.")],
     ) -> None:
         """Import a newer bundle version of a known peer after checking its fingerprint."""
-        result = admin.import_peer_bundle(
-            _node(data_dir), party, bundle.read_bytes(), fingerprint, actor()
-        )
+        result = admin.import_peer_bundle(_node(data_dir), party, bundle.read_bytes(), fingerprint, actor())
         typer.echo(f"Peer {party}: bundle version {result['bundle_version']} ({result['outcome']}).")
 
     # --- keys ------------------------------------------------------------------------------
@@ -146,9 +144,7 @@ def register(app: typer.Typer, peer_app: typer.Typer, user_app: typer.Typer) -> 
     ) -> None:
         """Revoke a node key (not the current one: rotate first) or a signatory's key."""
         node = _node(data_dir)
-        result = admin.revoke(
-            node, key_id, reason, _root_passphrase(node, passphrase), actor(), push=False
-        )
+        result = admin.revoke(node, key_id, reason, _root_passphrase(node, passphrase), actor(), push=False)
         typer.echo(
             f"{result['kind'].capitalize()} key {key_id} revoked from {result['revoked_at']} "
             f"(bundle version {result['bundle_version']})."

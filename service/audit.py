@@ -60,10 +60,11 @@ def pack(cr: CompactRange) -> bytes:
 
 
 def unpack(size: int, frontier: bytes) -> CompactRange:
-    return CompactRange(size, [frontier[i:i + HASH] for i in range(0, len(frontier), HASH)])
+    return CompactRange(size, [frontier[i : i + HASH] for i in range(0, len(frontier), HASH)])
 
 
 # --- appending ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class NewEntry:
@@ -87,8 +88,11 @@ class Appended:
 
 # Built once: appends run in every write transaction that records an event.
 _LOCK_STATE = select(_state.c.size, _state.c.frontier).where(_state.c.id == STATE_ID).with_for_update()
-_SAVE_STATE = update(_state).where(_state.c.id == STATE_ID).values(size=bindparam("new_size"),
-                                                                     frontier=bindparam("new_frontier"))
+_SAVE_STATE = (
+    update(_state)
+    .where(_state.c.id == STATE_ID)
+    .values(size=bindparam("new_size"), frontier=bindparam("new_frontier"))
+)
 _INSERT_NODES = insert(_node).inline()  # no RETURNING (implicit for one row): pipelined on PostgreSQL
 _INSERT_EVENTS = insert(_event).inline()
 
@@ -129,8 +133,16 @@ def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appende
     nodes: list[dict[str, Any]] = []
     for e in entries:
         seq = cr.size
-        data = protocol.entry_bytes(seq=seq, at=e.at, actor=e.actor, party=e.party, type=e.type,
-                                    object_id=e.object_id, outcome=e.outcome, detail=e.detail)
+        data = protocol.entry_bytes(
+            seq=seq,
+            at=e.at,
+            actor=e.actor,
+            party=e.party,
+            type=e.type,
+            object_id=e.object_id,
+            outcome=e.outcome,
+            detail=e.detail,
+        )
         leaf = protocol.leaf_hash(data)
         nodes.extend({"level": lvl, "idx": idx, "hash": h} for lvl, idx, h in cr.append(leaf))
         out.append(Appended(seq, data, leaf))
@@ -139,8 +151,9 @@ def _extend(cr: CompactRange, entries: Sequence[NewEntry]) -> tuple[list[Appende
     return out, tree
 
 
-def append_rows(conn: Connection, entries: Sequence[NewEntry],
-                writes_first: Sequence[tuple[Any, Any]] = ()) -> list[Appended]:
+def append_rows(
+    conn: Connection, entries: Sequence[NewEntry], writes_first: Sequence[tuple[Any, Any]] = ()
+) -> list[Appended]:
     """Append ``entries`` and insert their Event rows, with Core, in the caller's transaction.
 
     The writes that follow the lock (nodes, state, events) go to the server
@@ -153,9 +166,13 @@ def append_rows(conn: Connection, entries: Sequence[NewEntry],
     return done
 
 
-def append_writes(conn: Connection, entries: Sequence[NewEntry], writes_first: Sequence[tuple[Any, Any]] = (),
-                  *, locked: Sequence[Sequence[Any]] | None = None,
-                  ) -> tuple[list[Appended], list[tuple[Any, Any]]]:
+def append_writes(
+    conn: Connection,
+    entries: Sequence[NewEntry],
+    writes_first: Sequence[tuple[Any, Any]] = (),
+    *,
+    locked: Sequence[Sequence[Any]] | None = None,
+) -> tuple[list[Appended], list[tuple[Any, Any]]]:
     """``append_rows``, but the writes (``writes_first``, then the tree's and the entries') are returned for
     the caller to run, not run. ``locked``: ``LOCK_READ``'s rows, if the caller read them."""
     if not entries:
@@ -165,10 +182,21 @@ def append_writes(conn: Connection, entries: Sequence[NewEntry], writes_first: S
 
 
 def _event_rows(entries: Sequence[NewEntry], done: Sequence[Appended]) -> list[dict[str, Any]]:
-    return [{"at": e.at, "actor": e.actor, "party": e.party, "type": e.type, "object_id": e.object_id,
-             "outcome": e.outcome, "detail": e.detail, "seq": a.seq, "entry": a.entry,
-             "leaf_hash": a.leaf_hash}
-            for e, a in zip(entries, done, strict=True)]
+    return [
+        {
+            "at": e.at,
+            "actor": e.actor,
+            "party": e.party,
+            "type": e.type,
+            "object_id": e.object_id,
+            "outcome": e.outcome,
+            "detail": e.detail,
+            "seq": a.seq,
+            "entry": a.entry,
+            "leaf_hash": a.leaf_hash,
+        }
+        for e, a in zip(entries, done, strict=True)
+    ]
 
 
 def append_pending(session: Session) -> None:
@@ -177,13 +205,16 @@ def append_pending(session: Session) -> None:
     if not pending:
         return
     pending.sort(key=lambda obj: inspect(obj).insert_order)
-    entries = [NewEntry(e.at, e.actor, e.party, e.type, e.object_id, e.outcome, dict(e.detail or {}))
-               for e in pending]
+    entries = [
+        NewEntry(e.at, e.actor, e.party, e.type, e.object_id, e.outcome, dict(e.detail or {}))
+        for e in pending
+    ]
     for event, done in zip(pending, append(session.connection(), entries), strict=True):
         event.seq, event.entry, event.leaf_hash = done.seq, done.entry, done.leaf_hash
 
 
 # --- reading the tree ---------------------------------------------------------------------
+
 
 def size(conn: Connection) -> int:
     return int(conn.execute(select(_state.c.size).where(_state.c.id == STATE_ID)).scalar_one())
@@ -202,21 +233,24 @@ def fetch_nodes(conn: Connection, keys: Iterable[tuple[int, int]]) -> dict[tuple
     leaves = [i for lvl, i in wanted if lvl == 0]
     inner = [(lvl, i) for lvl, i in wanted if lvl > 0]
     for start in range(0, len(leaves), FETCH_CHUNK):
-        chunk = leaves[start:start + FETCH_CHUNK]
+        chunk = leaves[start : start + FETCH_CHUNK]
         for seq, h in conn.execute(select(_event.c.seq, _event.c.leaf_hash).where(_event.c.seq.in_(chunk))):
             found[(0, int(seq))] = bytes(h)
     by_level: dict[int, list[int]] = {}
     for lvl, i in inner:
         by_level.setdefault(lvl, []).append(i)
     if by_level:  # (level = l AND idx IN (...)) OR ...: uses the key on both backends (row-value IN does not)
-        where = or_(*(and_(_node.c.level == lvl, _node.c.idx.in_(indexes))
-                      for lvl, indexes in by_level.items()))
+        where = or_(
+            *(and_(_node.c.level == lvl, _node.c.idx.in_(indexes)) for lvl, indexes in by_level.items())
+        )
         for lvl, idx, h in conn.execute(select(_node.c.level, _node.c.idx, _node.c.hash).where(where)):
             found[(int(lvl), int(idx))] = bytes(h)
     missing = [k for k in wanted if k not in found]
     if missing:
-        raise LogError(f"the audit tree is missing stored nodes {missing[:5]}: the log was tampered with",
-                       code="audit.tree_damaged")
+        raise LogError(
+            f"the audit tree is missing stored nodes {missing[:5]}: the log was tampered with",
+            code="audit.tree_damaged",
+        )
     return found
 
 
@@ -263,6 +297,7 @@ def consistency(conn: Connection, old_size: int, new_size: int) -> list[bytes]:
 
 # --- signed heads ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Head:
     size: int
@@ -299,19 +334,30 @@ def sign_head(session: Session, key: SigningKey, party: str, now: datetime) -> H
     when = now.astimezone(UTC).replace(microsecond=0)
     if last is not None and last.signed_at > when:
         when = last.signed_at
-    checkpoint = protocol.Checkpoint(protocol.log_origin(party), cr.size, cr.root(),
-                                     (f"{protocol.TIME_PREFIX}{int(when.timestamp())}",))
+    checkpoint = protocol.Checkpoint(
+        protocol.log_origin(party), cr.size, cr.root(), (f"{protocol.TIME_PREFIX}{int(when.timestamp())}",)
+    )
     note = protocol.sign_checkpoint(checkpoint, key)
-    session.add(AuditHead(size=cr.size, root=checkpoint.root, signed_at=when, key_id=key.key_id,
-                          note=note.decode("utf-8")))
+    session.add(
+        AuditHead(
+            size=cr.size, root=checkpoint.root, signed_at=when, key_id=key.key_id, note=note.decode("utf-8")
+        )
+    )
     session.flush()
     return Head(cr.size, checkpoint.root, when, note)
 
 
 def cosigned_note(session: Session, head: Head) -> bytes:
     """The head's note with every cosignature stored for it appended (what witnesses' clients read)."""
-    lines = session.execute(select(AuditCosignature.line).where(AuditCosignature.head_size == head.size)
-                            .order_by(AuditCosignature.party)).scalars().all()
+    lines = (
+        session.execute(
+            select(AuditCosignature.line)
+            .where(AuditCosignature.head_size == head.size)
+            .order_by(AuditCosignature.party)
+        )
+        .scalars()
+        .all()
+    )
     if not lines:
         return head.note
     note = protocol.parse_note(head.note)
@@ -320,6 +366,7 @@ def cosigned_note(session: Session, head: Head) -> bytes:
 
 def cosigned_sizes(session: Session, party: str) -> int | None:
     """The largest of our heads that ``party`` cosigned (what it will ask the next head to extend)."""
-    value = session.execute(select(func.max(AuditCosignature.head_size))
-                            .where(AuditCosignature.party == party)).scalar_one_or_none()
+    value = session.execute(
+        select(func.max(AuditCosignature.head_size)).where(AuditCosignature.party == party)
+    ).scalar_one_or_none()
     return None if value is None else int(value)

@@ -12,13 +12,16 @@ import typer
 
 from protocol import ProlinkError
 
-audit_app = typer.Typer(help="The tamper-evident audit log: export and offline verification.",
-                        no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The tamper-evident audit log: export and offline verification.", no_args_is_help=True
+)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
 Bundles = Annotated[list[Path], typer.Option("--bundle", help="A Party's public bundle (one per Party).")]
-Fingerprints = Annotated[list[str] | None, typer.Option(
-    "--fingerprint", help="PARTY=FINGERPRINT read out of band; the bundle must match it.")]
+Fingerprints = Annotated[
+    list[str] | None,
+    typer.Option("--fingerprint", help="PARTY=FINGERPRINT read out of band; the bundle must match it."),
+]
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -49,14 +52,22 @@ def export(
     try:
         tmp = output.with_name(output.name + ".partial")
         with tmp.open("wb") as out:
-            plan = export_to(node, out, actor=f"cli:{getpass.getuser()}", fmt=fmt,
-                             start=_time(start, "--from"), end=_time(end, "--to"))
+            plan = export_to(
+                node,
+                out,
+                actor=f"cli:{getpass.getuser()}",
+                fmt=fmt,
+                start=_time(start, "--from"),
+                end=_time(end, "--to"),
+            )
         tmp.replace(output)
     finally:
         node.engine.dispose()
     last = plan.first + plan.count - 1
-    typer.echo(f"Exported {plan.count} entries (seq {plan.first}..{last}) of {node.party}'s audit log "
-               f"to {output}; head size {plan.head.size}")
+    typer.echo(
+        f"Exported {plan.count} entries (seq {plan.first}..{last}) of {node.party}'s audit log "
+        f"to {output}; head size {plan.head.size}"
+    )
 
 
 @audit_app.command("verify")
@@ -64,14 +75,22 @@ def verify(
     export_file: Annotated[Path, typer.Argument(help="An export from 'prolink audit export' or the API.")],
     bundle: Bundles,
     fingerprint: Fingerprints = None,
-    head: Annotated[list[Path] | None, typer.Option(
-        "--head", help="A signed head obtained elsewhere (e.g. from the other Party); must match.")] = None,
+    head: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--head", help="A signed head obtained elsewhere (e.g. from the other Party); must match."
+        ),
+    ] = None,
 ) -> None:
     """Verify an export offline: recompute the tree, check every signature, cosignature and proof."""
     from service.audit_export import verify_file
 
-    _report(export_file, lambda: verify_file(export_file, _bundles(bundle, fingerprint),
-                                             [p.read_bytes() for p in head or []]).summary())
+    _report(
+        export_file,
+        lambda: verify_file(
+            export_file, _bundles(bundle, fingerprint), [p.read_bytes() for p in head or []]
+        ).summary(),
+    )
 
 
 def _report(path: Path, check: Callable[[], str]) -> None:
@@ -137,8 +156,10 @@ def verify_proof(
     """Verify, offline, that an entry is in a Party's log under the head it names."""
     import protocol
 
-    _report(proof_file, lambda: protocol.verify_entry_proof(proof_file.read_bytes(),
-                                                            _bundles(bundle, fingerprint)).summary())
+    _report(
+        proof_file,
+        lambda: protocol.verify_entry_proof(proof_file.read_bytes(), _bundles(bundle, fingerprint)).summary(),
+    )
 
 
 @audit_app.command("witnessed")
@@ -162,7 +183,9 @@ def witnessed(
             note = parse_note(row.note.encode("utf-8"))
             note = note.with_signatures([parse_signature_line(row.cosignature)])
             output.write_bytes(note.to_bytes())
-            typer.echo(f"{party.upper()}'s head of size {row.size}, cosigned by this node at "
-                       f"{row.accepted_at.isoformat()}, written to {output}")
+            typer.echo(
+                f"{party.upper()}'s head of size {row.size}, cosigned by this node at "
+                f"{row.accepted_at.isoformat()}, written to {output}"
+            )
     finally:
         engine.dispose()

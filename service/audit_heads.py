@@ -92,8 +92,9 @@ class HeadPublisher(BackgroundLoop):
         key = (party, trusted.bundle.version)
         client = self._clients.get(key)
         if client is None:
-            ctx = client_ssl_context(self.node.identity, trusted.bundle.tls_ca_pem,
-                                     allow_tls12=self.node.settings.allow_tls12)
+            ctx = client_ssl_context(
+                self.node.identity, trusted.bundle.tls_ca_pem, allow_tls12=self.node.settings.allow_tls12
+            )
             client = httpx.Client(verify=ctx, timeout=httpx.Timeout(30.0, connect=5.0))
             self._clients[key] = client
         return client, trusted.bundle.endpoint.rstrip("/")
@@ -130,12 +131,18 @@ class HeadPublisher(BackgroundLoop):
                 return "refused"
             return "refused"
         except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("audit_head_push_failed", peer=party, size=head.size, error_type=type(exc).__name__,
-                        error=str(exc)[:200])
+            log.warning(
+                "audit_head_push_failed",
+                peer=party,
+                size=head.size,
+                error_type=type(exc).__name__,
+                error=str(exc)[:200],
+            )
             return "failed"
         except ProlinkError as exc:
-            log.warning("audit_head_push_failed", peer=party, size=head.size, code=exc.code,
-                        error=exc.message)
+            log.warning(
+                "audit_head_push_failed", peer=party, size=head.size, code=exc.code, error=exc.message
+            )
             return "failed"
 
     def _accepted_size(self, client: httpx.Client, url: str, party: str) -> int:
@@ -156,30 +163,43 @@ class HeadPublisher(BackgroundLoop):
             elif base <= have:
                 proof = audit.consistency(conn, head.size, base)
             else:
-                log.error("audit_log_behind_peer", size=have, peer_size=base,
-                          message="a peer cosigned a larger tree than this node's whole audit log: the log "
-                                  "was rolled back")
+                log.error(
+                    "audit_log_behind_peer",
+                    size=have,
+                    peer_size=base,
+                    message="a peer cosigned a larger tree than this node's whole audit log: the log "
+                    "was rolled back",
+                )
                 proof = []
-        return {"party": self.node.party, "checkpoint": head.note.decode("utf-8"), "old_size": base,
-                "proof": [base64.b64encode(h).decode("ascii") for h in proof]}
+        return {
+            "party": self.node.party,
+            "checkpoint": head.note.decode("utf-8"),
+            "old_size": base,
+            "proof": [base64.b64encode(h).decode("ascii") for h in proof],
+        }
 
     def _store(self, party: str, head: audit.Head, line: str) -> None:
         node = self.node
         trusted = node.peer(party)
         sig = protocol.parse_signature_line(line)
         text = protocol.parse_note(head.note).text
-        key, ts = protocol.verify_cosignature(text, sig, protocol.witness_name(party),
-                                              [k for k, _ in trusted.bundle.signing_keys])
+        key, ts = protocol.verify_cosignature(
+            text, sig, protocol.witness_name(party), [k for k, _ in trusted.bundle.signing_keys]
+        )
         when = datetime.fromtimestamp(ts, UTC)
         now = node.clock()
         if abs(when - now) > timedelta(seconds=node.settings.clock_skew_seconds):
-            raise LogError(f"{party}'s cosignature is dated {when.isoformat()}, far from now",
-                           code="audit.bad_time")
+            raise LogError(
+                f"{party}'s cosignature is dated {when.isoformat()}, far from now", code="audit.bad_time"
+            )
         trusted.signing_key(key.key_id, when)
         with session_scope(node.engine) as s:
             if s.get(AuditCosignature, (head.size, party)) is None:
-                s.add(AuditCosignature(head_size=head.size, party=party, timestamp=ts, line=sig.line(),
-                                       received_at=now))
+                s.add(
+                    AuditCosignature(
+                        head_size=head.size, party=party, timestamp=ts, line=sig.line(), received_at=now
+                    )
+                )
         log.info("audit_head_cosigned_by_peer", peer=party, size=head.size)
 
     def _behind(self, party: str, head: audit.Head, accepted: int) -> None:
@@ -187,26 +207,55 @@ class HeadPublisher(BackgroundLoop):
         with session_scope(self.node.engine, readonly=True) as s:
             have = audit.size(s.connection())
         if have < accepted:
-            self._refused(party, head, 409, "audit.log_behind_peer",
-                          {"message": f"{party} cosigned our log at size {accepted} but it has {have} "
-                                      f"entries"})
+            self._refused(
+                party,
+                head,
+                409,
+                "audit.log_behind_peer",
+                {"message": f"{party} cosigned our log at size {accepted} but it has {have} entries"},
+            )
         else:
             self.wake()
 
     def _refused(self, party: str, head: audit.Head, status: int, code: str, body: Any) -> None:
         message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
-        log.error("audit_head_refused_by_peer", peer=party, size=head.size, status=status, code=code,
-                  message=str(message)[:500])
+        log.error(
+            "audit_head_refused_by_peer",
+            peer=party,
+            size=head.size,
+            status=status,
+            code=code,
+            message=str(message)[:500],
+        )
         node = self.node
         with session_scope(node.engine) as s:
-            last = s.execute(select(AuditAlert).where(AuditAlert.party == party, AuditAlert.code == code)
-                             .order_by(AuditAlert.id.desc()).limit(1)).scalars().first()  # type: ignore[union-attr]
+            last = (
+                s.execute(
+                    select(AuditAlert)
+                    .where(AuditAlert.party == party, AuditAlert.code == code)
+                    .order_by(AuditAlert.id.desc())
+                    .limit(1)
+                )
+                .scalars()
+                .first()
+            )  # type: ignore[union-attr]
             peer_holds = body.get("accepted", {}).get("size") if isinstance(body, dict) else None
-            same_base = peer_holds is not None and last is not None \
-                and last.evidence.get("peer_holds") == peer_holds
+            same_base = (
+                peer_holds is not None and last is not None and last.evidence.get("peer_holds") == peer_holds
+            )
             if last is not None and (last.evidence.get("size") == head.size or same_base):
                 return  # the same incident: one alert
-            s.add(AuditAlert(at=node.clock(), party=party, code=code or f"http.{status}",
-                             message=f"{party} refused our head of size {head.size}: {message}"[:2000],
-                             evidence={"size": head.size, "status": status, "peer_holds": peer_holds,
-                                       "answer": body if isinstance(body, dict) else None}))
+            s.add(
+                AuditAlert(
+                    at=node.clock(),
+                    party=party,
+                    code=code or f"http.{status}",
+                    message=f"{party} refused our head of size {head.size}: {message}"[:2000],
+                    evidence={
+                        "size": head.size,
+                        "status": status,
+                        "peer_holds": peer_holds,
+                        "answer": body if isinstance(body, dict) else None,
+                    },
+                )
+            )

@@ -58,9 +58,14 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Answer:
 
 
 def accepted_view(row: AuditPeerHead) -> dict[str, Any]:
-    return {"party": row.party, "size": row.size, "root": base64.b64encode(bytes(row.root)).decode("ascii"),
-            "checkpoint": row.note, "cosignature": row.cosignature,
-            "accepted_at": row.accepted_at.isoformat()}
+    return {
+        "party": row.party,
+        "size": row.size,
+        "root": base64.b64encode(bytes(row.root)).decode("ascii"),
+        "checkpoint": row.note,
+        "cosignature": row.cosignature,
+        "accepted_at": row.accepted_at.isoformat(),
+    }
 
 
 def _unb64(value: Any) -> bytes:
@@ -73,8 +78,16 @@ def _unb64(value: Any) -> bytes:
 
 
 def latest_accepted(session: Session, party: str) -> AuditPeerHead | None:
-    return session.execute(select(AuditPeerHead).where(AuditPeerHead.party == party)
-                           .order_by(AuditPeerHead.size.desc()).limit(1)).scalars().first()  # type: ignore[attr-defined]
+    return (
+        session.execute(
+            select(AuditPeerHead)
+            .where(AuditPeerHead.party == party)
+            .order_by(AuditPeerHead.size.desc())
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )  # type: ignore[attr-defined]
 
 
 def _parse_request(body: Any) -> tuple[bytes, int | None, list[bytes]]:
@@ -101,20 +114,27 @@ def accept_head(node: Node, party: str, body: Any) -> Answer:
     try:
         note, old_size, proof = _parse_request(body)
         trusted = node.peer(party)
-        opened = protocol.open_checkpoint(note, protocol.log_origin(party),
-                                          [k for k, _ in trusted.bundle.signing_keys])
+        opened = protocol.open_checkpoint(
+            note, protocol.log_origin(party), [k for k, _ in trusted.bundle.signing_keys]
+        )
         cp = opened.checkpoint
         signed_at = datetime.fromtimestamp(cp.time, UTC) if cp.time is not None else now
         skew = timedelta(seconds=node.settings.clock_skew_seconds)
         if signed_at > now + skew:
-            raise LogError(f"the checkpoint is dated {signed_at.isoformat()}, in the future",
-                           code="audit.future_head")
+            raise LogError(
+                f"the checkpoint is dated {signed_at.isoformat()}, in the future", code="audit.future_head"
+            )
         trusted.signing_key(opened.key.key_id, signed_at)
     except ServiceError as exc:
         return _error(exc.status, exc.code, exc.message)
     except ProlinkError as exc:
-        status = 401 if exc.code in ("audit.bad_signature", "audit.unknown_key") else \
-            403 if exc.code.startswith("trust.") else 400
+        status = (
+            401
+            if exc.code in ("audit.bad_signature", "audit.unknown_key")
+            else 403
+            if exc.code.startswith("trust.")
+            else 400
+        )
         log.warning("audit_head_refused", party=party, code=exc.code)
         return _error(status, exc.code, exc.message)
 
@@ -127,12 +147,24 @@ def accept_head(node: Node, party: str, body: Any) -> Answer:
         if cp.size == last.size:
             if cp.root == bytes(last.root):
                 return Answer(200, {"cosignature": last.cosignature, "size": last.size, "repeated": True})
-            return _alert(s, node, party, now, opened, last, proof, old_size,
-                          f"{party} signed two different roots for the same size {cp.size}: its log forked")
+            return _alert(
+                s,
+                node,
+                party,
+                now,
+                opened,
+                last,
+                proof,
+                old_size,
+                f"{party} signed two different roots for the same size {cp.size}: its log forked",
+            )
         if old_size != last.size:
-            return _error(409, "audit.base_mismatch",
-                          f"this node last accepted {party}'s head of size {last.size}; prove from there",
-                          **accepted)
+            return _error(
+                409,
+                "audit.base_mismatch",
+                f"this node last accepted {party}'s head of size {last.size}; prove from there",
+                **accepted,
+            )
         try:
             if cp.size > last.size:
                 protocol.verify_consistency(last.size, cp.size, bytes(last.root), cp.root, proof)
@@ -140,15 +172,27 @@ def accept_head(node: Node, party: str, body: Any) -> Answer:
                 protocol.verify_consistency(cp.size, last.size, cp.root, bytes(last.root), proof)
         except LogError as exc:
             what = "is not an extension of" if cp.size > last.size else "is smaller than and not a prefix of"
-            return _alert(s, node, party, now, opened, last, proof, old_size,
-                          f"{party}'s head of size {cp.size} (root {cp.root.hex()[:16]}…) {what} the head of "
-                          f"size {last.size} (root {bytes(last.root).hex()[:16]}…) this node cosigned at "
-                          f"{last.accepted_at.isoformat()}: {party}'s audit log was rolled back or rewritten "
-                          f"({exc.message})")
+            return _alert(
+                s,
+                node,
+                party,
+                now,
+                opened,
+                last,
+                proof,
+                old_size,
+                f"{party}'s head of size {cp.size} (root {cp.root.hex()[:16]}…) {what} the head of "
+                f"size {last.size} (root {bytes(last.root).hex()[:16]}…) this node cosigned at "
+                f"{last.accepted_at.isoformat()}: {party}'s audit log was rolled back or rewritten "
+                f"({exc.message})",
+            )
         if cp.size < last.size:
-            return _error(409, "audit.stale_head",
-                          f"this node already cosigned {party}'s head of size {last.size}; send a newer one",
-                          **accepted)
+            return _error(
+                409,
+                "audit.stale_head",
+                f"this node already cosigned {party}'s head of size {last.size}; send a newer one",
+                **accepted,
+            )
         return _accept(s, node, party, opened, now)
 
 
@@ -159,34 +203,87 @@ def _lock_peer(s: Session, party: str) -> None:
 
 def _accept(s: Session, node: Node, party: str, opened: protocol.OpenedCheckpoint, now: datetime) -> Answer:
     cp = opened.checkpoint
-    line = protocol.cosign(opened.note.text, protocol.witness_name(node.party),
-                           node.identity.node_keys.signing, int(now.timestamp())).line()
-    s.add(AuditPeerHead(party=party, size=cp.size, root=cp.root, note=opened.note.to_bytes().decode("utf-8"),
-                        cosignature=line, accepted_at=now))
+    line = protocol.cosign(
+        opened.note.text,
+        protocol.witness_name(node.party),
+        node.identity.node_keys.signing,
+        int(now.timestamp()),
+    ).line()
+    s.add(
+        AuditPeerHead(
+            party=party,
+            size=cp.size,
+            root=cp.root,
+            note=opened.note.to_bytes().decode("utf-8"),
+            cosignature=line,
+            accepted_at=now,
+        )
+    )
     log.info("audit_head_cosigned", party=party, size=cp.size)
     return Answer(200, {"cosignature": line, "size": cp.size})
 
 
-def _alert(s: Session, node: Node, party: str, now: datetime, opened: protocol.OpenedCheckpoint,
-           last: AuditPeerHead, proof: list[bytes], old_size: int | None, message: str) -> Answer:
+def _alert(
+    s: Session,
+    node: Node,
+    party: str,
+    now: datetime,
+    opened: protocol.OpenedCheckpoint,
+    last: AuditPeerHead,
+    proof: list[bytes],
+    old_size: int | None,
+    message: str,
+) -> Answer:
     cp = opened.checkpoint
     code = "audit.inconsistent_head"
-    evidence = {"offered_size": cp.size, "offered_root": cp.root.hex(),
-                "offered_checkpoint": opened.note.to_bytes().decode("utf-8"),
-                "accepted_size": last.size, "accepted_root": bytes(last.root).hex(),
-                "accepted_checkpoint": last.note, "accepted_cosignature": last.cosignature,
-                "old_size": old_size, "proof": [h.hex() for h in proof]}
-    previous = s.execute(select(AuditAlert).where(AuditAlert.party == party, AuditAlert.code == code)
-                         .order_by(AuditAlert.id.desc()).limit(1)).scalars().first()  # type: ignore[union-attr]
+    evidence = {
+        "offered_size": cp.size,
+        "offered_root": cp.root.hex(),
+        "offered_checkpoint": opened.note.to_bytes().decode("utf-8"),
+        "accepted_size": last.size,
+        "accepted_root": bytes(last.root).hex(),
+        "accepted_checkpoint": last.note,
+        "accepted_cosignature": last.cosignature,
+        "old_size": old_size,
+        "proof": [h.hex() for h in proof],
+    }
+    previous = (
+        s.execute(
+            select(AuditAlert)
+            .where(AuditAlert.party == party, AuditAlert.code == code)
+            .order_by(AuditAlert.id.desc())
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )  # type: ignore[union-attr]
     # One alert per incident: while it lasts, our accepted head stays the same, whatever the peer sends.
-    repeat = previous is not None and previous.evidence.get("accepted_root") == evidence["accepted_root"] \
+    repeat = (
+        previous is not None
+        and previous.evidence.get("accepted_root") == evidence["accepted_root"]
         and previous.evidence.get("accepted_size") == last.size
-    log.error("audit_alert", party=party, code=code, offered_size=cp.size, accepted_size=last.size,
-              repeated=repeat, message=message)
+    )
+    log.error(
+        "audit_alert",
+        party=party,
+        code=code,
+        offered_size=cp.size,
+        accepted_size=last.size,
+        repeated=repeat,
+        message=message,
+    )
     if not repeat:
         s.add(AuditAlert(at=now, party=party, code=code, message=message[:2000], evidence=evidence))
-        record_event(s, now, "audit.alert", code, party=party,
-                     object_id=f"{protocol.log_origin(party)}@{cp.size}", offered_size=cp.size,
-                     offered_root=cp.root.hex(), accepted_size=last.size,
-                     accepted_root=bytes(last.root).hex())
+        record_event(
+            s,
+            now,
+            "audit.alert",
+            code,
+            party=party,
+            object_id=f"{protocol.log_origin(party)}@{cp.size}",
+            offered_size=cp.size,
+            offered_root=cp.root.hex(),
+            accepted_size=last.size,
+            accepted_root=bytes(last.root).hex(),
+        )
     return _error(409, code, message, accepted=accepted_view(last))

@@ -45,16 +45,33 @@ class Principal:
     signatory_key_id: str | None
 
 
-def create_user(engine: object, name: str, role: str, now: datetime, clearance: str = "unrestricted",
-                signatory_key_id: str | None = None) -> tuple[User, str]:
+def create_user(
+    engine: object,
+    name: str,
+    role: str,
+    now: datetime,
+    clearance: str = "unrestricted",
+    signatory_key_id: str | None = None,
+) -> tuple[User, str]:
     """Create a user; returns the row and the token (shown once, never stored)."""
     if role not in USER_ROLES:
-        raise ServiceError(f"unknown role {role!r}; one of {', '.join(USER_ROLES)}", code="user.bad_role",
-                           status=422, field="role")
+        raise ServiceError(
+            f"unknown role {role!r}; one of {', '.join(USER_ROLES)}",
+            code="user.bad_role",
+            status=422,
+            field="role",
+        )
     token = new_token()
     with session_scope(engine) as s:  # type: ignore[arg-type]
-        user = User(name=name, role=role, clearance=clearance, token_hash=hash_token(token), disabled=False,
-                    created_at=now, signatory_key_id=signatory_key_id)
+        user = User(
+            name=name,
+            role=role,
+            clearance=clearance,
+            token_hash=hash_token(token),
+            disabled=False,
+            created_at=now,
+            signatory_key_id=signatory_key_id,
+        )
         s.add(user)
         s.flush()
     return user, token
@@ -101,9 +118,15 @@ async def authenticate(request: Request) -> Principal:
 
 
 _user = User.__table__  # type: ignore[attr-defined]
-_USER_BY_TOKEN = select(_user.c.id, _user.c.name, _user.c.role, _user.c.clearance, _user.c.token_hash,
-                        _user.c.disabled, _user.c.signatory_key_id).where(
-    _user.c.token_hash == bindparam("token_hash"))
+_USER_BY_TOKEN = select(
+    _user.c.id,
+    _user.c.name,
+    _user.c.role,
+    _user.c.clearance,
+    _user.c.token_hash,
+    _user.c.disabled,
+    _user.c.signatory_key_id,
+).where(_user.c.token_hash == bindparam("token_hash"))
 
 
 CurrentUser = Annotated[Principal, Depends(authenticate)]
@@ -114,8 +137,11 @@ def require_role(*roles: str) -> Callable[[Principal], Principal]:
 
     async def check(user: CurrentUser) -> Principal:  # async: a comparison needs no worker thread
         if user.role not in roles:
-            raise ServiceError(f"this needs the role {' or '.join(roles)}; you are {user.role}",
-                               code="auth.wrong_role", status=403)
+            raise ServiceError(
+                f"this needs the role {' or '.join(roles)}; you are {user.role}",
+                code="auth.wrong_role",
+                status=403,
+            )
         return user
 
     return check

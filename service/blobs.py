@@ -124,9 +124,14 @@ def write_blob(
     return BlobInfo(id=blob_id, sha256=sha256, size=size)
 
 
-def write_blobs(session: Session, contents: Sequence[bytes | Iterable[bytes]], *,
-                max_size: int | None = None, defer: list[tuple[Any, Any]] | None = None,
-                ids: Sequence[int] | None = None) -> list[BlobInfo]:
+def write_blobs(
+    session: Session,
+    contents: Sequence[bytes | Iterable[bytes]],
+    *,
+    max_size: int | None = None,
+    defer: list[tuple[Any, Any]] | None = None,
+    ids: Sequence[int] | None = None,
+) -> list[BlobInfo]:
     """Store each of ``contents`` as a new blob: all together if every one is in memory (``bytes``) and
     within ``max_size`` (``write_small_blobs``), else each alone, a stream read as it is stored
     (``write_blob``, which raises ``BlobTooLarge`` past ``max_size``). ``defer`` and ``ids``: as for
@@ -136,10 +141,14 @@ def write_blobs(session: Session, contents: Sequence[bytes | Iterable[bytes]], *
     return [write_blob(session, [c] if isinstance(c, bytes) else c, max_size=max_size) for c in contents]
 
 
-def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
-                      chunk_size: int = BLOB_CHUNK_SIZE,
-                      defer: list[tuple[Any, Any]] | None = None,
-                      ids: Sequence[int] | None = None) -> list[BlobInfo]:
+def write_small_blobs(
+    session: Session,
+    envelopes: Sequence[bytes],
+    *,
+    chunk_size: int = BLOB_CHUNK_SIZE,
+    defer: list[tuple[Any, Any]] | None = None,
+    ids: Sequence[int] | None = None,
+) -> list[BlobInfo]:
     """Store several envelopes already in memory as new blobs, in ``session``'s transaction: one insert of
     all the blob rows and one of all their chunks, instead of two or more statements each (``write_blob``).
 
@@ -161,18 +170,23 @@ def write_small_blobs(session: Session, envelopes: Sequence[bytes], *,
         # (returned in the order of the rows)
         ids = [int(i) for i in conn.execute(_INSERT_BLOBS, rows).scalars()]  # type: ignore[arg-type]
     else:
-        writes.append((_INSERT_BLOBS_WITH_IDS,
-                       [{**row, "id": blob_id} for row, blob_id in zip(rows, ids, strict=True)]))
+        writes.append(
+            (_INSERT_BLOBS_WITH_IDS, [{**row, "id": blob_id} for row, blob_id in zip(rows, ids, strict=True)])
+        )
     if len(ids) != len(envelopes):  # pragma: no cover - the database assigns one id per row
         raise BlobError("the database assigned no id to some blobs")
-    chunks = [{"blob_id": blob_id, "seq": seq, "data": data[start:start + chunk_size]}
-              for blob_id, data in zip(ids, envelopes, strict=True)
-              for seq, start in enumerate(range(0, len(data), chunk_size))]
+    chunks = [
+        {"blob_id": blob_id, "seq": seq, "data": data[start : start + chunk_size]}
+        for blob_id, data in zip(ids, envelopes, strict=True)
+        for seq, start in enumerate(range(0, len(data), chunk_size))
+    ]
     if chunks:
         writes.append((_INSERT_CHUNK, chunks))
     write_or_defer(conn, writes, defer)
-    return [BlobInfo(id=blob_id, sha256=sha256, size=size)
-            for blob_id, (sha256, size) in zip(ids, infos, strict=True)]
+    return [
+        BlobInfo(id=blob_id, sha256=sha256, size=size)
+        for blob_id, (sha256, size) in zip(ids, infos, strict=True)
+    ]
 
 
 _INSERT_BLOB = insert(Blob).returning(col(Blob.id))
@@ -244,18 +258,24 @@ def small_blobs(engine: Engine, blob_ids: list[int], *, max_total: int = SMALL_B
     out = []
     for blob_id in blob_ids:
         head, data = heads[blob_id], b"".join(pieces[blob_id])
-        if len(pieces[blob_id]) != head.chunk_count or len(data) != head.size \
-                or hashlib.sha256(data).hexdigest() != head.sha256:
+        if (
+            len(pieces[blob_id]) != head.chunk_count
+            or len(data) != head.size
+            or hashlib.sha256(data).hexdigest() != head.sha256
+        ):
             raise BlobCorrupt(f"blob {blob_id}: stored chunks do not match its size or SHA-256")
         out.append(data)
     return out
 
 
 _HEADS = select(col(Blob.id), col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(
-    col(Blob.id).in_(bindparam("ids", expanding=True)))
-_CHUNKS = select(col(BlobChunk.blob_id), col(BlobChunk.seq), col(BlobChunk.data)).where(
-    col(BlobChunk.blob_id).in_(bindparam("ids", expanding=True))).order_by(col(BlobChunk.blob_id),
-                                                                        col(BlobChunk.seq))
+    col(Blob.id).in_(bindparam("ids", expanding=True))
+)
+_CHUNKS = (
+    select(col(BlobChunk.blob_id), col(BlobChunk.seq), col(BlobChunk.data))
+    .where(col(BlobChunk.blob_id).in_(bindparam("ids", expanding=True)))
+    .order_by(col(BlobChunk.blob_id), col(BlobChunk.seq))
+)
 
 
 def _info(conn: Connection, blob_id: int) -> BlobInfo:
@@ -273,9 +293,11 @@ def _read_with_engine(engine: Engine, blob_id: int, verify: bool) -> Iterator[by
 
 
 _HEAD = select(col(Blob.sha256), col(Blob.size), col(Blob.chunk_count)).where(
-    col(Blob.id) == bindparam("blob_id"))
-_CHUNK = select(col(BlobChunk.data)).where(col(BlobChunk.blob_id) == bindparam("blob_id"),
-                                           col(BlobChunk.seq) == bindparam("seq"))
+    col(Blob.id) == bindparam("blob_id")
+)
+_CHUNK = select(col(BlobChunk.data)).where(
+    col(BlobChunk.blob_id) == bindparam("blob_id"), col(BlobChunk.seq) == bindparam("seq")
+)
 
 
 def _read(conn: Connection, blob_id: int, verify: bool) -> Iterator[bytes]:

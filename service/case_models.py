@@ -111,7 +111,9 @@ class Draft(SQLModel, table=True):
     kind: str = Field(sa_column=Column(String(64), nullable=False))
     created_by: int = Field(sa_column=Column(Integer, nullable=False))
     status: str = Field(sa_column=Column(String(16), nullable=False, index=True))
-    sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # fields + attachment list, encrypted
+    sealed: bytes = Field(
+        sa_column=Column(LargeBinary, nullable=False)
+    )  # fields + attachment list, encrypted
     attachment_blobs: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     message_id: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))
     created_at: datetime = _ts()

@@ -47,19 +47,33 @@ class Effect:
 
 _thread = Thread.__table__  # type: ignore[attr-defined]
 # Built once: every message sent or received runs them.
-_THREAD_COLUMNS = (_thread.c.id, _thread.c.requesting_party, _thread.c.peer, _thread.c.state,
-                   _thread.c.purpose_code, _thread.c.case_number)
+_THREAD_COLUMNS = (
+    _thread.c.id,
+    _thread.c.requesting_party,
+    _thread.c.peer,
+    _thread.c.state,
+    _thread.c.purpose_code,
+    _thread.c.case_number,
+)
 _THREAD_KEYS = tuple(c.key for c in _THREAD_COLUMNS)
-_THREADS_FOR_UPDATE = select(*_THREAD_COLUMNS).where(
-    _thread.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_THREADS_FOR_UPDATE = (
+    select(*_THREAD_COLUMNS).where(_thread.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+)
 # The same for ``db.read_together`` on PostgreSQL, whose parameters cannot expand: the ids as one array.
-_THREADS_FOR_UPDATE_ANY = select(*_THREAD_COLUMNS).where(
-    _thread.c.id == any_(bindparam("ids"))).with_for_update()
+_THREADS_FOR_UPDATE_ANY = (
+    select(*_THREAD_COLUMNS).where(_thread.c.id == any_(bindparam("ids"))).with_for_update()
+)
 _INSERT_THREAD = insert(_thread).inline()  # no RETURNING: may be pipelined
 # A thread a message moves on: built once, so that its compiled form is kept (``db.write_pipelined``).
-_MOVE_THREAD = update(_thread).where(_thread.c.id == bindparam("t_id")).values(
-    state=bindparam("t_state"), updated_at=bindparam("t_updated_at"),
-    last_message_id=bindparam("t_last_message_id"))
+_MOVE_THREAD = (
+    update(_thread)
+    .where(_thread.c.id == bindparam("t_id"))
+    .values(
+        state=bindparam("t_state"),
+        updated_at=bindparam("t_updated_at"),
+        last_message_id=bindparam("t_last_message_id"),
+    )
+)
 _MOVE_THREAD_AND_DUE_DATE = _MOVE_THREAD.values(due_on=bindparam("t_due_on"))
 _FIRST_TERMINATION = select(func.min(TerminationNotice.__table__.c.received_on))  # type: ignore[attr-defined]
 
@@ -82,14 +96,17 @@ def termination_received_on(session: Session) -> date | None:
     return received
 
 
-def reads_for(docs: Sequence[tuple[Document, datetime]], *,
-              postgresql: bool) -> list[tuple[Any, dict[str, Any]]]:
+def reads_for(
+    docs: Sequence[tuple[Document, datetime]], *, postgresql: bool
+) -> list[tuple[Any, dict[str, Any]]]:
     """What ``apply_many`` reads for ``docs``, for the caller to read with its own reads at the start of its
     transaction (``db.read_together``): the threads they name (locked), then the first termination notice.
     Their rows go back to ``apply_many`` (``read``)."""
     ids = _thread_ids(docs)
-    return [(_THREADS_FOR_UPDATE_ANY if postgresql else _THREADS_FOR_UPDATE, {"ids": ids}),
-            (_FIRST_TERMINATION, {})]
+    return [
+        (_THREADS_FOR_UPDATE_ANY if postgresql else _THREADS_FOR_UPDATE, {"ids": ids}),
+        (_FIRST_TERMINATION, {}),
+    ]
 
 
 def _thread_ids(docs: Sequence[tuple[Document, datetime]]) -> list[str]:
@@ -115,9 +132,15 @@ def agreement_ends_on(session: Session) -> date | None:
     return None if received is None else received + timedelta(days=60)
 
 
-def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetime]], *,
-               originals_due_days: int, defer: list[tuple[Any, Any]] | None = None,
-               read: Sequence[Sequence[Any]] | None = None) -> list[Effect]:
+def apply_many(
+    session: Session,
+    me: str,
+    docs: Sequence[tuple[Document, datetime]],
+    *,
+    originals_due_days: int,
+    defer: list[tuple[Any, Any]] | None = None,
+    read: Sequence[Sequence[Any]] | None = None,
+) -> list[Effect]:
     """Check each of ``docs`` (sent or received by Party ``me``, each with its time) against its thread and
     record its effects, in order, as if one after the other; all or none (the first one out of step raises
     ``LifecycleError``; the caller's transaction rolls back).
@@ -138,8 +161,9 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
         thread_rows, termination_rows = read
         first_notice = termination_rows[0][0] if termination_rows else None
         session.info[_TERMINATION_READ] = (_innermost(session), first_notice)  # as termination_received_on
-    threads: dict[str, dict[str, Any]] = {row[0]: dict(zip(_THREAD_KEYS, row, strict=True))
-                                          for row in thread_rows}
+    threads: dict[str, dict[str, Any]] = {
+        row[0]: dict(zip(_THREAD_KEYS, row, strict=True)) for row in thread_rows
+    }
     opened: dict[str, dict[str, Any]] = {}  # the rows to insert, by thread id
     moved: dict[str, dict[str, Any]] = {}  # the changes to write to threads that were there, by thread id
     effects: list[Effect] = []
@@ -150,24 +174,41 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
             raise LifecycleError(f"no thread {doc.thread_id} is known here", code="lifecycle.unknown_thread")
         if thread is not None and opens:
             raise LifecycleError(f"thread {doc.thread_id} already exists", code="lifecycle.thread_exists")
-        requesting = thread["requesting_party"] if thread is not None else (
-            doc.sender_party if doc.kind == "request" else doc.recipient_party)
+        requesting = (
+            thread["requesting_party"]
+            if thread is not None
+            else (doc.sender_party if doc.kind == "request" else doc.recipient_party)
+        )
         peer_of_thread = doc.recipient_party if doc.sender_party == me else doc.sender_party
         if thread is not None and {me, thread["peer"]} != {doc.sender_party, doc.recipient_party}:
             raise LifecycleError("the message's Parties are not the thread's", code="lifecycle.wrong_parties")
         role = REQUESTING if doc.sender_party == requesting else REQUESTED
         before = thread["state"] if thread is not None else None
-        after = next_state(before, doc.kind, role, agreement_state(session, now.date()),
-                           refusal_scope=getattr(doc, "scope", None))
+        after = next_state(
+            before,
+            doc.kind,
+            role,
+            agreement_state(session, now.date()),
+            refusal_scope=getattr(doc, "scope", None),
+        )
         if thread is None:
             thread = threads[doc.id] = opened[doc.id] = {
-                "id": doc.id, "kind": doc.kind, "requesting_party": requesting, "peer": peer_of_thread,
-                "state": after, "urgent": bool(getattr(doc, "urgent", False)),
-                "direction": getattr(doc, "direction", None), "form": getattr(doc, "form", None),
+                "id": doc.id,
+                "kind": doc.kind,
+                "requesting_party": requesting,
+                "peer": peer_of_thread,
+                "state": after,
+                "urgent": bool(getattr(doc, "urgent", False)),
+                "direction": getattr(doc, "direction", None),
+                "form": getattr(doc, "form", None),
                 "confidentiality": doc.confidentiality,
                 "due_on": getattr(doc, "expected_execution_date", None),
-                "purpose_code": doc.purpose_code, "case_number": doc.case_number, "opened_at": now,
-                "updated_at": now, "last_message_id": doc.id}
+                "purpose_code": doc.purpose_code,
+                "case_number": doc.case_number,
+                "opened_at": now,
+                "updated_at": now,
+                "last_message_id": doc.id,
+            }
         else:
             changes: dict[str, Any] = {"state": after, "updated_at": now, "last_message_id": doc.id}
             new_date = getattr(doc, "new_expected_date", None)
@@ -177,12 +218,16 @@ def apply_many(session: Session, me: str, docs: Sequence[tuple[Document, datetim
             if doc.thread_id not in opened:
                 moved.setdefault(doc.thread_id, {}).update(changes)
         _KIND_EFFECTS.get(doc.kind, _nothing)(session, doc, now, originals_due_days)
-        effects.append(Effect(doc.thread_id, before, after, role, thread["purpose_code"],
-                              thread["case_number"]))
+        effects.append(
+            Effect(doc.thread_id, before, after, role, thread["purpose_code"], thread["case_number"])
+        )
     writes: list[tuple[Any, Any]] = [(_INSERT_THREAD, list(opened.values()))] if opened else []
     for statement, due in ((_MOVE_THREAD, False), (_MOVE_THREAD_AND_DUE_DATE, True)):
-        rows = [{"t_id": thread_id, **{f"t_{k}": v for k, v in changes.items()}}
-                for thread_id, changes in moved.items() if ("due_on" in changes) == due]
+        rows = [
+            {"t_id": thread_id, **{f"t_{k}": v for k, v in changes.items()}}
+            for thread_id, changes in moved.items()
+            if ("due_on" in changes) == due
+        ]
         if rows:
             writes.append((statement, rows))
     write_or_defer(conn, writes, defer)
@@ -194,12 +239,14 @@ def item_policy(doc: Document, effect: Effect) -> dict[str, Any]:
     the provider's confidentiality level, the purpose and case it is bound to (its own if the provider set
     one, else its thread's), and which handling conditions apply. No free text."""
     own = doc.purpose_code is not None
-    return {"confidentiality": doc.confidentiality,
-            "purpose_code": doc.purpose_code if own else effect.thread_purpose_code,
-            "case_number": doc.case_number if own else effect.thread_case_number,
-            "no_court_use": doc.handling.no_court_use_without_consent,
-            "no_onward_transfer": doc.handling.no_onward_transfer_without_consent,
-            "conditions": len(doc.handling.conditions)}
+    return {
+        "confidentiality": doc.confidentiality,
+        "purpose_code": doc.purpose_code if own else effect.thread_purpose_code,
+        "case_number": doc.case_number if own else effect.thread_case_number,
+        "no_court_use": doc.handling.no_court_use_without_consent,
+        "no_onward_transfer": doc.handling.no_onward_transfer_without_consent,
+        "conditions": len(doc.handling.conditions),
+    }
 
 
 def _nothing(session: Session, doc: Document, now: datetime, due_days: int) -> None:
@@ -208,16 +255,24 @@ def _nothing(session: Session, doc: Document, now: datetime, due_days: int) -> N
 
 def _request(session: Session, doc: Document, now: datetime, due_days: int) -> None:
     if getattr(doc, "urgent", False):
-        session.add(Original(thread_id=doc.id, owed_by=doc.sender_party, owed_to=doc.recipient_party,
-                             due_on=doc.created_at.date() + timedelta(days=due_days), created_at=now,
-                             updated_at=now))
+        session.add(
+            Original(
+                thread_id=doc.id,
+                owed_by=doc.sender_party,
+                owed_to=doc.recipient_party,
+                due_on=doc.created_at.date() + timedelta(days=due_days),
+                created_at=now,
+                updated_at=now,
+            )
+        )
 
 
 def _original(session: Session, doc: Document) -> Original:
     original = session.get(Original, doc.thread_id, with_for_update=True)
     if original is None:
-        raise LifecycleError("no original is owed for this request (it was not urgent)",
-                             code="lifecycle.no_original_owed")
+        raise LifecycleError(
+            "no original is owed for this request (it was not urgent)", code="lifecycle.no_original_owed"
+        )
     return original
 
 
@@ -239,32 +294,59 @@ def _original_step(side: str, fields: tuple[str, ...], who: str) -> Any:
 
 def _directory_update(session: Session, doc: Document, now: datetime, due_days: int) -> None:
     version = doc.version  # type: ignore[attr-defined]
-    latest = session.execute(select(func.max(DirectoryVersion.version))
-                             .where(DirectoryVersion.party == doc.sender_party)).scalar_one_or_none()
+    latest = session.execute(
+        select(func.max(DirectoryVersion.version)).where(DirectoryVersion.party == doc.sender_party)
+    ).scalar_one_or_none()
     if latest is not None and version <= latest:
-        raise LifecycleError(f"directory version {version} is not newer than {latest}",
-                             code="lifecycle.directory_not_newer")
+        raise LifecycleError(
+            f"directory version {version} is not newer than {latest}", code="lifecycle.directory_not_newer"
+        )
     body = document_to_json(doc)
     directory: dict[str, Any] = {"coordinating_unit": body["coordinating_unit"], "contacts": body["contacts"]}
-    session.add(DirectoryVersion(party=doc.sender_party, version=version, message_id=doc.id,
-                                 directory=directory, recorded_at=now))
+    session.add(
+        DirectoryVersion(
+            party=doc.sender_party, version=version, message_id=doc.id, directory=directory, recorded_at=now
+        )
+    )
 
 
 def _termination_notice(session: Session, doc: Document, now: datetime, due_days: int) -> None:
-    session.add(TerminationNotice(received_on=doc.notice_received_on,  # type: ignore[attr-defined]
-                                  given_by=doc.sender_party, source="message", message_id=doc.id, recorded_at=now))
+    session.add(
+        TerminationNotice(
+            received_on=doc.notice_received_on,  # type: ignore[attr-defined]
+            given_by=doc.sender_party,
+            source="message",
+            message_id=doc.id,
+            recorded_at=now,
+        )
+    )
 
 
 def _consent_request(session: Session, doc: Document, now: datetime, due_days: int) -> None:
     item_id = doc.item_id  # type: ignore[attr-defined]
-    in_thread = item_id == doc.thread_id or session.execute(
-        select(func.count()).select_from(Message).where(Message.id == item_id,
-                                                         Message.thread_id == doc.thread_id)).scalar_one()
+    in_thread = (
+        item_id == doc.thread_id
+        or session.execute(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.id == item_id, Message.thread_id == doc.thread_id)
+        ).scalar_one()
+    )
     if not in_thread:
         raise LifecycleError("the consent request names no item of its thread", code="lifecycle.unknown_item")
-    session.add(Consent(id=doc.id, thread_id=doc.thread_id, item_id=item_id, user_party=doc.sender_party,
-                        provider_party=doc.recipient_party, purpose_code=doc.purpose_code or "",
-                        case_number=doc.case_number, status="requested", requested_at=now))
+    session.add(
+        Consent(
+            id=doc.id,
+            thread_id=doc.thread_id,
+            item_id=item_id,
+            user_party=doc.sender_party,
+            provider_party=doc.recipient_party,
+            purpose_code=doc.purpose_code or "",
+            case_number=doc.case_number,
+            status="requested",
+            requested_at=now,
+        )
+    )
 
 
 def _consent_answer(status: str) -> Any:
@@ -292,10 +374,12 @@ _KIND_EFFECTS = {
     "consent_refused": _consent_answer("refused"),
     "consent_withdrawn": _consent_answer("withdrawn"),
     "request": _request,
-    "original_dispatched": _original_step("owed_by", ("dispatched_on", "tracking_number"),
-                                          "the Party that owes the original dispatches it"),
-    "original_received": _original_step("owed_to", ("received_on", "matches_electronic"),
-                                        "the Party the original is owed to confirms it"),
+    "original_dispatched": _original_step(
+        "owed_by", ("dispatched_on", "tracking_number"), "the Party that owes the original dispatches it"
+    ),
+    "original_received": _original_step(
+        "owed_to", ("received_on", "matches_electronic"), "the Party the original is owed to confirms it"
+    ),
     "directory_update": _directory_update,
     "termination_notice": _termination_notice,
 }

@@ -38,8 +38,12 @@ def refuse(code: str, message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-app = typer.Typer(cls=RefusingGroup, help="prolink: signed, encrypted exchange between prosecutor's offices.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    cls=RefusingGroup,
+    help="prolink: signed, encrypted exchange between prosecutor's offices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 bundle_app = typer.Typer(help="Export this Party's public bundle.", no_args_is_help=True)
 peer_app = typer.Typer(help="Peers: the other Parties this node exchanges with.", no_args_is_help=True)
 user_app = typer.Typer(help="Users of the user and admin APIs.", no_args_is_help=True)
@@ -63,9 +67,13 @@ def init(
     data_dir: DataDir,
     database_url: Annotated[str | None, typer.Option(help="Default: SQLite in the data directory.")] = None,
     user_port: Annotated[int, typer.Option(help="Port of the internal user/admin API.")] = 8080,
-    listen_host: Annotated[str | None, typer.Option(help="Peer API bind address (default: URL host).")] = None,
-    passphrase_env: Annotated[str | None, typer.Option(
-        help="Name of an environment variable holding a passphrase to encrypt private keys.")] = None,
+    listen_host: Annotated[
+        str | None, typer.Option(help="Peer API bind address (default: URL host).")
+    ] = None,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(help="Name of an environment variable holding a passphrase to encrypt private keys."),
+    ] = None,
 ) -> None:
     """Create the Party's keys, configuration and database."""
     from pydantic import ValidationError
@@ -82,16 +90,24 @@ def init(
     if parts is None or parts.scheme != "https" or not parts.hostname or not 0 < port < 65536:
         raise ConfigError("--url must be https://HOST:PORT", code="config.invalid")
     try:
-        settings = Settings(data_dir=data_dir, party=party, party_name=name, public_url=url,
-                            peer_host=listen_host or parts.hostname, peer_port=port,
-                            user_port=user_port, database_url=database_url or "",
-                            key_passphrase_env=passphrase_env)
+        settings = Settings(
+            data_dir=data_dir,
+            party=party,
+            party_name=name,
+            public_url=url,
+            peer_host=listen_host or parts.hostname,
+            peer_port=port,
+            user_port=user_port,
+            database_url=database_url or "",
+            key_passphrase_env=passphrase_env,
+        )
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
     if (settings.data_dir / "node.json").exists():
         raise ConfigError(f"{settings.data_dir} already holds a node", code="config.exists")
-    identity = generate_identity(settings.data_dir, party, name, url, _now(),
-                                 passphrase=settings.key_passphrase())
+    identity = generate_identity(
+        settings.data_dir, party, name, url, _now(), passphrase=settings.key_passphrase()
+    )
     settings.save()
     upgrade(settings.database_url)
     typer.echo(f"Party {party} initialised in {settings.data_dir}")
@@ -105,8 +121,10 @@ def _node(data_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @bundle_app.command("export")
-def bundle_export(data_dir: DataDir,
-                  output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the bundle.")]) -> None:
+def bundle_export(
+    data_dir: DataDir,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the bundle.")],
+) -> None:
     """Write this Party's signed public bundle and print its fingerprint (read it to the other Party)."""
     from keys import export_bundle
     from service.settings import Settings
@@ -119,13 +137,18 @@ def bundle_export(data_dir: DataDir,
 
 
 @peer_app.command("add")
-def peer_add(data_dir: DataDir, bundle: Annotated[Path, typer.Argument(help="The peer's bundle file.")],
-             fingerprint: Annotated[str, typer.Option(help="The fingerprint the other Party read to you.")]) -> None:
+def peer_add(
+    data_dir: DataDir,
+    bundle: Annotated[Path, typer.Argument(help="The peer's bundle file.")],
+    fingerprint: Annotated[str, typer.Option(help="The fingerprint the other Party read to you.")],
+) -> None:
     """Trust another Party's bundle after checking its fingerprint."""
     node = _node(data_dir)
     trusted = node.add_peer(bundle.read_bytes(), fingerprint)
-    typer.echo(f"Peer {trusted.party} ({trusted.bundle.name}) added, endpoint {trusted.bundle.endpoint}, "
-               f"bundle version {trusted.bundle.version}")
+    typer.echo(
+        f"Peer {trusted.party} ({trusted.bundle.name}) added, endpoint {trusted.bundle.endpoint}, "
+        f"bundle version {trusted.bundle.version}"
+    )
 
 
 @peer_app.command("list")
@@ -145,10 +168,13 @@ def user_add(
     data_dir: DataDir,
     name: Annotated[str, typer.Option(help="The person's name.")],
     role: Annotated[str, typer.Option(help="clerk|signatory|reader|operator|auditor")],
-    clearance: Annotated[str, typer.Option(help="Highest confidentiality level the user may read.")] = "unrestricted",
+    clearance: Annotated[
+        str, typer.Option(help="Highest confidentiality level the user may read.")
+    ] = "unrestricted",
     position: Annotated[str, typer.Option(help="Signatory's position (Art. 4 authorisation).")] = "",
-    valid_days: Annotated[int, typer.Option(min=1, max=3660,
-                                            help="Signatory authorisation validity in days.")] = 365,
+    valid_days: Annotated[
+        int, typer.Option(min=1, max=3660, help="Signatory authorisation validity in days.")
+    ] = 365,
 ) -> None:
     """Add a user and print their bearer token once (only its hash is stored).
 
@@ -163,9 +189,15 @@ def user_add(
     admin.check_new_user(name, role, clearance)  # before a signing key is made for nothing
     if role == "signatory":
         today = _now().date()
-        signatory = add_signatory(node.settings.data_dir, name, position or "уполномоченное лицо", today,
-                                  today + timedelta(days=valid_days), _now(),
-                                  passphrase=node.settings.key_passphrase())
+        signatory = add_signatory(
+            node.settings.data_dir,
+            name,
+            position or "уполномоченное лицо",
+            today,
+            today + timedelta(days=valid_days),
+            _now(),
+            passphrase=node.settings.key_passphrase(),
+        )
         key_id = signatory.key.key_id
     # The admin API's own path: the same checks, and the audit log records who added the user.
     user, token = admin.add_user(node, name, role, clearance, admin.cli_actor(), key_id)

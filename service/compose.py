@@ -30,12 +30,20 @@ def attachment_ref(name: str, media_type: str, src: IO[bytes]) -> AttachmentRef:
         digest.update(chunk)
         size += len(chunk)
     src.seek(0)
-    return AttachmentRef(name=name, media_type=media_type or "application/octet-stream", size=size,
-                         sha256=digest.hexdigest())
+    return AttachmentRef(
+        name=name, media_type=media_type or "application/octet-stream", size=size, sha256=digest.hexdigest()
+    )
 
 
-def compose(fields: Mapping[str, Any], *, message_id: str, sender_party: str, now: datetime,
-            attachments: list[AttachmentRef], answered: Message | None) -> Document:
+def compose(
+    fields: Mapping[str, Any],
+    *,
+    message_id: str,
+    sender_party: str,
+    now: datetime,
+    attachments: list[AttachmentRef],
+    answered: Message | None,
+) -> Document:
     """Build and validate a document from user ``fields``.
 
     ``answered`` is the message named by ``in_reply_to`` (looked up by the
@@ -43,20 +51,36 @@ def compose(fields: Mapping[str, Any], *, message_id: str, sender_party: str, no
     """
     clash = [f for f in NODE_FIELDS if f in fields]
     if clash:
-        raise ServiceError(f"{clash[0]} is set by the node, not by the user", code="request.node_field",
-                           status=422, field=clash[0])
+        raise ServiceError(
+            f"{clash[0]} is set by the node, not by the user",
+            code="request.node_field",
+            status=422,
+            field=clash[0],
+        )
     doc: dict[str, Any] = dict(fields)
     kind = doc.get("kind")
-    doc.update(id=message_id, sender_party=sender_party, created_at=now.isoformat(), language="ru",
-               attachments=[a.model_dump(mode="json") for a in attachments])
+    doc.update(
+        id=message_id,
+        sender_party=sender_party,
+        created_at=now.isoformat(),
+        language="ru",
+        attachments=[a.model_dump(mode="json") for a in attachments],
+    )
     if answered is not None:
         doc.setdefault("thread_id", answered.thread_id)
         doc.setdefault("recipient_party", answered.peer)
         if doc["thread_id"] != answered.thread_id or doc["recipient_party"] != answered.peer:
-            raise ServiceError("a reply belongs to the thread and Party of the message it answers",
-                               code="request.wrong_thread", status=422, field="thread_id")
-    elif isinstance(kind, str) and kind in DOCUMENT_TYPES and \
-            DOCUMENT_TYPES[kind].thread_rule in ("opens", "opens_or_replies"):
+            raise ServiceError(
+                "a reply belongs to the thread and Party of the message it answers",
+                code="request.wrong_thread",
+                status=422,
+                field="thread_id",
+            )
+    elif (
+        isinstance(kind, str)
+        and kind in DOCUMENT_TYPES
+        and DOCUMENT_TYPES[kind].thread_rule in ("opens", "opens_or_replies")
+    ):
         doc.setdefault("thread_id", message_id)
     if kind in ("request", "spontaneous_information"):
         check_purpose_code(doc.get("purpose_code"))  # what the items answering it are bound to (Art. 7)

@@ -98,8 +98,9 @@ def _postgresql_engine(engine: Engine) -> Engine:
     @event.listens_for(engine, "before_cursor_execute")
     def _not_after_commit(conn: Connection, *_args: Any) -> None:
         if conn.info.get(_COMMITTED_IN_PIPELINE):
-            raise RuntimeError("a statement after the transaction was committed "
-                               "(commit_pipelined must be its last)")
+            raise RuntimeError(
+                "a statement after the transaction was committed (commit_pipelined must be its last)"
+            )
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -121,8 +122,13 @@ def _sqlite_engine(database_url: str, *, echo: bool, create_file: bool = True) -
     included, and another process may then check the WAL out from under it.
     """
     database = make_url(database_url).database
-    if create_file and database and database != ":memory:" and not database.startswith("file:") \
-            and os.path.isdir(os.path.dirname(os.path.abspath(database))):
+    if (
+        create_file
+        and database
+        and database != ":memory:"
+        and not database.startswith("file:")
+        and os.path.isdir(os.path.dirname(os.path.abspath(database)))
+    ):
         # The database holds case metadata: create it owner-only (SQLite gives its -wal and -shm files
         # the database file's permissions), whatever the process umask.
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -174,8 +180,13 @@ def loop_reader(engine: Engine) -> Engine:
     if engine.dialect.name != "sqlite":
         raise ValueError("loop_reader is for SQLite: a database server is never read from the event loop")
     # The file exists and this process has it open: touching it would drop SQLite's locks (above).
-    return _kept_on(engine, _LOOP_READER_ATTRIBUTE, lambda: read_only(_sqlite_engine(
-        engine.url.render_as_string(hide_password=False), echo=False, create_file=False)))
+    return _kept_on(
+        engine,
+        _LOOP_READER_ATTRIBUTE,
+        lambda: read_only(
+            _sqlite_engine(engine.url.render_as_string(hide_password=False), echo=False, create_file=False)
+        ),
+    )
 
 
 def _kept_on(engine: Engine, attribute: str, make: Callable[[], Engine]) -> Engine:
@@ -190,8 +201,9 @@ def _kept_on(engine: Engine, attribute: str, make: Callable[[], Engine]) -> Engi
 _LOOP_CONNECTIONS_ATTRIBUTE = "_prolink_loop_connections"  # ``loop_fetchall``'s connections (per thread)
 
 
-def _for_driver(engine: Engine, statement: Executable | ClauseElement,
-                params: Mapping[str, Any]) -> tuple[str, Any]:
+def _for_driver(
+    engine: Engine, statement: Executable | ClauseElement, params: Mapping[str, Any]
+) -> tuple[str, Any]:
     """A read's SQL and parameters as ``engine``'s driver takes them (``driver_writes``: compiled once,
     SQLAlchemy's type processing applied to the parameters); raises for one it cannot take (an
     expanding parameter)."""
@@ -201,8 +213,9 @@ def _for_driver(engine: Engine, statement: Executable | ClauseElement,
     return form.sql, form.parameters([params])[0]
 
 
-def loop_fetchall(engine: Engine, statement: ClauseElement,
-                  params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def loop_fetchall(
+    engine: Engine, statement: ClauseElement, params: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
     """One SELECT read on the event loop, straight through the sqlite3 driver: its rows, as stored.
 
     For the reads the loop makes on every request (the token check). Going through
@@ -257,8 +270,14 @@ class _LoopReader:
             if self.conn is None or self.conn.closed:
                 # Keepalives: a connection cut without a word (NAT, firewall) is noticed in about a minute.
                 self.conn = await psycopg.AsyncConnection.connect(
-                    self.libpq, autocommit=True, connect_timeout=10, keepalives=1, keepalives_idle=30,
-                    keepalives_interval=10, keepalives_count=3)
+                    self.libpq,
+                    autocommit=True,
+                    connect_timeout=10,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,
+                )
             return self.conn
 
     async def drop(self, conn: Any) -> None:
@@ -272,8 +291,9 @@ class _LoopReader:
             await conn.close()
 
 
-async def loop_fetchall_async(engine: Engine, statement: ClauseElement,
-                              params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+async def loop_fetchall_async(
+    engine: Engine, statement: ClauseElement, params: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
     """PostgreSQL: ``loop_fetchall`` awaited on the event loop itself, with no hop to a worker thread.
 
     Each event loop keeps one asynchronous psycopg connection (autocommit: each
@@ -343,8 +363,9 @@ def unwrapped_reads(engine: Engine) -> Engine:
     """
     if engine.dialect.name == "sqlite":
         return read_only(engine)
-    return _kept_on(engine, _UNWRAPPED_ATTRIBUTE,
-                    lambda: engine.execution_options(isolation_level="AUTOCOMMIT"))
+    return _kept_on(
+        engine, _UNWRAPPED_ATTRIBUTE, lambda: engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
 
 
 def write_pipelined(conn: Connection, writes: Sequence[tuple[Executable, Any]]) -> None:
@@ -419,8 +440,9 @@ def _refuse_after_pipelined_commit(conn: Connection) -> None:
     """Statements given to the driver directly (``_run_writes``, ``read_together``) pass no
     ``before_cursor_execute`` guard: the same refusal, checked where they are given."""
     if conn.info.get(_COMMITTED_IN_PIPELINE):
-        raise RuntimeError("a statement after the transaction was committed "
-                           "(commit_pipelined must be its last)")
+        raise RuntimeError(
+            "a statement after the transaction was committed (commit_pipelined must be its last)"
+        )
 
 
 # ``read_together`` and ``commit_pipelined``: PostgreSQL transactions of two round trips.
@@ -428,8 +450,9 @@ _BEGUN_BY_US = "prolink_begun_by_us"  # pool record info: we sent this transacti
 _COMMITTED_IN_PIPELINE = "prolink_committed"  # connection info: commit_pipelined committed this transaction
 
 
-def read_together(session: Session,
-                  reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[Sequence[Any]]:
+def read_together(
+    session: Session, reads: Sequence[tuple[Executable, Mapping[str, Any]]]
+) -> list[Sequence[Any]]:
     """The rows of each of ``reads`` (statement, parameters), read at the start of ``session``'s transaction.
 
     On PostgreSQL they go to the server together with the transaction's BEGIN,
@@ -492,8 +515,13 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
     commit is left to the session."""
     conn = session.connection()
     _refuse_after_pipelined_commit(conn)
-    if (conn.dialect.name != "postgresql" or not conn.info.get(_BEGUN_BY_US)
-            or session.new or session.dirty or session.deleted):
+    if (
+        conn.dialect.name != "postgresql"
+        or not conn.info.get(_BEGUN_BY_US)
+        or session.new
+        or session.dirty
+        or session.deleted
+    ):
         write_pipelined(conn, writes)
         return
     pg = cast(Any, conn.connection.driver_connection)
@@ -503,8 +531,9 @@ def commit_pipelined(session: Session, writes: Sequence[tuple[Executable, Any]])
     conn.info[_COMMITTED_IN_PIPELINE] = True  # (autocommit goes off when the pool takes it back)
 
 
-def write_or_defer(conn: Connection, writes: Sequence[tuple[Executable, Any]],
-                   defer: list[tuple[Executable, Any]] | None) -> None:
+def write_or_defer(
+    conn: Connection, writes: Sequence[tuple[Executable, Any]], defer: list[tuple[Executable, Any]] | None
+) -> None:
     """Run ``writes`` now (``write_pipelined``), or, given ``defer``, append them to it for the caller to
     run with its own writes, in one pipeline."""
     if defer is None:

@@ -121,12 +121,19 @@ class DemoParty:
         return f"http://127.0.0.1:{self.user_port}"
 
     def client(self, role: str) -> httpx.Client:
-        return httpx.Client(base_url=self.api, headers={"authorization": f"Bearer {self.tokens[role]}"},
-                            timeout=60.0)
+        return httpx.Client(
+            base_url=self.api, headers={"authorization": f"Bearer {self.tokens[role]}"}, timeout=60.0
+        )
 
 
-def setup_party(root: Path, party: str, name: str, database_url: str | None = None,
-                backdate: timedelta = timedelta(0), **settings: Any) -> DemoParty:
+def setup_party(
+    root: Path,
+    party: str,
+    name: str,
+    database_url: str | None = None,
+    backdate: timedelta = timedelta(0),
+    **settings: Any,
+) -> DemoParty:
     """Initialise a Party and its users (also used by the tests): keys, configuration and database as
     ``prolink init`` makes them; the users are written straight to the database, without the audit
     entries ``prolink user add`` records, so a test's audit log starts with what the test itself did."""
@@ -139,19 +146,39 @@ def setup_party(root: Path, party: str, name: str, database_url: str | None = No
     p = DemoParty(party, name, root / party.lower(), free_port(), free_port())
     now = datetime.now(UTC) - backdate  # tests back-date keys to craft old envelopes
     settings.setdefault("worker_poll_seconds", 0.2)
-    config = Settings(data_dir=p.data_dir, party=party, party_name=name, public_url=p.url,
-                      peer_host="127.0.0.1", peer_port=p.peer_port, user_port=p.user_port,
-                      database_url=database_url or "", **settings)
+    config = Settings(
+        data_dir=p.data_dir,
+        party=party,
+        party_name=name,
+        public_url=p.url,
+        peer_host="127.0.0.1",
+        peer_port=p.peer_port,
+        user_port=p.user_port,
+        database_url=database_url or "",
+        **settings,
+    )
     generate_identity(config.data_dir, party, name, p.url, now)
     config.save()
     upgrade(config.database_url)
     engine = make_engine(config.database_url)
-    signatory = add_signatory(config.data_dir, f"Подписант {party}", "заместитель Генерального прокурора",
-                              now.date(), now.date() + timedelta(days=365), now)
+    signatory = add_signatory(
+        config.data_dir,
+        f"Подписант {party}",
+        "заместитель Генерального прокурора",
+        now.date(),
+        now.date() + timedelta(days=365),
+        now,
+    )
     for role in ("clerk", "reader", "operator"):
         _, p.tokens[role] = create_user(engine, f"{role} {party}", role, now, clearance="confidential")
-    _, p.tokens["signatory"] = create_user(engine, f"Подписант {party}", "signatory", now,
-                                           clearance="confidential", signatory_key_id=signatory.key.key_id)
+    _, p.tokens["signatory"] = create_user(
+        engine,
+        f"Подписант {party}",
+        "signatory",
+        now,
+        clearance="confidential",
+        signatory_key_id=signatory.key.key_id,
+    )
     engine.dispose()
     return p
 
@@ -172,16 +199,21 @@ def start(p: DemoParty, log_dir: Path, env: dict[str, str] | None = None) -> Non
     """Start ``prolink serve`` for ``p`` as a separate process (output appended to its log)."""
     p.log_path = log_dir / f"{p.party.lower()}.log"
     log = p.log_path.open("ab")
-    p.process = subprocess.Popen([sys.executable, "-m", "service", "serve", "--data-dir", str(p.data_dir)],
-                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    p.process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--data-dir", str(p.data_dir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     log.close()
 
 
 def wait_ready(p: DemoParty, timeout: float = 60.0) -> None:
     def ready() -> bool:
         if p.process is not None and p.process.poll() is not None:
-            raise RuntimeError(f"{p.party} node exited with {p.process.returncode}; its log ends:\n"
-                               f"{p.log_tail()}")
+            raise RuntimeError(
+                f"{p.party} node exited with {p.process.returncode}; its log ends:\n{p.log_tail()}"
+            )
         return httpx.get(p.api + "/healthz", timeout=2).status_code == 200
 
     wait_until(f"{p.party} node", ready, timeout)
@@ -237,8 +269,13 @@ def verify_receipt_offline(view: dict[str, Any], receiver: DemoParty, sender_par
     bundle, fingerprint = export_bundle(receiver.data_dir)
     trusted = protocol.verify_bundle(bundle, expected_fingerprint=fingerprint)
     receipt = protocol.Signed.from_json(view["receipt"], what="receipt").to_bytes()
-    result = protocol.verify_receipt(receipt, trusted, envelope_sha256=bytes.fromhex(view["envelope_sha256"]),
-                                     message_id=view["id"], sender=sender_party)
+    result = protocol.verify_receipt(
+        receipt,
+        trusted,
+        envelope_sha256=bytes.fromhex(view["envelope_sha256"]),
+        message_id=view["id"],
+        sender=sender_party,
+    )
     return result.accepted
 
 
@@ -272,21 +309,29 @@ def run_demo(keep: bool = False) -> int:
         attachment = os.urandom(ATTACHMENT_SIZE)
         attachment_sha = hashlib.sha256(attachment).hexdigest()
         request_doc = {
-            "kind": "request", "recipient_party": "BY", "urgent": False,
+            "kind": "request",
+            "recipient_party": "BY",
+            "urgent": False,
             "grounds": "Уголовное дело № 2026-0451, статья 190 УК Республики Казахстан (мошенничество).",
             "purpose": "Установление владельца банковского счёта для расследования уголовного дела.",
             "content": "Просим предоставить сведения о владельце счёта BY12 ALFA 3012 0000 0000 0000 и "
-                       "выписку операций за период с 1 января по 30 июня 2026 года.",
+            "выписку операций за период с 1 января по 30 июня 2026 года.",
             "expected_execution_date": (datetime.now(UTC).date() + timedelta(days=30)).isoformat(),
             "other_information": "Контактное лицо: старший прокурор отдела международного сотрудничества.",
-            "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
-            "purpose_code": "criminal_investigation", "case_number": "2026-0451",
+            "direction": "economic_crime",
+            "form": "crime_information",
+            "confidentiality": "confidential",
+            "purpose_code": "criminal_investigation",
+            "case_number": "2026-0451",
         }
         use = {"purpose_code": "criminal_investigation", "case_number": "2026-0451"}
         say("KZ signatory signs and sends a request in Russian with a 5 MiB attachment")
         with kz.client("signatory") as c:
-            r = c.post("/v1/messages", data={"document": json.dumps(request_doc, ensure_ascii=False)},
-                       files=[("attachments", ("выписка.pdf", attachment, "application/pdf"))])
+            r = c.post(
+                "/v1/messages",
+                data={"document": json.dumps(request_doc, ensure_ascii=False)},
+                files=[("attachments", ("выписка.pdf", attachment, "application/pdf"))],
+            )
             if r.status_code != 201:
                 raise RuntimeError(f"sending the request failed: {r.status_code} {r.text}")
             request_id = r.json()["id"]
@@ -294,31 +339,47 @@ def run_demo(keep: bool = False) -> int:
             sent = wait_delivered(c, request_id)
         print(f"    delivered; BY's signed receipt stored ({sent['receipt_status']})")
 
-        say("BY reads the request for its stated purpose and case (Art. 7: checked, then audited), "
-            "decrypted after verifying both signatures and the authorisation")
+        say(
+            "BY reads the request for its stated purpose and case (Art. 7: checked, then audited), "
+            "decrypted after verifying both signatures and the authorisation"
+        )
         with by.client("reader") as c:
             content = c.get(f"/v1/messages/in/{request_id}/content", params=use).json()
             doc = content["document"]
-            print(f"    from {content['sender']}, signed by {content['signed_by']['person']} "
-                  f"({content['signed_by']['position']})")
+            print(
+                f"    from {content['sender']}, signed by {content['signed_by']['person']} "
+                f"({content['signed_by']['position']})"
+            )
             print(f"    purpose: {doc['purpose']}")
             got = c.get(f"/v1/messages/in/{request_id}/attachments/0", params=use)
             got_sha = hashlib.sha256(got.content).hexdigest()
             if got.status_code != 200 or got_sha != attachment_sha:
                 raise RuntimeError("the attachment BY received differs from what KZ sent")
-            print(f"    attachment {doc['attachments'][0]['name']}: {len(got.content)} bytes, SHA-256 matches")
+            print(
+                f"    attachment {doc['attachments'][0]['name']}: {len(got.content)} bytes, SHA-256 matches"
+            )
 
         say("BY signatory accepts the request, then sends the execution result back in the same thread")
         with by.client("signatory") as c:
-            r = c.post("/v1/messages", json={"kind": "acceptance", "in_reply_to": request_id,
-                                             "confidentiality": "confidential",
-                                             "note": "Запрос принят к исполнению."})
+            r = c.post(
+                "/v1/messages",
+                json={
+                    "kind": "acceptance",
+                    "in_reply_to": request_id,
+                    "confidentiality": "confidential",
+                    "note": "Запрос принят к исполнению.",
+                },
+            )
             if r.status_code != 201:
                 raise RuntimeError(f"sending the acceptance failed: {r.status_code} {r.text}")
             wait_delivered(c, r.json()["id"])
         print(f"    acceptance {r.json()['id']} delivered")
-        result_doc = {"kind": "execution_result", "in_reply_to": request_id, "confidentiality": "confidential",
-                      "summary": "Запрос исполнен: владелец счёта установлен, выписка операций прилагается."}
+        result_doc = {
+            "kind": "execution_result",
+            "in_reply_to": request_id,
+            "confidentiality": "confidential",
+            "summary": "Запрос исполнен: владелец счёта установлен, выписка операций прилагается.",
+        }
         with by.client("signatory") as c:
             r = c.post("/v1/messages", json=result_doc)
             if r.status_code != 201:
@@ -336,10 +397,16 @@ def run_demo(keep: bool = False) -> int:
         print(f"    result receipt (signed by KZ): {'valid' if receipts_ok[1] else 'INVALID'}")
         if not all(receipts_ok):
             raise RuntimeError("a receipt did not verify")
-        summary = {"ok": True, "request_id": request_id, "result_id": result_id,
-                   "request_status": sent["status"], "result_status": result_sent["status"],
-                   "receipts_verified": sum(receipts_ok), "attachment_bytes": ATTACHMENT_SIZE,
-                   "attachment_sha256_match": True}
+        summary = {
+            "ok": True,
+            "request_id": request_id,
+            "result_id": result_id,
+            "request_status": sent["status"],
+            "result_status": result_sent["status"],
+            "receipts_verified": sum(receipts_ok),
+            "attachment_bytes": ATTACHMENT_SIZE,
+            "attachment_sha256_match": True,
+        }
     except Exception as exc:  # noqa: BLE001 - the demo reports any failure in its summary
         print(f"FAILED: {type(exc).__name__}: {exc}", flush=True)
         for p in parties:

@@ -42,12 +42,15 @@ def _unseal(key: bytes, draft_id: str, sealed: bytes) -> dict[str, Any]:
     try:
         value = json.loads(AESGCM(key).decrypt(sealed[:12], sealed[12:], _aad(draft_id)))
     except (InvalidTag, ValueError):
-        raise ServiceError("the draft does not decrypt with this node's storage key",
-                           code="draft.undecryptable", status=500) from None
+        raise ServiceError(
+            "the draft does not decrypt with this node's storage key", code="draft.undecryptable", status=500
+        ) from None
     return value  # type: ignore[no-any-return]
 
 
-def create(node: Node, user_id: int, fields: dict[str, Any], uploads: list[tuple[AttachmentRef, IO[bytes]]]) -> Draft:
+def create(
+    node: Node, user_id: int, fields: dict[str, Any], uploads: list[tuple[AttachmentRef, IO[bytes]]]
+) -> Draft:
     """Store a draft. Its fields are validated now, so the clerk hears of problems (Art. 8...) at once."""
     from service.user_api import compose_for
 
@@ -60,12 +63,24 @@ def create(node: Node, user_id: int, fields: dict[str, Any], uploads: list[tuple
         for index, (ref, src) in enumerate(uploads):
             stream = encrypt_stream(attachment_key(key, draft_id, index), file_chunks(src), ref.size)
             blobs.append(write_blob(s, stream).id)
-        draft = Draft(id=draft_id, kind=str(fields.get("kind")), created_by=user_id, status="draft",
-                      sealed=_seal(key, draft_id, {"fields": fields,
-                                                   "attachments": [r.model_dump(mode="json") for r, _ in uploads]}),
-                      attachment_blobs=blobs, created_at=now, updated_at=now)
+        draft = Draft(
+            id=draft_id,
+            kind=str(fields.get("kind")),
+            created_by=user_id,
+            status="draft",
+            sealed=_seal(
+                key,
+                draft_id,
+                {"fields": fields, "attachments": [r.model_dump(mode="json") for r, _ in uploads]},
+            ),
+            attachment_blobs=blobs,
+            created_at=now,
+            updated_at=now,
+        )
         s.add(draft)
-        record_event(s, now, "draft.created", "ok", actor=f"user:{user_id}", object_id=draft_id, kind=draft.kind)
+        record_event(
+            s, now, "draft.created", "ok", actor=f"user:{user_id}", object_id=draft_id, kind=draft.kind
+        )
     return draft
 
 
@@ -86,8 +101,11 @@ def attachments(node: Node, draft: Draft, refs: list[AttachmentRef]) -> Iterator
         for index, (ref, blob_id) in enumerate(zip(refs, draft.attachment_blobs, strict=True)):
             tmp = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - closed below
             files.append(tmp)
-            for chunk in decrypt_stream(attachment_key(key, draft.id, index), read_blob(node.engine, blob_id),
-                                        ciphertext_size(ref.size)):
+            for chunk in decrypt_stream(
+                attachment_key(key, draft.id, index),
+                read_blob(node.engine, blob_id),
+                ciphertext_size(ref.size),
+            ):
                 tmp.write(chunk)
             tmp.seek(0)
         yield files
@@ -113,8 +131,9 @@ def sign_and_send(node: Node, draft_id: str, user_id: int, signatory_key_id: str
         assert row is not None
         row.status, row.message_id, row.updated_at = "sent", message.id, now
         s.add(row)
-        record_event(s, now, "draft.signed", "ok", actor=f"user:{user_id}", object_id=draft_id,
-                     message_id=message.id)
+        record_event(
+            s, now, "draft.signed", "ok", actor=f"user:{user_id}", object_id=draft_id, message_id=message.id
+        )
     return row, message
 
 

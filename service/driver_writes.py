@@ -63,10 +63,14 @@ class DriverForm:
         """One set of driver parameters per row."""
         made: list[Any] = []
         for row in rows:
-            values = [bind.constant if bind.key is None
-                      else bind.process(row[bind.key]) if bind.process is not None
-                      else row[bind.key]
-                      for bind in self.binds]
+            values = [
+                bind.constant
+                if bind.key is None
+                else bind.process(row[bind.key])
+                if bind.process is not None
+                else row[bind.key]
+                for bind in self.binds
+            ]
             made.append(values if self.positional else dict(zip(self._names, values, strict=True)))
         return made
 
@@ -80,8 +84,7 @@ def rows_of(parameters: Parameters) -> list[Mapping[str, Any]]:
     return [parameters] if isinstance(parameters, Mapping) else list(parameters)
 
 
-def driver_form(dialect: Dialect, statement: object,
-                rows: Sequence[Mapping[str, Any]]) -> DriverForm | None:
+def driver_form(dialect: Dialect, statement: object, rows: Sequence[Mapping[str, Any]]) -> DriverForm | None:
     """Write ``statement`` with ``rows`` as the driver would run it from ``Connection.execute``, or ``None``
     to leave it to SQLAlchemy (see the module's docstring; a statement that returns rows is no write).
     Compiled once per statement, the rows' keys, and whether there is one row or several."""
@@ -105,13 +108,20 @@ def _form(dialect: Dialect, statement: object, rows: Sequence[Mapping[str, Any]]
 
 
 @functools.lru_cache(maxsize=512)
-def _compiled(dialect: Dialect, statement: UpdateBase | Select[Any], keys: tuple[str, ...],
-              many: bool) -> DriverForm | None:
-    compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys),
-                                                   for_executemany=many))
-    if (compiled.insert_prefetch or compiled.update_prefetch
-            or compiled.post_compile_params or compiled.literal_execute_params
-            or compiled.escaped_bind_names or getattr(compiled, "_insertmanyvalues", None) is not None):
+def _compiled(
+    dialect: Dialect, statement: UpdateBase | Select[Any], keys: tuple[str, ...], many: bool
+) -> DriverForm | None:
+    compiled = cast(
+        SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
+    )
+    if (
+        compiled.insert_prefetch
+        or compiled.update_prefetch
+        or compiled.post_compile_params
+        or compiled.literal_execute_params
+        or compiled.escaped_bind_names
+        or getattr(compiled, "_insertmanyvalues", None) is not None
+    ):
         return None
     by_name: dict[str, BindParameter[Any]] = {name: bind for bind, name in compiled.bind_names.items()}
     names = list(compiled.positiontup) if compiled.positional and compiled.positiontup else list(by_name)

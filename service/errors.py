@@ -93,21 +93,37 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
-        body = {"error": {"code": "request.invalid", "message": str(first.get("msg", "invalid request")),
-                          "field": field}}
+        body = {
+            "error": {
+                "code": "request.invalid",
+                "message": str(first.get("msg", "invalid request")),
+                "field": field,
+            }
+        }
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "request.not_found", 405: "request.method_not_allowed"}.get(exc.status_code, "request.error")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+        code = {404: "request.not_found", 405: "request.method_not_allowed"}.get(
+            exc.status_code, "request.error"
+        )
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code
+        )
 
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database went away (restart, network): nothing was committed; the caller may try again.
         log.error("database_unavailable", path=request.url.path, error_type=type(exc).__name__)
-        return JSONResponse({"error": {"code": "database.unavailable",
-                                       "message": "the node's database is unavailable; try again shortly"}},
-                            status_code=503, headers={"retry-after": "5"})
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "database.unavailable",
+                    "message": "the node's database is unavailable; try again shortly",
+                }
+            },
+            status_code=503,
+            headers={"retry-after": "5"},
+        )
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
@@ -115,5 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected_error", path=request.url.path, error_type=type(exc).__name__)
-        return JSONResponse({"error": {"code": "internal.error", "message": "internal error; see the node log"}},
-                            status_code=500)
+        return JSONResponse(
+            {"error": {"code": "internal.error", "message": "internal error; see the node log"}},
+            status_code=500,
+        )

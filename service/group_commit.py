@@ -48,8 +48,9 @@ class GroupCommit(Generic[Item, Result]):
     result per item, in order, or raises (the transaction rolled back).
     """
 
-    def __init__(self, store_group: Callable[[Sequence[Item]], Sequence[Result]],
-                 max_items: int = 64) -> None:
+    def __init__(
+        self, store_group: Callable[[Sequence[Item]], Sequence[Result]], max_items: int = 64
+    ) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self._store_group = store_group
@@ -59,8 +60,9 @@ class GroupCommit(Generic[Item, Result]):
         self._leader = threading.Lock()  # held while a group is stored
         # ``submit_async``: items of coroutines, stored by one committer thread.
         self._async_lock = threading.Condition()
-        self._async_queue: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
-                                      asyncio.Future[Result]]] = []
+        self._async_queue: list[
+            tuple[_Slot[Item, Result], asyncio.AbstractEventLoop, asyncio.Future[Result]]
+        ] = []
         self._committer: threading.Thread | None = None
         self._wakes_due: set[asyncio.AbstractEventLoop] = set()  # loops that will wake the committer
 
@@ -129,8 +131,9 @@ class GroupCommit(Generic[Item, Result]):
                 if self._committer is threading.current_thread():
                     self._committer = None
 
-    def _commit(self, waiting: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop,
-                                          asyncio.Future[Result]]]) -> None:
+    def _commit(
+        self, waiting: list[tuple[_Slot[Item, Result], asyncio.AbstractEventLoop, asyncio.Future[Result]]]
+    ) -> None:
         """Store what coroutines queued (leading as ``submit`` would); answer each group's callers as
         soon as it is stored."""
         with self._queue_lock:
@@ -151,7 +154,7 @@ class GroupCommit(Generic[Item, Result]):
         """Store the next group from the queue (the caller leads: it holds ``_leader``); nothing if a
         leader before it stored everything queued."""
         with self._queue_lock:
-            group, self._queue = self._queue[:self._max_items], self._queue[self._max_items:]
+            group, self._queue = self._queue[: self._max_items], self._queue[self._max_items :]
         if not group:
             return
         try:

@@ -70,14 +70,17 @@ BODY_TIMEOUT_CODE = "request.body_timeout"
 
 def _timeout_response(code: str, message: str) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    ) + body
 
 
 def head_timeout_response(seconds: float) -> bytes:
     """The whole HTTP answer to a head that did not arrive in ``seconds`` (the connection closes after it)."""
-    return _timeout_response(HEAD_TIMEOUT_CODE,
-                             f"the request line and headers did not arrive within {seconds:g} s")
+    return _timeout_response(
+        HEAD_TIMEOUT_CODE, f"the request line and headers did not arrive within {seconds:g} s"
+    )
 
 
 def body_timeout_response(seconds: float) -> bytes:
@@ -86,22 +89,33 @@ def body_timeout_response(seconds: float) -> bytes:
 
 
 def _error_body(limit: int) -> bytes:
-    return json.dumps({"error": {"code": HEAD_TOO_LARGE_CODE,
-                                 "message": f"the request line and headers exceed {limit} bytes"}}).encode()
+    return json.dumps(
+        {
+            "error": {
+                "code": HEAD_TOO_LARGE_CODE,
+                "message": f"the request line and headers exceed {limit} bytes",
+            }
+        }
+    ).encode()
 
 
 def head_too_large_response(limit: int) -> bytes:
     """The whole HTTP answer to a head over ``limit`` bytes (the connection closes after it)."""
     body = _error_body(limit)
-    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    ) + body
 
 
 def head_too_large_app(limit: int) -> Any:
     """An ASGI app answering any request as ``head_too_large_response`` does (for a head read whole)."""
     body = _error_body(limit)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
 
     async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 431, "headers": headers})
@@ -256,8 +270,7 @@ else:
             self._head_timer = None
             if self._refused or self.transport.is_closing():
                 return
-            log.warning("request_head_timeout", seconds=self.head_timeout_seconds,
-                        client=self._client_host())
+            log.warning("request_head_timeout", seconds=self.head_timeout_seconds, client=self._client_host())
             self._stop_reading(head_timeout_response(self.head_timeout_seconds))
 
         def _check_body(self) -> None:
@@ -272,8 +285,7 @@ else:
             if idle < self.body_timeout_seconds:
                 self._body_timer = self.loop.call_later(self.body_timeout_seconds - idle, self._check_body)
                 return
-            log.warning("request_body_timeout", seconds=self.body_timeout_seconds,
-                        client=self._client_host())
+            log.warning("request_body_timeout", seconds=self.body_timeout_seconds, client=self._client_host())
             self._refused = True
             queued = [item for item in self.pipeline if item[0] is cycle]
             if queued:  # an earlier request is still being answered: drop this one, close after that answer
@@ -293,17 +305,27 @@ else:
             return self.client[0] if self.client else None
 
         def _log_refusal(self, size: int) -> None:
-            log.warning("request_head_too_large", limit=self.max_head_bytes, size=size,
-                        client=self._client_host())
+            log.warning(
+                "request_head_too_large", limit=self.max_head_bytes, size=size, client=self._client_host()
+            )
 
 
-def head_limited(protocol: type[asyncio.Protocol], max_head_bytes: int,
-                 head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
-                 body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS) -> type[asyncio.Protocol]:
+def head_limited(
+    protocol: type[asyncio.Protocol],
+    max_head_bytes: int,
+    head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+) -> type[asyncio.Protocol]:
     """``protocol`` (a ``HeadLimitedHttpToolsProtocol``) bounded at ``max_head_bytes``, timing heads out
     after ``head_timeout_seconds`` and stalled bodies after ``body_timeout_seconds``, not the defaults."""
     if HeadLimitedHttpToolsProtocol is None or not issubclass(protocol, HeadLimitedHttpToolsProtocol):
         raise TypeError(f"{protocol.__name__} does not bound request heads")
-    return type(protocol.__name__, (protocol,), {"max_head_bytes": max_head_bytes,
-                                                  "head_timeout_seconds": head_timeout_seconds,
-                                                  "body_timeout_seconds": body_timeout_seconds})
+    return type(
+        protocol.__name__,
+        (protocol,),
+        {
+            "max_head_bytes": max_head_bytes,
+            "head_timeout_seconds": head_timeout_seconds,
+            "body_timeout_seconds": body_timeout_seconds,
+        },
+    )

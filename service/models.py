@@ -239,8 +239,9 @@ class Event(SQLModel, table=True):
     object_id: str | None = Field(default=None, sa_column=Column(String(200), nullable=True, index=True))
     outcome: str = Field(sa_column=Column(String(32), nullable=False))
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    seq: int | None = Field(default=None,
-                            sa_column=Column(BigInteger, nullable=False, unique=True, index=True))
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger, nullable=False, unique=True, index=True)
+    )
     entry: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=False))
     leaf_hash: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=False))
 
@@ -252,6 +253,8 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(sa_column=Column(String(128), primary_key=True))
     value: str = Field(sa_column=Column(String(4000), nullable=False))
+
+
 from service import case_models as _case_models  # noqa: E402,F401  (registers the workflow tables)
 
 # --- the audit log (service/audit.py) ------------------------------------------------
@@ -345,5 +348,6 @@ def _audit_log_on_flush(session: _OrmSession, _context: Any, _instances: Any) ->
         from service.audit import append_pending
 
         append_pending(session)
+
 
 from service import admin_models as _admin_models  # noqa: E402,F401  (registers the admin tables: migration 0004)

@@ -61,12 +61,15 @@ def utcnow() -> datetime:
 _message = Message.__table__  # type: ignore[attr-defined]
 _INSERT_MESSAGE = insert(_message).inline()  # no RETURNING: pipelined on PostgreSQL
 # The peers a store's rows refer to, locked as the inserts' foreign-key checks lock them (``_read_first``).
-_PEERS_KEY_SHARE = (select(Peer.__table__.c.party)  # type: ignore[attr-defined]
-                    .where(Peer.__table__.c.party == any_(bindparam("parties")))  # type: ignore[attr-defined]
-                    .with_for_update(read=True, key_share=True))  # FOR KEY SHARE
+_PEERS_KEY_SHARE = (
+    select(Peer.__table__.c.party)  # type: ignore[attr-defined]
+    .where(Peer.__table__.c.party == any_(bindparam("parties")))  # type: ignore[attr-defined]
+    .with_for_update(read=True, key_share=True)
+)  # FOR KEY SHARE
 
-_STORED_INBOUND = select(_message.c.id, _message.c.envelope_sha256, _message.c.receipt, _message.c.peer).where(
-    _message.c.direction == "in", _message.c.id.in_(bindparam("ids", expanding=True)))
+_STORED_INBOUND = select(
+    _message.c.id, _message.c.envelope_sha256, _message.c.receipt, _message.c.peer
+).where(_message.c.direction == "in", _message.c.id.in_(bindparam("ids", expanding=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +101,22 @@ class _Checked:
         return self.framing.envelope_sha256.hex()
 
     def log_received(self) -> None:
-        log.info("envelope_received", message_id=self.message_id, sender=self.sender,
-                 kind=self.message.document.kind, size=self.framing.size)
+        log.info(
+            "envelope_received",
+            message_id=self.message_id,
+            sender=self.sender,
+            kind=self.message.document.kind,
+            size=self.framing.size,
+        )
 
     def accepted(self) -> Delivery:
-        return Delivery(200, {"status": "accepted",
-                              "receipt": protocol.Signed.from_bytes(self.receipt, what="receipt").to_json()})
+        return Delivery(
+            200,
+            {
+                "status": "accepted",
+                "receipt": protocol.Signed.from_bytes(self.receipt, what="receipt").to_json(),
+            },
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +147,29 @@ class Delivery:
     body: dict[str, Any]
 
 
-def event_entry(at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR, party: str | None = None,
-                object_id: str | None = None, **detail: Any) -> audit.NewEntry:
+def event_entry(
+    at: datetime,
+    type: str,
+    outcome: str,
+    *,
+    actor: str = NODE_ACTOR,
+    party: str | None = None,
+    object_id: str | None = None,
+    **detail: Any,
+) -> audit.NewEntry:
     """An audit log entry to append (``record_events``). Never content: ids, hashes, codes, counts."""
     protocol.check_detail(detail)
     return audit.NewEntry(at, actor, party, type, object_id, outcome, detail)
 
 
-def record_events(session: Session, entries: Sequence[audit.NewEntry],
-                  writes_first: Sequence[tuple[Any, Any]] = (), *,
-                  locked: Sequence[Sequence[Any]] | None = None, commit: bool = False) -> None:
+def record_events(
+    session: Session,
+    entries: Sequence[audit.NewEntry],
+    writes_first: Sequence[tuple[Any, Any]] = (),
+    *,
+    locked: Sequence[Sequence[Any]] | None = None,
+    commit: bool = False,
+) -> None:
     """Append ``entries`` to the audit log, in order, in this transaction (one lock, one insert).
 
     The entries get their place in the log (seq, Merkle leaf) at once, under
@@ -165,11 +191,21 @@ def record_events(session: Session, entries: Sequence[audit.NewEntry],
         write_pipelined(session.connection(), writes)
 
 
-def record_event(session: Session, at: datetime, type: str, outcome: str, *, actor: str = NODE_ACTOR,
-                 party: str | None = None, object_id: str | None = None, **detail: Any) -> None:
+def record_event(
+    session: Session,
+    at: datetime,
+    type: str,
+    outcome: str,
+    *,
+    actor: str = NODE_ACTOR,
+    party: str | None = None,
+    object_id: str | None = None,
+    **detail: Any,
+) -> None:
     """Append one event to the audit log, in this transaction (``record_events``)."""
-    record_events(session, [event_entry(at, type, outcome, actor=actor, party=party, object_id=object_id,
-                                        **detail)])
+    record_events(
+        session, [event_entry(at, type, outcome, actor=actor, party=party, object_id=object_id, **detail)]
+    )
 
 
 def spool(chunks: Iterable[bytes]) -> IO[bytes]:
@@ -206,8 +242,9 @@ class LocalWorker(Protocol):
 class Node:
     """One Party's node: its identity, its database, its peers."""
 
-    def __init__(self, settings: Settings, identity: Identity, engine: Engine,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, settings: Settings, identity: Identity, engine: Engine, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.settings = settings
         self.identity = identity
         self.engine = engine
@@ -299,19 +336,41 @@ class Node:
             existing = s.get(Peer, trusted.party)
             if existing is not None:
                 if trusted.bundle.version <= existing.bundle_version:
-                    raise ServiceError(f"{trusted.party} bundle version {trusted.bundle.version} is not newer than "
-                                       f"{existing.bundle_version}", code="trust.bundle_rollback", status=409)
+                    raise ServiceError(
+                        f"{trusted.party} bundle version {trusted.bundle.version} is not newer than "
+                        f"{existing.bundle_version}",
+                        code="trust.bundle_rollback",
+                        status=409,
+                    )
                 if existing.fingerprint != trusted.fingerprint:
-                    raise ServiceError("bundle root differs from the peer's", code="trust.fingerprint_mismatch",
-                                       status=409)
+                    raise ServiceError(
+                        "bundle root differs from the peer's", code="trust.fingerprint_mismatch", status=409
+                    )
                 existing.bundle, existing.bundle_version = bundle, trusted.bundle.version
                 existing.endpoint, existing.name = trusted.bundle.endpoint, trusted.bundle.name
             else:
-                s.add(Peer(party=trusted.party, name=trusted.bundle.name, endpoint=trusted.bundle.endpoint,
-                           fingerprint=trusted.fingerprint, bundle=bundle, bundle_version=trusted.bundle.version,
-                           status="active", added_at=now))
-            record_event(s, now, "peer.added", "ok", party=trusted.party, object_id=trusted.party,
-                         fingerprint=trusted.fingerprint, bundle_version=trusted.bundle.version)
+                s.add(
+                    Peer(
+                        party=trusted.party,
+                        name=trusted.bundle.name,
+                        endpoint=trusted.bundle.endpoint,
+                        fingerprint=trusted.fingerprint,
+                        bundle=bundle,
+                        bundle_version=trusted.bundle.version,
+                        status="active",
+                        added_at=now,
+                    )
+                )
+            record_event(
+                s,
+                now,
+                "peer.added",
+                "ok",
+                party=trusted.party,
+                object_id=trusted.party,
+                fingerprint=trusted.fingerprint,
+                bundle_version=trusted.bundle.version,
+            )
         self.peers_changed(trusted.party)
         return trusted
 
@@ -370,10 +429,13 @@ class Node:
                 answers.append(None)
                 repeats.append((index, earlier[0]))
             else:
-                exc = EnvelopeError(f"message {result.message_id} appears twice in the batch with other bytes",
-                                    code="envelope.conflicting_duplicate")
-                answers.append(self._reject(now, result.framing.envelope_sha256, result.message_id, result.sender,
-                                            exc))
+                exc = EnvelopeError(
+                    f"message {result.message_id} appears twice in the batch with other bytes",
+                    code="envelope.conflicting_duplicate",
+                )
+                answers.append(
+                    self._reject(now, result.framing.envelope_sha256, result.message_id, result.sender, exc)
+                )
         raced: list[tuple[int, _Checked]] = []
         if checked:
             raced = self._store_checked(checked, now, answers)
@@ -382,14 +444,22 @@ class Node:
                     item.log_received()
         for index, item in raced:  # another delivery of the same id committed first: answer as it was stored
             answers[index] = self._stored_receipt(item.message_id, item.digest_hex) or Delivery(
-                409, {"status": "rejected", "error": {"code": "envelope.duplicate_in_flight",
-                                                      "message": "this message is being stored by another delivery"}})
+                409,
+                {
+                    "status": "rejected",
+                    "error": {
+                        "code": "envelope.duplicate_in_flight",
+                        "message": "this message is being stored by another delivery",
+                    },
+                },
+            )
         for index, earlier_index in repeats:  # the same bytes twice in one batch: the one answer
             answers[index] = answers[earlier_index]
         return cast("list[Delivery]", answers)  # every envelope has its answer by now
 
-    def _store_checked(self, checked: list[tuple[int, _Checked]], now: datetime,
-                       answers: list[Delivery | None]) -> list[tuple[int, _Checked]]:
+    def _store_checked(
+        self, checked: list[tuple[int, _Checked]], now: datetime, answers: list[Delivery | None]
+    ) -> list[tuple[int, _Checked]]:
         """Store a batch's checked envelopes in one transaction; returns those a concurrent delivery of the
         same message id stored first (answered by the caller).
 
@@ -404,9 +474,14 @@ class Node:
         except (IntegrityError, ProlinkError):
             return self._store_in_one_transaction(checked, now, answers, savepoints=True)
 
-    def _store_in_one_transaction(self, checked: list[tuple[int, _Checked]], now: datetime,
-                                  answers: list[Delivery | None], *,
-                                  savepoints: bool) -> list[tuple[int, _Checked]]:
+    def _store_in_one_transaction(
+        self,
+        checked: list[tuple[int, _Checked]],
+        now: datetime,
+        answers: list[Delivery | None],
+        *,
+        savepoints: bool,
+    ) -> list[tuple[int, _Checked]]:
         """``_store_checked``'s one attempt. Without ``savepoints``, a refused or raced envelope raises (and
         the transaction rolls back) instead of being answered."""
         raced: list[tuple[int, _Checked]] = []
@@ -415,9 +490,13 @@ class Node:
             events: list[audit.NewEntry] = []  # the whole batch's, appended to the log at once, last
             if not savepoints:  # all or nothing: the rows of all of them with one statement per table
                 items = [item for _, item in checked]
-                read = self._read_first(s, [(item.message.document, now) for item in items],
-                                        peers=[item.sender for item in items], blobs=len(items),
-                                        lock_audit=all(isinstance(item.src, io.BytesIO) for item in items))
+                read = self._read_first(
+                    s,
+                    [(item.message.document, now) for item in items],
+                    peers=[item.sender for item in items],
+                    blobs=len(items),
+                    lock_audit=all(isinstance(item.src, io.BytesIO) for item in items),
+                )
                 writes: list[tuple[Any, Any]] = []  # sent with the audit entries and the COMMIT (PostgreSQL)
                 effects = self._store_deliveries(s, items, now, read=read, defer=writes)
                 for (index, item), effect in zip(checked, effects, strict=True):
@@ -437,8 +516,14 @@ class Node:
                             # taken, so the lifecycle refuses this one. Answered as that one was stored.
                             raced.append((index, item))
                         else:
-                            answers[index] = self._reject(now, item.framing.envelope_sha256, item.message_id,
-                                                          item.sender, exc, events=events)
+                            answers[index] = self._reject(
+                                now,
+                                item.framing.envelope_sha256,
+                                item.message_id,
+                                item.sender,
+                                exc,
+                                events=events,
+                            )
                     else:
                         events.extend(self._received_events(item, effect, now))
                         accepted.append((index, item))
@@ -447,9 +532,16 @@ class Node:
             answers[index] = item.accepted()
         return raced
 
-    def _read_first(self, s: Session, docs: Sequence[tuple[Document, datetime]], *, peers: Iterable[str],
-                    blobs: int = 0, more: dict[str, tuple[Any, dict[str, Any]]] | None = None,
-                    lock_audit: bool = True) -> dict[str, Any]:
+    def _read_first(
+        self,
+        s: Session,
+        docs: Sequence[tuple[Document, datetime]],
+        *,
+        peers: Iterable[str],
+        blobs: int = 0,
+        more: dict[str, tuple[Any, dict[str, Any]]] | None = None,
+        lock_audit: bool = True,
+    ) -> dict[str, Any]:
         """Everything a store transaction reads, read first and together (``db.read_together``: on PostgreSQL
         one round trip, with the BEGIN), by name:
 
@@ -508,8 +600,14 @@ class Node:
             self._reject_event(now, None, None, exc)
             return Delivery(400, {"status": "rejected", "error": {"code": exc.code, "message": exc.message}})
 
-    def _check_framed(self, framed: Sequence[tuple[BinaryIO, protocol.Framing | Delivery]],
-                      tls_peer: str | None, now: datetime, *, open_ahead: bool) -> list[Delivery | _Checked]:
+    def _check_framed(
+        self,
+        framed: Sequence[tuple[BinaryIO, protocol.Framing | Delivery]],
+        tls_peer: str | None,
+        now: datetime,
+        *,
+        open_ahead: bool,
+    ) -> list[Delivery | _Checked]:
         """``_check_delivery`` after the framing, for one envelope or a batch's (a refused framing stays its
         answer), in order: the sender; a redelivery answered as stored; the opening.
 
@@ -522,17 +620,25 @@ class Node:
         however its opening went. Without it (one envelope, which may be streamed
         and large) the lookup comes first and a redelivery is not opened.
         """
-        senders = [framing if isinstance(framing, Delivery) else self._sender(framing, tls_peer, now)
-                   for _, framing in framed]
-        ids = list({cast("protocol.Framing", framing).header.message_id
-                    for (_, framing), sender in zip(framed, senders, strict=True)
-                    if not isinstance(sender, Delivery)})
+        senders = [
+            framing if isinstance(framing, Delivery) else self._sender(framing, tls_peer, now)
+            for _, framing in framed
+        ]
+        ids = list(
+            {
+                cast("protocol.Framing", framing).header.message_id
+                for (_, framing), sender in zip(framed, senders, strict=True)
+                if not isinstance(sender, Delivery)
+            }
+        )
         opened: list[VerifiedMessage | ProlinkError | None] = [None] * len(framed)
         if open_ahead and ids:
             lookup = _inbound_lookups().submit(self._stored_inbound, ids)
             try:
-                opened = [None if isinstance(sender, Delivery) else self._open(src, sender, now)
-                          for (src, _), sender in zip(framed, senders, strict=True)]
+                opened = [
+                    None if isinstance(sender, Delivery) else self._open(src, sender, now)
+                    for (src, _), sender in zip(framed, senders, strict=True)
+                ]
             finally:  # (waited for even if an opening failed: no lookup outlives its batch)
                 known = lookup.result()
         else:
@@ -551,17 +657,23 @@ class Node:
                 results.append(self._checked(src, framing, opening, now))
         return results
 
-    def _sender(self, framing: protocol.Framing, tls_peer: str | None, now: datetime) -> TrustedParty | Delivery:
+    def _sender(
+        self, framing: protocol.Framing, tls_peer: str | None, now: datetime
+    ) -> TrustedParty | Delivery:
         """The active peer that sent the envelope, with the signing key its header names; else the refusal."""
         header = framing.header
         try:
             if tls_peer is not None and tls_peer != header.sender:
-                raise EnvelopeError(f"TLS client is {tls_peer} but the envelope claims {header.sender}",
-                                    code="envelope.unknown_sender")
+                raise EnvelopeError(
+                    f"TLS client is {tls_peer} but the envelope claims {header.sender}",
+                    code="envelope.unknown_sender",
+                )
             try:
                 sender = self.peer(header.sender)
             except ServiceError:
-                raise EnvelopeError(f"{header.sender} is not an active peer", code="envelope.unknown_sender") from None
+                raise EnvelopeError(
+                    f"{header.sender} is not an active peer", code="envelope.unknown_sender"
+                ) from None
             from service.admin import ensure_signing_key
 
             sender = ensure_signing_key(self, sender, header.sender_key_id)  # unknown key: fetch its bundle
@@ -573,21 +685,35 @@ class Node:
     def _open(self, src: BinaryIO, sender: TrustedParty, now: datetime) -> VerifiedMessage | ProlinkError:
         """Verify and decrypt the envelope (``protocol.open``), or why not. No effects: nothing recorded."""
         try:
-            return protocol.open(src, self.identity.node_keys, sender, now,
-                                 max_age=timedelta(seconds=self.settings.delivery_max_age_seconds
-                                                   + self.settings.clock_skew_seconds),
-                                 max_skew=timedelta(seconds=self.settings.clock_skew_seconds))
+            return protocol.open(
+                src,
+                self.identity.node_keys,
+                sender,
+                now,
+                max_age=timedelta(
+                    seconds=self.settings.delivery_max_age_seconds + self.settings.clock_skew_seconds
+                ),
+                max_skew=timedelta(seconds=self.settings.clock_skew_seconds),
+            )
         except ProlinkError as exc:
             return exc
 
-    def _checked(self, src: BinaryIO, framing: protocol.Framing, opened: VerifiedMessage | ProlinkError,
-                 now: datetime) -> Delivery | _Checked:
+    def _checked(
+        self, src: BinaryIO, framing: protocol.Framing, opened: VerifiedMessage | ProlinkError, now: datetime
+    ) -> Delivery | _Checked:
         """A new envelope, opened: its signed rejection (recorded), or what ``_store_delivery`` needs."""
         header = framing.header
         if isinstance(opened, ProlinkError):
             return self._reject(now, framing.envelope_sha256, header.message_id, header.sender, opened)
-        receipt = protocol.make_receipt(framing.envelope_sha256, header.message_id, header.sender,
-                                        protocol.ACCEPTED, None, self.identity.node_keys, now)
+        receipt = protocol.make_receipt(
+            framing.envelope_sha256,
+            header.message_id,
+            header.sender,
+            protocol.ACCEPTED,
+            None,
+            self.identity.node_keys,
+            now,
+        )
         return _Checked(src, framing, opened, receipt)
 
     def _store_delivery(self, s: Session, item: _Checked, now: datetime) -> cases.Effect:
@@ -598,9 +724,15 @@ class Node:
         """
         return self._store_deliveries(s, [item], now)[0]
 
-    def _store_deliveries(self, s: Session, items: Sequence[_Checked], now: datetime, *,
-                          read: dict[str, Any] | None = None,
-                          defer: list[tuple[Any, Any]] | None = None) -> list[cases.Effect]:
+    def _store_deliveries(
+        self,
+        s: Session,
+        items: Sequence[_Checked],
+        now: datetime,
+        *,
+        read: dict[str, Any] | None = None,
+        defer: list[tuple[Any, Any]] | None = None,
+    ) -> list[cases.Effect]:
         """``_store_delivery`` for several envelopes, all or none (the first refused raises).
 
         The lifecycle step of each is checked and recorded in order; then the rows
@@ -612,18 +744,32 @@ class Node:
         PostgreSQL); ``defer``: as for ``cases.apply_many``.
         """
         writes: list[tuple[Any, Any]] = [] if defer is None else defer  # (PostgreSQL: one round trip)
-        effects = cases.apply_many(s, self.party, [(item.message.document, now) for item in items],
-                                   originals_due_days=self.settings.originals_due_days, defer=writes,
-                                   read=None if read is None else (read["threads"], read["termination"]))
-        contents = [item.src.getvalue() if isinstance(item.src, io.BytesIO) else file_chunks(item.src)
-                    for item in items]
-        blobs = write_blobs(s, contents, max_size=self.settings.max_envelope_bytes, defer=writes,
-                            ids=None if read is None else read.get("blob_ids"))
+        effects = cases.apply_many(
+            s,
+            self.party,
+            [(item.message.document, now) for item in items],
+            originals_due_days=self.settings.originals_due_days,
+            defer=writes,
+            read=None if read is None else (read["threads"], read["termination"]),
+        )
+        contents = [
+            item.src.getvalue() if isinstance(item.src, io.BytesIO) else file_chunks(item.src)
+            for item in items
+        ]
+        blobs = write_blobs(
+            s,
+            contents,
+            max_size=self.settings.max_envelope_bytes,
+            defer=writes,
+            ids=None if read is None else read.get("blob_ids"),
+        )
         rows = []
         for item, effect, blob in zip(items, effects, blobs, strict=True):
             if blob.sha256 != item.digest_hex:
                 raise EnvelopeError("envelope changed while being stored", code="envelope.storage_mismatch")
-            rows.append(self._inbound_row(item.message, blob.id, item.framing.size, now, item.receipt, effect))
+            rows.append(
+                self._inbound_row(item.message, blob.id, item.framing.size, now, item.receipt, effect)
+            )
         writes.append((_INSERT_MESSAGE, rows))
         if defer is None:
             write_pipelined(s.connection(), writes)
@@ -631,31 +777,69 @@ class Node:
 
     def _received_events(self, item: _Checked, effect: cases.Effect, now: datetime) -> list[audit.NewEntry]:
         header, message = item.framing.header, item.message
-        return [event_entry(now, "message.received", "accepted", party=header.sender,
-                            object_id=header.message_id, envelope_sha256=item.digest_hex,
-                            kind=message.document.kind, thread_id=effect.thread_id,
-                            state_before=effect.state_before, state_after=effect.state_after,
-                            signer_key=message.authorisation.key.key_id),
-                event_entry(now, "receipt.issued", "accepted", party=header.sender,
-                            object_id=header.message_id, envelope_sha256=item.digest_hex)]
+        return [
+            event_entry(
+                now,
+                "message.received",
+                "accepted",
+                party=header.sender,
+                object_id=header.message_id,
+                envelope_sha256=item.digest_hex,
+                kind=message.document.kind,
+                thread_id=effect.thread_id,
+                state_before=effect.state_before,
+                state_after=effect.state_after,
+                signer_key=message.authorisation.key.key_id,
+            ),
+            event_entry(
+                now,
+                "receipt.issued",
+                "accepted",
+                party=header.sender,
+                object_id=header.message_id,
+                envelope_sha256=item.digest_hex,
+            ),
+        ]
 
-    def _inbound_row(self, message: VerifiedMessage, blob_id: int, size: int, now: datetime,
-                     receipt: bytes, effect: cases.Effect) -> dict[str, Any]:
+    def _inbound_row(
+        self,
+        message: VerifiedMessage,
+        blob_id: int,
+        size: int,
+        now: datetime,
+        receipt: bytes,
+        effect: cases.Effect,
+    ) -> dict[str, Any]:
         """The ``message`` row of a received envelope (inserted with Core: ``_INSERT_MESSAGE``)."""
         doc = message.document
-        return {"id": message.message_id, "direction": "in", "peer": message.header.sender, "kind": doc.kind,
-                "thread_id": doc.thread_id, "in_reply_to": doc.in_reply_to,
-                "envelope_sha256": message.envelope_sha256.hex(), "envelope_size": size, "blob_id": blob_id,
-                "created_at": now, "status": "received", "receipt": receipt,
-                "receipt_status": protocol.ACCEPTED, "receipt_verified": True, "delivered_at": None,
-                "summary": {"sent_at": message.header.sent_at.isoformat(),
-                            "signed_by_key": message.authorisation.key.key_id,
-                            "signer": f"{message.authorisation.person}, {message.authorisation.position}",
-                            "attachments": len(doc.attachments),
-                            "policy": cases.item_policy(doc, effect)}}
+        return {
+            "id": message.message_id,
+            "direction": "in",
+            "peer": message.header.sender,
+            "kind": doc.kind,
+            "thread_id": doc.thread_id,
+            "in_reply_to": doc.in_reply_to,
+            "envelope_sha256": message.envelope_sha256.hex(),
+            "envelope_size": size,
+            "blob_id": blob_id,
+            "created_at": now,
+            "status": "received",
+            "receipt": receipt,
+            "receipt_status": protocol.ACCEPTED,
+            "receipt_verified": True,
+            "delivered_at": None,
+            "summary": {
+                "sent_at": message.header.sent_at.isoformat(),
+                "signed_by_key": message.authorisation.key.key_id,
+                "signer": f"{message.authorisation.person}, {message.authorisation.position}",
+                "attachments": len(doc.attachments),
+                "policy": cases.item_policy(doc, effect),
+            },
+        }
 
-    def _stored_receipt(self, message_id: str, digest_hex: str,
-                        known: dict[str, _StoredInbound] | None = None) -> Delivery | None:
+    def _stored_receipt(
+        self, message_id: str, digest_hex: str, known: dict[str, _StoredInbound] | None = None
+    ) -> Delivery | None:
         """Redelivery of the same bytes gets the stored receipt; other bytes under that id are refused.
 
         ``known``: the stored rows of a batch's message ids, looked up together (``_stored_inbound``).
@@ -664,10 +848,18 @@ class Node:
         if row is None:
             return None
         if row.envelope_sha256 == digest_hex and row.receipt is not None:
-            return Delivery(200, {"status": "accepted", "redelivery": True,
-                                  "receipt": protocol.Signed.from_bytes(row.receipt, what="receipt").to_json()})
-        exc = EnvelopeError(f"message {message_id} was already received with other bytes",
-                            code="envelope.conflicting_duplicate")
+            return Delivery(
+                200,
+                {
+                    "status": "accepted",
+                    "redelivery": True,
+                    "receipt": protocol.Signed.from_bytes(row.receipt, what="receipt").to_json(),
+                },
+            )
+        exc = EnvelopeError(
+            f"message {message_id} was already received with other bytes",
+            code="envelope.conflicting_duplicate",
+        )
         log.warning("conflicting_duplicate", message_id=message_id)
         return self._reject(self.clock(), bytes.fromhex(digest_hex), message_id, row.peer, exc)
 
@@ -679,17 +871,37 @@ class Node:
             rows = conn.execute(_STORED_INBOUND, {"ids": message_ids}).all()
         return {r.id: _StoredInbound(r.envelope_sha256, r.receipt, r.peer) for r in rows}
 
-    def _reject(self, now: datetime, envelope_sha256: bytes, message_id: str, sender: str,
-                exc: ProlinkError, events: list[audit.NewEntry] | None = None) -> Delivery:
-        receipt = protocol.make_receipt(envelope_sha256, message_id, sender, protocol.REJECTED, exc.code,
-                                        self.identity.node_keys, now)
+    def _reject(
+        self,
+        now: datetime,
+        envelope_sha256: bytes,
+        message_id: str,
+        sender: str,
+        exc: ProlinkError,
+        events: list[audit.NewEntry] | None = None,
+    ) -> Delivery:
+        receipt = protocol.make_receipt(
+            envelope_sha256, message_id, sender, protocol.REJECTED, exc.code, self.identity.node_keys, now
+        )
         self._reject_event(now, message_id, sender, exc, events=events, envelope_sha256=envelope_sha256.hex())
-        return Delivery(status_for(exc), {"status": "rejected",
-                                          "error": {"code": exc.code, "message": exc.message},
-                                          "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json()})
+        return Delivery(
+            status_for(exc),
+            {
+                "status": "rejected",
+                "error": {"code": exc.code, "message": exc.message},
+                "receipt": protocol.Signed.from_bytes(receipt, what="receipt").to_json(),
+            },
+        )
 
-    def _reject_event(self, now: datetime, message_id: str | None, sender: str | None, exc: ProlinkError,
-                      events: list[audit.NewEntry] | None = None, **detail: Any) -> None:
+    def _reject_event(
+        self,
+        now: datetime,
+        message_id: str | None,
+        sender: str | None,
+        exc: ProlinkError,
+        events: list[audit.NewEntry] | None = None,
+        **detail: Any,
+    ) -> None:
         """Record a refusal: into ``events`` when given (a batch's, recorded with it), else in a transaction
         of its own."""
         log.warning("envelope_rejected", code=exc.code, message_id=message_id, sender=sender)
@@ -712,12 +924,14 @@ class Node:
             raise protocol.TrustError(
                 f"{auth.person}'s signing authorisation is valid {auth.valid_from.isoformat()}.."
                 f"{auth.valid_until.isoformat()}, not on {at.date().isoformat()}",
-                code="trust.authorisation_not_valid")
+                code="trust.authorisation_not_valid",
+            )
         me.check_not_revoked(auth.key.key_id, at, what="signatory key")
         return auth
 
-    def send(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]],
-             actor: str) -> Message:
+    def send(
+        self, document: Document, signatory: Signatory, attachments: list[IO[bytes]], actor: str
+    ) -> Message:
         """Sign ``document`` as ``signatory``, seal it for its recipient and queue it, in one transaction.
 
         Signing and sealing happen before the transaction. Without attachments
@@ -743,20 +957,28 @@ class Node:
         back for every request cost more CPU than the send itself.
         """
         recipient = self._fresh_peer(document.recipient_party) or await asyncio.to_thread(
-            self.peer, document.recipient_party, active_only=False)  # (held if suspended, as in ``send``)
+            self.peer, document.recipient_party, active_only=False
+        )  # (held if suspended, as in ``send``)
         values = await self._writes.submit_async(self._seal(document, signatory, [], actor, recipient))
         return self._queued(values)
 
-    def _seal(self, document: Document, signatory: Signatory, attachments: list[IO[bytes]], actor: str,
-              recipient: TrustedParty) -> _Sending:
+    def _seal(
+        self,
+        document: Document,
+        signatory: Signatory,
+        attachments: list[IO[bytes]],
+        actor: str,
+        recipient: TrustedParty,
+    ) -> _Sending:
         """Sign and seal (``send``) for ``recipient``; without attachments the envelope is sealed into
         memory here. CPU only: no database."""
         now = self.clock()
         self.check_signatory(signatory, document.created_at)
         signed = protocol.sign_document(document, signatory.key)
         sources = [file_chunks(f, protocol.CHUNK_SIZE) for f in attachments]
-        envelope = protocol.seal_stream(signed, signatory.authorisation, sources, self.identity.node_keys,
-                                        recipient, now, document)
+        envelope = protocol.seal_stream(
+            signed, signatory.authorisation, sources, self.identity.node_keys, recipient, now, document
+        )
         sealed = envelope if attachments else b"".join(envelope)
         return _Sending(document, signatory, recipient.party, sealed, actor, now)
 
@@ -801,8 +1023,9 @@ class Node:
         writes: list[tuple[Any, Any]] = []  # sent to the database together, with the COMMIT (PostgreSQL)
         worker = self.worker
         threads_in_group = Counter(send.document.thread_id for send in sends)
-        handed = [worker is not None and self._may_hand_over(send, worker, threads_in_group)
-                  for send in sends]
+        handed = [
+            worker is not None and self._may_hand_over(send, worker, threads_in_group) for send in sends
+        ]
         now = self.clock()
         lease_until = now + timedelta(seconds=self.settings.delivery_lease_seconds)
         outbox_ids: dict[str, int] = {}
@@ -815,56 +1038,103 @@ class Node:
                 more["delivered"] = outbox.delivery_read(delivered, now, postgresql=self._postgresql)
             if self._postgresql and any(handed):
                 more["outbox_ids"] = new_ids("outbox", sum(handed))
-            read = self._read_first(s, docs, peers=[send.peer for send in sends], blobs=len(sends), more=more,
-                                    lock_audit=all(isinstance(send.envelope, bytes) for send in sends))
+            read = self._read_first(
+                s,
+                docs,
+                peers=[send.peer for send in sends],
+                blobs=len(sends),
+                more=more,
+                lock_audit=all(isinstance(send.envelope, bytes) for send in sends),
+            )
             outbox_new_ids = read.get("outbox_ids")
             if sends:
-                effects = cases.apply_many(s, self.party, docs, defer=writes,
-                                           originals_due_days=self.settings.originals_due_days,
-                                           read=(read["threads"], read["termination"]))
-                blobs = write_blobs(s, [send.envelope for send in sends], defer=writes,
-                                    ids=read.get("blob_ids"))
+                effects = cases.apply_many(
+                    s,
+                    self.party,
+                    docs,
+                    defer=writes,
+                    originals_due_days=self.settings.originals_due_days,
+                    read=(read["threads"], read["termination"]),
+                )
+                blobs = write_blobs(
+                    s, [send.envelope for send in sends], defer=writes, ids=read.get("blob_ids")
+                )
                 for send, effect, blob, hand in zip(sends, effects, blobs, handed, strict=True):
                     stored.append(self._outbound_row(send, blob, hand))
-                    events.append(event_entry(
-                        send.at, "message.sealed", "ok", actor=send.actor, party=send.peer,
-                        object_id=send.document.id, envelope_sha256=blob.sha256, kind=send.document.kind,
-                        thread_id=effect.thread_id, state_before=effect.state_before,
-                        state_after=effect.state_after, signer_key=send.signatory.key.key_id))
+                    events.append(
+                        event_entry(
+                            send.at,
+                            "message.sealed",
+                            "ok",
+                            actor=send.actor,
+                            party=send.peer,
+                            object_id=send.document.id,
+                            envelope_sha256=blob.sha256,
+                            kind=send.document.kind,
+                            thread_id=effect.thread_id,
+                            state_before=effect.state_before,
+                            state_after=effect.state_after,
+                            signer_key=send.signatory.key.key_id,
+                        )
+                    )
                 writes.append((_INSERT_MESSAGE, stored))
                 rows = [(row["id"], row["peer"], row["created_at"]) for row in stored]
-                outbox.enqueue_many(s, [row for row, hand in zip(rows, handed, strict=True) if not hand],
-                                    defer=writes)
+                outbox.enqueue_many(
+                    s, [row for row, hand in zip(rows, handed, strict=True) if not hand], defer=writes
+                )
                 if worker is not None and any(handed):  # after the messages, which the rows refer to
                     if outbox_new_ids is None:  # SQLite: the insert hands the ids back, so it runs now
                         write_pipelined(s.connection(), writes)
                         writes = []
                     leased = [row for row, hand in zip(rows, handed, strict=True) if hand]
-                    outbox_ids = outbox.enqueue_leased(s, leased, worker.worker_id, lease_until,
-                                                       ids=outbox_new_ids, defer=writes)
+                    outbox_ids = outbox.enqueue_leased(
+                        s, leased, worker.worker_id, lease_until, ids=outbox_new_ids, defer=writes
+                    )
             if receipted:
-                outbox.mark_delivered_many(s, delivered, now, defer=writes,
-                                           delivered=read["delivered"])
-                events.extend(event_entry(now, "receipt.received", receipt.status, party=claim.peer,
-                                          object_id=claim.message_id, envelope_sha256=claim.envelope_sha256,
-                                          reason_code=receipt.reason_code)
-                              for claim, _, receipt in receipted)
+                outbox.mark_delivered_many(s, delivered, now, defer=writes, delivered=read["delivered"])
+                events.extend(
+                    event_entry(
+                        now,
+                        "receipt.received",
+                        receipt.status,
+                        party=claim.peer,
+                        object_id=claim.message_id,
+                        envelope_sha256=claim.envelope_sha256,
+                        reason_code=receipt.reason_code,
+                    )
+                    for claim, _, receipt in receipted
+                )
             record_events(s, events, writes_first=writes, locked=read["audit"], commit=True)
         if worker is not None:  # committed: nothing from here on may fail the group (stored twice if it did)
-            claims = [outbox.Claim(outbox_id=outbox_ids[row["id"]], message_id=row["id"], peer=row["peer"],
-                                   attempts=1, blob_id=row["blob_id"], envelope_sha256=row["envelope_sha256"],
-                                   envelope_size=row["envelope_size"], worker_id=worker.worker_id,
-                                   lease_expires_at=lease_until, created_at=row["created_at"],
-                                   envelope=cast("bytes", send.envelope))
-                      for row, send, hand in zip(stored, sends, handed, strict=True) if hand]
+            claims = [
+                outbox.Claim(
+                    outbox_id=outbox_ids[row["id"]],
+                    message_id=row["id"],
+                    peer=row["peer"],
+                    attempts=1,
+                    blob_id=row["blob_id"],
+                    envelope_sha256=row["envelope_sha256"],
+                    envelope_size=row["envelope_size"],
+                    worker_id=worker.worker_id,
+                    lease_expires_at=lease_until,
+                    created_at=row["created_at"],
+                    envelope=cast("bytes", send.envelope),
+                )
+                for row, send, hand in zip(stored, sends, handed, strict=True)
+                if hand
+            ]
             try:
                 if claims:
                     worker.hand_over(claims)
                 if not all(handed):  # some were queued: for the claim
                     worker.wake()
             except Exception as exc:  # logged: what was not handed over is claimed again once its lease ends
-                log.error("hand_over_failed", error_type=type(exc).__name__, error=str(exc)[:200],
-                          messages=len(claims))
+                log.error(
+                    "hand_over_failed",
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:200],
+                    messages=len(claims),
+                )
         by_send = iter(stored)
         return [next(by_send) if isinstance(item, _Sending) else now for item in items]
 
@@ -872,15 +1142,29 @@ class Node:
     def _outbound_row(send: _Sending, blob: Any, handed: bool) -> dict[str, Any]:
         """The ``message`` row of a send (inserted with Core: ``_INSERT_MESSAGE``)."""
         document, signatory = send.document, send.signatory
-        return {"id": document.id, "direction": "out", "peer": send.peer, "kind": document.kind,
-                "thread_id": document.thread_id, "in_reply_to": document.in_reply_to,
-                "envelope_sha256": blob.sha256, "envelope_size": blob.size, "blob_id": blob.id,
-                "created_at": send.at, "status": "in_flight" if handed else "queued", "receipt": None,
-                "receipt_status": None, "receipt_verified": False, "delivered_at": None,
-                "summary": {"signed_by_key": signatory.key.key_id,
-                            "policy": {"confidentiality": document.confidentiality},
-                            "signer": f"{signatory.person}, {signatory.position}",
-                            "attachments": len(document.attachments)}}
+        return {
+            "id": document.id,
+            "direction": "out",
+            "peer": send.peer,
+            "kind": document.kind,
+            "thread_id": document.thread_id,
+            "in_reply_to": document.in_reply_to,
+            "envelope_sha256": blob.sha256,
+            "envelope_size": blob.size,
+            "blob_id": blob.id,
+            "created_at": send.at,
+            "status": "in_flight" if handed else "queued",
+            "receipt": None,
+            "receipt_status": None,
+            "receipt_verified": False,
+            "delivered_at": None,
+            "summary": {
+                "signed_by_key": signatory.key.key_id,
+                "policy": {"confidentiality": document.confidentiality},
+                "signer": f"{signatory.person}, {signatory.position}",
+                "attachments": len(document.attachments),
+            },
+        }
 
     def _may_hand_over(self, send: _Sending, worker: LocalWorker, threads_in_group: Counter[str]) -> bool:
         """Whether ``send`` may go to ``worker`` straight from its commit, with no claim (``_store_group``).
@@ -896,9 +1180,14 @@ class Node:
         """
         document = send.document
         known = self._peers.get(send.peer)
-        return (document.thread_id == document.id and threads_in_group[document.thread_id] == 1
-                and isinstance(send.envelope, bytes) and known is not None and known[2] == "active"
-                and worker.has_room(send.peer))
+        return (
+            document.thread_id == document.id
+            and threads_in_group[document.thread_id] == 1
+            and isinstance(send.envelope, bytes)
+            and known is not None
+            and known[2] == "active"
+            and worker.has_room(send.peer)
+        )
 
     # --- reading -------------------------------------------------------------
 
@@ -913,8 +1202,15 @@ class Node:
         src = spool(read_blob(self.engine, blob_id))
         try:
             sender = self.peer(peer, active_only=False)
-            message = protocol.open(src, self.identity.node_keys, sender, self.clock(), max_age=None,
-                                    max_skew=None, verify_attachments=False)
+            message = protocol.open(
+                src,
+                self.identity.node_keys,
+                sender,
+                self.clock(),
+                max_age=None,
+                max_skew=None,
+                verify_attachments=False,
+            )
             yield message, src
         finally:
             src.close()

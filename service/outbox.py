@@ -54,8 +54,9 @@ class Claim:
     envelope: bytes | None = field(default=None, repr=False)
 
 
-def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
-                 defer: list[tuple[Any, Any]] | None = None) -> None:
+def enqueue_many(
+    session: Session, rows: Sequence[tuple[str, str, datetime]], *, defer: list[tuple[Any, Any]] | None = None
+) -> None:
     """Queue stored outgoing messages, (message id, peer, now) each, for delivery to that peer, due at once:
     one insert for all of them.
 
@@ -69,9 +70,19 @@ def enqueue_many(session: Session, rows: Sequence[tuple[str, str, datetime]], *,
         return
     if defer is None:
         session.flush()
-    write_or_defer(session.connection(), [(_INSERT_OUTBOX, [
-        {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
-        for message_id, peer, now in rows])], defer)
+    write_or_defer(
+        session.connection(),
+        [
+            (
+                _INSERT_OUTBOX,
+                [
+                    {"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now}
+                    for message_id, peer, now in rows
+                ],
+            )
+        ],
+        defer,
+    )
 
 
 # No RETURNING (SQLAlchemy asks back the key of a one-row insert): may be pipelined.
@@ -81,9 +92,15 @@ _INSERT_LEASED = _LEASED.returning(col(Outbox.id), col(Outbox.message_id))
 _INSERT_LEASED_WITH_IDS = _LEASED.inline()  # ids given (``db.new_ids``): may be pipelined
 
 
-def enqueue_leased(session: Session, rows: Sequence[tuple[str, str, datetime]], worker_id: str,
-                   lease_until: datetime, *, ids: Sequence[int] | None = None,
-                   defer: list[tuple[Any, Any]] | None = None) -> dict[str, int]:
+def enqueue_leased(
+    session: Session,
+    rows: Sequence[tuple[str, str, datetime]],
+    worker_id: str,
+    lease_until: datetime,
+    *,
+    ids: Sequence[int] | None = None,
+    defer: list[tuple[Any, Any]] | None = None,
+) -> dict[str, int]:
     """Queue stored outgoing messages, (message id, peer, now) each, already claimed by ``worker_id`` until
     ``lease_until``: their first attempt is under way. Returns the outbox id of each message.
 
@@ -98,13 +115,29 @@ def enqueue_leased(session: Session, rows: Sequence[tuple[str, str, datetime]], 
     """
     if not rows:
         return {}
-    values = [{"message_id": message_id, "peer": peer, "next_attempt_at": now, "created_at": now,
-               "claimed_by": worker_id, "claim_expires_at": lease_until}
-              for message_id, peer, now in rows]
+    values = [
+        {
+            "message_id": message_id,
+            "peer": peer,
+            "next_attempt_at": now,
+            "created_at": now,
+            "claimed_by": worker_id,
+            "claim_expires_at": lease_until,
+        }
+        for message_id, peer, now in rows
+    ]
     if ids is None:
         return {r.message_id: r.id for r in session.connection().execute(_INSERT_LEASED, values)}
-    write_or_defer(session.connection(), [(_INSERT_LEASED_WITH_IDS, [
-        {**v, "id": outbox_id} for v, outbox_id in zip(values, ids, strict=True)])], defer)
+    write_or_defer(
+        session.connection(),
+        [
+            (
+                _INSERT_LEASED_WITH_IDS,
+                [{**v, "id": outbox_id} for v, outbox_id in zip(values, ids, strict=True)],
+            )
+        ],
+        defer,
+    )
     return {v["message_id"]: outbox_id for v, outbox_id in zip(values, ids, strict=True)}
 
 
@@ -141,8 +174,9 @@ def _claim_statements() -> tuple[Any, Any, Any, Any, Any]:
         select(col(Message.thread_id), col(Outbox.peer), func.min(col(Outbox.id)).label("head"))
         .join(Message, joined)
         # (Only outgoing messages have outbox rows; no "direction = 'out'" here, or SQLite walks that index.)
-        .where(col(Message.thread_id).in_(bindparam("threads", expanding=True)),
-               col(Outbox.state) != "delivered")
+        .where(
+            col(Message.thread_id).in_(bindparam("threads", expanding=True)), col(Outbox.state) != "delivered"
+        )
         .group_by(col(Message.thread_id), col(Outbox.peer))
     )
     ids = bindparam("ids", expanding=True)
@@ -162,8 +196,13 @@ def _claim_statements() -> tuple[Any, Any, Any, Any, Any]:
         update(Message)
         .where(col(Message.id).in_(bindparam("message_ids", expanding=True)), col(Message.direction) == "out")
         .values(status="in_flight")
-        .returning(col(Message.id), col(Message.blob_id), col(Message.envelope_sha256),
-                   col(Message.envelope_size), col(Message.created_at))
+        .returning(
+            col(Message.id),
+            col(Message.blob_id),
+            col(Message.envelope_sha256),
+            col(Message.envelope_size),
+            col(Message.created_at),
+        )
     )
     return candidates, heads, take, in_flight
 
@@ -191,8 +230,11 @@ def _deliverable(conn: Connection, now: datetime, limit: int, busy: list[str]) -
     while len(chosen) < limit and offset < CLAIM_SCAN_LIMIT:
         rows = conn.execute(_CANDIDATES, {"now": now, "limit": page, "offset": offset, "busy": busy}).all()
         threads = sorted({r.thread_id for r in rows if r.thread_id is not None})
-        heads = {(h.thread_id, h.peer): h.head
-                 for h in conn.execute(_THREAD_HEADS, {"threads": threads})} if threads else {}
+        heads = (
+            {(h.thread_id, h.peer): h.head for h in conn.execute(_THREAD_HEADS, {"threads": threads})}
+            if threads
+            else {}
+        )
         free = [r.id for r in rows if r.thread_id is None or heads.get((r.thread_id, r.peer)) == r.id]
         held = held or len(free) < len(rows)
         chosen.extend(free)
@@ -204,9 +246,13 @@ def _deliverable(conn: Connection, now: datetime, limit: int, busy: list[str]) -
 
 # Whether a claim could take anything (read without the write lock): held rows and a busy peer's do not
 # count, or every wake while a peer is suspended would take the write lock for nothing.
-_ANY_DUE = (select(col(Outbox.id)).where(_due(bindparam("now")))
-            .where(col(Outbox.peer).not_in(_HELD_PEERS))
-            .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True))).limit(1))
+_ANY_DUE = (
+    select(col(Outbox.id))
+    .where(_due(bindparam("now")))
+    .where(col(Outbox.peer).not_in(_HELD_PEERS))
+    .where(col(Outbox.peer).not_in(bindparam("busy", expanding=True)))
+    .limit(1)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +279,14 @@ def claim(
     return claim_due(engine, worker_id, now, limit, lease_seconds).claims
 
 
-def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
-              lease_seconds: float = 120.0, busy_peers: Sequence[str] = ()) -> ClaimResult:
+def claim_due(
+    engine: Engine,
+    worker_id: str,
+    now: datetime,
+    limit: int = 10,
+    lease_seconds: float = 120.0,
+    busy_peers: Sequence[str] = (),
+) -> ClaimResult:
     """``claim``, also telling whether due rows were left behind.
 
     Rows for ``busy_peers`` are not claimed (nor counted as left behind): the
@@ -257,11 +309,16 @@ def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
         ids, held = _deliverable(conn, now, limit, busy)
         if not ids:
             return ClaimResult([], held)
-        taken = {r.id: r for r in conn.execute(
-            _TAKE, {"ids": ids, "now": now, "worker_id": worker_id, "lease_until": lease_until})}
+        taken = {
+            r.id: r
+            for r in conn.execute(
+                _TAKE, {"ids": ids, "now": now, "worker_id": worker_id, "lease_until": lease_until}
+            )
+        }
         rows = [taken[i] for i in ids if i in taken]  # in the order chosen: oldest due first
-        messages = {m.id: m for m in conn.execute(_SET_IN_FLIGHT,
-                                                  {"message_ids": [r.message_id for r in rows]})}
+        messages = {
+            m.id: m for m in conn.execute(_SET_IN_FLIGHT, {"message_ids": [r.message_id for r in rows]})
+        }
         claims = [
             Claim(
                 outbox_id=r.id,
@@ -275,7 +332,8 @@ def claim_due(engine: Engine, worker_id: str, now: datetime, limit: int = 10,
                 lease_expires_at=lease_until,
                 created_at=m.created_at,
             )
-            for r in rows if (m := messages.get(r.message_id)) is not None
+            for r in rows
+            if (m := messages.get(r.message_id)) is not None
         ]
         return ClaimResult(claims, held or len(ids) >= limit)
 
@@ -287,8 +345,13 @@ def give_back(session: Session, claims: Sequence[Claim]) -> list[str]:
     goes back: one whose lease ran out and that was claimed again since, by another worker or by the same
     one (a later attempt), is left alone, and so is its message. Returns the message ids put back."""
     conn = session.connection()
-    back = [r.message_id for c in claims for r in conn.execute(_GIVE_BACK, {
-        "o_id": c.outbox_id, "o_worker": c.worker_id, "o_attempts": c.attempts})]
+    back = [
+        r.message_id
+        for c in claims
+        for r in conn.execute(
+            _GIVE_BACK, {"o_id": c.outbox_id, "o_worker": c.worker_id, "o_attempts": c.attempts}
+        )
+    ]
     if back:
         conn.execute(_UNCLAIM_MESSAGES, {"message_ids": back})
     return back
@@ -296,15 +359,22 @@ def give_back(session: Session, claims: Sequence[Claim]) -> list[str]:
 
 _GIVE_BACK = (
     update(Outbox)
-    .where(col(Outbox.id) == bindparam("o_id"), col(Outbox.state) == "in_flight",
-           col(Outbox.claimed_by) == bindparam("o_worker"), col(Outbox.attempts) == bindparam("o_attempts"))
+    .where(
+        col(Outbox.id) == bindparam("o_id"),
+        col(Outbox.state) == "in_flight",
+        col(Outbox.claimed_by) == bindparam("o_worker"),
+        col(Outbox.attempts) == bindparam("o_attempts"),
+    )
     .values(state="queued", claimed_by=None, claim_expires_at=None, attempts=col(Outbox.attempts) - 1)
     .returning(col(Outbox.message_id))
 )
 _UNCLAIM_MESSAGES = (
     update(Message)
-    .where(col(Message.id).in_(bindparam("message_ids", expanding=True)), col(Message.direction) == "out",
-           col(Message.status) == "in_flight")
+    .where(
+        col(Message.id).in_(bindparam("message_ids", expanding=True)),
+        col(Message.direction) == "out",
+        col(Message.status) == "in_flight",
+    )
     .values(status="queued")
 )
 
@@ -361,10 +431,12 @@ def mark_delivered(
 
 def _deliver_outbox(chosen: Any) -> Any:
     """Deliver the ``chosen`` outbox rows not delivered yet, returning those it delivered (none twice)."""
-    return (update(Outbox)
-            .where(chosen, col(Outbox.state) != "delivered")
-            .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
-            .returning(col(Outbox.id), col(Outbox.message_id)))
+    return (
+        update(Outbox)
+        .where(chosen, col(Outbox.state) != "delivered")
+        .values(state="delivered", delivered_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
+        .returning(col(Outbox.id), col(Outbox.message_id))
+    )
 
 
 _DELIVER_OUTBOX = _deliver_outbox(col(Outbox.id).in_(bindparam("ids", expanding=True)))
@@ -373,8 +445,13 @@ _DELIVER_OUTBOX_ANY = _deliver_outbox(col(Outbox.id) == any_(bindparam("ids")))
 _DELIVER_MESSAGE = (
     update(Message.__table__)  # type: ignore[attr-defined]
     .where(Message.__table__.c.id == bindparam("m_id"), Message.__table__.c.direction == "out")  # type: ignore[attr-defined]
-    .values(status=bindparam("m_status"), delivered_at=bindparam("m_at"), receipt=bindparam("m_receipt"),
-            receipt_status=bindparam("m_receipt_status"), receipt_verified=bindparam("m_verified"))
+    .values(
+        status=bindparam("m_status"),
+        delivered_at=bindparam("m_at"),
+        receipt=bindparam("m_receipt"),
+        receipt_status=bindparam("m_receipt_status"),
+        receipt_verified=bindparam("m_verified"),
+    )
 )
 
 
@@ -386,9 +463,14 @@ def delivery_read(items: list[Receipted], now: datetime, *, postgresql: bool) ->
     return statement, {"ids": [i.outbox_id for i in items], "now": now}
 
 
-def mark_delivered_many(session: Session, items: list[Receipted], now: datetime, *,
-                        defer: list[tuple[Any, Any]] | None = None,
-                        delivered: Sequence[Sequence[Any]] | None = None) -> set[int]:
+def mark_delivered_many(
+    session: Session,
+    items: list[Receipted],
+    now: datetime,
+    *,
+    defer: list[tuple[Any, Any]] | None = None,
+    delivered: Sequence[Sequence[Any]] | None = None,
+) -> set[int]:
     """``mark_delivered`` for several rows in two statements; returns the outbox ids newly delivered.
 
     The outbox rows are delivered first: the UPDATE locks them, so a concurrent
@@ -412,9 +494,16 @@ def mark_delivered_many(session: Session, items: list[Receipted], now: datetime,
     if not todo:
         return set()
     messages = [
-        {"m_id": open_rows[i.outbox_id], "m_at": now, "m_receipt": i.receipt,
-         "m_receipt_status": i.receipt_status, "m_verified": i.receipt_verified,
-         "m_status": "rejected" if i.receipt_status == "rejected" else "delivered"} for i in todo]
+        {
+            "m_id": open_rows[i.outbox_id],
+            "m_at": now,
+            "m_receipt": i.receipt,
+            "m_receipt_status": i.receipt_status,
+            "m_verified": i.receipt_verified,
+            "m_status": "rejected" if i.receipt_status == "rejected" else "delivered",
+        }
+        for i in todo
+    ]
     write_or_defer(conn, [(_DELIVER_MESSAGE, messages)], defer)
     return set(open_rows)
 

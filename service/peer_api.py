@@ -97,8 +97,9 @@ else:
                 super().shutdown()
 
 
-def party_of_certificate(node: Node, der: bytes | None,
-                         cache: dict[bytes, tuple[float, str | None]] | None = None) -> str | None:
+def party_of_certificate(
+    node: Node, der: bytes | None, cache: dict[bytes, tuple[float, str | None]] | None = None
+) -> str | None:
     """The peer whose CA (from its bundle) issued this client certificate, if any.
 
     A peer reuses one certificate for every delivery, so the answer is kept for
@@ -122,8 +123,9 @@ def party_of_certificate(node: Node, der: bytes | None,
 
 
 def create_peer_app(node: Node) -> FastAPI:
-    app = FastAPI(title="prolink peer API", docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=NO_TELEMETRY)
+    app = FastAPI(
+        title="prolink peer API", docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY
+    )
     install_error_handlers(app)
     cert_parties: dict[bytes, tuple[float, str | None]] = {}
 
@@ -144,7 +146,9 @@ def create_peer_app(node: Node) -> FastAPI:
             der = getattr(request.state, "tls_peer_cert", None)
             tls_peer = party_of_certificate(node, der, cert_parties)
             if der is not None and tls_peer is None:
-                exc = ProlinkError("client certificate belongs to no known peer", code="envelope.unknown_sender")
+                exc = ProlinkError(
+                    "client certificate belongs to no known peer", code="envelope.unknown_sender"
+                )
                 return JSONResponse(error_body(exc), status_code=403)
             result = await asyncio.to_thread(node.receive, spooled, tls_peer)  # type: ignore[arg-type]
         finally:
@@ -169,8 +173,9 @@ def create_peer_app(node: Node) -> FastAPI:
             exc = ProlinkError("client certificate belongs to no known peer", code="envelope.unknown_sender")
             return JSONResponse(error_body(exc), status_code=403)
         try:
-            envelopes = decode_batch(bytes(body), max_items=node.settings.batch_max_items,
-                                     max_envelope_bytes=limit)
+            envelopes = decode_batch(
+                bytes(body), max_items=node.settings.batch_max_items, max_envelope_bytes=limit
+            )
         except BatchError as exc:
             await asyncio.to_thread(node.record_refused_batch, exc)
             return JSONResponse(error_body(exc), status_code=status_for(exc))

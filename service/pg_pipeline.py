@@ -55,8 +55,10 @@ class _BufferedPipeline(psycopg.Pipeline):
 
 
 #: Whether this psycopg has what ``_BufferedPipeline`` relies on (else pipelines are left as they come).
-BUFFERING = all(callable(getattr(psycopg.Pipeline, name, None))
-                for name in ("_communicate_gen", "_enqueue_sync", "_fetch_gen")) and callable(send)
+BUFFERING = all(
+    callable(getattr(psycopg.Pipeline, name, None))
+    for name in ("_communicate_gen", "_enqueue_sync", "_fetch_gen")
+) and callable(send)
 
 
 @contextmanager

@@ -58,10 +58,11 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
-                   head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
-                   body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
-                   ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+def http_protocols(
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    head_timeout_seconds: float = DEFAULT_HEAD_TIMEOUT_SECONDS,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
     """The peer API's protocol class (it captures the client certificate) and the user API's.
 
     httptools if it is installed, with request heads bounded at ``max_head_bytes`` and timed out after
@@ -70,16 +71,21 @@ def http_protocols(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     """
     if PeerCertHttpToolsProtocol is not None and HeadLimitedHttpToolsProtocol is not None:
         timing = (max_head_bytes, head_timeout_seconds, body_timeout_seconds)
-        return (head_limited(PeerCertHttpToolsProtocol, *timing),
-                head_limited(HeadLimitedHttpToolsProtocol, *timing))
+        return (
+            head_limited(PeerCertHttpToolsProtocol, *timing),
+            head_limited(HeadLimitedHttpToolsProtocol, *timing),
+        )
     return PeerCertH11Protocol, H11Protocol
 
 
 def warn_if_untimed(peer_http: type[asyncio.Protocol]) -> None:
     """Say so at start-up when ``http_protocols`` fell back to h11: it times out neither heads nor bodies."""
     if issubclass(peer_http, PeerCertH11Protocol):
-        log.warning("http_without_timeouts", detail="httptools is not installed: request heads and bodies "
-                    "are not timed out (request_head_timeout_seconds, request_body_timeout_seconds)")
+        log.warning(
+            "http_without_timeouts",
+            detail="httptools is not installed: request heads and bodies "
+            "are not timed out (request_head_timeout_seconds, request_body_timeout_seconds)",
+        )
 
 
 def build_node(data_dir: Path) -> Node:
@@ -105,24 +111,43 @@ async def serve(data_dir: Path) -> None:
     peer_cas = peer_ca_pems(node)
     if not peer_cas:  # the key sync trusts each peer's CA once it is added (``prolink peer add``)
         log.warning("no_peer_yet", detail="the peer port accepts no client until a peer is added")
-    peer_tls = server_ssl_context(node.identity, peer_cas, allow_tls12=settings.allow_tls12,
-                                  allow_no_peer=True)
+    peer_tls = server_ssl_context(
+        node.identity, peer_cas, allow_tls12=settings.allow_tls12, allow_no_peer=True
+    )
     keys_sync = key_sync(node)  # reloads rotated keys, pushes our bundle to peers, trusts new peer CAs
     keys_sync.attach_tls(peer_tls)
-    peer_http, user_http = http_protocols(settings.max_request_head_bytes,
-                                          settings.request_head_timeout_seconds,
-                                          settings.request_body_timeout_seconds)
+    peer_http, user_http = http_protocols(
+        settings.max_request_head_bytes,
+        settings.request_head_timeout_seconds,
+        settings.request_body_timeout_seconds,
+    )
     warn_if_untimed(peer_http)
-    peer_config = uvicorn.Config(create_peer_app(node), host=settings.peer_host, port=settings.peer_port,
-                                 http=peer_http, lifespan="off", log_level="warning",
-                                 access_log=False, timeout_keep_alive=30,
-                                 h11_max_incomplete_event_size=settings.max_request_head_bytes, ws="none",
-                                 ssl_context_factory=lambda _config, _default: peer_tls)
+    peer_config = uvicorn.Config(
+        create_peer_app(node),
+        host=settings.peer_host,
+        port=settings.peer_port,
+        http=peer_http,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=settings.max_request_head_bytes,
+        ws="none",
+        ssl_context_factory=lambda _config, _default: peer_tls,
+    )
 
     user_app = create_user_app(node)
-    user_config = uvicorn.Config(user_app, host=settings.user_host, port=settings.user_port, lifespan="off",
-                                 log_level="warning", access_log=False, http=user_http,
-                                 h11_max_incomplete_event_size=settings.max_request_head_bytes, ws="none")
+    user_config = uvicorn.Config(
+        user_app,
+        host=settings.user_host,
+        port=settings.user_port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        http=user_http,
+        h11_max_incomplete_event_size=settings.max_request_head_bytes,
+        ws="none",
+    )
     peer_server, user_server = uvicorn.Server(peer_config), uvicorn.Server(user_config)
 
     loop = asyncio.get_running_loop()
@@ -145,8 +170,12 @@ async def serve(data_dir: Path) -> None:
     node.worker = worker  # what is sent from now on goes to it from the send's commit
     heads.start()
     keys_sync.start()
-    log.info("node_started", party=node.party, peer=f"{settings.peer_host}:{settings.peer_port}",
-             user=f"{settings.user_host}:{settings.user_port}")
+    log.info(
+        "node_started",
+        party=node.party,
+        peer=f"{settings.peer_host}:{settings.peer_port}",
+        user=f"{settings.user_host}:{settings.user_port}",
+    )
     try:
         await asyncio.gather(peer_server.serve(), user_server.serve())
     finally:

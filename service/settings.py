@@ -44,13 +44,15 @@ class ConfigError(ProlinkError):
 def describe(exc: ValidationError) -> str:
     """Pydantic's complaints, one per setting, without the input values or its documentation links; a
     setting an environment variable gave is named by that variable."""
+
     def where(loc: tuple[Any, ...]) -> str:
         name = ".".join(str(part) for part in loc) or "settings"
         variable = f"PROLINK_{name.upper()}"
         return f"{name} (from {variable})" if loc and variable in os.environ else name
 
-    return "; ".join(f"{where(e['loc'])}: {e['msg']}"
-                     for e in exc.errors(include_url=False, include_input=False))
+    return "; ".join(
+        f"{where(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 # Values read from node.json by ``Settings.load``; a context variable rather than
@@ -103,19 +105,25 @@ class Settings(BaseSettings):
     allow_tls12: bool = False
     max_envelope_bytes: int = Field(default=4 * GiB, gt=0)
     max_request_head_bytes: int = Field(
-        default=DEFAULT_MAX_HEAD_BYTES, ge=8 * 1024, le=1024 * 1024,
+        default=DEFAULT_MAX_HEAD_BYTES,
+        ge=8 * 1024,
+        le=1024 * 1024,
         description="Largest request line and headers either listener reads; a longer head is refused "
         "(431, request.headers_too_large; 400 from h11 where httptools is not installed) and its "
         "connection closed.",
     )
     request_head_timeout_seconds: float = Field(
-        default=DEFAULT_HEAD_TIMEOUT_SECONDS, gt=0, le=600,
+        default=DEFAULT_HEAD_TIMEOUT_SECONDS,
+        gt=0,
+        le=600,
         description="How long either listener waits for a request's line and headers, from the connection "
         "(or, on a kept-alive connection, from the request's first byte); then 408, request.head_timeout, "
         "and the connection closed. Not applied where httptools is not installed (h11).",
     )
     request_body_timeout_seconds: float = Field(
-        default=DEFAULT_BODY_TIMEOUT_SECONDS, gt=0, le=3600,
+        default=DEFAULT_BODY_TIMEOUT_SECONDS,
+        gt=0,
+        le=3600,
         description="How long either listener waits for the next part of a request's body while it is ready "
         "to read it; then 408, request.body_timeout (after an answer: no 408), and the connection "
         "closed. A body that keeps arriving is never cut off. Not applied where httptools is not installed.",
@@ -126,10 +134,13 @@ class Settings(BaseSettings):
     delivery_backoff_base_seconds: float = Field(default=1.0, gt=0)
     delivery_backoff_max_seconds: float = Field(default=300.0, gt=0)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
-    delivery_concurrency: int = Field(default=8, ge=1, le=64,
-                                      description="Deliveries in flight at once (different threads only).")
+    delivery_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Deliveries in flight at once (different threads only)."
+    )
     delivery_batches_per_peer: int = Field(
-        default=1, ge=1, le=64,
+        default=1,
+        ge=1,
+        le=64,
         description="Deliveries of small envelopes in flight to one peer at once. What becomes due "
         "meanwhile waits for one of them to end and travels in the next batch: under load, fewer and "
         "fuller batches. One against two (bench/bench_exchange.py, 11 alternating pairs): more messages "
@@ -137,21 +148,28 @@ class Settings(BaseSettings):
         "clear change. Big envelopes are not counted.",
     )
     batch_max_items: int = Field(
-        default=64, ge=1, le=1000,
+        default=64,
+        ge=1,
+        le=1000,
         description="Most envelopes carried in one batched delivery, sent or accepted; 1 turns batching off.",
     )
     batch_max_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
         description="Largest batched delivery in bytes, sent or accepted; a bigger envelope travels alone.",
     )
     thread_switch_seconds: float = Field(
-        default=0.001, gt=0, le=0.1,
+        default=0.001,
+        gt=0,
+        le=0.1,
         description="How long a busy Python thread keeps the interpreter before another may run "
         "(sys.setswitchinterval; Python's default is 0.005). The node's API, delivery and database "
         "threads hand over often; a shorter interval keeps them from queueing behind each other.",
     )
     delivery_lease_seconds: float = Field(
-        default=60.0, gt=0,
+        default=60.0,
+        gt=0,
         description="How long a worker's claim on a delivery lasts without renewal; after a crash, "
         "another worker (or the restarted one) takes the delivery over once it runs out.",
     )
@@ -159,7 +177,9 @@ class Settings(BaseSettings):
     originals_due_days: int = Field(default=30, ge=1)
 
     audit_head_interval_seconds: float = Field(
-        default=60.0, gt=0, le=60,
+        default=60.0,
+        gt=0,
+        le=60,
         description="How often the node signs a new audit log head (when there are new entries) and has "
         "peers cosign it; at most a minute.",
     )
@@ -224,8 +244,11 @@ class Settings(BaseSettings):
         data_dir = Path(data_dir)
         path = data_dir / NODE_FILE
         if not path.exists():  # even if PROLINK_* variables could make up the settings: no node is here
-            raise ConfigError(f"{data_dir} holds no node ({NODE_FILE} is missing): run `prolink init` first,"
-                              " or check --data-dir", code="config.missing")
+            raise ConfigError(
+                f"{data_dir} holds no node ({NODE_FILE} is missing): run `prolink init` first,"
+                " or check --data-dir",
+                code="config.missing",
+            )
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -271,6 +294,9 @@ class Settings(BaseSettings):
             return None
         value = os.environ.get(self.key_passphrase_env)
         if not value:
-            raise ConfigError(f"key_passphrase_env names {self.key_passphrase_env}, which is not set "
-                              "(or empty) in this environment", code="config.passphrase_missing")
+            raise ConfigError(
+                f"key_passphrase_env names {self.key_passphrase_env}, which is not set "
+                "(or empty) in this environment",
+                code="config.passphrase_missing",
+            )
         return value.encode("utf-8")

@@ -60,7 +60,8 @@ MAX_ENTRIES = 10_000
 _PROBE = text(
     "SELECT pg_notify(:channel, :payload), pg_backend_pid(), EXISTS (SELECT FROM pg_trigger"
     " WHERE tgrelid = 'user_account'::regclass AND tgname = 'user_account_changed'"
-    " AND tgenabled IN ('O', 'A'))")
+    " AND tgenabled IN ('O', 'A'))"
+)
 
 
 class TokenCache(BackgroundLoop):
@@ -129,10 +130,17 @@ class TokenCache(BackgroundLoop):
 
         try:
             if self._conn is None:
-                self._conn = psycopg.connect(self._libpq, autocommit=True, connect_timeout=10, keepalives=1,
-                                             keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
-                                             tcp_user_timeout=int(TRUST_SECONDS * 1000),
-                                             application_name=APPLICATION_NAME)
+                self._conn = psycopg.connect(
+                    self._libpq,
+                    autocommit=True,
+                    connect_timeout=10,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,
+                    tcp_user_timeout=int(TRUST_SECONDS * 1000),
+                    application_name=APPLICATION_NAME,
+                )
                 self._conn.execute(f"LISTEN {USER_CHANNEL}")
                 self.forget()  # what was read before we listened may be stale
                 log.info("token_cache_listening")
@@ -142,8 +150,11 @@ class TokenCache(BackgroundLoop):
             if announced != self._announced:
                 self._announced = announced
                 if not announced:
-                    log.warning("token_cache_not_announced", detail="the trigger user_account_changed is "
-                                "missing or disabled: every request reads its token")
+                    log.warning(
+                        "token_cache_not_announced",
+                        detail="the trigger user_account_changed is "
+                        "missing or disabled: every request reads its token",
+                    )
             if not announced:  # changes are not announced: trust nothing, until the trigger is back
                 self.forget(stop_trusting=True)
             # (notifications that arrived while the probe was sent are held by psycopg, and come first here)

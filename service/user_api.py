@@ -42,16 +42,35 @@ def message_view(row: Message, user: Principal | None = None) -> dict[str, Any]:
     """Metadata only, never content; below the item's level only that it exists, from whom and when (Art. 7)."""
     policy = row.summary.get("policy", {})
     if user is not None and not can_see(user, policy.get("confidentiality")):
-        return {"id": row.id, "direction": row.direction, "peer": row.peer,
-                "created_at": row.created_at.isoformat(), "restricted": True}
-    return {"id": row.id, "confidentiality": policy.get("confidentiality"),
-            "bound_purpose": {"purpose_code": policy.get("purpose_code"), "case_number": policy.get("case_number")}
-            if row.direction == "in" else None, "direction": row.direction, "peer": row.peer, "kind": row.kind,
-            "thread_id": row.thread_id, "in_reply_to": row.in_reply_to, "status": row.status,
-            "created_at": row.created_at.isoformat(), "envelope_sha256": row.envelope_sha256,
-            "envelope_size": row.envelope_size, "receipt_status": row.receipt_status,
-            "receipt_verified": row.receipt_verified,
-            "delivered_at": row.delivered_at.isoformat() if row.delivered_at else None}
+        return {
+            "id": row.id,
+            "direction": row.direction,
+            "peer": row.peer,
+            "created_at": row.created_at.isoformat(),
+            "restricted": True,
+        }
+    return {
+        "id": row.id,
+        "confidentiality": policy.get("confidentiality"),
+        "bound_purpose": {
+            "purpose_code": policy.get("purpose_code"),
+            "case_number": policy.get("case_number"),
+        }
+        if row.direction == "in"
+        else None,
+        "direction": row.direction,
+        "peer": row.peer,
+        "kind": row.kind,
+        "thread_id": row.thread_id,
+        "in_reply_to": row.in_reply_to,
+        "status": row.status,
+        "created_at": row.created_at.isoformat(),
+        "envelope_sha256": row.envelope_sha256,
+        "envelope_size": row.envelope_size,
+        "receipt_status": row.receipt_status,
+        "receipt_verified": row.receipt_verified,
+        "delivered_at": row.delivered_at.isoformat() if row.delivered_at else None,
+    }
 
 
 def create_user_app(node: Node) -> FastAPI:
@@ -61,8 +80,13 @@ def create_user_app(node: Node) -> FastAPI:
     # The message routes are declared first: they carry the traffic, and the router tries routes in
     # order (no other router has a path under /v1/messages).
 
-    @app.post("/v1/messages", status_code=201, openapi_extra=document_body(
-        "Поля документа (JSON) или multipart: часть document (JSON) и вложения attachments."))
+    @app.post(
+        "/v1/messages",
+        status_code=201,
+        openapi_extra=document_body(
+            "Поля документа (JSON) или multipart: часть document (JSON) и вложения attachments."
+        ),
+    )
     async def send_message(request: Request, user: Sender) -> dict[str, Any]:
         """Compose, sign (as the calling signatory), seal and queue a message.
 
@@ -72,11 +96,13 @@ def create_user_app(node: Node) -> FastAPI:
         """
         fields, uploads = await read_document_upload(request)
         if user.signatory_key_id is None:
-            raise ServiceError("this signatory has no signing key on this node", code="auth.no_signing_key",
-                               status=403)
+            raise ServiceError(
+                "this signatory has no signing key on this node", code="auth.no_signing_key", status=403
+            )
         if not uploads:  # nothing to stream: no thread hop for this request (``Node.send_async``)
             signatory = node.loaded_signatory(user.signatory_key_id) or await asyncio.to_thread(
-                node.signatory, user.signatory_key_id)
+                node.signatory, user.signatory_key_id
+            )
             row = await node.send_async(await _compose(node, fields), signatory, actor=f"user:{user.id}")
         else:
             try:
@@ -87,12 +113,22 @@ def create_user_app(node: Node) -> FastAPI:
         return message_view(row)  # (the node hands it to the worker, or wakes it: ``Node._store_group``)
 
     @app.get("/v1/messages")
-    def list_messages(user: Viewer, direction: str | None = Query(None, pattern="^(in|out)$"),
-                      status: str | None = None, kind: str | None = None, thread_id: str | None = None,
-                      limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    def list_messages(
+        user: Viewer,
+        direction: str | None = Query(None, pattern="^(in|out)$"),
+        status: str | None = None,
+        kind: str | None = None,
+        thread_id: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+    ) -> dict[str, Any]:
         query = select(Message).order_by(Message.created_at.desc(), Message.id)  # type: ignore[attr-defined]
-        for column, value in ((Message.direction, direction), (Message.status, status), (Message.kind, kind),
-                              (Message.thread_id, thread_id)):
+        for column, value in (
+            (Message.direction, direction),
+            (Message.status, status),
+            (Message.kind, kind),
+            (Message.thread_id, thread_id),
+        ):
             if value is not None:
                 query = query.where(column == value)
         with session_scope(node.engine, readonly=True) as s:
@@ -113,55 +149,83 @@ def create_user_app(node: Node) -> FastAPI:
         return view
 
     @app.get("/v1/messages/in/{message_id}/content")
-    def read_message(user: Reader, message_id: str, purpose_code: str | None = None,
-                     case_number: str | None = None) -> dict[str, Any]:
+    def read_message(
+        user: Reader, message_id: str, purpose_code: str | None = None, case_number: str | None = None
+    ) -> dict[str, Any]:
         """The decrypted, verified document, for a stated purpose and case (Art. 7; audited).
 
         Re-verified from the envelope as received on every read: nothing is kept decrypted.
         """
         decision = reading.authorise(node, message_id, user, "consult", purpose_code, case_number)
         with node.open_received(message_id) as (message, _):
-            return {"id": message.message_id, "sender": message.header.sender,
-                    "sent_at": message.header.sent_at.isoformat(),
-                    "signed_by": {"person": message.authorisation.person,
-                                  "position": message.authorisation.position,
-                                  "key_id": message.authorisation.key.key_id},
-                    "document": document_to_json(message.document), "consent_relied_on": decision.consent_id}
+            return {
+                "id": message.message_id,
+                "sender": message.header.sender,
+                "sent_at": message.header.sent_at.isoformat(),
+                "signed_by": {
+                    "person": message.authorisation.person,
+                    "position": message.authorisation.position,
+                    "key_id": message.authorisation.key.key_id,
+                },
+                "document": document_to_json(message.document),
+                "consent_relied_on": decision.consent_id,
+            }
 
     @app.get("/v1/messages/in/{message_id}/attachments/{index}")
-    def download_attachment(user: Reader, message_id: str, index: int, purpose_code: str | None = None,
-                            case_number: str | None = None) -> StreamingResponse:
+    def download_attachment(
+        user: Reader,
+        message_id: str,
+        index: int,
+        purpose_code: str | None = None,
+        case_number: str | None = None,
+    ) -> StreamingResponse:
         """An attachment, streamed and checked against its signed hash; a download is a use (Art. 7)."""
         reading.authorise(node, message_id, user, "disclose", purpose_code, case_number)
         with node.open_received(message_id) as (message, _):
             if not 0 <= index < len(message.attachments):
-                raise ServiceError(f"message has no attachment {index}", code="attachment.not_found", status=404)
+                raise ServiceError(
+                    f"message has no attachment {index}", code="attachment.not_found", status=404
+                )
             ref = message.attachments[index]
 
         def body() -> Iterator[bytes]:
             with node.open_received(message_id) as (msg, src):
                 yield from msg.attachment_chunks(index, src)
 
-        return StreamingResponse(body(), media_type=ref.media_type,
-                                 headers={"content-length": str(ref.size),
-                                          "x-prolink-sha256": ref.sha256,
-                                          "content-disposition": f"attachment; filename*=UTF-8''{_quote(ref.name)}"})
+        return StreamingResponse(
+            body(),
+            media_type=ref.media_type,
+            headers={
+                "content-length": str(ref.size),
+                "x-prolink-sha256": ref.sha256,
+                "content-disposition": f"attachment; filename*=UTF-8''{_quote(ref.name)}",
+            },
+        )
 
     @app.get("/v1/messages/in/{message_id}/export")
-    def export_item(user: Reader, message_id: str, purpose_code: str | None = None,
-                    case_number: str | None = None, operation: str = Query("disclose", pattern="^(disclose|transfer)$"),
-                    ) -> dict[str, Any]:
+    def export_item(
+        user: Reader,
+        message_id: str,
+        purpose_code: str | None = None,
+        case_number: str | None = None,
+        operation: str = Query("disclose", pattern="^(disclose|transfer)$"),
+    ) -> dict[str, Any]:
         """An evidence package: the document as signed, the signer's authorisation and attachment hashes,
         verifiable offline against the provider's bundle. Export is a use like a read (Art. 7; audited)."""
         decision = reading.authorise(node, message_id, user, operation, purpose_code, case_number)
         with node.open_received(message_id) as (message, _):
-            return {"message_id": message.message_id, "provider": message.header.sender,
-                    "envelope_sha256": message.envelope_sha256.hex(),
-                    "signed_document": json.loads(message.signed_document),
-                    "authorisation": json.loads(message.authorisation_bytes),
-                    "attachments": [a.model_dump(mode="json") for a in message.attachments],
-                    "operation": operation, "purpose_code": purpose_code, "case_number": case_number,
-                    "consent_relied_on": decision.consent_id}
+            return {
+                "message_id": message.message_id,
+                "provider": message.header.sender,
+                "envelope_sha256": message.envelope_sha256.hex(),
+                "signed_document": json.loads(message.signed_document),
+                "authorisation": json.loads(message.authorisation_bytes),
+                "attachments": [a.model_dump(mode="json") for a in message.attachments],
+                "operation": operation,
+                "purpose_code": purpose_code,
+                "case_number": case_number,
+                "consent_relied_on": decision.consent_id,
+            }
 
     app.include_router(cases_router(node))
     from service.admin_api import admin_router, ops_router  # operator endpoints, /healthz, /readyz, /metrics
@@ -186,22 +250,32 @@ async def read_document_upload(request: Request) -> tuple[dict[str, Any], list[U
         form = await request.form(max_files=1000)
         raw = form.get("document")
         if not isinstance(raw, str):
-            raise ServiceError("the multipart form needs a 'document' field with JSON",
-                               code="request.invalid", status=422, field="document")
-        return _json_object(raw.encode()), [f for f in form.getlist("attachments") if isinstance(f, UploadFile)]
+            raise ServiceError(
+                "the multipart form needs a 'document' field with JSON",
+                code="request.invalid",
+                status=422,
+                field="document",
+            )
+        return _json_object(raw.encode()), [
+            f for f in form.getlist("attachments") if isinstance(f, UploadFile)
+        ]
     return _json_object(await request.body()), []
 
 
 def upload_refs(uploads: list[UploadFile]) -> list[AttachmentRef]:
-    return [attachment_ref(u.filename or f"attachment-{i}", u.content_type or "", u.file)
-            for i, u in enumerate(uploads)]
+    return [
+        attachment_ref(u.filename or f"attachment-{i}", u.content_type or "", u.file)
+        for i, u in enumerate(uploads)
+    ]
 
 
 def _references(fields: dict[str, Any]) -> tuple[str | None, str | None]:
     """The message a document answers and the thread it names, if given (looked up by ``compose_for``)."""
     reply_to, thread_ref = fields.get("in_reply_to"), fields.get("thread_id") or fields.get("request_id")
-    return (reply_to if isinstance(reply_to, str) else None,
-            thread_ref if isinstance(thread_ref, str) else None)
+    return (
+        reply_to if isinstance(reply_to, str) else None,
+        thread_ref if isinstance(thread_ref, str) else None,
+    )
 
 
 async def _compose(node: Node, fields: dict[str, Any]) -> Document:
@@ -218,8 +292,9 @@ async def _compose(node: Node, fields: dict[str, Any]) -> Document:
     return await asyncio.to_thread(compose_for, node, fields, [])
 
 
-def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef], *,
-                reader: Engine | None = None) -> Document:
+def compose_for(
+    node: Node, fields: dict[str, Any], refs: list[AttachmentRef], *, reader: Engine | None = None
+) -> Document:
     """Compose a document, finding the message it answers and the thread it belongs to (read through
     ``reader`` if given, else the node's engine)."""
     answered = None
@@ -230,13 +305,23 @@ def compose_for(node: Node, fields: dict[str, Any], refs: list[AttachmentRef], *
             if reply_to is not None:
                 answered = s.get(Message, (reply_to, "in")) or s.get(Message, (reply_to, "out"))
                 if answered is None:
-                    raise ServiceError(f"in_reply_to names no known message {reply_to}",
-                                       code="message.not_found", status=422, field="in_reply_to")
+                    raise ServiceError(
+                        f"in_reply_to names no known message {reply_to}",
+                        code="message.not_found",
+                        status=422,
+                        field="in_reply_to",
+                    )
             thread = s.get(Thread, thread_ref) if thread_ref is not None else None
     if answered is None and thread is not None:
         fields = {"thread_id": thread.id, "recipient_party": thread.peer, **fields}
-    return compose(fields, message_id=new_message_id(), sender_party=node.party, now=node.clock(),
-                   attachments=refs, answered=answered)
+    return compose(
+        fields,
+        message_id=new_message_id(),
+        sender_party=node.party,
+        now=node.clock(),
+        attachments=refs,
+        answered=answered,
+    )
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

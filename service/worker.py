@@ -78,8 +78,9 @@ class DeliveryWorker(BackgroundLoop):
         # Deliveries of small envelopes in flight, per peer (``delivery_batches_per_peer``).
         self._small_in_flight: Counter[str] = Counter()
         self._small_in_flight_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=node.settings.delivery_concurrency,
-                                        thread_name_prefix=f"deliver-{node.party}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=node.settings.delivery_concurrency, thread_name_prefix=f"deliver-{node.party}"
+        )
         self._again_after_delivery = False  # claim again as soon as a delivery ends (not at the next poll)
         self._peers: set[str] = set()  # ``_peer_parties``
         self._peers_read_at = float("-inf")
@@ -167,9 +168,14 @@ class DeliveryWorker(BackgroundLoop):
                 self._again_after_delivery = True  # the end of a delivery to one of them claims again
             else:
                 try:
-                    result = outbox.claim_due(self.node.engine, self.worker_id, self.node.clock(),
-                                              free * settings.batch_max_items,
-                                              settings.delivery_lease_seconds, busy_peers=busy)
+                    result = outbox.claim_due(
+                        self.node.engine,
+                        self.worker_id,
+                        self.node.clock(),
+                        free * settings.batch_max_items,
+                        settings.delivery_lease_seconds,
+                        busy_peers=busy,
+                    )
                 except BaseException:
                     for _ in range(free):
                         self._slots.release()
@@ -230,15 +236,16 @@ class DeliveryWorker(BackgroundLoop):
         """How many of ``waiting``, oldest first, fill at most ``items`` envelopes and ``room`` bytes
         (none over ``each_at_most``)."""
         n = 0
-        for claim in waiting[:max(items, 0)]:
+        for claim in waiting[: max(items, 0)]:
             if claim.envelope_size > min(room, each_at_most if each_at_most is not None else room):
                 break
             room -= claim.envelope_size
             n += 1
         return n
 
-    def _take_handed(self, in_flight: dict[str, int], busy: list[str], claimed: list[outbox.Claim],
-                     free: int) -> list[outbox.Claim]:
+    def _take_handed(
+        self, in_flight: dict[str, int], busy: list[str], claimed: list[outbox.Claim], free: int
+    ) -> list[outbox.Claim]:
         """What was handed over for peers with room for another delivery, oldest first, after ``claimed``
         (the outbox's due rows go first): no more than the peer's free batches hold (its own batch size,
         ``batch_max_bytes``), nor than the free delivery threads carry."""
@@ -252,8 +259,9 @@ class DeliveryWorker(BackgroundLoop):
                     continue
                 ours = [c for c in claimed if c.peer == peer]  # (they fill the same batches first)
                 items = batches * self._batch_items.get(peer, settings.batch_max_items) - len(ours)
-                n = self._fitting(waiting, items,
-                                  batches * settings.batch_max_bytes - sum(c.envelope_size for c in ours))
+                n = self._fitting(
+                    waiting, items, batches * settings.batch_max_bytes - sum(c.envelope_size for c in ours)
+                )
                 if n:
                     taken += waiting[:n]
                     threads -= batches
@@ -275,8 +283,9 @@ class DeliveryWorker(BackgroundLoop):
                 outbox.give_back(s, claims)
             log.info("claims_given_back", why=why, envelopes=len(claims))
         except Exception as exc:
-            log.warning("claims_not_given_back", why=why, envelopes=len(claims),
-                        error_type=type(exc).__name__)
+            log.warning(
+                "claims_not_given_back", why=why, envelopes=len(claims), error_type=type(exc).__name__
+            )
 
     def _peer_parties(self) -> set[str]:
         """The peers (every outbox row is for one of them), read again every ``PEER_CACHE_SECONDS``."""
@@ -293,8 +302,9 @@ class DeliveryWorker(BackgroundLoop):
                 try:
                     self.deliver_group(group)
                 except Exception as exc:  # noqa: BLE001 - a thread of the pool must not die silently
-                    log.error("delivery_failed_unexpectedly", error_type=type(exc).__name__,
-                              error=str(exc)[:300])
+                    log.error(
+                        "delivery_failed_unexpectedly", error_type=type(exc).__name__, error=str(exc)[:300]
+                    )
                 group = self._next_handed(peer) if small else []
         finally:
             if small:
@@ -316,16 +326,25 @@ class DeliveryWorker(BackgroundLoop):
         gone by, a stop. Then this delivery ends as before and the dispatcher's round takes the outbox's
         rows first, then these.
         """
-        if (self._stop.is_set() or self._again_after_delivery or self._claim_wanted
-                or self._waiting_for_thread or time.monotonic() - self._claimed_at >= self.interval()):
+        if (
+            self._stop.is_set()
+            or self._again_after_delivery
+            or self._claim_wanted
+            or self._waiting_for_thread
+            or time.monotonic() - self._claimed_at >= self.interval()
+        ):
             return []
         settings, now = self.node.settings, self.node.clock()
         with self._handed_lock:
             waiting = self._handed.get(peer, [])
             # (one with half its lease gone is the dispatcher's, to give back; a big one travels alone)
             fresh = list(itertools.takewhile(lambda claim: not self._lease_half_gone(claim, now), waiting))
-            n = self._fitting(fresh, self._batch_items.get(peer, settings.batch_max_items),
-                              settings.batch_max_bytes, each_at_most=BATCH_ENVELOPE_LIMIT)
+            n = self._fitting(
+                fresh,
+                self._batch_items.get(peer, settings.batch_max_items),
+                settings.batch_max_bytes,
+                each_at_most=BATCH_ENVELOPE_LIMIT,
+            )
             if n:
                 self._set_handed(peer, waiting[n:])
             return waiting[:n]
@@ -364,8 +383,9 @@ class DeliveryWorker(BackgroundLoop):
         with self._clients_lock:
             client = self._clients.get(key)
             if client is None:
-                ctx = client_ssl_context(self.node.identity, trusted.bundle.tls_ca_pem,
-                                         allow_tls12=self.node.settings.allow_tls12)
+                ctx = client_ssl_context(
+                    self.node.identity, trusted.bundle.tls_ca_pem, allow_tls12=self.node.settings.allow_tls12
+                )
                 limits = httpx.Limits(max_connections=self.node.settings.delivery_concurrency)
                 client = httpx.Client(verify=ctx, timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
                 self._clients[key] = client
@@ -378,16 +398,23 @@ class DeliveryWorker(BackgroundLoop):
             return "held"
         try:
             client, base = self._client(claim.peer)
-            response = client.post(base + "/v1/envelopes", content=self._body(claim),
-                                   headers={"content-type": ENVELOPE_MEDIA_TYPE,
-                                            "content-length": str(claim.envelope_size)})
+            response = client.post(
+                base + "/v1/envelopes",
+                content=self._body(claim),
+                headers={"content-type": ENVELOPE_MEDIA_TYPE, "content-length": str(claim.envelope_size)},
+            )
             outcome = self._settle([claim], [(response.status_code, _json_or_none(response))])[0]
         except (httpx.HTTPError, OSError) as exc:
             outcome = self._failed(claim, f"transport: {type(exc).__name__}: {exc}"[:500])
         except ProlinkError as exc:
             outcome = self._failed(claim, f"{exc.code}: {exc.message}")
-        log.info("delivery_attempt", message_id=claim.message_id, peer=claim.peer, attempt=claim.attempts,
-                 outcome=outcome)
+        log.info(
+            "delivery_attempt",
+            message_id=claim.message_id,
+            peer=claim.peer,
+            attempt=claim.attempts,
+            outcome=outcome,
+        )
         return outcome
 
     def _batches_allowed(self, party: str) -> bool:
@@ -413,8 +440,9 @@ class DeliveryWorker(BackgroundLoop):
             client, base = self._client(peer)
             version = node.peer(peer).bundle.version
             body = protocol.encode_batch(self._envelopes(claims))
-            response = client.post(base + BATCH_PATH, content=body,
-                                   headers={"content-type": BATCH_MEDIA_TYPE})
+            response = client.post(
+                base + BATCH_PATH, content=body, headers={"content-type": BATCH_MEDIA_TYPE}
+            )
         except (httpx.HTTPError, OSError) as exc:
             return self._failed_many(claims, f"transport: {type(exc).__name__}: {exc}"[:500])
         except ProlinkError as exc:
@@ -427,25 +455,45 @@ class DeliveryWorker(BackgroundLoop):
             # The peer takes smaller batches than ours (its own limits): halve, remember, try the halves.
             half = len(claims) // 2
             self._batch_items[peer] = max(1, min(half, self._batch_items.get(peer, half)))
-            log.info("peer_refused_batch", peer=peer, code=peer_error_code(response), envelopes=len(claims),
-                     next_batch_items=self._batch_items[peer])
-            return [outcome for part in (claims[:half], claims[half:]) for outcome in self.deliver_group(part)]
+            log.info(
+                "peer_refused_batch",
+                peer=peer,
+                code=peer_error_code(response),
+                envelopes=len(claims),
+                next_batch_items=self._batch_items[peer],
+            )
+            return [
+                outcome for part in (claims[:half], claims[half:]) for outcome in self.deliver_group(part)
+            ]
         if response.status_code >= 500:
             return self._failed_many(claims, f"peer answered HTTP {response.status_code} to a batch")
         answer = _json_or_none(response)
         results = answer.get("results") if isinstance(answer, dict) else None
-        if not isinstance(results, list) or len(results) != len(claims) \
-                or not all(isinstance(r, dict) for r in results):
+        if (
+            not isinstance(results, list)
+            or len(results) != len(claims)
+            or not all(isinstance(r, dict) for r in results)
+        ):
             return self._failed_many(claims, f"HTTP {response.status_code} without one answer per envelope")
         outcomes = self._settle(claims, [(_status_of(r), r) for r in results])
-        log.info("delivery_batch", peer=peer, envelopes=len(claims), delivered=outcomes.count("delivered"),
-                 rejected=outcomes.count("rejected"))
+        log.info(
+            "delivery_batch",
+            peer=peer,
+            envelopes=len(claims),
+            delivered=outcomes.count("delivered"),
+            rejected=outcomes.count("rejected"),
+        )
         return outcomes
 
     def _envelopes(self, claims: list[outbox.Claim]) -> list[bytes]:
         """The envelopes of a batch: in memory if handed over (``hand_over``), else read in one go."""
-        read = iter(small_blobs(self.node.engine, [c.blob_id for c in claims if c.envelope is None],
-                                max_total=self.node.settings.batch_max_bytes))
+        read = iter(
+            small_blobs(
+                self.node.engine,
+                [c.blob_id for c in claims if c.envelope is None],
+                max_total=self.node.settings.batch_max_bytes,
+            )
+        )
         return [c.envelope if c.envelope is not None else next(read) for c in claims]
 
     def _body(self, claim: outbox.Claim) -> Iterator[bytes]:
@@ -460,8 +508,13 @@ class DeliveryWorker(BackgroundLoop):
             if sent_since_renewal >= RENEW_EVERY_BYTES:
                 sent_since_renewal = 0
                 with session_scope(self.node.engine) as s:
-                    outbox.extend_lease(s, claim.outbox_id, self.worker_id, self.node.clock(),
-                                        self.node.settings.delivery_lease_seconds)
+                    outbox.extend_lease(
+                        s,
+                        claim.outbox_id,
+                        self.worker_id,
+                        self.node.clock(),
+                        self.node.settings.delivery_lease_seconds,
+                    )
 
     def _settle(self, claims: list[outbox.Claim], answers: list[tuple[int, Any]]) -> list[str]:
         """Record the peer's answers (HTTP status, JSON body) to ``claims``: the receipts through the node's
@@ -481,17 +534,24 @@ class DeliveryWorker(BackgroundLoop):
                 outcomes[claim.outbox_id] = "delivered" if receipt.accepted else "rejected"
         return [outcomes[c.outbox_id] for c in claims]
 
-    def _verified_receipt(self, claim: outbox.Claim, status: int,
-                          body: Any) -> tuple[bytes, protocol.Receipt] | str:
+    def _verified_receipt(
+        self, claim: outbox.Claim, status: int, body: Any
+    ) -> tuple[bytes, protocol.Receipt] | str:
         """The receipt in a peer's answer, verified against its bundle and our envelope; else why not."""
         if status >= 500:
             return f"peer answered HTTP {status}"
         try:
             receipt_bytes = protocol.Signed.from_json(body["receipt"], what="receipt").to_bytes()
-            on_receipt(self.node, claim.peer, receipt_bytes)  # the peer may have rotated its keys or been down
-            receipt = protocol.verify_receipt(receipt_bytes, self.node.peer(claim.peer),
-                                              envelope_sha256=bytes.fromhex(claim.envelope_sha256),
-                                              message_id=claim.message_id, sender=self.node.party)
+            on_receipt(
+                self.node, claim.peer, receipt_bytes
+            )  # the peer may have rotated its keys or been down
+            receipt = protocol.verify_receipt(
+                receipt_bytes,
+                self.node.peer(claim.peer),
+                envelope_sha256=bytes.fromhex(claim.envelope_sha256),
+                message_id=claim.message_id,
+                sender=self.node.party,
+            )
         except (ValueError, KeyError, TypeError, ProlinkError) as exc:
             code = getattr(exc, "code", "receipt.missing")
             return f"HTTP {status} without a valid receipt ({code})"
@@ -506,13 +566,25 @@ class DeliveryWorker(BackgroundLoop):
         states: list[str] = []
         with session_scope(self.node.engine) as s:
             for claim in claims:
-                state = outbox.mark_failed(s, claim.outbox_id, error, now, self.node.settings,
-                                           worker_id=self.worker_id)
+                state = outbox.mark_failed(
+                    s, claim.outbox_id, error, now, self.node.settings, worker_id=self.worker_id
+                )
                 states.append(state or "stale")
-            record_events(s, [
-                event_entry(now, "delivery.failed", state, party=claim.peer, object_id=claim.message_id,
-                            attempt=claim.attempts, error=error[:300])
-                for claim, state in zip(claims, states, strict=True)])
+            record_events(
+                s,
+                [
+                    event_entry(
+                        now,
+                        "delivery.failed",
+                        state,
+                        party=claim.peer,
+                        object_id=claim.message_id,
+                        attempt=claim.attempts,
+                        error=error[:300],
+                    )
+                    for claim, state in zip(claims, states, strict=True)
+                ],
+            )
         return states
 
 

@@ -24,8 +24,10 @@ from service.db import make_engine, session_scope
 from service.node import Node, record_event
 from tests.integration.conftest import backend, make_pair  # noqa: F401  (fixtures for the two-node test)
 
-NAMES = {"KZ": "Генеральная прокуратура Республики Казахстан",
-         "BY": "Генеральная прокуратура Республики Беларусь"}
+NAMES = {
+    "KZ": "Генеральная прокуратура Республики Казахстан",
+    "BY": "Генеральная прокуратура Республики Беларусь",
+}
 
 
 @pytest.fixture
@@ -40,11 +42,22 @@ def make_node(tmp_path: Path, postgres_database: Callable[[], str]) -> Iterator[
         data_dir = tmp_path / f"{party.lower()}-{len(nodes)}"
         url = postgres_database() if database == "postgres" else ""
         port = 9000 + len(nodes)
-        config = Settings(data_dir=data_dir, party=party, party_name=NAMES.get(party, party),
-                          public_url=f"https://127.0.0.1:{port}", peer_port=port, database_url=url,
-                          **settings)
-        generate_identity(config.data_dir, party, config.party_name, config.public_url,
-                          datetime.now(UTC) - timedelta(days=30))
+        config = Settings(
+            data_dir=data_dir,
+            party=party,
+            party_name=NAMES.get(party, party),
+            public_url=f"https://127.0.0.1:{port}",
+            peer_port=port,
+            database_url=url,
+            **settings,
+        )
+        generate_identity(
+            config.data_dir,
+            party,
+            config.party_name,
+            config.public_url,
+            datetime.now(UTC) - timedelta(days=30),
+        )
         config.save()
         upgrade(config.database_url)
         node = Node(config, load_identity(config.data_dir), make_engine(config.database_url))
@@ -62,13 +75,29 @@ def introduce(a: Node, b: Node) -> None:
     b.add_peer(a.identity.bundle_bytes(), a.identity.fingerprint)
 
 
-def log_events(node: Node, n: int, *, start: int = 0, party: str | None = "BY",
-               kind: str = "message.received", at: datetime | None = None) -> None:
+def log_events(
+    node: Node,
+    n: int,
+    *,
+    start: int = 0,
+    party: str | None = "BY",
+    kind: str = "message.received",
+    at: datetime | None = None,
+) -> None:
     """``n`` events, each in its own transaction, as the node's operations record them."""
     for i in range(start, start + n):
         with session_scope(node.engine) as s:
-            record_event(s, at or node.clock(), kind, "accepted", party=party, object_id=f"msg-{i:06d}",
-                         envelope_sha256=f"{i:064x}", kind="request", purpose_code="criminal_case")
+            record_event(
+                s,
+                at or node.clock(),
+                kind,
+                "accepted",
+                party=party,
+                object_id=f"msg-{i:06d}",
+                envelope_sha256=f"{i:064x}",
+                kind="request",
+                purpose_code="criminal_case",
+            )
 
 
 def sign(node: Node) -> audit.Head | None:

@@ -76,8 +76,9 @@ def write(path: Path, rows: list[bytes]) -> Path:
 
 
 def entry_index(rows: list[bytes], seq: int) -> int:
-    return next(i for i, r in enumerate(rows)
-                if not r.startswith(b'{"record":') and json.loads(r)["seq"] == seq)
+    return next(
+        i for i, r in enumerate(rows) if not r.startswith(b'{"record":') and json.loads(r)["seq"] == seq
+    )
 
 
 # --- intact exports ---------------------------------------------------------------------
@@ -105,28 +106,77 @@ def test_the_cli_exports_and_verifies(logged, tmp_path: Path) -> None:  # type: 
     kz.engine.dispose()
     r = runner.invoke(app, ["audit", "export", "--data-dir", str(kz.settings.data_dir), "-o", str(out)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["audit", "verify", str(out), "--bundle", str(tmp_path / "KZ.json"),
-                            "--bundle", str(tmp_path / "BY.json"),
-                            "--fingerprint", f"BY={by.identity.fingerprint}"])
+    r = runner.invoke(
+        app,
+        [
+            "audit",
+            "verify",
+            str(out),
+            "--bundle",
+            str(tmp_path / "KZ.json"),
+            "--bundle",
+            str(tmp_path / "BY.json"),
+            "--fingerprint",
+            f"BY={by.identity.fingerprint}",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "INTACT" in r.output and "(by BY at" in r.output
     witnessed = tmp_path / "kz-head-held-by-by.txt"
-    r = runner.invoke(app, ["audit", "witnessed", "--data-dir", str(by.settings.data_dir), "--party", "KZ",
-                            "-o", str(witnessed)])
+    r = runner.invoke(
+        app,
+        [
+            "audit",
+            "witnessed",
+            "--data-dir",
+            str(by.settings.data_dir),
+            "--party",
+            "KZ",
+            "-o",
+            str(witnessed),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["audit", "verify", str(out), "--bundle", str(tmp_path / "KZ.json"),
-                            "--bundle", str(tmp_path / "BY.json"), "--head", str(witnessed)])
+    r = runner.invoke(
+        app,
+        [
+            "audit",
+            "verify",
+            str(out),
+            "--bundle",
+            str(tmp_path / "KZ.json"),
+            "--bundle",
+            str(tmp_path / "BY.json"),
+            "--head",
+            str(witnessed),
+        ],
+    )
     assert r.exit_code == 0 and "supplied head of size 31" in r.output, r.output
-    r = runner.invoke(app, ["audit", "verify", str(out), "--bundle", str(tmp_path / "KZ.json"),
-                            "--fingerprint", "KZ=00000 11111 22222 33333 44444 55555 66666 77777"])
+    r = runner.invoke(
+        app,
+        [
+            "audit",
+            "verify",
+            str(out),
+            "--bundle",
+            str(tmp_path / "KZ.json"),
+            "--fingerprint",
+            "KZ=00000 11111 22222 33333 44444 55555 66666 77777",
+        ],
+    )
     assert r.exit_code == 1 and "fingerprint" in r.output
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_time_range_export_verifies_without_the_other_entries(logged, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
     kz, _ = logged
-    path = export(kz, tmp_path / f"range.{fmt}", fmt=fmt, start=T0 + timedelta(minutes=30),
-                  end=T0 + timedelta(hours=1, minutes=30))
+    path = export(
+        kz,
+        tmp_path / f"range.{fmt}",
+        fmt=fmt,
+        start=T0 + timedelta(minutes=30),
+        end=T0 + timedelta(hours=1, minutes=30),
+    )
     report = verify_file(path, bundles(tmp_path))
     assert (report.first_seq, report.count) == (11, 10)  # the second batch of events
     assert [h.size for h in report.checkpoints] == [11, 21]  # the head at the start checks the left edge
@@ -138,9 +188,21 @@ def test_export_memory_does_not_grow_with_the_log(make_node, tmp_path: Path) -> 
     kz = make_node("KZ")
     with kz.engine.begin() as conn:
         for start in range(0, 20_000, 5_000):
-            audit.append_rows(conn, [audit.NewEntry(T0, "node", "BY", "message.received", f"m-{i}",
-                                                    "accepted", {"envelope_sha256": f"{i:064x}"})
-                                     for i in range(start, start + 5_000)])
+            audit.append_rows(
+                conn,
+                [
+                    audit.NewEntry(
+                        T0,
+                        "node",
+                        "BY",
+                        "message.received",
+                        f"m-{i}",
+                        "accepted",
+                        {"envelope_sha256": f"{i:064x}"},
+                    )
+                    for i in range(start, start + 5_000)
+                ],
+            )
     sign(kz)
     tracemalloc.start()
     path = export(kz, tmp_path / "big.jsonl")
@@ -200,7 +262,7 @@ def test_inserting_one_exported_entry_is_detected(logged, tmp_path: Path) -> Non
 def test_truncating_an_export_is_detected(logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     kz, _ = logged
     rows = lines(export(kz, tmp_path / "kz.jsonl"))
-    err = failure(write(tmp_path / "kz.jsonl", rows[:entry_index(rows, 26)]), tmp_path)
+    err = failure(write(tmp_path / "kz.jsonl", rows[: entry_index(rows, 26)]), tmp_path)
     assert "truncated" in err.message
 
 
@@ -260,8 +322,9 @@ def test_changing_one_entry_in_the_database_is_detected(logged, tmp_path: Path) 
     forged = _entry(kz, 15).replace(b'"outcome":"accepted"', b'"outcome":"rejected"')
     leaf = protocol.leaf_hash(forged)  # a careful insider updates the leaf hash too
     with session_scope(kz.engine) as s:
-        s.execute(update(Event).where(Event.seq == 15)
-                  .values(entry=forged, leaf_hash=leaf, outcome="rejected"))
+        s.execute(
+            update(Event).where(Event.seq == 15).values(entry=forged, leaf_hash=leaf, outcome="rejected")
+        )
     err = failure(export(kz, tmp_path / "kz.jsonl"), tmp_path)
     assert "entries seq 11..20 do not match the head of size 21" in err.message
     assert "altered" in err.message
@@ -303,11 +366,24 @@ def test_inserting_an_entry_in_the_database_is_detected(logged, tmp_path: Path) 
         seqs = sorted(s.execute(select(Event.seq).where(Event.seq >= 3)).scalars(), reverse=True)
     for seq in seqs:
         _sql(kz, "UPDATE event SET seq = seq + 1 WHERE seq = :s", s=seq)
-    forged = protocol.entry_bytes(seq=3, at=T0, actor="user:1", party="BY", type="consent.granted",
-                                  object_id="msg-000002", outcome="ok", detail={})
-    _sql(kz, "INSERT INTO event (at, actor, party, type, object_id, outcome, detail, seq, entry, leaf_hash) "
-             "VALUES (:at, 'user:1', 'BY', 'consent.granted', 'msg-000002', 'ok', '{}', 3, :e, :h)",
-         at=T0, e=forged, h=protocol.leaf_hash(forged))
+    forged = protocol.entry_bytes(
+        seq=3,
+        at=T0,
+        actor="user:1",
+        party="BY",
+        type="consent.granted",
+        object_id="msg-000002",
+        outcome="ok",
+        detail={},
+    )
+    _sql(
+        kz,
+        "INSERT INTO event (at, actor, party, type, object_id, outcome, detail, seq, entry, leaf_hash) "
+        "VALUES (:at, 'user:1', 'BY', 'consent.granted', 'msg-000002', 'ok', '{}', 3, :e, :h)",
+        at=T0,
+        e=forged,
+        h=protocol.leaf_hash(forged),
+    )
     rebuild_state(kz)  # so that the node goes on appending after the forged entry
     err = failure(export(kz, tmp_path / "kz.jsonl"), tmp_path)
     assert "appears more than once" in err.message or "inserted" in err.message
@@ -324,8 +400,13 @@ def test_truncating_and_rewriting_the_log_is_caught_by_verify_and_by_the_peer(lo
 
     with session_scope(by.engine, readonly=True) as s:
         row = latest_accepted(s, "KZ")
-        held = protocol.parse_note(row.note.encode()).with_signatures(  # type: ignore[union-attr]
-            [protocol.parse_signature_line(row.cosignature)]).to_bytes()  # type: ignore[union-attr]
+        held = (
+            protocol.parse_note(row.note.encode())
+            .with_signatures(  # type: ignore[union-attr]
+                [protocol.parse_signature_line(row.cosignature)]
+            )
+            .to_bytes()
+        )  # type: ignore[union-attr]
     with pytest.raises(ExportFailure) as err:
         verify_file(path, bundles(tmp_path), [held])
     assert "do not match the supplied head of size 31" in err.value.message
@@ -348,10 +429,15 @@ def test_an_entry_proof_verifies_offline_under_the_newest_cosigned_head(logged, 
     assert proven.head.size == 31 and proven.head.cosigned_by[0][0] == "BY"
     assert "PROVEN: entry 7 of log prolink.kz/audit" in proven.summary()
     with session_scope(kz.engine, readonly=True) as s:  # asking for a proof is itself recorded
-        assert s.execute(select(Event).where(Event.type == "audit.proof_issued")).scalars().one().object_id == "7"
+        assert (
+            s.execute(select(Event).where(Event.type == "audit.proof_issued")).scalars().one().object_id
+            == "7"
+        )
 
 
-def test_an_entry_newer_than_every_cosigned_head_is_proven_under_a_head_signed_now(logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_entry_newer_than_every_cosigned_head_is_proven_under_a_head_signed_now(
+    logged, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from service.audit_export import entry_proof
 
     kz, _ = logged
@@ -392,10 +478,24 @@ def test_the_cli_writes_and_verifies_an_entry_proof(logged, tmp_path: Path) -> N
     kz.engine.dispose()
     r = runner.invoke(app, ["audit", "proof", "--data-dir", str(kz.settings.data_dir), "5", "-o", str(out)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["audit", "verify-proof", str(out), "--bundle", str(tmp_path / "KZ.json"),
-                            "--bundle", str(tmp_path / "BY.json"), "--fingerprint", f"BY={by.identity.fingerprint}"])
+    r = runner.invoke(
+        app,
+        [
+            "audit",
+            "verify-proof",
+            str(out),
+            "--bundle",
+            str(tmp_path / "KZ.json"),
+            "--bundle",
+            str(tmp_path / "BY.json"),
+            "--fingerprint",
+            f"BY={by.identity.fingerprint}",
+        ],
+    )
     assert r.exit_code == 0 and "PROVEN: entry 5" in r.output and "cosigned by BY" in r.output, r.output
-    r = runner.invoke(app, ["audit", "proof", "--data-dir", str(kz.settings.data_dir), "9999", "-o", str(out)])
+    r = runner.invoke(
+        app, ["audit", "proof", "--data-dir", str(kz.settings.data_dir), "9999", "-o", str(out)]
+    )
     assert r.exit_code == 2 and "audit.no_such_entry" in r.output
     out.write_text(out.read_text().replace('"seq":5', '"seq":6'))
     r = runner.invoke(app, ["audit", "verify-proof", str(out), "--bundle", str(tmp_path / "KZ.json")])
@@ -415,8 +515,10 @@ def test_the_api_gives_an_entry_proof_to_auditors_only(logged, tmp_path: Path) -
         ok = c.get("/v1/admin/audit/entries/3/proof", headers={"authorization": f"Bearer {auditor}"})
         assert ok.status_code == 200, ok.text
         assert protocol.verify_entry_proof(ok.content, bundles(tmp_path)).seq == 3
-        assert c.get("/v1/admin/audit/entries/3/proof",
-                     headers={"authorization": f"Bearer {clerk}"}).status_code == 403
+        assert (
+            c.get("/v1/admin/audit/entries/3/proof", headers={"authorization": f"Bearer {clerk}"}).status_code
+            == 403
+        )
         assert c.get("/v1/admin/audit/entries/3/proof").status_code == 401
         missing = c.get("/v1/admin/audit/entries/9999/proof", headers={"authorization": f"Bearer {auditor}"})
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "audit.no_such_entry"

@@ -38,18 +38,42 @@ def events(engine) -> list[Event]:  # type: ignore[no-untyped-def]
 
 def test_every_event_becomes_the_next_leaf_with_canonical_bytes(engine) -> None:  # type: ignore[no-untyped-def]
     with session_scope(engine) as s:
-        record_event(s, T0, "message.sealed", "ok", actor="user:3", party="BY", object_id="m-1",
-                     envelope_sha256="ab" * 32, kind="request")
+        record_event(
+            s,
+            T0,
+            "message.sealed",
+            "ok",
+            actor="user:3",
+            party="BY",
+            object_id="m-1",
+            envelope_sha256="ab" * 32,
+            kind="request",
+        )
         record_event(s, T0, "message.queued", "ok", party="BY", object_id="m-1")
     with session_scope(engine) as s:
-        record_event(s, T0 + timedelta(seconds=1), "receipt.received", "accepted", party="BY",
-                     object_id="m-1", receipt_sha256="cd" * 32)
+        record_event(
+            s,
+            T0 + timedelta(seconds=1),
+            "receipt.received",
+            "accepted",
+            party="BY",
+            object_id="m-1",
+            receipt_sha256="cd" * 32,
+        )
     rows = events(engine)
     assert [r.seq for r in rows] == [0, 1, 2]
     first = protocol.parse_entry(rows[0].entry)
-    assert first == {"v": 1, "seq": 0, "at": "2026-03-01T09:00:00.000000Z", "actor": "user:3", "party": "BY",
-                     "type": "message.sealed", "object_id": "m-1", "outcome": "ok",
-                     "detail": {"envelope_sha256": "ab" * 32, "kind": "request"}}
+    assert first == {
+        "v": 1,
+        "seq": 0,
+        "at": "2026-03-01T09:00:00.000000Z",
+        "actor": "user:3",
+        "party": "BY",
+        "type": "message.sealed",
+        "object_id": "m-1",
+        "outcome": "ok",
+        "detail": {"envelope_sha256": "ab" * 32, "kind": "request"},
+    }
     assert all(r.leaf_hash == leaf_hash(r.entry) for r in rows)
     with engine.connect() as conn:
         assert audit.size(conn) == 3
@@ -79,14 +103,20 @@ def test_content_and_secrets_are_refused(engine) -> None:  # type: ignore[no-unt
 def test_proofs_and_roots_at_every_size_match_the_in_memory_tree(engine) -> None:  # type: ignore[no-untyped-def]
     n = 70
     with engine.begin() as conn:
-        audit.append_rows(conn, [audit.NewEntry(T0, "node", "BY", "message.received", f"m-{i}", "accepted",
-                                                {}) for i in range(n)])
+        audit.append_rows(
+            conn,
+            [
+                audit.NewEntry(T0, "node", "BY", "message.received", f"m-{i}", "accepted", {})
+                for i in range(n)
+            ],
+        )
     rows = events(engine)
     tree = MemoryTree(r.leaf_hash for r in rows)
     with engine.connect() as conn:
         # Every perfect subtree is stored once: 1/2 + 1/4 + ... of n.
         assert conn.execute(select(func.count()).select_from(AuditNode)).scalar_one() == sum(
-            n >> level for level in range(1, 8))
+            n >> level for level in range(1, 8)
+        )
         for size in (1, 2, 3, 8, 9, 31, 64, 65, 70):
             root = audit.root_at(conn, size)
             assert root == tree.root(size)
@@ -144,9 +174,13 @@ def test_migration_appends_the_events_recorded_before_the_log_existed(database_u
     eng = make_engine(database_url)
     with eng.begin() as conn:
         for i in range(5):
-            conn.execute(text("INSERT INTO event (at, actor, party, type, object_id, outcome, detail) "
-                              "VALUES (:at, 'node', 'BY', 'peer.added', :oid, 'ok', :detail)"),
-                         {"at": T0 + timedelta(minutes=i), "oid": f"o{i}", "detail": '{"bundle_version": 1}'})
+            conn.execute(
+                text(
+                    "INSERT INTO event (at, actor, party, type, object_id, outcome, detail) "
+                    "VALUES (:at, 'node', 'BY', 'peer.added', :oid, 'ok', :detail)"
+                ),
+                {"at": T0 + timedelta(minutes=i), "oid": f"o{i}", "detail": '{"bundle_version": 1}'},
+            )
     upgrade(database_url)
     rows = events(eng)
     assert [r.seq for r in rows] == [0, 1, 2, 3, 4]

@@ -64,7 +64,8 @@ def alerts(p: DemoParty) -> list[AuditAlert]:
 
 
 def test_heads_are_cosigned_during_an_exchange_and_the_export_verifies(  # type: ignore[no-untyped-def]
-        make_pair, backend, tmp_path: Path) -> None:
+    make_pair, backend, tmp_path: Path
+) -> None:
     pair = make_pair(backend, **FAST)
     pair.start()
     sent = send(pair.kz, request_fields("BY"))
@@ -72,8 +73,11 @@ def test_heads_are_cosigned_during_an_exchange_and_the_export_verifies(  # type:
     # The events of the exchange (sealed on KZ; received and receipt issued on BY) get into cosigned heads.
     for p, other in ((pair.kz, "BY"), (pair.by, "KZ")):
         size = log_size(p)
-        wait_for(f"{p.party}'s head of size >= {size} cosigned by {other}",
-                 lambda p=p, other=other, size=size: any(s >= size for s in cosigned_sizes(p, other)), 30)
+        wait_for(
+            f"{p.party}'s head of size >= {size} cosigned by {other}",
+            lambda p=p, other=other, size=size: any(s >= size for s in cosigned_sizes(p, other)),
+            30,
+        )
     with pair.kz.client("operator") as c:
         heads = c.get("/v1/admin/audit/heads").json()
         assert "BY" in heads["head"]["cosigned_by"] or cosigned_sizes(pair.kz, "BY")

@@ -158,8 +158,11 @@ def test_a_stale_but_consistent_head_is_refused_without_alarm(pair) -> None:  # 
     cosign(by, kz)  # BY holds size 9
     with session_scope(kz.engine, readonly=True) as s:
         proof = audit.consistency(s.connection(), old.size, 9)  # type: ignore[union-attr]
-    body = {"checkpoint": old.note.decode(), "old_size": 9,  # type: ignore[union-attr]
-            "proof": [base64.b64encode(h).decode() for h in proof]}
+    body = {
+        "checkpoint": old.note.decode(),
+        "old_size": 9,  # type: ignore[union-attr]
+        "proof": [base64.b64encode(h).decode() for h in proof],
+    }
     answer = accept_head(by, "KZ", body)
     assert answer.status == 409 and answer.body["error"]["code"] == "audit.stale_head"
     assert alerts(by) == []
@@ -171,8 +174,10 @@ def test_heads_not_signed_by_the_peer_are_refused(pair, make_node) -> None:  # t
     head = sign(kz)
     body = HeadPublisher(kz)._request(head, 0)  # type: ignore[arg-type]
     stranger = make_node("RU")
-    forged = protocol.sign_checkpoint(protocol.Checkpoint.parse(protocol.parse_note(head.note).text),  # type: ignore[union-attr]
-                                      stranger.identity.node_keys.signing)
+    forged = protocol.sign_checkpoint(
+        protocol.Checkpoint.parse(protocol.parse_note(head.note).text),  # type: ignore[union-attr]
+        stranger.identity.node_keys.signing,
+    )
     answer = accept_head(by, "KZ", {**body, "checkpoint": forged.decode()})
     assert answer.status == 401 and answer.body["error"]["code"] == "audit.unknown_key"
     tampered = body["checkpoint"].replace(f"\n{head.size}\n", f"\n{head.size + 1}\n")  # type: ignore[union-attr]

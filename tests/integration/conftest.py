@@ -18,8 +18,10 @@ import pytest
 
 from service.demo import DemoParty, introduce, setup_party, start, stop, wait_ready
 
-NAMES = {"KZ": "Генеральная прокуратура Республики Казахстан",
-         "BY": "Генеральная прокуратура Республики Беларусь"}
+NAMES = {
+    "KZ": "Генеральная прокуратура Республики Казахстан",
+    "BY": "Генеральная прокуратура Республики Беларусь",
+}
 
 
 @dataclass
@@ -60,11 +62,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def pair_builder(tmp_path: Path, postgres_database: Callable[[], str] | None,
-                 pairs: list[Pair]) -> Callable[..., Pair]:
+def pair_builder(
+    tmp_path: Path, postgres_database: Callable[[], str] | None, pairs: list[Pair]
+) -> Callable[..., Pair]:
     def build(backend: str = "sqlite", **settings: Any) -> Pair:
-        urls = {party: (postgres_database() if backend == "postgres" and postgres_database else None)
-                for party in ("KZ", "BY")}
+        urls = {
+            party: (postgres_database() if backend == "postgres" and postgres_database else None)
+            for party in ("KZ", "BY")
+        }
         root = tmp_path / f"pair{len(pairs)}"
         root.mkdir()
         # Keys are back-dated a month so tests can seal envelopes "sent" in the past.

@@ -19,13 +19,17 @@ from service.models import Blob, BlobChunk, Message, Outbox
 from service.settings import Settings
 
 REQUEST_FIELDS: dict[str, Any] = {
-    "kind": "request", "urgent": False,
+    "kind": "request",
+    "urgent": False,
     "grounds": "Уголовное дело № 2026-0451 о мошенничестве.",
     "purpose": "Установление владельца банковского счёта.",
     "content": "Просим предоставить сведения о владельце счёта и выписку операций.",
     "other_information": "Нет.",
-    "direction": "economic_crime", "form": "crime_information", "confidentiality": "confidential",
-    "purpose_code": "criminal_investigation", "case_number": "2026-0451",
+    "direction": "economic_crime",
+    "form": "crime_information",
+    "confidentiality": "confidential",
+    "purpose_code": "criminal_investigation",
+    "case_number": "2026-0451",
 }
 #: The use stated when reading items bound to REQUEST_FIELDS' purpose (Art. 7).
 PURPOSE = {"purpose_code": "criminal_investigation", "case_number": "2026-0451"}
@@ -41,9 +45,14 @@ def trusted(p: DemoParty) -> protocol.TrustedParty:
     return protocol.verify_bundle(bundle, expected_fingerprint=fp)
 
 
-def craft_envelope(sender: DemoParty, recipient: DemoParty, now: datetime | None = None,
-                   message_id: str | None = None, content: str | None = None,
-                   document: dict[str, Any] | None = None) -> bytes:
+def craft_envelope(
+    sender: DemoParty,
+    recipient: DemoParty,
+    now: datetime | None = None,
+    message_id: str | None = None,
+    content: str | None = None,
+    document: dict[str, Any] | None = None,
+) -> bytes:
     """An envelope sealed by ``sender``'s real node keys and signatory, outside its node.
 
     By default it carries a new request; ``document`` gives other fields (kind, thread...) instead.
@@ -54,12 +63,23 @@ def craft_envelope(sender: DemoParty, recipient: DemoParty, now: datetime | None
     mid = message_id or str(uuid.uuid4())
     if document is None:
         fields = request_fields(recipient.party, **({"content": content} if content else {}))
-        document = {**fields, "thread_id": mid, "requesting_party": sender.party,
-                    "requested_party": recipient.party,
-                    "expected_execution_date": (now.date() + timedelta(days=30)).isoformat()}
-    doc = protocol.parse_document({**document, "id": mid, "sender_party": sender.party,
-                                   "recipient_party": recipient.party, "created_at": now.isoformat(),
-                                   "language": "ru"})
+        document = {
+            **fields,
+            "thread_id": mid,
+            "requesting_party": sender.party,
+            "requested_party": recipient.party,
+            "expected_execution_date": (now.date() + timedelta(days=30)).isoformat(),
+        }
+    doc = protocol.parse_document(
+        {
+            **document,
+            "id": mid,
+            "sender_party": sender.party,
+            "recipient_party": recipient.party,
+            "created_at": now.isoformat(),
+            "language": "ru",
+        }
+    )
     signed = protocol.sign_document(doc, signatory.key)
     return protocol.seal(signed, signatory.authorisation, [], identity.node_keys, trusted(recipient), now)
 
@@ -72,16 +92,19 @@ def peer_client(sender: DemoParty, recipient: DemoParty) -> httpx.Client:
 
 def deliver(sender: DemoParty, recipient: DemoParty, envelope: bytes) -> httpx.Response:
     with peer_client(sender, recipient) as c:
-        return c.post("/v1/envelopes", content=envelope,
-                      headers={"content-type": "application/vnd.prolink.envelope"})
+        return c.post(
+            "/v1/envelopes", content=envelope, headers={"content-type": "application/vnd.prolink.envelope"}
+        )
 
 
 def row_counts(p: DemoParty) -> dict[str, int]:
     engine = make_engine(Settings.load(p.data_dir).database_url)
     try:
         with session_scope(engine, readonly=True) as s:
-            return {t.__name__: s.execute(select(func.count()).select_from(t)).scalar_one()
-                    for t in (Message, Blob, BlobChunk, Outbox)}
+            return {
+                t.__name__: s.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (Message, Blob, BlobChunk, Outbox)
+            }
     finally:
         engine.dispose()
 
@@ -95,11 +118,16 @@ def messages(p: DemoParty, direction: str) -> list[Message]:
         engine.dispose()
 
 
-def send(p: DemoParty, fields: dict[str, Any], files: list[tuple[str, bytes]] | None = None) -> dict[str, Any]:
+def send(
+    p: DemoParty, fields: dict[str, Any], files: list[tuple[str, bytes]] | None = None
+) -> dict[str, Any]:
     with p.client("signatory") as c:
         if files:
-            r = c.post("/v1/messages", data={"document": json.dumps(fields, ensure_ascii=False)},
-                       files=[("attachments", (name, data, "application/octet-stream")) for name, data in files])
+            r = c.post(
+                "/v1/messages",
+                data={"document": json.dumps(fields, ensure_ascii=False)},
+                files=[("attachments", (name, data, "application/octet-stream")) for name, data in files],
+            )
         else:
             r = c.post("/v1/messages", json=fields)
     assert r.status_code == 201, r.text
@@ -116,8 +144,12 @@ def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def wait_status(p: DemoParty, message_id: str, status: str = "delivered", timeout: float = 60.0) -> dict[str, Any]:
+def wait_status(
+    p: DemoParty, message_id: str, status: str = "delivered", timeout: float = 60.0
+) -> dict[str, Any]:
     with p.client("operator") as c:
-        return wait_for(f"{message_id} {status}",  # type: ignore[no-any-return]
-                        lambda: (v := c.get(f"/v1/messages/out/{message_id}").json()).get("status") == status and v,
-                        timeout)
+        return wait_for(
+            f"{message_id} {status}",  # type: ignore[no-any-return]
+            lambda: (v := c.get(f"/v1/messages/out/{message_id}").json()).get("status") == status and v,
+            timeout,
+        )

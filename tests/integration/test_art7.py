@@ -48,10 +48,20 @@ def exchange(shared_pair) -> dict[str, Any]:
     pair = shared_pair
     sent = send(pair.kz, request_fields("BY"))
     wait_status(pair.kz, sent["id"])
-    for kind, extra in (("acceptance", {}), ("execution_result", {
-            "summary": f"Исполнено. {MARKER}",
-            "handling": {"no_court_use_without_consent": True, "no_onward_transfer_without_consent": True,
-                         "conditions": ["Не передавать третьим лицам."]}})):
+    for kind, extra in (
+        ("acceptance", {}),
+        (
+            "execution_result",
+            {
+                "summary": f"Исполнено. {MARKER}",
+                "handling": {
+                    "no_court_use_without_consent": True,
+                    "no_onward_transfer_without_consent": True,
+                    "conditions": ["Не передавать третьим лицам."],
+                },
+            },
+        ),
+    ):
         msg = send(pair.by, {"kind": kind, "in_reply_to": sent["id"], **C, **extra})
         wait_status(pair.by, msg["id"])
     return {"pair": pair, "request": sent["id"], "result": msg["id"]}
@@ -59,9 +69,15 @@ def exchange(shared_pair) -> dict[str, Any]:
 
 def ask_and_answer(pair, item: str, answer: dict[str, Any], use: dict[str, str] = OTHER) -> str:  # type: ignore[no-untyped-def]
     with pair.kz.client("reader") as c:
-        r = c.post("/v1/consents", json={"item_id": item, **use,
-                                         "requested_purpose": "Профилактика аналогичных преступлений.",
-                                         "justification": "Сведения нужны для предупреждения новых эпизодов."})
+        r = c.post(
+            "/v1/consents",
+            json={
+                "item_id": item,
+                **use,
+                "requested_purpose": "Профилактика аналогичных преступлений.",
+                "justification": "Сведения нужны для предупреждения новых эпизодов.",
+            },
+        )
     assert r.status_code == 201, r.text
     with pair.kz.client("signatory") as c:
         signed = c.post(f"/v1/drafts/{r.json()['draft_id']}/sign")
@@ -110,8 +126,15 @@ def test_art7_listing_as_a_low_clearance_user_leaks_no_content_or_subject(exchan
     low = user(pair.kz, "low-lister", "reader", "unrestricted")
     messages = get(pair.kz, low, "/v1/messages", direction="in").json()["messages"]
     mine = [m for m in messages if m["id"] == exchange["result"]]
-    assert mine == [{"id": exchange["result"], "direction": "in", "peer": "BY",
-                     "created_at": mine[0]["created_at"], "restricted": True}]
+    assert mine == [
+        {
+            "id": exchange["result"],
+            "direction": "in",
+            "peer": "BY",
+            "created_at": mine[0]["created_at"],
+            "restricted": True,
+        }
+    ]
     one = get(pair.kz, low, f"/v1/messages/in/{exchange['result']}").json()
     assert set(one) == {"id", "direction", "peer", "created_at", "restricted"}
     threads = get(pair.kz, low, "/v1/requests").json()["requests"]
@@ -126,17 +149,28 @@ def test_art7_download_and_export_are_reads(exchange) -> None:
     r = get(pair.kz, "reader", path, **PURPOSE)
     assert r.status_code == 200 and r.json()["signed_document"]["payloadType"].endswith("document+json")
     transfer = get(pair.kz, "reader", path, operation="transfer", **PURPOSE)
-    assert transfer.status_code == 403 and transfer.json()["error"]["code"] == "policy.handling_no_onward_transfer"
+    assert (
+        transfer.status_code == 403
+        and transfer.json()["error"]["code"] == "policy.handling_no_onward_transfer"
+    )
 
 
 def test_art7_read_allowed_after_consent_arrives_then_scoped_expiring_and_withdrawable(exchange) -> None:
     pair, item = exchange["pair"], exchange["result"]
     until = (date.today() + timedelta(days=30)).isoformat()
-    consent_id = ask_and_answer(pair, item, {"kind": "consent_granted", "valid_until": until,
-                                             "case_number": OTHER["case_number"]})
-    wait_for("consent on KZ", lambda: get(pair.kz, "reader", "/v1/consents").json()["consents"]
-             and any(c["id"] == consent_id and c["status"] == "granted"
-                     for c in get(pair.kz, "reader", "/v1/consents").json()["consents"]))
+    consent_id = ask_and_answer(
+        pair, item, {"kind": "consent_granted", "valid_until": until, "case_number": OTHER["case_number"]}
+    )
+    wait_for(
+        "consent on KZ",
+        lambda: (
+            get(pair.kz, "reader", "/v1/consents").json()["consents"]
+            and any(
+                c["id"] == consent_id and c["status"] == "granted"
+                for c in get(pair.kz, "reader", "/v1/consents").json()["consents"]
+            )
+        ),
+    )
     r = get(pair.kz, "reader", f"/v1/messages/in/{item}/content", **OTHER)
     assert r.status_code == 200 and r.json()["consent_relied_on"] == consent_id
     # scoped to its case
@@ -155,8 +189,16 @@ def test_art7_read_allowed_after_consent_arrives_then_scoped_expiring_and_withdr
         s.add(row)
     assert get(pair.kz, "reader", f"/v1/messages/in/{item}/content", **OTHER).status_code == 200
     # withdrawn by the provider, for future use
-    withdrawn = send(pair.by, {"kind": "consent_withdrawn", "in_reply_to": consent_id,
-                               "consent_request_id": consent_id, **C, "reason": "Обстоятельства изменились."})
+    withdrawn = send(
+        pair.by,
+        {
+            "kind": "consent_withdrawn",
+            "in_reply_to": consent_id,
+            "consent_request_id": consent_id,
+            **C,
+            "reason": "Обстоятельства изменились.",
+        },
+    )
     wait_status(pair.by, withdrawn["id"])
     assert get(pair.kz, "reader", f"/v1/messages/in/{item}/content", **OTHER).status_code == 403
     engine.dispose()
@@ -177,15 +219,30 @@ def test_art7_every_read_and_refusal_is_audited_without_content(exchange) -> Non
     get(pair.kz, "reader", f"/v1/messages/in/{exchange['result']}/content", **OTHER)
     engine = engine_of(pair.kz)
     with session_scope(engine, readonly=True) as s:
-        events = s.execute(select(Event).where(Event.object_id == exchange["result"],
-                                               Event.type.in_(("data.use", "data.use_refused")))).scalars().all()
+        events = (
+            s.execute(
+                select(Event).where(
+                    Event.object_id == exchange["result"], Event.type.in_(("data.use", "data.use_refused"))
+                )
+            )
+            .scalars()
+            .all()
+        )
     engine.dispose()
     allowed = [e for e in events if e.type == "data.use"]
     refused = [e for e in events if e.type == "data.use_refused"]
     assert allowed and refused
     detail = allowed[-1].detail
-    for key in ("operation", "stated_purpose", "stated_case", "bound_purpose", "bound_case", "handling",
-                "consent", "envelope_sha256"):
+    for key in (
+        "operation",
+        "stated_purpose",
+        "stated_case",
+        "bound_purpose",
+        "bound_case",
+        "handling",
+        "consent",
+        "envelope_sha256",
+    ):
         assert key in detail
     assert detail["operation"] == "consult" and detail["bound_purpose"] == "criminal_investigation"
     assert all(MARKER not in str(e.detail) for e in events)
@@ -205,8 +262,12 @@ def test_art7_a_postgresql_dump_holds_no_plaintext_of_a_received_document(make_p
     pair.start()
     sent = send(pair.kz, request_fields("BY", content=f"Просим сведения. {MARKER}"))
     wait_status(pair.kz, sent["id"])
-    assert MARKER in get(pair.by, "reader", f"/v1/messages/in/{sent['id']}/content", **PURPOSE).json()[
-        "document"]["content"]
+    assert (
+        MARKER
+        in get(pair.by, "reader", f"/v1/messages/in/{sent['id']}/content", **PURPOSE).json()["document"][
+            "content"
+        ]
+    )
     url = Settings.load(pair.by.data_dir).database_url.replace("postgresql+psycopg://", "postgresql://")
     dump = subprocess.run(["pg_dump", "--data-only", url], capture_output=True, check=True).stdout
     assert len(dump) > 1000 and MARKER.encode() not in dump

@@ -52,8 +52,10 @@ def reply(p, kind: str, to: str, **fields: Any) -> dict[str, Any]:
 
 
 def state_on_both(pair, thread_id: str) -> tuple[str, str]:
-    return (get(pair.kz, "reader", f"/v1/requests/{thread_id}")["state"],
-            get(pair.by, "reader", f"/v1/requests/{thread_id}")["state"])
+    return (
+        get(pair.kz, "reader", f"/v1/requests/{thread_id}")["state"],
+        get(pair.by, "reader", f"/v1/requests/{thread_id}")["state"],
+    )
 
 
 def open_request(pair, **extra: Any) -> str:
@@ -64,8 +66,11 @@ def open_request(pair, **extra: Any) -> str:
 
 def test_art4_art5_request_with_attachments_signed_accepted_and_executed(shared_pair) -> None:
     pair = shared_pair
-    sent = send(pair.kz, request_fields("BY"), files=[("протокол.pdf", os.urandom(200_000)),
-                                                       ("опись.txt", "Опись документов".encode())])
+    sent = send(
+        pair.kz,
+        request_fields("BY"),
+        files=[("протокол.pdf", os.urandom(200_000)), ("опись.txt", "Опись документов".encode())],
+    )
     wait_status(pair.kz, sent["id"])
     rid = sent["id"]
     assert state_on_both(pair, rid) == ("sent", "sent")
@@ -83,16 +88,21 @@ def test_art4_art5_request_with_attachments_signed_accepted_and_executed(shared_
 
 def test_art5_result_before_acceptance_is_refused(shared_pair) -> None:
     rid = open_request(shared_pair)
-    r = post(shared_pair.by, "signatory", "/v1/messages",
-             json={"kind": "execution_result", "in_reply_to": rid, **C, "summary": "Исполнено."})
+    r = post(
+        shared_pair.by,
+        "signatory",
+        "/v1/messages",
+        json={"kind": "execution_result", "in_reply_to": rid, **C, "summary": "Исполнено."},
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "lifecycle.transition_not_allowed"
     assert state_on_both(shared_pair, rid) == ("sent", "sent")
 
 
 def test_art5_reply_from_the_wrong_side_is_refused(shared_pair) -> None:
     rid = open_request(shared_pair)
-    r = post(shared_pair.kz, "signatory", "/v1/messages",
-             json={"kind": "acceptance", "in_reply_to": rid, **C})
+    r = post(
+        shared_pair.kz, "signatory", "/v1/messages", json={"kind": "acceptance", "in_reply_to": rid, **C}
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "lifecycle.transition_not_allowed"
 
 
@@ -101,8 +111,13 @@ def test_art5_receiving_node_enforces_the_lifecycle_too(shared_pair) -> None:
     by the receiving node itself, with a signed rejection, and nothing is stored."""
     pair = shared_pair
     unknown = str(uuid.uuid4())
-    result = {"kind": "execution_result", "thread_id": unknown, "in_reply_to": unknown, **C,
-              "summary": "Исполнено."}
+    result = {
+        "kind": "execution_result",
+        "thread_id": unknown,
+        "in_reply_to": unknown,
+        **C,
+        "summary": "Исполнено.",
+    }
     before = row_counts(pair.kz)
     r = deliver(pair.by, pair.kz, craft_envelope(pair.by, pair.kz, document=result))
     assert r.status_code == 409 and r.json()["error"]["code"] == "lifecycle.unknown_thread"
@@ -134,8 +149,13 @@ def test_art5_delay_notice_moves_the_due_date_on_both_sides(shared_pair) -> None
     rid = open_request(pair)
     reply(pair.by, "acceptance", rid)
     new_date = (date.today() + timedelta(days=90)).isoformat()
-    reply(pair.by, "delay_notice", rid, reason="Требуется запрос в банк, срок ответа банка 60 дней.",
-          new_expected_date=new_date)
+    reply(
+        pair.by,
+        "delay_notice",
+        rid,
+        reason="Требуется запрос в банк, срок ответа банка 60 дней.",
+        new_expected_date=new_date,
+    )
     assert state_on_both(pair, rid) == ("delayed", "delayed")
     assert get(pair.kz, "reader", f"/v1/requests/{rid}")["due_on"] == new_date
     assert get(pair.by, "reader", f"/v1/requests/{rid}")["due_on"] == new_date
@@ -145,8 +165,14 @@ def test_art6_request_refused_in_part_then_executed_for_the_rest(shared_pair) ->
     pair = shared_pair
     rid = open_request(pair)
     reply(pair.by, "acceptance", rid)
-    reply(pair.by, "refusal", rid, scope="partial", ground="national_law",
-          reason="Сведения о третьих лицах не могут быть переданы по законодательству Республики Беларусь.")
+    reply(
+        pair.by,
+        "refusal",
+        rid,
+        scope="partial",
+        ground="national_law",
+        reason="Сведения о третьих лицах не могут быть переданы по законодательству Республики Беларусь.",
+    )
     assert state_on_both(pair, rid) == ("partially_refused", "partially_refused")
     reply(pair.by, "execution_result", rid, summary="Исполнено в остальной части.")
     assert state_on_both(pair, rid) == ("executed", "executed")
@@ -155,8 +181,14 @@ def test_art6_request_refused_in_part_then_executed_for_the_rest(shared_pair) ->
 def test_art6_refusal_without_ground_or_reason_is_rejected(shared_pair) -> None:
     rid = open_request(shared_pair)
     for missing in ("ground", "reason"):
-        fields = {"kind": "refusal", "in_reply_to": rid, **C, "scope": "full", "ground": "security",
-                  "reason": "Исполнение может нанести ущерб безопасности."}
+        fields = {
+            "kind": "refusal",
+            "in_reply_to": rid,
+            **C,
+            "scope": "full",
+            "ground": "security",
+            "reason": "Исполнение может нанести ущерб безопасности.",
+        }
         del fields[missing]
         r = post(shared_pair.by, "signatory", "/v1/messages", json=fields)
         assert r.status_code == 422, r.text
@@ -165,17 +197,31 @@ def test_art6_refusal_without_ground_or_reason_is_rejected(shared_pair) -> None:
 
 def test_art6_full_refusal_ends_the_request(shared_pair) -> None:
     rid = open_request(shared_pair)
-    reply(shared_pair.by, "refusal", rid, scope="full", ground="sovereignty",
-          reason="Исполнение может нанести ущерб суверенитету.")
+    reply(
+        shared_pair.by,
+        "refusal",
+        rid,
+        scope="full",
+        ground="sovereignty",
+        reason="Исполнение может нанести ущерб суверенитету.",
+    )
     assert state_on_both(shared_pair, rid) == ("refused", "refused")
-    r = post(shared_pair.by, "signatory", "/v1/messages",
-             json={"kind": "execution_result", "in_reply_to": rid, **C, "summary": "Исполнено."})
+    r = post(
+        shared_pair.by,
+        "signatory",
+        "/v1/messages",
+        json={"kind": "execution_result", "in_reply_to": rid, **C, "summary": "Исполнено."},
+    )
     assert r.status_code == 409
 
 
 def test_art8_non_russian_free_text_is_rejected_naming_the_field(shared_pair) -> None:
-    r = post(shared_pair.kz, "signatory", "/v1/messages",
-             json=request_fields("BY", content="Please provide the bank statements for the account."))
+    r = post(
+        shared_pair.kz,
+        "signatory",
+        "/v1/messages",
+        json=request_fields("BY", content="Please provide the bank statements for the account."),
+    )
     assert r.status_code == 422
     assert r.json()["error"] == {**r.json()["error"], "code": "document.not_russian", "field": "content"}
 
@@ -190,8 +236,13 @@ def test_art4_missing_fields_are_rejected(shared_pair) -> None:
 def test_art4_clerk_drafts_and_only_a_signatory_sends(shared_pair) -> None:
     pair = shared_pair
     assert post(pair.kz, "clerk", "/v1/messages", json=request_fields("BY")).status_code == 403
-    created = post(pair.kz, "clerk", "/v1/drafts", data={"document": __import__("json").dumps(
-        request_fields("BY"), ensure_ascii=False)}, files=[("attachments", ("справка.txt", "Справка".encode()))])
+    created = post(
+        pair.kz,
+        "clerk",
+        "/v1/drafts",
+        data={"document": __import__("json").dumps(request_fields("BY"), ensure_ascii=False)},
+        files=[("attachments", ("справка.txt", "Справка".encode()))],
+    )
     assert created.status_code == 201, created.text
     draft_id = created.json()["id"]
     assert get(pair.kz, "clerk", f"/v1/drafts/{draft_id}")["attachments"][0]["name"] == "справка.txt"
@@ -208,11 +259,18 @@ def test_art4_clerk_drafts_and_only_a_signatory_sends(shared_pair) -> None:
 def test_art4_signatory_whose_authorisation_expired_cannot_sign(shared_pair) -> None:
     settings = Settings.load(shared_pair.kz.data_dir)
     today = datetime.now(UTC).date()
-    old = add_signatory(settings.data_dir, "Бывший подписант", "прокурор", today - timedelta(days=400),
-                        today - timedelta(days=35), datetime.now(UTC) - timedelta(days=30))
+    old = add_signatory(
+        settings.data_dir,
+        "Бывший подписант",
+        "прокурор",
+        today - timedelta(days=400),
+        today - timedelta(days=35),
+        datetime.now(UTC) - timedelta(days=30),
+    )
     engine = make_engine(settings.database_url)
-    _, token = create_user(engine, "Бывший подписант", "signatory", datetime.now(UTC),
-                           signatory_key_id=old.key.key_id)
+    _, token = create_user(
+        engine, "Бывший подписант", "signatory", datetime.now(UTC), signatory_key_id=old.key.key_id
+    )
     engine.dispose()
     shared_pair.kz.tokens["expired"] = token
     r = post(shared_pair.kz, "expired", "/v1/messages", json=request_fields("BY"))
@@ -226,12 +284,31 @@ def test_art4_urgent_request_original_dispatched_and_received(shared_pair) -> No
         original = get(p, "reader", f"/v1/requests/{rid}")["original"]
         assert original["owed_by"] == "KZ" and original["received_on"] is None
     today = date.today().isoformat()
-    sent = send(pair.kz, {"kind": "original_dispatched", "request_id": rid, "thread_id": rid, **C,
-                          "dispatched_on": today, "tracking_number": "RR123456789KZ"})
+    sent = send(
+        pair.kz,
+        {
+            "kind": "original_dispatched",
+            "request_id": rid,
+            "thread_id": rid,
+            **C,
+            "dispatched_on": today,
+            "tracking_number": "RR123456789KZ",
+        },
+    )
     wait_status(pair.kz, sent["id"])
     assert get(pair.by, "reader", f"/v1/requests/{rid}")["original"]["tracking_number"] == "RR123456789KZ"
-    got = send(pair.by, {"kind": "original_received", "request_id": rid, "thread_id": rid, **C,
-                         "received_on": today, "matches_electronic": True, "note": ""})
+    got = send(
+        pair.by,
+        {
+            "kind": "original_received",
+            "request_id": rid,
+            "thread_id": rid,
+            **C,
+            "received_on": today,
+            "matches_electronic": True,
+            "note": "",
+        },
+    )
     wait_status(pair.by, got["id"])
     for p in (pair.kz, pair.by):
         original = get(p, "reader", f"/v1/requests/{rid}")["original"]
@@ -249,39 +326,75 @@ def test_art4_overdue_original_is_listed(shared_pair) -> None:
     engine.dispose()
     overdue = get(pair.kz, "operator", "/v1/originals", params={"overdue": "true"})["originals"]
     assert rid in [o["request_id"] for o in overdue]
-    assert rid not in [o["request_id"] for o in get(pair.by, "operator", "/v1/originals",
-                                                       params={"overdue": "true"})["originals"]]
+    assert rid not in [
+        o["request_id"]
+        for o in get(pair.by, "operator", "/v1/originals", params={"overdue": "true"})["originals"]
+    ]
 
 
 def test_art4_spontaneous_information_without_a_request(shared_pair) -> None:
-    sent = send(shared_pair.by, {"kind": "spontaneous_information", "recipient_party": "KZ", **C,
-                                 "content": "Получены сведения о перемещении подозреваемого.",
-                                 "purpose": "Розыск подозреваемого по уголовному делу.",
-                                 "direction": "other_crime", "form": "crime_information",
-                                 "purpose_code": "criminal_investigation", "case_number": "2026-0451"})
+    sent = send(
+        shared_pair.by,
+        {
+            "kind": "spontaneous_information",
+            "recipient_party": "KZ",
+            **C,
+            "content": "Получены сведения о перемещении подозреваемого.",
+            "purpose": "Розыск подозреваемого по уголовному делу.",
+            "direction": "other_crime",
+            "form": "crime_information",
+            "purpose_code": "criminal_investigation",
+            "case_number": "2026-0451",
+        },
+    )
     wait_status(shared_pair.by, sent["id"])
-    threads = get(shared_pair.kz, "reader", "/v1/requests", params={"kind": "spontaneous_information"})["requests"]
+    threads = get(shared_pair.kz, "reader", "/v1/requests", params={"kind": "spontaneous_information"})[
+        "requests"
+    ]
     assert sent["id"] in [t["id"] for t in threads]
     doc = get(shared_pair.kz, "reader", f"/v1/messages/in/{sent['id']}/content", params=PURPOSE)["document"]
     assert doc["purpose"] == "Розыск подозреваемого по уголовному делу."
 
 
 def test_art10_consultation_thread(shared_pair) -> None:
-    first = send(shared_pair.kz, {"kind": "consultation", "recipient_party": "BY", **C,
-                                  "subject": "Толкование статьи 7 Соглашения", "text": "Предлагаем обсудить."})
+    first = send(
+        shared_pair.kz,
+        {
+            "kind": "consultation",
+            "recipient_party": "BY",
+            **C,
+            "subject": "Толкование статьи 7 Соглашения",
+            "text": "Предлагаем обсудить.",
+        },
+    )
     wait_status(shared_pair.kz, first["id"])
-    answer = reply(shared_pair.by, "consultation", first["id"], subject="Ответ", text="Согласны, предлагаем дату.")
+    answer = reply(
+        shared_pair.by, "consultation", first["id"], subject="Ответ", text="Согласны, предлагаем дату."
+    )
     steps = get(shared_pair.kz, "reader", f"/v1/requests/{first['id']}/timeline")["steps"]
     assert [s["message_id"] for s in steps] == [first["id"], answer["id"]]
 
 
 def test_art11_directory_change_reaches_the_peer(shared_pair) -> None:
     def directory(version: int, phone: str) -> dict[str, Any]:
-        return {"kind": "directory_update", "recipient_party": "BY", **C, "version": version,
-                "coordinating_unit": {"name": "Департамент международного сотрудничества",
-                                      "address": "г. Астана, ул. Орынбор, 14"},
-                "contacts": [{"name": "Иванов Иван Иванович", "position": "прокурор отдела",
-                              "phone": phone, "email": "ivanov@prokuratura.kz"}]}
+        return {
+            "kind": "directory_update",
+            "recipient_party": "BY",
+            **C,
+            "version": version,
+            "coordinating_unit": {
+                "name": "Департамент международного сотрудничества",
+                "address": "г. Астана, ул. Орынбор, 14",
+            },
+            "contacts": [
+                {
+                    "name": "Иванов Иван Иванович",
+                    "position": "прокурор отдела",
+                    "phone": phone,
+                    "email": "ivanov@prokuratura.kz",
+                }
+            ],
+        }
 
     for version, phone in ((1, "+7 7172 000001"), (2, "+7 7172 000002")):
         sent = send(shared_pair.kz, directory(version, phone))
@@ -309,8 +422,12 @@ def test_art14_after_termination_new_requests_are_refused_but_pending_ones_are_a
     reply(pair.by, "acceptance", rid)
     # A notice received today: 60 days count down, cooperation goes on meanwhile.
     today = date.today()
-    r = post(pair.kz, "operator", "/v1/admin/agreement/termination",
-             json={"received_on": today.isoformat(), "given_by": "BY"})
+    r = post(
+        pair.kz,
+        "operator",
+        "/v1/admin/agreement/termination",
+        json={"received_on": today.isoformat(), "given_by": "BY"},
+    )
     assert r.status_code == 201, r.text
     agreement = get(pair.kz, "reader", "/v1/agreement")
     assert agreement["state"] == "termination_pending"
@@ -319,8 +436,12 @@ def test_art14_after_termination_new_requests_are_refused_but_pending_ones_are_a
     # The notice had in fact been received 61 days ago: the agreement has ended.
     received_on = (date.today() - timedelta(days=61)).isoformat()
     for p, given_by in ((pair.kz, "BY"), (pair.by, "BY")):
-        r = post(p, "operator", "/v1/admin/agreement/termination",
-                 json={"received_on": received_on, "given_by": given_by})
+        r = post(
+            p,
+            "operator",
+            "/v1/admin/agreement/termination",
+            json={"received_on": received_on, "given_by": given_by},
+        )
         assert r.status_code == 201, r.text
         assert get(p, "reader", "/v1/agreement")["state"] == "terminated"
     r = post(pair.kz, "signatory", "/v1/messages", json=request_fields("BY"))
@@ -329,7 +450,9 @@ def test_art14_after_termination_new_requests_are_refused_but_pending_ones_are_a
     assert state_on_both(pair, rid) == ("executed", "executed")
     # The receiving node refuses a new request too, with a signed rejection.
     rejected = deliver(pair.kz, pair.by, craft_envelope(pair.kz, pair.by))
-    assert rejected.status_code == 409 and rejected.json()["error"]["code"] == "lifecycle.agreement_terminated"
+    assert (
+        rejected.status_code == 409 and rejected.json()["error"]["code"] == "lifecycle.agreement_terminated"
+    )
 
 
 def test_art14_agreement_is_in_force_while_no_notice_is_recorded(shared_pair) -> None:

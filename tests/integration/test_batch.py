@@ -46,8 +46,13 @@ def post_batch(pair, raw: bytes):
 def receipt_of(pair, answer: dict, envelope: bytes) -> protocol.Receipt:
     """The answer's receipt, verified against BY's bundle for exactly ``envelope``."""
     raw = protocol.Signed.from_json(answer["receipt"], what="receipt").to_bytes()
-    return protocol.verify_receipt(raw, trusted(pair.by), envelope_sha256=hashlib.sha256(envelope).digest(),
-                                   message_id=protocol.read_framing(envelope).header.message_id, sender="KZ")
+    return protocol.verify_receipt(
+        raw,
+        trusted(pair.by),
+        envelope_sha256=hashlib.sha256(envelope).digest(),
+        message_id=protocol.read_framing(envelope).header.message_id,
+        sender="KZ",
+    )
 
 
 def test_each_envelope_in_a_batch_is_judged_alone_and_answered_with_its_own_receipt(pair) -> None:
@@ -55,9 +60,17 @@ def test_each_envelope_in_a_batch_is_judged_alone_and_answered_with_its_own_rece
     tampered = bytearray(craft_envelope(pair.kz, pair.by))
     tampered[-1] ^= 0x01
     unknown = str(uuid.uuid4())
-    orphan_result = craft_envelope(pair.kz, pair.by, document={
-        "kind": "execution_result", "thread_id": unknown, "in_reply_to": unknown,
-        "confidentiality": "confidential", "summary": "Исполнено."})
+    orphan_result = craft_envelope(
+        pair.kz,
+        pair.by,
+        document={
+            "kind": "execution_result",
+            "thread_id": unknown,
+            "in_reply_to": unknown,
+            "confidentiality": "confidential",
+            "summary": "Исполнено.",
+        },
+    )
     batch = [good_1, bytes(tampered), orphan_result, b"not an envelope", good_2, good_1]
     before = row_counts(pair.by)
 
@@ -66,12 +79,21 @@ def test_each_envelope_in_a_batch_is_judged_alone_and_answered_with_its_own_rece
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [a["http_status"] for a in results] == [200, 401, 409, 400, 200, 200]
-    assert [a["status"] for a in results] == ["accepted", "rejected", "rejected", "rejected", "accepted", "accepted"]
+    assert [a["status"] for a in results] == [
+        "accepted",
+        "rejected",
+        "rejected",
+        "rejected",
+        "accepted",
+        "accepted",
+    ]
     assert results[1]["error"]["code"] == "envelope.bad_signature"
     assert results[2]["error"]["code"] == "lifecycle.unknown_thread"
     assert results[3]["error"]["code"] == "encoding.malformed"
     for answer, envelope in zip(results, batch, strict=True):
-        if "receipt" in answer:  # everything readable enough to name a message is answered with a signed receipt
+        if (
+            "receipt" in answer
+        ):  # everything readable enough to name a message is answered with a signed receipt
             rec = receipt_of(pair, answer, envelope)
             assert rec.status == answer["status"]
     assert results[5]["receipt"] == results[0]["receipt"]  # the same bytes twice: the one stored receipt
@@ -111,8 +133,10 @@ def queue_while_by_is_down(pair, count: int, by_env: dict[str, str] | None = Non
     """
     pair.start(pair.kz)
     sent = [send(pair.kz, request_fields("BY"))["id"] for _ in range(count)]
-    wait_for("a first failed attempt each", lambda: all(m.state == "queued" and m.attempts == 1
-                                                          for m in outbox_rows(pair.kz)))
+    wait_for(
+        "a first failed attempt each",
+        lambda: all(m.state == "queued" and m.attempts == 1 for m in outbox_rows(pair.kz)),
+    )
     with pair.kz.client("operator") as op:
         for mid in sent:
             assert op.post(f"/v1/admin/outbox/{mid}/park", json={"reason": "test"}).status_code == 200, mid
@@ -125,8 +149,10 @@ def queue_while_by_is_down(pair, count: int, by_env: dict[str, str] | None = Non
 
 
 def all_delivered(pair, sent: list[str]) -> None:
-    wait_for("all delivered", lambda: {m.id: m.status for m in messages(pair.kz, "out")}
-             == dict.fromkeys(sent, "delivered"))
+    wait_for(
+        "all delivered",
+        lambda: {m.id: m.status for m in messages(pair.kz, "out")} == dict.fromkeys(sent, "delivered"),
+    )
     assert {m.id for m in messages(pair.by, "in")} == set(sent)
     assert all(m.receipt_verified and m.receipt_status == "accepted" for m in messages(pair.kz, "out"))
 

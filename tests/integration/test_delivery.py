@@ -12,8 +12,11 @@ from tests.integration.helpers import messages, request_fields, send, wait_for, 
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRY = {"delivery_backoff_base_seconds": 0.2, "delivery_backoff_max_seconds": 1.0,
-              "delivery_lease_seconds": 5.0}
+FAST_RETRY = {
+    "delivery_backoff_base_seconds": 0.2,
+    "delivery_backoff_max_seconds": 1.0,
+    "delivery_lease_seconds": 5.0,
+}
 
 
 def test_messages_queue_while_the_peer_is_down_and_are_delivered_after(make_pair, backend) -> None:
@@ -34,12 +37,12 @@ def test_crash_of_both_nodes_loses_and_duplicates_nothing(make_pair, backend) ->
     pair = make_pair(backend, **FAST_RETRY, batch_max_items=1, delivery_concurrency=1)
     pair.start(pair.kz)
     ids = [send(pair.kz, request_fields("BY"))["id"] for _ in range(200)]
-    pair.stop(pair.kz, kill=True)                     # sender dies with 200 queued
+    pair.stop(pair.kz, kill=True)  # sender dies with 200 queued
 
     pair.start(pair.by)
     pair.start(pair.kz)
     wait_for("some deliveries", lambda: len(messages(pair.by, "in")) >= 20, 120)
-    pair.stop(pair.by, kill=True)                     # receiver dies while receiving
+    pair.stop(pair.by, kill=True)  # receiver dies while receiving
     received_before_crash = len(messages(pair.by, "in"))
     assert received_before_crash < 200, "the receiver should have been killed mid-stream"
     pair.start(pair.by)
@@ -50,7 +53,7 @@ def test_crash_of_both_nodes_loses_and_duplicates_nothing(make_pair, backend) ->
     wait_for("every message delivered", all_delivered, 240)
     inbound = messages(pair.by, "in")
     outbound = {m.id: m for m in messages(pair.kz, "out")}
-    assert sorted(m.id for m in inbound) == sorted(ids)           # exactly once: each id once, none missing
+    assert sorted(m.id for m in inbound) == sorted(ids)  # exactly once: each id once, none missing
     for m in inbound:
         assert m.envelope_sha256 == outbound[m.id].envelope_sha256
     assert all(m.receipt is not None and m.receipt_verified for m in outbound.values())

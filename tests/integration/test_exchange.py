@@ -37,8 +37,13 @@ def test_request_with_attachment_and_result_round_trip(pair) -> None:
     assert view["receipt_status"] == "accepted" and view["receipt_verified"] is True
     # The sender's stored receipt verifies independently, from BY's public bundle alone.
     receipt = protocol.Signed.from_json(view["receipt"], what="receipt").to_bytes()
-    rec = protocol.verify_receipt(receipt, trusted(pair.by), envelope_sha256=bytes.fromhex(view["envelope_sha256"]),
-                                  message_id=sent["id"], sender="KZ")
+    rec = protocol.verify_receipt(
+        receipt,
+        trusted(pair.by),
+        envelope_sha256=bytes.fromhex(view["envelope_sha256"]),
+        message_id=sent["id"],
+        sender="KZ",
+    )
     assert rec.accepted
 
     with pair.by.client("reader") as c:
@@ -49,10 +54,19 @@ def test_request_with_attachment_and_result_round_trip(pair) -> None:
         assert got.status_code == 200
         assert hashlib.sha256(got.content).digest() == hashlib.sha256(attachment).digest()
 
-    accepted = send(pair.by, {"kind": "acceptance", "in_reply_to": sent["id"], "confidentiality": "confidential"})
+    accepted = send(
+        pair.by, {"kind": "acceptance", "in_reply_to": sent["id"], "confidentiality": "confidential"}
+    )
     wait_status(pair.by, accepted["id"])
-    result = send(pair.by, {"kind": "execution_result", "in_reply_to": sent["id"], "confidentiality": "confidential",
-                            "summary": "Запрос исполнен, сведения прилагаются."})
+    result = send(
+        pair.by,
+        {
+            "kind": "execution_result",
+            "in_reply_to": sent["id"],
+            "confidentiality": "confidential",
+            "summary": "Запрос исполнен, сведения прилагаются.",
+        },
+    )
     wait_status(pair.by, result["id"])
     with pair.kz.client("reader") as c:
         doc = c.get(f"/v1/messages/in/{result['id']}/content", params=PURPOSE).json()["document"]
@@ -83,8 +97,13 @@ def test_bad_signature_is_rejected_and_nothing_is_stored(pair) -> None:
     body = _rejected(pair, bytes(envelope), 401, "envelope.bad_signature")
     # The rejection itself is signed by BY, for the exact bytes it got.
     receipt = protocol.Signed.from_json(body["receipt"], what="receipt").to_bytes()
-    rec = protocol.verify_receipt(receipt, trusted(pair.by), envelope_sha256=hashlib.sha256(envelope).digest(),
-                                  message_id=protocol.read_framing(bytes(envelope)).header.message_id, sender="KZ")
+    rec = protocol.verify_receipt(
+        receipt,
+        trusted(pair.by),
+        envelope_sha256=hashlib.sha256(envelope).digest(),
+        message_id=protocol.read_framing(bytes(envelope)).header.message_id,
+        sender="KZ",
+    )
     assert rec.status == "rejected" and rec.reason_code == "envelope.bad_signature"
 
 
@@ -95,10 +114,16 @@ def test_envelope_claiming_an_unknown_sender_is_rejected(pair, tmp_path) -> None
     # Sealed by a stranger's node keys, delivered over KZ's (valid) TLS client certificate.
     envelope = craft_envelope(pair.kz, pair.by)
     framing = protocol.read_framing(envelope)
-    forged_header = dataclasses.replace(framing.header, sender="RU", sender_key_id=ident.node_keys.signing.key_id)
+    forged_header = dataclasses.replace(
+        framing.header, sender="RU", sender_key_id=ident.node_keys.signing.key_id
+    )
     header_bytes = forged_header.to_bytes()
-    forged = (protocol.MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes
-              + envelope[len(protocol.MAGIC) + 4 + len(framing.header_bytes):])
+    forged = (
+        protocol.MAGIC
+        + struct.pack(">I", len(header_bytes))
+        + header_bytes
+        + envelope[len(protocol.MAGIC) + 4 + len(framing.header_bytes) :]
+    )
     _rejected(pair, forged, 403, "envelope.unknown_sender")
 
 
@@ -169,7 +194,9 @@ def test_peer_port_without_client_certificate_gets_no_http_answer(pair) -> None:
 
 
 def test_peer_port_with_a_strangers_certificate_gets_no_http_answer(pair, tmp_path) -> None:
-    ident = generate_identity(tmp_path / "ru", "RU", "Чужая сторона", "https://127.0.0.1:1", datetime.now(UTC))
+    ident = generate_identity(
+        tmp_path / "ru", "RU", "Чужая сторона", "https://127.0.0.1:1", datetime.now(UTC)
+    )
     ctx = _client_ctx(pair.by)
     ctx.load_cert_chain(ident.tls_cert_path, ident.tls_key_path)
     assert _handshake(pair.by, ctx) == b""
@@ -192,8 +219,12 @@ def test_peer_port_answers_a_known_peer(pair) -> None:
 
 def test_user_token_does_not_open_the_peer_port(pair) -> None:
     with pytest.raises((httpx.ConnectError, ssl.SSLError, httpx.ReadError, httpx.RemoteProtocolError)):
-        httpx.post(pair.by.url + "/v1/envelopes", headers={"authorization": f"Bearer {pair.by.tokens['operator']}"},
-                   verify=_client_ctx(pair.by), content=b"x")
+        httpx.post(
+            pair.by.url + "/v1/envelopes",
+            headers={"authorization": f"Bearer {pair.by.tokens['operator']}"},
+            verify=_client_ctx(pair.by),
+            content=b"x",
+        )
 
 
 def test_an_endless_request_head_is_refused_and_the_node_keeps_serving(pair) -> None:

@@ -30,11 +30,18 @@ def by_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kz(kz_dir: Path) -> Identity:
-    return generate_identity(kz_dir, "KZ", "Prosecutor General's Office of Kazakhstan",
-                             "https://kz.prolink.example:8443", NOW, scrypt=CHEAP)
+    return generate_identity(
+        kz_dir,
+        "KZ",
+        "Prosecutor General's Office of Kazakhstan",
+        "https://kz.prolink.example:8443",
+        NOW,
+        scrypt=CHEAP,
+    )
 
 
 @pytest.fixture
 def by(by_dir: Path) -> Identity:
-    return generate_identity(by_dir, "BY", "Prosecutor General's Office of Belarus",
-                             "https://127.0.0.1:9443", NOW, scrypt=CHEAP)
+    return generate_identity(
+        by_dir, "BY", "Prosecutor General's Office of Belarus", "https://127.0.0.1:9443", NOW, scrypt=CHEAP
+    )

@@ -39,8 +39,10 @@ def test_default_scrypt_is_strong_and_params_are_configurable() -> None:
         ScryptParams(n=2**21)
 
 
-@pytest.mark.parametrize("make", [SigningKey.generate, lambda: DecryptionKey.generate(PQ_HYBRID),
-                                  lambda: DecryptionKey.generate(CLASSIC)])
+@pytest.mark.parametrize(
+    "make",
+    [SigningKey.generate, lambda: DecryptionKey.generate(PQ_HYBRID), lambda: DecryptionKey.generate(CLASSIC)],
+)
 @pytest.mark.parametrize("passphrase", [None, "correct horse battery staple"])
 def test_round_trip(tmp_path: Path, make, passphrase) -> None:  # type: ignore[no-untyped-def]
     key = make()
@@ -129,8 +131,10 @@ def test_header_is_bound_to_the_ciphertext(tmp_path: Path) -> None:
     assert exc.value.code == "keys.wrong_passphrase"  # the AAD no longer matches
 
 
-@pytest.mark.parametrize("content", [b"", b"not json", b"[]", b'{"format":"other"}',
-                                     b'{"format":"prolink-private-key/1","kind":"ed25519"}'])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not json", b"[]", b'{"format":"other"}', b'{"format":"prolink-private-key/1","kind":"ed25519"}'],
+)
 def test_malformed(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "k.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -176,7 +180,9 @@ def test_tls_key_pem(tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     write_tls_key(tmp_path / "plain.pem", key)
     write_tls_key(tmp_path / "enc.pem", key, "pw")
-    assert (tmp_path / "plain.pem").read_bytes().startswith(b"-----BEGIN " + b"PRIVATE KEY-----")  # split: no key-like text in git
+    assert (
+        (tmp_path / "plain.pem").read_bytes().startswith(b"-----BEGIN " + b"PRIVATE KEY-----")
+    )  # split: no key-like text in git
     assert (tmp_path / "enc.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED " + b"PRIVATE KEY-----")
     assert read_tls_key(tmp_path / "enc.pem", "pw").private_numbers() == key.private_numbers()
     for code, pw in (("keys.passphrase_required", None), ("keys.wrong_passphrase", "nope")):
@@ -191,10 +197,12 @@ def test_tls_key_pem(tmp_path: Path) -> None:
 
 # --- the storage key ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     (tmp_path / "keys").mkdir(mode=0o700)  # made by the identity, as in a node's data directory
     return tmp_path
+
 
 def test_storage_key_with_a_passphrase_is_stored_encrypted_and_needs_it(data_dir: Path) -> None:
     tmp_path = data_dir

@@ -147,8 +147,9 @@ def test_too_open_key_file_refuses_to_load(kz: Identity, kz_dir: Path) -> None:
 
 
 def test_classic_suite(tmp_path: Path, now: datetime) -> None:
-    ident = generate_identity(tmp_path / "c", "BY", "BY office", "https://by.example", now,
-                              suite=CLASSIC, scrypt=CHEAP)
+    ident = generate_identity(
+        tmp_path / "c", "BY", "BY office", "https://by.example", now, suite=CLASSIC, scrypt=CHEAP
+    )
     assert ident.node_keys.decryption[0].suite == CLASSIC
     assert ident.trusted_self().encryption_key(now).suite == CLASSIC
 

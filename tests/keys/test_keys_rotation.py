@@ -29,8 +29,9 @@ CHEAP = ScryptParams(n=2**12)
 SECOND = timedelta(seconds=1)
 
 
-def test_rotation_keeps_old_keys_valid_until_the_overlap_ends(kz: Identity, kz_dir: Path,
-                                                              now: datetime) -> None:
+def test_rotation_keeps_old_keys_valid_until_the_overlap_ends(
+    kz: Identity, kz_dir: Path, now: datetime
+) -> None:
     peer = import_bundle(*export_bundle(kz_dir))
     old_sig, old_enc = kz.node_keys.signing, kz.node_keys.decryption[0]
     t, overlap = now + timedelta(days=100), timedelta(days=14)
@@ -135,8 +136,9 @@ def test_revocation_is_honoured_by_the_peer(kz: Identity, kz_dir: Path, now: dat
 
 
 def test_revoking_a_signatory(kz: Identity, kz_dir: Path, now: datetime) -> None:
-    sig = add_signatory(kz_dir, "A. Prosecutor", "Prosecutor", date(2026, 1, 1), date(2026, 12, 31), now,
-                        scrypt=CHEAP)
+    sig = add_signatory(
+        kz_dir, "A. Prosecutor", "Prosecutor", date(2026, 1, 1), date(2026, 12, 31), now, scrypt=CHEAP
+    )
     at = now + timedelta(days=3)
     revoke_key(kz_dir, sig.key_id, "left office", at)
     peer = import_bundle(*export_bundle(kz_dir))
@@ -166,8 +168,9 @@ def test_backdated_revocation(kz: Identity, kz_dir: Path, now: datetime) -> None
     t = now + timedelta(days=5)
     rotate_node_keys(kz_dir, t, timedelta(days=30), scrypt=CHEAP)
     compromised_since = t - timedelta(days=2)
-    revoke_key(kz_dir, old, "key found on a leaked backup", t + timedelta(days=1),
-               revoked_at=compromised_since)
+    revoke_key(
+        kz_dir, old, "key found on a leaked backup", t + timedelta(days=1), revoked_at=compromised_since
+    )
     peer = import_bundle(*export_bundle(kz_dir))
     with pytest.raises(TrustError) as exc:
         peer.signing_key(old, compromised_since + SECOND)
@@ -177,11 +180,13 @@ def test_backdated_revocation(kz: Identity, kz_dir: Path, now: datetime) -> None
 
 
 def test_art4_a_signatory_revoked_by_the_cli_is_refused_by_the_running_identity_at_once(
-        kz: Identity, kz_dir: Path, now: datetime) -> None:
+    kz: Identity, kz_dir: Path, now: datetime
+) -> None:
     """The running node's view of its own bundle (``trusted_self``, asked on every send) follows each write
     of bundle.json, however soon after the last it comes."""
-    sig = add_signatory(kz_dir, "A. Prosecutor", "Prosecutor", date(2026, 1, 1), date(2026, 12, 31), now,
-                        scrypt=CHEAP)
+    sig = add_signatory(
+        kz_dir, "A. Prosecutor", "Prosecutor", date(2026, 1, 1), date(2026, 12, 31), now, scrypt=CHEAP
+    )
     at = now + timedelta(days=3)
     before = kz.trusted_self()
     assert kz.trusted_self() is before  # unchanged file: the verified bundle is reused

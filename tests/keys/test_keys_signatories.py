@@ -50,15 +50,17 @@ def test_files_and_modes(kz: Identity, kz_dir: Path, now: datetime) -> None:
 
 def test_load_and_list(kz: Identity, kz_dir: Path, now: datetime) -> None:
     a = add_signatory(kz_dir, "A. Prosecutor", "Prosecutor", FROM, UNTIL, now, scrypt=CHEAP)
-    b = add_signatory(kz_dir, "B. Investigator", "Senior Prosecutor", date(2026, 1, 1), UNTIL, now,
-                      scrypt=CHEAP)
+    b = add_signatory(
+        kz_dir, "B. Investigator", "Senior Prosecutor", date(2026, 1, 1), UNTIL, now, scrypt=CHEAP
+    )
     loaded = load_signatory(kz_dir, a.key_id)
     assert loaded == a
     assert [x.key.key_id for x in list_signatories(kz_dir)] == [b.key_id, a.key_id]
 
 
-def test_authorisation_of_another_party_does_not_verify(kz: Identity, by: Identity, kz_dir: Path,
-                                                        now: datetime) -> None:
+def test_authorisation_of_another_party_does_not_verify(
+    kz: Identity, by: Identity, kz_dir: Path, now: datetime
+) -> None:
     sig = add_signatory(kz_dir, "A. Prosecutor", "Prosecutor", FROM, UNTIL, now, scrypt=CHEAP)
     with pytest.raises(TrustError):
         verify_authorisation(sig.authorisation, by.trusted_self())

@@ -28,14 +28,21 @@ def now() -> datetime:
 
 @pytest.fixture
 def kz(tmp_path: Path, now: datetime) -> Identity:
-    return generate_identity(tmp_path / "kz", "KZ", "KZ office", "https://kz.prolink.example:8443", now,
-                             scrypt=ScryptParams(n=2**12))
+    return generate_identity(
+        tmp_path / "kz",
+        "KZ",
+        "KZ office",
+        "https://kz.prolink.example:8443",
+        now,
+        scrypt=ScryptParams(n=2**12),
+    )
 
 
 @pytest.fixture
 def by(tmp_path: Path, now: datetime) -> Identity:
-    return generate_identity(tmp_path / "by", "BY", "BY office", "https://127.0.0.1:9443", now,
-                             scrypt=ScryptParams(n=2**12))
+    return generate_identity(
+        tmp_path / "by", "BY", "BY office", "https://127.0.0.1:9443", now, scrypt=ScryptParams(n=2**12)
+    )
 
 
 def _serve_once(ctx: ssl.SSLContext) -> tuple[int, dict[str, Any], threading.Thread]:
@@ -63,8 +70,10 @@ def _serve_once(ctx: ssl.SSLContext) -> tuple[int, dict[str, Any], threading.Thr
 
 
 def _client(ctx: ssl.SSLContext, port: int, host: str = "127.0.0.1") -> bytes:
-    with (socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-          ctx.wrap_socket(raw, server_hostname=host) as tls):
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
         tls.sendall(b"KZ")
         return tls.recv(100)  # TLS 1.3: a refused client certificate shows up here
 
@@ -95,10 +104,12 @@ def test_client_without_certificate_is_refused(kz: Identity, by: Identity) -> No
     assert "peer_cn" not in result
 
 
-def test_client_from_a_stranger_ca_is_refused(tmp_path: Path, kz: Identity, by: Identity,
-                                              now: datetime) -> None:
-    stranger = generate_identity(tmp_path / "xx", "KZ", "Impostor", "https://127.0.0.1:1", now,
-                                 scrypt=ScryptParams(n=2**12))
+def test_client_from_a_stranger_ca_is_refused(
+    tmp_path: Path, kz: Identity, by: Identity, now: datetime
+) -> None:
+    stranger = generate_identity(
+        tmp_path / "xx", "KZ", "Impostor", "https://127.0.0.1:1", now, scrypt=ScryptParams(n=2**12)
+    )
     port, result, thread = _serve_once(server_ssl_context(by, [kz.tls_ca_pem]))
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _client(client_ssl_context(stranger, by.tls_ca_pem), port)
@@ -134,9 +145,11 @@ def test_contexts_are_strict(kz: Identity, by: Identity) -> None:
     assert client.check_hostname
     # only the peer's CA is trusted, never the system store
     assert [dict(x[0] for x in c["subject"])["commonName"] for c in server.get_ca_certs()] == [
-        "prolink KZ TLS CA"]
+        "prolink KZ TLS CA"
+    ]
     assert [dict(x[0] for x in c["subject"])["commonName"] for c in client.get_ca_certs()] == [
-        "prolink BY TLS CA"]
+        "prolink BY TLS CA"
+    ]
     with pytest.raises(TrustError) as exc:
         server_ssl_context(by, [])
     assert exc.value.code == "trust.no_peer_ca"
@@ -148,8 +161,15 @@ def test_contexts_are_strict(kz: Identity, by: Identity) -> None:
 
 
 def test_encrypted_tls_key(tmp_path: Path, kz: Identity, now: datetime) -> None:
-    locked = generate_identity(tmp_path / "locked", "BY", "Belarus", "https://localhost:9443", now,
-                               passphrase="s3cret", scrypt=ScryptParams(n=2**12))
+    locked = generate_identity(
+        tmp_path / "locked",
+        "BY",
+        "Belarus",
+        "https://localhost:9443",
+        now,
+        passphrase="s3cret",
+        scrypt=ScryptParams(n=2**12),
+    )
     assert locked.tls_key_path.read_bytes().startswith(b"-----BEGIN ENCRYPTED " + b"PRIVATE KEY-----")
     port, result, thread = _serve_once(server_ssl_context(locked, [kz.tls_ca_pem]))
     assert _client(client_ssl_context(kz, locked.tls_ca_pem), port, host="localhost") == b"hello KZ"
@@ -157,16 +177,19 @@ def test_encrypted_tls_key(tmp_path: Path, kz: Identity, now: datetime) -> None:
     assert result["peer_cn"] == "KZ"
 
 
-def test_peer_party_maps_a_client_certificate_to_its_party(tmp_path: Path, kz: Identity, by: Identity,
-                                                           now: datetime) -> None:
+def test_peer_party_maps_a_client_certificate_to_its_party(
+    tmp_path: Path, kz: Identity, by: Identity, now: datetime
+) -> None:
     from keys import import_bundle, peer_party
 
     kz_peer = import_bundle(kz.bundle_bytes(), kz.fingerprint)
     by_peer = import_bundle(by.bundle_bytes(), by.fingerprint)
     port, _, thread = _serve_once(server_ssl_context(by, [kz.tls_ca_pem]))
     ctx = client_ssl_context(kz, by.tls_ca_pem)
-    with (socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-          ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         server_der = tls.getpeercert(binary_form=True)
         tls.sendall(b"x")
         tls.recv(100)

@@ -1,4 +1,3 @@
-
 """In-memory fixtures for the protocol tests: two Parties (KZ and BY) and valid documents.
 
 Nothing here touches the disk, the network or the clock: keys are generated in
@@ -92,25 +91,48 @@ class Party:
         return fingerprint(self.root.public)
 
 
-def make_authorisation(code: str, root: SigningKey, signatory: VerifyKey, *,
-                       valid_from: date = AUTH_FROM, valid_until: date = AUTH_UNTIL,
-                       person: str = "Иванов Иван Иванович",
-                       position: str = "заместитель Генерального прокурора") -> bytes:
+def make_authorisation(
+    code: str,
+    root: SigningKey,
+    signatory: VerifyKey,
+    *,
+    valid_from: date = AUTH_FROM,
+    valid_until: date = AUTH_UNTIL,
+    person: str = "Иванов Иван Иванович",
+    position: str = "заместитель Генерального прокурора",
+) -> bytes:
     return issue_authorisation(
-        Authorisation(party=code, person=person, position=position, key=signatory,
-                      valid_from=valid_from, valid_until=valid_until, issued_at=KEYS_FROM),
+        Authorisation(
+            party=code,
+            person=person,
+            position=position,
+            key=signatory,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            issued_at=KEYS_FROM,
+        ),
         root,
     )
 
 
-def make_party(code: str, suite: str = PQ_HYBRID, *, root: SigningKey | None = None,
-               node: SigningKey | None = None, decryption: DecryptionKey | None = None,
-               signatory: SigningKey | None = None, node_valid_from: datetime = KEYS_FROM,
-               node_valid_until: datetime | None = None, encryption_valid_until: datetime | None = None,
-               extra_signing_keys: Sequence[tuple[VerifyKey, KeyValidity]] = (),
-               revocations: Sequence[Revocation] = (), auth_from: date = AUTH_FROM,
-               auth_until: date = AUTH_UNTIL, version: int = 1,
-               endpoint: str | None = None) -> Party:
+def make_party(
+    code: str,
+    suite: str = PQ_HYBRID,
+    *,
+    root: SigningKey | None = None,
+    node: SigningKey | None = None,
+    decryption: DecryptionKey | None = None,
+    signatory: SigningKey | None = None,
+    node_valid_from: datetime = KEYS_FROM,
+    node_valid_until: datetime | None = None,
+    encryption_valid_until: datetime | None = None,
+    extra_signing_keys: Sequence[tuple[VerifyKey, KeyValidity]] = (),
+    revocations: Sequence[Revocation] = (),
+    auth_from: date = AUTH_FROM,
+    auth_until: date = AUTH_UNTIL,
+    version: int = 1,
+    endpoint: str | None = None,
+) -> Party:
     """One Party, built the way ``keys/`` will build it, all in memory."""
     root = root or SigningKey.generate()
     node = node or SigningKey.generate()
@@ -123,21 +145,32 @@ def make_party(code: str, suite: str = PQ_HYBRID, *, root: SigningKey | None = N
         version=version,
         issued_at=KEYS_FROM,
         root=root.public,
-        signing_keys=((node.public, KeyValidity(node.key_id, node_valid_from, node_valid_until)),
-                      *extra_signing_keys),
-        encryption_keys=((decryption.public,
-                          KeyValidity(decryption.key_id, KEYS_FROM, encryption_valid_until)),),
+        signing_keys=(
+            (node.public, KeyValidity(node.key_id, node_valid_from, node_valid_until)),
+            *extra_signing_keys,
+        ),
+        encryption_keys=(
+            (decryption.public, KeyValidity(decryption.key_id, KEYS_FROM, encryption_valid_until)),
+        ),
         tls_ca_pem=DUMMY_CA_PEM,
         revocations=tuple(revocations),
     )
     bundle = sign_bundle(contents, root)
     trusted = verify_bundle(bundle, expected_fingerprint=fingerprint(root.public))
     return Party(
-        code=code, suite=suite, root=root, node=node, decryption=decryption, signatory=signatory,
-        contents=contents, bundle=bundle, trusted=trusted,
+        code=code,
+        suite=suite,
+        root=root,
+        node=node,
+        decryption=decryption,
+        signatory=signatory,
+        contents=contents,
+        bundle=bundle,
+        trusted=trusted,
         keys=NodeKeys(code, node, (decryption,)),
-        authorisation=make_authorisation(code, root, signatory.public, valid_from=auth_from,
-                                         valid_until=auth_until),
+        authorisation=make_authorisation(
+            code, root, signatory.public, valid_from=auth_from, valid_until=auth_until
+        ),
     )
 
 
@@ -149,19 +182,31 @@ def parties(suite: str = PQ_HYBRID) -> tuple[Party, Party]:
 
 def rebuild(party: Party, **changes: Any) -> Party:
     """The same Party's keys with a different bundle (validity, revocations, extra keys...)."""
-    return make_party(party.code, party.suite, root=party.root, node=party.node,
-                      decryption=party.decryption, signatory=party.signatory, **changes)
+    return make_party(
+        party.code,
+        party.suite,
+        root=party.root,
+        node=party.node,
+        decryption=party.decryption,
+        signatory=party.signatory,
+        **changes,
+    )
 
 
 # --- documents -----------------------------------------------------------------
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
 def attachment_ref(name: str, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
-    return {"name": name, "media_type": media_type, "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "name": name,
+        "media_type": media_type,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 class Documents:
@@ -170,10 +215,19 @@ class Documents:
     def __init__(self, now: datetime = NOW) -> None:
         self.now = now
 
-    def _base(self, kind: str, sender: str, recipient: str, *, id: str | None = None,
-              thread_id: str | None = None, in_reply_to: str | None = None,
-              created_at: datetime | None = None, attachments: Iterable[dict[str, Any]] = (),
-              confidentiality: str = "confidential") -> dict[str, Any]:
+    def _base(
+        self,
+        kind: str,
+        sender: str,
+        recipient: str,
+        *,
+        id: str | None = None,
+        thread_id: str | None = None,
+        in_reply_to: str | None = None,
+        created_at: datetime | None = None,
+        attachments: Iterable[dict[str, Any]] = (),
+        confidentiality: str = "confidential",
+    ) -> dict[str, Any]:
         doc_id = id or new_id()
         return {
             "kind": kind,
@@ -188,26 +242,35 @@ class Documents:
             "attachments": list(attachments),
         }
 
-    def request(self, sender: str = "KZ", recipient: str = "BY", *, id: str | None = None,
-                created_at: datetime | None = None, attachments: Iterable[dict[str, Any]] = (),
-                **fields: Any) -> dict[str, Any]:
+    def request(
+        self,
+        sender: str = "KZ",
+        recipient: str = "BY",
+        *,
+        id: str | None = None,
+        created_at: datetime | None = None,
+        attachments: Iterable[dict[str, Any]] = (),
+        **fields: Any,
+    ) -> dict[str, Any]:
         """Art. 4 request with (a)-(e) filled in, in Russian (Art. 8)."""
         doc = self._base("request", sender, recipient, id=id, created_at=created_at, attachments=attachments)
         created = created_at or self.now - timedelta(hours=1)
-        doc.update({
-            "requesting_party": sender,
-            "requested_party": recipient,
-            "grounds": "Уголовное дело № 2026-0415 по признакам преступления, "
-                       "предусмотренного статьёй 297 УК",
-            "purpose": "Установление источника поставки наркотических средств",
-            "content": "Просим предоставить сведения о регистрации ООО «Восток-Транзит» "
-                       "и о движении денежных средств по его счетам.",
-            "expected_execution_date": (created + timedelta(days=30)).date().isoformat(),
-            "other_information": "Контактное лицо: старший прокурор Петров П.П., тел. +7 7172 71 00 00.",
-            "direction": "drugs",
-            "form": "crime_information",
-            "urgent": False,
-        })
+        doc.update(
+            {
+                "requesting_party": sender,
+                "requested_party": recipient,
+                "grounds": "Уголовное дело № 2026-0415 по признакам преступления, "
+                "предусмотренного статьёй 297 УК",
+                "purpose": "Установление источника поставки наркотических средств",
+                "content": "Просим предоставить сведения о регистрации ООО «Восток-Транзит» "
+                "и о движении денежных средств по его счетам.",
+                "expected_execution_date": (created + timedelta(days=30)).date().isoformat(),
+                "other_information": "Контактное лицо: старший прокурор Петров П.П., тел. +7 7172 71 00 00.",
+                "direction": "drugs",
+                "form": "crime_information",
+                "urgent": False,
+            }
+        )
         doc.update(fields)
         return doc
 
@@ -230,12 +293,26 @@ class Documents:
         doc.setdefault("reason", "Исполнение запроса противоречит законодательству запрашиваемой Стороны.")
         return doc
 
-    def _reply(self, kind: str, request: dict[str, Any], *, id: str | None = None,
-               created_at: datetime | None = None, attachments: Iterable[dict[str, Any]] = (),
-               **fields: Any) -> dict[str, Any]:
-        doc = self._base(kind, request["recipient_party"], request["sender_party"], id=id,
-                         thread_id=request["thread_id"], in_reply_to=request["id"],
-                         created_at=created_at, attachments=attachments)
+    def _reply(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        *,
+        id: str | None = None,
+        created_at: datetime | None = None,
+        attachments: Iterable[dict[str, Any]] = (),
+        **fields: Any,
+    ) -> dict[str, Any]:
+        doc = self._base(
+            kind,
+            request["recipient_party"],
+            request["sender_party"],
+            id=id,
+            thread_id=request["thread_id"],
+            in_reply_to=request["id"],
+            created_at=created_at,
+            attachments=attachments,
+        )
         doc["purpose"] = request.get("purpose")
         doc.update(fields)
         return doc
@@ -250,15 +327,29 @@ def sign(party: Party, doc: dict[str, Any], signer: SigningKey | None = None) ->
     return sign_document(parse_document(doc), signer or party.signatory)
 
 
-def sealed(sender: Party, recipient: Party, doc: dict[str, Any], attachments: Sequence[bytes] = (), *,
-           now: datetime = NOW, signer: SigningKey | None = None,
-           authorisation: bytes | None = None) -> bytes:
+def sealed(
+    sender: Party,
+    recipient: Party,
+    doc: dict[str, Any],
+    attachments: Sequence[bytes] = (),
+    *,
+    now: datetime = NOW,
+    signer: SigningKey | None = None,
+    authorisation: bytes | None = None,
+) -> bytes:
     """Sign ``doc`` as ``sender``'s signatory and seal it for ``recipient``."""
-    return seal(sign(sender, doc, signer), authorisation or sender.authorisation, list(attachments),
-                sender.keys, recipient.trusted, now)
+    return seal(
+        sign(sender, doc, signer),
+        authorisation or sender.authorisation,
+        list(attachments),
+        sender.keys,
+        recipient.trusted,
+        now,
+    )
 
 
 # --- fixtures ------------------------------------------------------------------
+
 
 @pytest.fixture(params=SUITES, ids=[SUITE_IDS[s] for s in SUITES])
 def suite(request: pytest.FixtureRequest) -> str:

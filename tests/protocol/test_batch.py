@@ -39,14 +39,17 @@ def test_batch_layout_is_magic_count_then_length_prefixed_envelopes() -> None:
     assert encode_batch([b"ab", b"c"]) == expected
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    (b"", "batch.malformed"),
-    (b"PRLKENV1" + struct.pack(">I", 1), "batch.malformed"),
-    (BATCH_MAGIC + struct.pack(">I", 0), "batch.malformed"),
-    (BATCH_MAGIC + struct.pack(">I", 65), "batch.too_many"),
-    (BATCH_MAGIC + struct.pack(">II", 1, 0), "batch.malformed"),
-    (BATCH_MAGIC + struct.pack(">II", 1, 4097) + b"x" * 4097, "batch.too_large"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "batch.malformed"),
+        (b"PRLKENV1" + struct.pack(">I", 1), "batch.malformed"),
+        (BATCH_MAGIC + struct.pack(">I", 0), "batch.malformed"),
+        (BATCH_MAGIC + struct.pack(">I", 65), "batch.too_many"),
+        (BATCH_MAGIC + struct.pack(">II", 1, 0), "batch.malformed"),
+        (BATCH_MAGIC + struct.pack(">II", 1, 4097) + b"x" * 4097, "batch.too_large"),
+    ],
+)
 def test_malformed_or_oversized_batches_get_stable_codes(raw: bytes, code: str) -> None:
     with pytest.raises(ProlinkError) as caught:
         decode_batch(raw, **LIMITS)

@@ -32,10 +32,16 @@ from protocol import (
 # signed-note implementations: an Ed25519 key, a text and the signed note it produces.
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-GO_TEXT = (b"If you think cryptography is the answer to your problem,\n"
-           b"then you don't know what your problem is.\n")
-GO_NOTE = GO_TEXT + ("\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgK"
-                     "vqfqdngotpRZb6KE6RyyBwJnAM=\n").encode()
+GO_TEXT = (
+    b"If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
+)
+GO_NOTE = (
+    GO_TEXT
+    + (
+        "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgK"
+        "vqfqdngotpRZb6KE6RyyBwJnAM=\n"
+    ).encode()
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +62,9 @@ def test_signed_note_matches_the_go_reference_byte_for_byte(peter: SigningKey) -
 
 def test_a_changed_note_text_or_signature_is_refused(peter: SigningKey) -> None:
     with pytest.raises(LogError) as err:
-        verify_note(parse_note(GO_NOTE.replace(b"cryptography", b"cryptographY")), "PeterNeumann",
-                    [peter.public])
+        verify_note(
+            parse_note(GO_NOTE.replace(b"cryptography", b"cryptographY")), "PeterNeumann", [peter.public]
+        )
     assert err.value.code == "audit.bad_signature"
     other = SigningKey.generate()
     with pytest.raises(LogError) as err:
@@ -68,17 +75,20 @@ def test_a_changed_note_text_or_signature_is_refused(peter: SigningKey) -> None:
     assert err.value.code == "audit.unknown_key"
 
 
-@pytest.mark.parametrize("bad", [
-    GO_TEXT,                                                  # no signatures
-    GO_TEXT + b"\n",                                          # blank line, no signature lines
-    GO_NOTE.replace(b"\n\n", b"\n"),                          # no blank line
-    GO_NOTE.replace("\u2014".encode(), b"-"),                 # not an em dash
-    GO_NOTE.replace(b"PeterNeumann x08", b"Peter+Neumann x08"),  # '+' in a key name
-    GO_NOTE.replace(b"x08go", b"x08g!"),                      # not base64
-    GO_NOTE.rstrip(b"\n"),                                    # no final newline
-    GO_NOTE.replace(b"If you", b"If\tyou"),                   # control character
-    b"\xff" + GO_NOTE,                                        # not UTF-8
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        GO_TEXT,  # no signatures
+        GO_TEXT + b"\n",  # blank line, no signature lines
+        GO_NOTE.replace(b"\n\n", b"\n"),  # no blank line
+        GO_NOTE.replace("\u2014".encode(), b"-"),  # not an em dash
+        GO_NOTE.replace(b"PeterNeumann x08", b"Peter+Neumann x08"),  # '+' in a key name
+        GO_NOTE.replace(b"x08go", b"x08g!"),  # not base64
+        GO_NOTE.rstrip(b"\n"),  # no final newline
+        GO_NOTE.replace(b"If you", b"If\tyou"),  # control character
+        b"\xff" + GO_NOTE,  # not UTF-8
+    ],
+)
 def test_malformed_notes_are_refused(bad: bytes) -> None:
     with pytest.raises(LogError) as err:
         parse_note(bad)
@@ -91,8 +101,13 @@ def test_checkpoint_round_trip_in_the_tlog_checkpoint_format() -> None:
     cp = Checkpoint(log_origin("KZ"), 20852163, root, ("time 1764072000",))
     note = sign_checkpoint(cp, key)
     lines = note.decode().split("\n")
-    assert lines[:5] == ["prolink.kz/audit", "20852163", base64.b64encode(root).decode(), "time 1764072000",
-                         ""]
+    assert lines[:5] == [
+        "prolink.kz/audit",
+        "20852163",
+        base64.b64encode(root).decode(),
+        "time 1764072000",
+        "",
+    ]
     assert lines[5].startswith("\u2014 prolink.kz/audit ")
     raw = base64.b64decode(lines[5].split(" ")[2])
     assert raw[:4] == note_key_id("prolink.kz/audit", 0x01, key.public.public) and len(raw) == 4 + 64
@@ -104,13 +119,16 @@ def test_checkpoint_round_trip_in_the_tlog_checkpoint_format() -> None:
     assert Checkpoint.parse(bare.body()) == bare
 
 
-@pytest.mark.parametrize(("body", "why"), [
-    (b"prolink.kz/audit\n012\nAAAA\n", "leading zero"),
-    (b"prolink.kz/audit\n12\n", "two lines"),
-    (b"prolink.kz/audit\n12\n" + base64.b64encode(b"x" * 31) + b"\n", "short root"),
-    (b"prolink.kz/audit\n-1\n" + base64.b64encode(b"x" * 32) + b"\n", "negative size"),
-    (b"prolink.kz/audit\n1\n" + base64.b64encode(b"x" * 32) + b"\n\n", "empty extension line"),
-])
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"prolink.kz/audit\n012\nAAAA\n", "leading zero"),
+        (b"prolink.kz/audit\n12\n", "two lines"),
+        (b"prolink.kz/audit\n12\n" + base64.b64encode(b"x" * 31) + b"\n", "short root"),
+        (b"prolink.kz/audit\n-1\n" + base64.b64encode(b"x" * 32) + b"\n", "negative size"),
+        (b"prolink.kz/audit\n1\n" + base64.b64encode(b"x" * 32) + b"\n\n", "empty extension line"),
+    ],
+)
 def test_malformed_checkpoints_are_refused(body: bytes, why: str) -> None:
     with pytest.raises(LogError) as err:
         Checkpoint.parse(body)

@@ -29,13 +29,14 @@ from protocol import (
 
 def test_pae_matches_the_dsse_spec_example() -> None:
     """protocol.md, "Test Vectors": payloadType http://example.com/HelloWorld, body "hello world"."""
-    assert pae("http://example.com/HelloWorld", b"hello world") == \
-        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    assert (
+        pae("http://example.com/HelloWorld", b"hello world")
+        == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
 
 
 def test_pae_lengths_are_byte_lengths_of_utf8() -> None:
-    assert pae("application/vnd.exämple+json", b"{}") == \
-        b"DSSEv1 29 application/vnd.ex\xc3\xa4mple+json 2 {}"
+    assert pae("application/vnd.exämple+json", b"{}") == b"DSSEv1 29 application/vnd.ex\xc3\xa4mple+json 2 {}"
     assert pae("t", "ё".encode()) == b"DSSEv1 1 t 2 \xd1\x91"
 
 
@@ -58,10 +59,12 @@ def test_dsse_ed25519_signature_over_pae_is_byte_exact() -> None:
     message = pae("application/vnd.in-toto+json", body)
     assert message.hex() == (
         "445353457631203238206170706c69636174696f6e2f766e642e696e2d746f746f2b6a736f6e203433207b225f74797065"
-        "223a2268747470733a2f2f696e2d746f746f2e696f2f53746174656d656e742f7631227d")
+        "223a2268747470733a2f2f696e2d746f746f2e696f2f53746174656d656e742f7631227d"
+    )
     signature = key.sign(message)
     assert base64.b64encode(signature) == (
-        b"2WAfaHm5jluo0w+0rk8uVkluELJYWjSmU9x7EUzx+AyteDGJ4/nqyJXfmAUVFIAoQafWm7AxBZNw5M9ixNHiCA==")
+        b"2WAfaHm5jluo0w+0rk8uVkluELJYWjSmU9x7EUzx+AyteDGJ4/nqyJXfmAUVFIAoQafWm7AxBZNw5M9ixNHiCA=="
+    )
     assert key.public.verify(signature, message)
     assert not key.public.verify(signature, pae("application/vnd.example.other+json", body))
 
@@ -71,28 +74,40 @@ def test_signed_round_trip_and_layout() -> None:
     unsigned = Signed("application/x-test", b"payload", key.key_id, b"")
     signed = Signed(unsigned.payload_type, unsigned.payload, key.key_id, key.sign(unsigned.signed_bytes()))
     data = signed.to_bytes()
-    assert json.loads(data) == {"payloadType": "application/x-test", "payload": b64e(b"payload"),
-                                "signatures": [{"keyid": key.key_id, "sig": b64e(signed.signature)}]}
+    assert json.loads(data) == {
+        "payloadType": "application/x-test",
+        "payload": b64e(b"payload"),
+        "signatures": [{"keyid": key.key_id, "sig": b64e(signed.signature)}],
+    }
     assert data == canonical_json(json.loads(data))
     again = Signed.from_bytes(data, what="t")
     assert again == signed
     assert again.signed_bytes() == pae("application/x-test", b"payload")
 
 
-@pytest.mark.parametrize("obj", [
-    None, [], "x",
-    {"payloadType": "t", "payload": ""},
-    {"payloadType": "t", "payload": "", "signatures": []},
-    {"payloadType": "t", "payload": "", "signatures": [{"keyid": "k", "sig": ""}, {"keyid": "k", "sig": ""}]},
-    {"payloadType": "t", "payload": "", "signatures": [{"sig": ""}]},
-    {"payloadType": "t", "payload": "", "signatures": [{"keyid": 1, "sig": ""}]},
-    {"payloadType": "t", "payload": "", "signatures": [{"keyid": "k", "sig": "", "x": 1}]},
-    {"payloadType": "t", "payload": "", "signatures": ["sig"]},
-    {"payloadType": 7, "payload": "", "signatures": [{"keyid": "k", "sig": ""}]},
-    {"payloadType": "t", "payload": "aGk=", "signatures": [{"keyid": "k", "sig": ""}]},
-    {"payloadType": "t", "payload": 5, "signatures": [{"keyid": "k", "sig": ""}]},
-    {"payloadType": "t", "payload": "", "signatures": [{"keyid": "k", "sig": ""}], "extra": 1},
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        [],
+        "x",
+        {"payloadType": "t", "payload": ""},
+        {"payloadType": "t", "payload": "", "signatures": []},
+        {
+            "payloadType": "t",
+            "payload": "",
+            "signatures": [{"keyid": "k", "sig": ""}, {"keyid": "k", "sig": ""}],
+        },
+        {"payloadType": "t", "payload": "", "signatures": [{"sig": ""}]},
+        {"payloadType": "t", "payload": "", "signatures": [{"keyid": 1, "sig": ""}]},
+        {"payloadType": "t", "payload": "", "signatures": [{"keyid": "k", "sig": "", "x": 1}]},
+        {"payloadType": "t", "payload": "", "signatures": ["sig"]},
+        {"payloadType": 7, "payload": "", "signatures": [{"keyid": "k", "sig": ""}]},
+        {"payloadType": "t", "payload": "aGk=", "signatures": [{"keyid": "k", "sig": ""}]},
+        {"payloadType": "t", "payload": 5, "signatures": [{"keyid": "k", "sig": ""}]},
+        {"payloadType": "t", "payload": "", "signatures": [{"keyid": "k", "sig": ""}], "extra": 1},
+    ],
+)
 def test_malformed_dsse_envelopes_are_refused(obj: object) -> None:
     with pytest.raises(EncodingError) as exc:
         Signed.from_json(obj, what="t")
@@ -100,6 +115,7 @@ def test_malformed_dsse_envelopes_are_refused(obj: object) -> None:
 
 
 # --- base64url ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("data", [b"", b"f", b"fo", b"foo", b"foob", bytes(range(256))])
 def test_b64_round_trip_is_unpadded_url_safe(data: bytes) -> None:
@@ -112,17 +128,20 @@ def test_b64_uses_the_url_safe_alphabet() -> None:
     assert b64e(b"\xfb\xff\xbf") == "-_-_"
 
 
-@pytest.mark.parametrize("text", [
-    "aGk=",        # padding
-    "aGk==",
-    "+/+/",        # standard alphabet
-    "aG k",        # whitespace
-    "aGk\n",
-    "aGl",         # non-zero unused bits (canonical form is "aGk")
-    "a",           # impossible length
-    "aGk!",
-    "aGkё",        # non-ASCII
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "aGk=",  # padding
+        "aGk==",
+        "+/+/",  # standard alphabet
+        "aG k",  # whitespace
+        "aGk\n",
+        "aGl",  # non-zero unused bits (canonical form is "aGk")
+        "a",  # impossible length
+        "aGk!",
+        "aGkё",  # non-ASCII
+    ],
+)
 def test_b64_decoding_is_strict(text: str) -> None:
     with pytest.raises(EncodingError):
         b64d(text, what="t")
@@ -136,9 +155,12 @@ def test_b64_refuses_non_strings(value: object) -> None:
 
 # --- JSON ----------------------------------------------------------------------------------
 
+
 def test_canonical_json_is_sorted_compact_utf8() -> None:
-    assert canonical_json({"b": 1, "a": [1, "ё"], "c": {"z": None, "y": True}}) == \
-        '{"a":[1,"ё"],"b":1,"c":{"y":true,"z":null}}'.encode()
+    assert (
+        canonical_json({"b": 1, "a": [1, "ё"], "c": {"z": None, "y": True}})
+        == '{"a":[1,"ё"],"b":1,"c":{"y":true,"z":null}}'.encode()
+    )
 
 
 def test_canonical_json_escapes_only_what_json_requires() -> None:
@@ -150,11 +172,14 @@ def test_canonical_json_refuses_nan() -> None:
         canonical_json(float("nan"))
 
 
-@pytest.mark.parametrize("data", [
-    b'{"a":1,"a":2}',
-    b'{"x":{"a":1,"a":1}}',
-    b'[{"k":1,"k":1}]',
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,"a":2}',
+        b'{"x":{"a":1,"a":1}}',
+        b'[{"k":1,"k":1}]',
+    ],
+)
 def test_duplicate_json_keys_are_refused(data: bytes) -> None:
     with pytest.raises(EncodingError) as exc:
         parse_json(data, what="t")
@@ -184,9 +209,11 @@ def test_error_messages_name_the_structure() -> None:
 # ``canonical_json`` and ``parse_json`` take orjson's path where it gives exactly what Python's ``json``
 # gives (``protocol._encoding``). The references below are the standard library's, as they were before.
 
+
 def _reference_canonical(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def _reference_parse(data: bytes) -> object:
@@ -219,11 +246,24 @@ def _same(a: object, b: object) -> bool:
 
 
 _texts = st.text(alphabet=st.characters(codec=None), max_size=12)  # any code point, lone surrogates too
-_scalars = (st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats()
-            | _texts | st.sampled_from(["ё", "Ж", "a", "A", "é", "😀", "\x7f", "\u2028", "", "\x00"]))
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
-                       | st.lists(inner, max_size=3).map(tuple)
-                       | st.dictionaries(_texts, inner, max_size=4), max_leaves=20)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | _texts
+    | st.sampled_from(["ё", "Ж", "a", "A", "é", "😀", "\x7f", "\u2028", "", "\x00"])
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_texts, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 def _outcome(function: Callable[[], object]) -> tuple[str, object]:
@@ -248,13 +288,33 @@ def test_compact_json_writes_what_the_standard_library_writes(value: object) -> 
     assert _outcome(lambda: compact_json(value)) == _outcome(reference)
 
 
-@pytest.mark.parametrize("value", [
-    # floats (orjson writes 1e-7 and NaN as null), integers at and past 64 bits, subclasses, odd keys:
-    1e-07, 1e-05, 1e16, 1e22, 1.5e300, 5e-324, -0.0, 0.1, float("inf"), float("nan"),
-    2**64, -(2**63) - 1, 2**64 - 1, -(2**63), True, [True, 1],
-    {"b": 1, "a": 2, "ё": 3, "z": 4, "Z": 5, "é": 6, "😀": 7, "\uffff": 8},
-    ("t", 1), {1: "int key"}, {"a": "\ud800"}, json.loads("[" * 80 + '"deep"' + "]" * 80),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        # floats (orjson writes 1e-7 and NaN as null), integers at and past 64 bits, subclasses, odd keys:
+        1e-07,
+        1e-05,
+        1e16,
+        1e22,
+        1.5e300,
+        5e-324,
+        -0.0,
+        0.1,
+        float("inf"),
+        float("nan"),
+        2**64,
+        -(2**63) - 1,
+        2**64 - 1,
+        -(2**63),
+        True,
+        [True, 1],
+        {"b": 1, "a": 2, "ё": 3, "z": 4, "Z": 5, "é": 6, "😀": 7, "\uffff": 8},
+        ("t", 1),
+        {1: "int key"},
+        {"a": "\ud800"},
+        json.loads("[" * 80 + '"deep"' + "]" * 80),
+    ],
+)
 def test_canonical_json_of_values_the_two_write_differently_is_the_standard_librarys(value: object) -> None:
     assert _outcome(lambda: canonical_json(value)) == _outcome(lambda: _reference_canonical(value))
 
@@ -300,8 +360,12 @@ def test_parse_json_of_canonical_json_reads_what_the_standard_library_reads(valu
 _json_texts = st.one_of(
     _values.map(lambda v: json.dumps(v, ensure_ascii=False, allow_nan=True)),  # spaces, NaN, any order
     _values.map(lambda v: json.dumps(v, separators=(",", ":"), sort_keys=True)),  # \u escapes
-    st.builds(lambda k, v, w: f'{{"{k}":{v},"{k}":{w}}}', st.sampled_from(["a", "ё", "z"]),  # a key twice
-              st.sampled_from(["1", '"x"', "null"]), st.sampled_from(["1", '"y"', "[]"])),
+    st.builds(
+        lambda k, v, w: f'{{"{k}":{v},"{k}":{w}}}',
+        st.sampled_from(["a", "ё", "z"]),  # a key twice
+        st.sampled_from(["1", '"x"', "null"]),
+        st.sampled_from(["1", '"y"', "[]"]),
+    ),
     st.text(alphabet='{}[]",:0123456789.eE+-tfnrulsaё\\u ', max_size=30),
 )
 
@@ -317,9 +381,14 @@ def test_parse_json_of_any_bytes_reads_or_refuses_as_the_standard_library(data: 
         assert ours[1] is EncodingError
 
 
-@given(st.one_of(_json_texts.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=30),
-                 _json_texts.map(lambda t: t.encode("utf-16", "surrogatepass")),
-                 _json_texts.map(lambda t: b"\xef\xbb\xbf" + t.encode("utf-8", "surrogatepass"))))
+@given(
+    st.one_of(
+        _json_texts.map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.binary(max_size=30),
+        _json_texts.map(lambda t: t.encode("utf-16", "surrogatepass")),
+        _json_texts.map(lambda t: b"\xef\xbb\xbf" + t.encode("utf-8", "surrogatepass")),
+    )
+)
 @settings(max_examples=600, deadline=None)
 def test_read_json_reads_or_refuses_as_json_loads(data: bytes) -> None:
     ours, theirs = _outcome(lambda: read_json(data)), _outcome(lambda: json.loads(data))
@@ -327,10 +396,17 @@ def test_read_json_reads_or_refuses_as_json_loads(data: bytes) -> None:
     assert _same(ours[1], theirs[1]) if ours[0] == "value" else ours[1] is theirs[1]
 
 
-@pytest.mark.parametrize("data", [
-    b'{"a":1,"b":2,"a":3}', b"18446744073709551616", b"[1e-7, NaN]",
-    memoryview(b'{"a":1}'), bytearray(b'{"a":1}'), '{"a":1}',  # (orjson reads a memoryview; json.loads not)
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,"b":2,"a":3}',
+        b"18446744073709551616",
+        b"[1e-7, NaN]",
+        memoryview(b'{"a":1}'),
+        bytearray(b'{"a":1}'),
+        '{"a":1}',  # (orjson reads a memoryview; json.loads not)
+    ],
+)
 def test_read_json_of_what_orjson_reads_otherwise_is_json_loads(data: bytes) -> None:
     ours, theirs = _outcome(lambda: read_json(data)), _outcome(lambda: json.loads(data))
     assert ours[0] == theirs[0]
@@ -347,21 +423,34 @@ def test_read_json_refuses_json_nested_deeper_than_the_parser_goes_as_not_json(d
         read_json(data)
 
 
-@pytest.mark.parametrize("data", [
-    # canonical JSON, but for the key repeated:
-    b'{"a":1,"a":1}', b'{"a":{"b":2,"b":2}}', b'[{"\xd1\x91":null,"\xd1\x91":null}]',
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        # canonical JSON, but for the key repeated:
+        b'{"a":1,"a":1}',
+        b'{"a":{"b":2,"b":2}}',
+        b'[{"\xd1\x91":null,"\xd1\x91":null}]',
+    ],
+)
 def test_a_key_repeated_with_the_same_value_in_canonical_json_is_refused(data: bytes) -> None:
     with pytest.raises(EncodingError, match="duplicate"):
         parse_json(data, what="t")
 
 
-@pytest.mark.parametrize("data, value", [
-    (b"18446744073709551616", 2**64), (b"-9223372036854775809", -(2**63) - 1), (b"[1e-07]", [1e-07]),
-    (b"[1e-7]", [1e-07]), (b"-0", 0), (b"[-0.0]", [-0.0]), (b'"\\ud83d\\ude00"', "😀"),
-    # read by orjson, but nested too deep for it to write back:
-    (b"[" * 300 + b"]" * 300, json.loads(b"[" * 300 + b"]" * 300)),
-])
+@pytest.mark.parametrize(
+    "data, value",
+    [
+        (b"18446744073709551616", 2**64),
+        (b"-9223372036854775809", -(2**63) - 1),
+        (b"[1e-07]", [1e-07]),
+        (b"[1e-7]", [1e-07]),
+        (b"-0", 0),
+        (b"[-0.0]", [-0.0]),
+        (b'"\\ud83d\\ude00"', "😀"),
+        # read by orjson, but nested too deep for it to write back:
+        (b"[" * 300 + b"]" * 300, json.loads(b"[" * 300 + b"]" * 300)),
+    ],
+)
 def test_parse_json_reads_numbers_and_escapes_as_python_does(data: bytes, value: object) -> None:
     assert _same(parse_json(data, what="t"), value)
 
@@ -376,9 +465,14 @@ def test_signed_structures_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(encoding, "json", SimpleNamespace(dumps=refused, loads=refused))
     monkeypatch.setattr(encoding, "_parse_json_stdlib", refused)
-    document = {"kind": "request", "id": "0b7e", "content": "Просим предоставить сведения.",
-                "urgent": False, "thread_id": None,
-                "attachments": [{"name": "a.pdf", "size": 5242880, "sha256": "ab" * 32}]}
+    document = {
+        "kind": "request",
+        "id": "0b7e",
+        "content": "Просим предоставить сведения.",
+        "urgent": False,
+        "thread_id": None,
+        "attachments": [{"name": "a.pdf", "size": 5242880, "sha256": "ab" * 32}],
+    }
     signed = Signed("application/vnd.prolink.document+json", canonical_json(document), "key", b"\x01" * 64)
     assert parse_json(signed.to_bytes(), what="t") == signed.to_json()
     assert parse_json(signed.payload, what="t") == document

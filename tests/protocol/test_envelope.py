@@ -74,23 +74,24 @@ def code_of(exc_info: pytest.ExceptionInfo[ProlinkError]) -> str:
 
 # --- the documented layout, rebuilt independently --------------------------------
 
+
 class Parts:
     """An envelope cut along the documented layout."""
 
     def __init__(self, envelope: bytes) -> None:
         assert envelope[:8] == MAGIC
         (hlen,) = struct.unpack(">I", envelope[8:12])
-        self.header = envelope[12:12 + hlen]
+        self.header = envelope[12 : 12 + hlen]
         pos = 12 + hlen
-        (blen,) = struct.unpack(">I", envelope[pos:pos + 4])
-        self.body = envelope[pos + 4:pos + 4 + blen]
+        (blen,) = struct.unpack(">I", envelope[pos : pos + 4])
+        self.body = envelope[pos + 4 : pos + 4 + blen]
         pos += 4 + blen
-        (count,) = struct.unpack(">I", envelope[pos:pos + 4])
+        (count,) = struct.unpack(">I", envelope[pos : pos + 4])
         pos += 4
         self.attachments: list[bytes] = []
         for _ in range(count):
-            (alen,) = struct.unpack(">Q", envelope[pos:pos + 8])
-            self.attachments.append(envelope[pos + 8:pos + 8 + alen])
+            (alen,) = struct.unpack(">Q", envelope[pos : pos + 8])
+            self.attachments.append(envelope[pos + 8 : pos + 8 + alen])
             pos += 8 + alen
         self.signature = envelope[pos:]
         assert len(self.signature) == 64
@@ -100,7 +101,7 @@ class Parts:
 
     def chunks(self, index: int) -> list[bytes]:
         stream = self.attachments[index]
-        return [stream[i:i + SEALED_CHUNK] for i in range(0, len(stream), SEALED_CHUNK)]
+        return [stream[i : i + SEALED_CHUNK] for i in range(0, len(stream), SEALED_CHUNK)]
 
 
 def payload_section(body: bytes, attachments: list[bytes]) -> bytes:
@@ -110,8 +111,14 @@ def payload_section(body: bytes, attachments: list[bytes]) -> bytes:
     return out
 
 
-def assemble(header: bytes, body: bytes, attachments: list[bytes], *, signer: SigningKey | None = None,
-             signature: bytes | None = None) -> bytes:
+def assemble(
+    header: bytes,
+    body: bytes,
+    attachments: list[bytes],
+    *,
+    signer: SigningKey | None = None,
+    signature: bytes | None = None,
+) -> bytes:
     """Frame an envelope; sign it with ``signer`` as README says, or reuse ``signature``."""
     payload = payload_section(body, attachments)
     if signer is not None:
@@ -120,34 +127,62 @@ def assemble(header: bytes, body: bytes, attachments: list[bytes], *, signer: Si
     return MAGIC + struct.pack(">I", len(header)) + header + payload + signature
 
 
-def resigned(parts: Parts, signer: SigningKey, *, header: bytes | None = None, body: bytes | None = None,
-             attachments: list[bytes] | None = None) -> bytes:
+def resigned(
+    parts: Parts,
+    signer: SigningKey,
+    *,
+    header: bytes | None = None,
+    body: bytes | None = None,
+    attachments: list[bytes] | None = None,
+) -> bytes:
     """What a sender holding the node key could send: edited parts, valid node signature."""
-    return assemble(header if header is not None else parts.header,
-                    body if body is not None else parts.body,
-                    attachments if attachments is not None else parts.attachments, signer=signer)
+    return assemble(
+        header if header is not None else parts.header,
+        body if body is not None else parts.body,
+        attachments if attachments is not None else parts.attachments,
+        signer=signer,
+    )
 
 
-def craft(sender: Party, recipient_key: EncryptionKey, recipient: str, signed_document: bytes,
-          authorisation: bytes, attachments: list[bytes], *, message_id: str, sent_at: str = "",
-          header_overrides: dict[str, Any] | None = None) -> bytes:
+def craft(
+    sender: Party,
+    recipient_key: EncryptionKey,
+    recipient: str,
+    signed_document: bytes,
+    authorisation: bytes,
+    attachments: list[bytes],
+    *,
+    message_id: str,
+    sent_at: str = "",
+    header_overrides: dict[str, Any] | None = None,
+) -> bytes:
     """An envelope built from the README alone (no call to ``seal``)."""
     header_obj: dict[str, Any] = {
-        "version": 1, "message_id": message_id, "sender": sender.code, "recipient": recipient,
+        "version": 1,
+        "message_id": message_id,
+        "sender": sender.code,
+        "recipient": recipient,
         "sent_at": sent_at or NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "sender_key_id": sender.node.key_id, "recipient_key_id": recipient_key.key_id,
+        "sender_key_id": sender.node.key_id,
+        "recipient_key_id": recipient_key.key_id,
         "suite": recipient_key.suite,
     }
     header_obj.update(header_overrides or {})
     header = canonical_json(header_obj)
     content_key = os.urandom(32)
-    inner = canonical_json({
-        "document": json.loads(signed_document), "authorisation": json.loads(authorisation),
-        "content_key": b64e(content_key), "chunk_size": CHUNK_SIZE,
-    })
+    inner = canonical_json(
+        {
+            "document": json.loads(signed_document),
+            "authorisation": json.loads(authorisation),
+            "content_key": b64e(content_key),
+            "chunk_size": CHUNK_SIZE,
+        }
+    )
     body = recipient_key.seal(inner, pae(BODY_INFO_TYPE, header))
-    streams = [b"".join(encrypt_stream(attachment_key(content_key, message_id, i), [data], len(data)))
-               for i, data in enumerate(attachments)]
+    streams = [
+        b"".join(encrypt_stream(attachment_key(content_key, message_id, i), [data], len(data)))
+        for i, data in enumerate(attachments)
+    ]
     return assemble(header, body, streams, signer=sender.node)
 
 
@@ -193,8 +228,9 @@ def test_reply_travels_the_other_way(kz: Party, by: Party, docs: Documents) -> N
     assert message.document.thread_id == request["thread_id"]
 
 
-def test_open_reads_from_a_file_object_and_streams_attachments(kz_pq: Party, by_pq: Party,
-                                                             docs: Documents) -> None:
+def test_open_reads_from_a_file_object_and_streams_attachments(
+    kz_pq: Party, by_pq: Party, docs: Documents
+) -> None:
     data = os.urandom(CHUNK_SIZE + 5)
     envelope = sealed(kz_pq, by_pq, docs.request(attachments=[attachment_ref("a.bin", data)]), [data])
     source = io.BytesIO(envelope)
@@ -206,9 +242,10 @@ def test_open_reads_from_a_file_object_and_streams_attachments(kz_pq: Party, by_
 def test_seal_stream_takes_attachments_as_iterables(kz_pq: Party, by_pq: Party, docs: Documents) -> None:
     data = os.urandom(CHUNK_SIZE * 2 + 999)
     request = docs.request(attachments=[attachment_ref("big.bin", data)])
-    pieces = (data[i:i + 1000] for i in range(0, len(data), 1000))
-    envelope = b"".join(seal_stream(sign(kz_pq, request), kz_pq.authorisation, [pieces], kz_pq.keys,
-                                    by_pq.trusted, NOW))
+    pieces = (data[i : i + 1000] for i in range(0, len(data), 1000))
+    envelope = b"".join(
+        seal_stream(sign(kz_pq, request), kz_pq.authorisation, [pieces], kz_pq.keys, by_pq.trusted, NOW)
+    )
     assert open(envelope, by_pq.keys, kz_pq.trusted, NOW).attachment_bytes(0, envelope) == data
 
 
@@ -229,8 +266,9 @@ def test_layout_matches_the_documented_format(kz: Party, by: Party, docs: Docume
 def test_an_envelope_built_from_the_readme_alone_opens(kz: Party, by: Party, docs: Documents) -> None:
     data = b"attachment"
     request = docs.request(attachments=[attachment_ref("a.txt", data, "text/plain")])
-    envelope = craft(kz, by.decryption.public, "BY", sign(kz, request), kz.authorisation, [data],
-                     message_id=request["id"])
+    envelope = craft(
+        kz, by.decryption.public, "BY", sign(kz, request), kz.authorisation, [data], message_id=request["id"]
+    )
     message = open(envelope, by.keys, kz.trusted, NOW)
     assert message.attachment_bytes(0, envelope) == data
 
@@ -239,8 +277,16 @@ def test_clear_header_holds_only_minimal_metadata(kz_pq: Party, by_pq: Party, do
     request = docs.request()
     envelope = sealed(kz_pq, by_pq, request)
     header = Parts(envelope).header_json()
-    assert set(header) == {"version", "message_id", "sender", "recipient", "sent_at", "sender_key_id",
-                           "recipient_key_id", "suite"}
+    assert set(header) == {
+        "version",
+        "message_id",
+        "sender",
+        "recipient",
+        "sent_at",
+        "sender_key_id",
+        "recipient_key_id",
+        "suite",
+    }
     assert header["version"] == 1
     # Kind, purpose, confidentiality and content travel only inside the encryption.
     for secret in ("request", request["purpose"], request["content"], "confidential", "drugs"):
@@ -255,15 +301,18 @@ def test_each_seal_is_freshly_encrypted(kz_pq: Party, by_pq: Party, docs: Docume
 
 # --- the node signature comes first ------------------------------------------------
 
+
 def test_tampered_ciphertext_is_rejected_by_the_node_signature_before_decryption(
-        kz: Party, by: Party, docs: Documents, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Party, by: Party, docs: Documents, monkeypatch: pytest.MonkeyPatch
+) -> None:
     envelope = bytearray(sealed(kz, by, docs.request()))
     framing = read_framing(bytes(envelope))
     envelope[framing.body_offset + framing.body_len // 2] ^= 0x01
     calls: list[int] = []
     original = DecryptionKey.open
-    monkeypatch.setattr(DecryptionKey, "open",
-                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        DecryptionKey, "open", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     with pytest.raises(ProlinkError) as exc:
         open(bytes(envelope), by.keys, kz.trusted, NOW)
     assert code_of(exc) == "envelope.bad_signature"
@@ -309,6 +358,7 @@ def test_header_edited_and_resigned_no_longer_decrypts(kz: Party, by: Party, doc
 
 # --- addressing and keys -------------------------------------------------------------
 
+
 def test_envelope_for_another_party_is_refused(kz: Party, by: Party, docs: Documents) -> None:
     uz = make_party("UZ", by.suite)
     with pytest.raises(ProlinkError) as exc:
@@ -331,8 +381,9 @@ def test_recipient_without_the_decryption_key_is_refused(kz: Party, by: Party, d
 
 
 @pytest.mark.parametrize("suite_name", ["X448/HKDF_SHA512/CHACHA20_POLY1305", "other-suite"])
-def test_header_suite_that_does_not_match_the_key_is_refused(kz: Party, by: Party, docs: Documents,
-                                                              suite_name: str) -> None:
+def test_header_suite_that_does_not_match_the_key_is_refused(
+    kz: Party, by: Party, docs: Documents, suite_name: str
+) -> None:
     parts = Parts(sealed(kz, by, docs.request()))
     header = parts.header_json()
     header["suite"] = suite_name
@@ -367,8 +418,9 @@ def test_node_key_revoked_before_sending_is_refused(kz: Party, by: Party, docs: 
 
 def test_node_key_revoked_by_a_separate_revocation_is_refused(kz: Party, by: Party, docs: Documents) -> None:
     envelope = sealed(kz, by, docs.request())
-    revocation = issue_revocation(kz.node.key_id, NOW - timedelta(minutes=1), "ключ скомпрометирован",
-                                  kz.root)
+    revocation = issue_revocation(
+        kz.node.key_id, NOW - timedelta(minutes=1), "ключ скомпрометирован", kz.root
+    )
     with pytest.raises(ProlinkError) as exc:
         open(envelope, by.keys, kz.trusted.with_revocation(revocation), NOW)
     assert code_of(exc) == "trust.key_revoked"
@@ -398,8 +450,11 @@ def test_rotation_old_and_new_node_keys_both_open_during_the_overlap(by: Party, 
     from protocol import KeyValidity
 
     old = SigningKey.generate()
-    kz = make_party("KZ", by.suite, extra_signing_keys=[
-        (old.public, KeyValidity(old.key_id, KEYS_FROM, NOW + timedelta(days=7)))])
+    kz = make_party(
+        "KZ",
+        by.suite,
+        extra_signing_keys=[(old.public, KeyValidity(old.key_id, KEYS_FROM, NOW + timedelta(days=7)))],
+    )
     with_old = replace(kz, keys=NodeKeys("KZ", old, kz.keys.decryption))
     for sender in (kz, with_old):
         assert open(sealed(sender, by, docs.request()), by.keys, kz.trusted, NOW).document.kind == "request"
@@ -410,6 +465,7 @@ def test_rotation_old_and_new_node_keys_both_open_during_the_overlap(by: Party, 
 
 
 # --- clock window ------------------------------------------------------------------
+
 
 def test_envelope_older_than_the_clock_window_is_replayed(kz: Party, by: Party, docs: Documents) -> None:
     envelope = sealed(kz, by, docs.request())
@@ -427,8 +483,9 @@ def test_envelope_from_too_far_in_the_future_is_replayed(kz: Party, by: Party, d
     assert code_of(exc) == "envelope.replayed"
 
 
-def test_sent_at_moved_into_the_window_without_the_node_key_fails(kz: Party, by: Party,
-                                                                  docs: Documents) -> None:
+def test_sent_at_moved_into_the_window_without_the_node_key_fails(
+    kz: Party, by: Party, docs: Documents
+) -> None:
     """The clock window reads the claimed ``sent_at``; the node signature then proves it."""
     old = NOW - timedelta(days=5)
     parts = Parts(sealed(kz, by, docs.request(created_at=old - timedelta(hours=1)), now=old))
@@ -439,8 +496,12 @@ def test_sent_at_moved_into_the_window_without_the_node_key_fails(kz: Party, by:
         open(moved, by.keys, kz.trusted, NOW)
     assert code_of(exc) == "envelope.bad_signature"
     with pytest.raises(ProlinkError) as exc:
-        open(assemble(parts.header, parts.body, parts.attachments, signature=parts.signature),
-             by.keys, kz.trusted, NOW)
+        open(
+            assemble(parts.header, parts.body, parts.attachments, signature=parts.signature),
+            by.keys,
+            kz.trusted,
+            NOW,
+        )
     assert code_of(exc) == "envelope.replayed"
 
 
@@ -450,6 +511,7 @@ def test_a_stored_envelope_reopens_with_no_age_limit(kz: Party, by: Party, docs:
 
 
 # --- Art. 4: who signed the document ---------------------------------------------
+
 
 def test_art4_document_signed_outside_authorisation_period_is_rejected(by: Party, docs: Documents) -> None:
     kz = make_party("KZ", by.suite, auth_from=date(2026, 1, 1), auth_until=date(2026, 6, 30))
@@ -472,8 +534,9 @@ def test_art4_authorisation_period_includes_its_first_and_last_day(by: Party, do
     assert open(sealed(kz, by, docs.request(created_at=NOW)), by.keys, kz.trusted, NOW).message_id
 
 
-def test_art4_authorisation_from_another_partys_root_is_rejected(kz: Party, by: Party,
-                                                                  docs: Documents) -> None:
+def test_art4_authorisation_from_another_partys_root_is_rejected(
+    kz: Party, by: Party, docs: Documents
+) -> None:
     foreign = make_authorisation("KZ", by.root, kz.signatory.public)
     with pytest.raises(ProlinkError) as exc:
         open(sealed(kz, by, docs.request(), authorisation=foreign), by.keys, kz.trusted, NOW)
@@ -481,7 +544,8 @@ def test_art4_authorisation_from_another_partys_root_is_rejected(kz: Party, by: 
 
 
 def test_art4_authorisation_claiming_the_right_root_but_signed_by_another_is_rejected(
-        kz: Party, by: Party, docs: Documents) -> None:
+    kz: Party, by: Party, docs: Documents
+) -> None:
     foreign = Signed.from_bytes(make_authorisation("KZ", by.root, kz.signatory.public), what="test")
     forged = replace(foreign, key_id=kz.root.key_id).to_bytes()
     with pytest.raises(ProlinkError) as exc:
@@ -489,8 +553,9 @@ def test_art4_authorisation_claiming_the_right_root_but_signed_by_another_is_rej
     assert code_of(exc) == "trust.bad_authorisation"
 
 
-def test_art4_authorisation_to_sign_for_another_party_is_rejected(kz: Party, by: Party,
-                                                                   docs: Documents) -> None:
+def test_art4_authorisation_to_sign_for_another_party_is_rejected(
+    kz: Party, by: Party, docs: Documents
+) -> None:
     wrong_party = make_authorisation("BY", kz.root, kz.signatory.public)
     with pytest.raises(ProlinkError) as exc:
         open(sealed(kz, by, docs.request(), authorisation=wrong_party), by.keys, kz.trusted, NOW)
@@ -498,7 +563,8 @@ def test_art4_authorisation_to_sign_for_another_party_is_rejected(kz: Party, by:
 
 
 def test_art4_document_signed_by_a_key_other_than_the_authorised_one_is_rejected(
-        kz: Party, by: Party, docs: Documents) -> None:
+    kz: Party, by: Party, docs: Documents
+) -> None:
     with pytest.raises(ProlinkError) as exc:
         open(sealed(kz, by, docs.request(), signer=SigningKey.generate()), by.keys, kz.trusted, NOW)
     assert code_of(exc) == "trust.unauthorised_signer"
@@ -510,8 +576,9 @@ def test_art4_node_key_cannot_sign_for_a_person(kz: Party, by: Party, docs: Docu
     assert code_of(exc) == "trust.unauthorised_signer"
 
 
-def test_art4_forged_signature_under_the_authorised_key_id_is_rejected(kz: Party, by: Party,
-                                                                        docs: Documents) -> None:
+def test_art4_forged_signature_under_the_authorised_key_id_is_rejected(
+    kz: Party, by: Party, docs: Documents
+) -> None:
     request = docs.request()
     genuine = Signed.from_bytes(sign(kz, request), what="test")
     forged = replace(genuine, signature=SigningKey.generate().sign(genuine.signed_bytes())).to_bytes()
@@ -536,12 +603,15 @@ def test_art4_authorisation_is_delivered_with_the_document(kz: Party, by: Party,
 
 # --- what the node key alone cannot change -------------------------------------------
 
-def test_person_signed_document_cannot_be_moved_to_another_message_id(kz: Party, by: Party,
-                                                                     docs: Documents) -> None:
+
+def test_person_signed_document_cannot_be_moved_to_another_message_id(
+    kz: Party, by: Party, docs: Documents
+) -> None:
     request = docs.request()
     other_id = docs.request()["id"]
-    envelope = craft(kz, by.decryption.public, "BY", sign(kz, request), kz.authorisation, [],
-                     message_id=other_id)
+    envelope = craft(
+        kz, by.decryption.public, "BY", sign(kz, request), kz.authorisation, [], message_id=other_id
+    )
     with pytest.raises(ProlinkError) as exc:
         open(envelope, by.keys, kz.trusted, NOW)
     assert code_of(exc) == "envelope.id_mismatch"
@@ -554,23 +624,26 @@ def test_document_dated_after_the_envelope_is_refused(kz: Party, by: Party, docs
     assert code_of(exc) == "document.dated_in_future"
 
 
-def test_document_for_another_recipient_cannot_be_sealed_or_redirected(kz: Party, by: Party,
-                                                                       docs: Documents) -> None:
+def test_document_for_another_recipient_cannot_be_sealed_or_redirected(
+    kz: Party, by: Party, docs: Documents
+) -> None:
     uz = make_party("UZ", by.suite)
     with pytest.raises(ProlinkError) as exc:
         sealed(kz, uz, docs.request())
     assert code_of(exc) == "envelope.wrong_party"
     # A node that re-addresses a document signed for BY to UZ is caught on opening.
     request = docs.request()
-    envelope = craft(kz, uz.decryption.public, "UZ", sign(kz, request), kz.authorisation, [],
-                     message_id=request["id"])
+    envelope = craft(
+        kz, uz.decryption.public, "UZ", sign(kz, request), kz.authorisation, [], message_id=request["id"]
+    )
     with pytest.raises(ProlinkError) as exc:
         open(envelope, uz.keys, kz.trusted, NOW)
     assert code_of(exc) == "envelope.wrong_party"
 
 
 def test_attachment_replaced_by_the_sender_node_breaks_the_person_signed_hash(
-        kz: Party, by: Party, docs: Documents) -> None:
+    kz: Party, by: Party, docs: Documents
+) -> None:
     data = os.urandom(5000)
     request = docs.request(attachments=[attachment_ref("a.bin", data)])
     envelope = sealed(kz, by, request, [data])
@@ -594,8 +667,10 @@ def test_dropping_a_whole_attachment_is_detected(kz: Party, by: Party, docs: Doc
 
 # --- seal refuses what it cannot vouch for ---------------------------------------------
 
+
 def test_seal_refuses_an_attachment_that_does_not_match_the_documents_sha256(
-        kz_pq: Party, by_pq: Party, docs: Documents) -> None:
+    kz_pq: Party, by_pq: Party, docs: Documents
+) -> None:
     data = b"the real protocol"
     request = docs.request(attachments=[attachment_ref("a.txt", data)])
     with pytest.raises(ProlinkError) as exc:
@@ -604,8 +679,9 @@ def test_seal_refuses_an_attachment_that_does_not_match_the_documents_sha256(
 
 
 @pytest.mark.parametrize("actual", [b"short", b"much longer than declared"])
-def test_seal_refuses_an_attachment_of_another_size(kz_pq: Party, by_pq: Party, docs: Documents,
-                                                     actual: bytes) -> None:
+def test_seal_refuses_an_attachment_of_another_size(
+    kz_pq: Party, by_pq: Party, docs: Documents, actual: bytes
+) -> None:
     request = docs.request(attachments=[attachment_ref("a.txt", b"declared!")])
     with pytest.raises(ProlinkError) as exc:
         sealed(kz_pq, by_pq, request, [actual])
@@ -622,13 +698,15 @@ def test_seal_refuses_a_different_number_of_attachments(kz_pq: Party, by_pq: Par
 def test_seal_refuses_something_that_is_not_a_signed_document(kz_pq: Party, by_pq: Party) -> None:
     not_a_document = issue_authorisation(
         Authorisation("KZ", "Иванов", "прокурор", kz_pq.signatory.public, AUTH_FROM, AUTH_UNTIL, NOW),
-        kz_pq.root)
+        kz_pq.root,
+    )
     with pytest.raises(ProlinkError) as exc:
         seal(not_a_document, kz_pq.authorisation, [], kz_pq.keys, by_pq.trusted, NOW)
     assert code_of(exc) == "envelope.bad_document"
 
 
 # --- attachment tampering (STREAM) -------------------------------------------------------
+
 
 def _two_attachment_envelope(kz: Party, by: Party, docs: Documents) -> tuple[bytes, list[bytes]]:
     data = [os.urandom(3 * CHUNK_SIZE + 100), os.urandom(3 * CHUNK_SIZE + 100)]
@@ -664,9 +742,17 @@ def _tamper(kind: str, parts: Parts, other: Parts) -> list[bytes]:
     return streams
 
 
-TAMPERING = ["truncate_at_chunk_boundary", "truncate_inside_a_chunk", "reorder_chunks", "drop_a_chunk",
-             "duplicate_a_chunk", "append_a_chunk", "swap_chunk_from_another_message",
-             "swap_two_attachments", "swap_chunks_between_attachments"]
+TAMPERING = [
+    "truncate_at_chunk_boundary",
+    "truncate_inside_a_chunk",
+    "reorder_chunks",
+    "drop_a_chunk",
+    "duplicate_a_chunk",
+    "append_a_chunk",
+    "swap_chunk_from_another_message",
+    "swap_two_attachments",
+    "swap_chunks_between_attachments",
+]
 
 
 @pytest.fixture(scope="module")
@@ -680,8 +766,9 @@ def two_envelopes() -> tuple[Party, Party, bytes, bytes]:
 def test_attachment_tampering_in_transit_fails_the_node_signature(two_envelopes: Any, kind: str) -> None:
     kz, by, envelope, other = two_envelopes
     parts = Parts(envelope)
-    tampered = assemble(parts.header, parts.body, _tamper(kind, parts, Parts(other)),
-                        signature=parts.signature)
+    tampered = assemble(
+        parts.header, parts.body, _tamper(kind, parts, Parts(other)), signature=parts.signature
+    )
     with pytest.raises(ProlinkError) as exc:
         open(tampered, by.keys, kz.trusted, NOW)
     assert code_of(exc) == "envelope.bad_signature"
@@ -689,12 +776,14 @@ def test_attachment_tampering_in_transit_fails_the_node_signature(two_envelopes:
 
 @pytest.mark.parametrize("kind", TAMPERING)
 def test_attachment_tampering_is_caught_by_stream_even_under_a_valid_node_signature(
-        two_envelopes: Any, kind: str) -> None:
+    two_envelopes: Any, kind: str
+) -> None:
     kz, by, envelope, other = two_envelopes
     parts = Parts(envelope)
     with pytest.raises(ProlinkError) as exc:
-        open(resigned(parts, kz.node, attachments=_tamper(kind, parts, Parts(other))), by.keys, kz.trusted,
-             NOW)
+        open(
+            resigned(parts, kz.node, attachments=_tamper(kind, parts, Parts(other))), by.keys, kz.trusted, NOW
+        )
     assert code_of(exc) == "envelope.attachment_corrupt"
 
 
@@ -720,17 +809,22 @@ def test_untouched_attachments_of_a_stored_envelope_still_read(two_envelopes: An
 
 # --- malformed input -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("mutate", [
-    lambda e: b"",
-    lambda e: e[:7],
-    lambda e: b"PRLKENV2" + e[8:],
-    lambda e: e[:-1],
-    lambda e: e + b"\x00",
-    lambda e: e[:8] + struct.pack(">I", 1 << 20) + e[12:],
-    lambda e: e[:8] + struct.pack(">I", len(e)) + e[12:],
-])
-def test_malformed_framing_is_refused_with_a_code(kz_pq: Party, by_pq: Party, docs: Documents,
-                                                  mutate: Any) -> None:
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda e: b"",
+        lambda e: e[:7],
+        lambda e: b"PRLKENV2" + e[8:],
+        lambda e: e[:-1],
+        lambda e: e + b"\x00",
+        lambda e: e[:8] + struct.pack(">I", 1 << 20) + e[12:],
+        lambda e: e[:8] + struct.pack(">I", len(e)) + e[12:],
+    ],
+)
+def test_malformed_framing_is_refused_with_a_code(
+    kz_pq: Party, by_pq: Party, docs: Documents, mutate: Any
+) -> None:
     envelope = sealed(kz_pq, by_pq, docs.request())
     with pytest.raises(ProlinkError) as exc:
         open(mutate(envelope), by_pq.keys, kz_pq.trusted, NOW)
@@ -738,8 +832,9 @@ def test_malformed_framing_is_refused_with_a_code(kz_pq: Party, by_pq: Party, do
 
 
 @pytest.mark.parametrize("version", [2, 0, 1.0, True, "1", None])
-def test_unsupported_protocol_version_is_refused(kz_pq: Party, by_pq: Party, docs: Documents,
-                                                 version: object) -> None:
+def test_unsupported_protocol_version_is_refused(
+    kz_pq: Party, by_pq: Party, docs: Documents, version: object
+) -> None:
     """Only the JSON integer 1 is version 1 (``1.0`` and ``true`` compare equal to 1 in Python)."""
     parts = Parts(sealed(kz_pq, by_pq, docs.request()))
     header = parts.header_json()
@@ -753,9 +848,14 @@ def test_unsupported_protocol_version_is_refused(kz_pq: Party, by_pq: Party, doc
 def test_inner_body_with_unknown_chunk_size_is_refused(kz_pq: Party, by_pq: Party, docs: Documents) -> None:
     request = docs.request()
     header = Parts(sealed(kz_pq, by_pq, request)).header
-    inner = canonical_json({"document": json.loads(sign(kz_pq, request)),
-                            "authorisation": json.loads(kz_pq.authorisation),
-                            "content_key": b64e(bytes(32)), "chunk_size": 4096})
+    inner = canonical_json(
+        {
+            "document": json.loads(sign(kz_pq, request)),
+            "authorisation": json.loads(kz_pq.authorisation),
+            "content_key": b64e(bytes(32)),
+            "chunk_size": 4096,
+        }
+    )
     body = by_pq.decryption.public.seal(inner, pae(BODY_INFO_TYPE, header))
     with pytest.raises(ProlinkError) as exc:
         open(assemble(header, body, [], signer=kz_pq.node), by_pq.keys, kz_pq.trusted, NOW)
@@ -770,8 +870,9 @@ def test_document_json_in_signed_payload_is_validated(kz_pq: Party, by_pq: Party
     from protocol._trust import sign_statement
 
     signed = sign_statement(DOCUMENT_TYPE, doc, kz_pq.signatory).to_bytes()
-    envelope = craft(kz_pq, by_pq.decryption.public, "BY", signed, kz_pq.authorisation, [],
-                     message_id=request["id"])
+    envelope = craft(
+        kz_pq, by_pq.decryption.public, "BY", signed, kz_pq.authorisation, [], message_id=request["id"]
+    )
     with pytest.raises(ProlinkError) as exc:
         open(envelope, by_pq.keys, kz_pq.trusted, NOW)
     assert code_of(exc) == "document.not_russian"

@@ -30,8 +30,19 @@ from protocol import (
     verify_inclusion,
 )
 
-LEAVES = [bytes.fromhex(h) for h in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-                                     "606162636465666768696a6b6c6d6e6f"]]
+LEAVES = [
+    bytes.fromhex(h)
+    for h in [
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    ]
+]
 
 ROOTS = [
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",  # empty tree: SHA-256("")
@@ -47,52 +58,100 @@ ROOTS = [
 
 #: Every perfect subtree of the eight-leaf tree, level by level (level 0: leaf hashes).
 NODES = [
-    ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-     "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-     "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
-     "07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7",
-     "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-     "4271a26be0d8a84f0bd54c8c302e7cb3a3b5d1fa6780a40bcce2873477dab658",
-     "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
-     "46f6ffadd3d06a09ff3c5860d2755c8b9819db7df44251788c7d8e3180de8eb1"],
-    ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-     "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-     "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-     "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0"],
-    ["d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-     "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
+    [
+        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
+        "07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7",
+        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        "4271a26be0d8a84f0bd54c8c302e7cb3a3b5d1fa6780a40bcce2873477dab658",
+        "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
+        "46f6ffadd3d06a09ff3c5860d2755c8b9819db7df44251788c7d8e3180de8eb1",
+    ],
+    [
+        "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+    ],
+    [
+        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+    ],
     ["5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"],
 ]
 
 # (leaf index, tree size, path): RFC 9162 PATH; indexes 0-based.
 INCLUSION = [
     (0, 1, []),
-    (0, 8, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+    (
+        0,
+        8,
+        [
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
             "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
-    (5, 8, ["bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        5,
+        8,
+        [
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
             "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
     (2, 3, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-    (1, 5, ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    (
+        1,
+        5,
+        [
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
             "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
 ]
 
 # (old size, new size, proof): RFC 9162 PROOF.
 CONSISTENCY = [
     (1, 1, []),
-    (1, 8, ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+    (
+        1,
+        8,
+        [
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
             "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
-    (6, 8, ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        6,
+        8,
+        [
+            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
             "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
-    (2, 5, ["5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
-    (6, 7, ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
+    (
+        2,
+        5,
+        [
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
+    (
+        6,
+        7,
+        [
+            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
             "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]),
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
 ]
 
 
@@ -124,19 +183,23 @@ def test_every_stored_subtree_matches_the_ct_vectors(tree: MemoryTree) -> None:
 
 
 @pytest.mark.parametrize(("index", "size", "path"), INCLUSION)
-def test_inclusion_proofs_match_the_ct_vectors(tree: MemoryTree, index: int, size: int,
-                                               path: list[str]) -> None:
+def test_inclusion_proofs_match_the_ct_vectors(
+    tree: MemoryTree, index: int, size: int, path: list[str]
+) -> None:
     assert hexes(tree.inclusion_proof(index, size)) == path
-    verify_inclusion(leaf_hash(LEAVES[index]), index, size, [bytes.fromhex(h) for h in path],
-                     bytes.fromhex(ROOTS[size]))
+    verify_inclusion(
+        leaf_hash(LEAVES[index]), index, size, [bytes.fromhex(h) for h in path], bytes.fromhex(ROOTS[size])
+    )
 
 
 @pytest.mark.parametrize(("old", "new", "proof"), CONSISTENCY)
-def test_consistency_proofs_match_the_ct_vectors(tree: MemoryTree, old: int, new: int,
-                                                 proof: list[str]) -> None:
+def test_consistency_proofs_match_the_ct_vectors(
+    tree: MemoryTree, old: int, new: int, proof: list[str]
+) -> None:
     assert hexes(tree.consistency_proof(old, new)) == proof
-    verify_consistency(old, new, bytes.fromhex(ROOTS[old]), bytes.fromhex(ROOTS[new]),
-                       [bytes.fromhex(h) for h in proof])
+    verify_consistency(
+        old, new, bytes.fromhex(ROOTS[old]), bytes.fromhex(ROOTS[new]), [bytes.fromhex(h) for h in proof]
+    )
 
 
 def test_a_wrong_inclusion_proof_is_refused(tree: MemoryTree) -> None:
@@ -145,7 +208,7 @@ def test_a_wrong_inclusion_proof_is_refused(tree: MemoryTree) -> None:
     root = bytes.fromhex(ROOTS[size])
     leaf = leaf_hash(LEAVES[index])
     with pytest.raises(LogError, match="not in the tree"):
-        verify_inclusion(leaf, index - 1, size, proof, root)          # wrong position
+        verify_inclusion(leaf, index - 1, size, proof, root)  # wrong position
     with pytest.raises(LogError, match="not in the tree"):
         verify_inclusion(leaf_hash(b"forged"), index, size, proof, root)  # other content
     with pytest.raises(LogError, match="shorter"):
@@ -161,8 +224,9 @@ def test_a_rewritten_history_fails_the_consistency_check(tree: MemoryTree) -> No
     proof = [bytes.fromhex(h) for h in path]
     other = MemoryTree(leaf_hash(x) for x in [*LEAVES[:3], b"rewritten", *LEAVES[4:]])
     with pytest.raises(LogError, match="does not contain the tree of size 6") as err:
-        verify_consistency(old, new, bytes.fromhex(ROOTS[old]), other.root(new),
-                           other.consistency_proof(old, new))
+        verify_consistency(
+            old, new, bytes.fromhex(ROOTS[old]), other.root(new), other.consistency_proof(old, new)
+        )
     assert err.value.code == "audit.inconsistent"
     with pytest.raises(LogError):
         verify_consistency(old, new, bytes.fromhex(ROOTS[old]), bytes.fromhex(ROOTS[new]), proof[:-1])
@@ -207,8 +271,9 @@ def test_compact_range_gives_the_root_and_resumes_from_any_size(split: int, extr
     # Appending reports exactly the perfect subtrees (level >= 1) that became complete.
     for level, index, h in completed:
         assert t.get(level, index) == h
-    expected = sum(1 for level in range(1, 10) for index in range(len(leaves) >> level)
-                   if (index + 1) << level > split)
+    expected = sum(
+        1 for level in range(1, 10) for index in range(len(leaves) >> level) if (index + 1) << level > split
+    )
     assert len(completed) == expected
 
 

@@ -49,10 +49,15 @@ from protocol import (
 from protocol._stream import attachment_key, encrypt_stream
 from tests.protocol.conftest import NOW, Documents, attachment_ref, parties, sealed, sign
 
-SETTINGS = settings(max_examples=100, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FLIP_SETTINGS = settings(max_examples=200, deadline=None, database=None,
-                         suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FLIP_SETTINGS = settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 CODE = re.compile(r"^[a-z_]+\.[a-z_]+$")
 BODY_INFO_TYPE = "application/vnd.prolink.envelope-body.v1"
 ENVELOPE_SIG_TYPE = "application/vnd.prolink.envelope.v1"
@@ -79,10 +84,27 @@ def flip(data: bytes, bit: int) -> bytes:
 CYRILLIC = "абвгдеёжзийклмнопрстуфхцчшщъыьэюяАБВГДЕЁЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯіўқңәөүұһ"
 russian_words = st.text(alphabet=CYRILLIC, min_size=1, max_size=15)
 other_tokens = st.one_of(
-    st.text(alphabet=string.ascii_letters, min_size=1, max_size=10),       # Latin proper names
-    st.from_regex(r"№ ?[0-9]{1,6}(/[0-9]{2,4})?", fullmatch=True),            # case numbers
-    st.sampled_from(["«", "»", "\"", "\\", "—", "(", ")", ",", ".", "\n", "\t", "😀", "KZ-2024/15",
-                     "ivanov@prokuror.kz", "https://gov.kz"]),
+    st.text(alphabet=string.ascii_letters, min_size=1, max_size=10),  # Latin proper names
+    st.from_regex(r"№ ?[0-9]{1,6}(/[0-9]{2,4})?", fullmatch=True),  # case numbers
+    st.sampled_from(
+        [
+            "«",
+            "»",
+            '"',
+            "\\",
+            "—",
+            "(",
+            ")",
+            ",",
+            ".",
+            "\n",
+            "\t",
+            "😀",
+            "KZ-2024/15",
+            "ivanov@prokuror.kz",
+            "https://gov.kz",
+        ]
+    ),
 )
 
 
@@ -97,8 +119,9 @@ def russian_text(draw: st.DrawFn, max_words: int = 40) -> str:
     return text
 
 
-file_names = st.text(alphabet=CYRILLIC + string.ascii_letters + string.digits + " -_.()", min_size=1,
-                     max_size=40).filter(lambda n: n not in (".", "..") and n.strip() == n and n)
+file_names = st.text(
+    alphabet=CYRILLIC + string.ascii_letters + string.digits + " -_.()", min_size=1, max_size=40
+).filter(lambda n: n not in (".", "..") and n.strip() == n and n)
 
 
 @st.composite
@@ -107,8 +130,13 @@ def attachment_specs(draw: st.DrawFn, max_count: int = 3) -> list[tuple[str, int
     count = draw(st.integers(0, max_count))
     out = []
     for i in range(count):
-        size = draw(st.one_of(st.integers(0, 2000), st.integers(0, 300 * 1024),
-                              st.sampled_from([CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE])))
+        size = draw(
+            st.one_of(
+                st.integers(0, 2000),
+                st.integers(0, 300 * 1024),
+                st.sampled_from([CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE]),
+            )
+        )
         out.append((f"{i}-{draw(file_names)}", size, draw(st.integers(0, 2**32))))
     return out
 
@@ -121,10 +149,13 @@ def materialise(specs: list[tuple[str, int, int]]) -> list[tuple[str, bytes]]:
 def documents(draw: st.DrawFn, refs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """(sender code, document JSON): a request from KZ or a reply to one from BY."""
     request = DOCS.request(
-        attachments=refs, grounds=draw(russian_text()), purpose=draw(russian_text(8)),
-        content=draw(russian_text()), other_information=draw(st.one_of(st.just(""), russian_text())),
-        urgent=draw(st.booleans()), confidentiality=draw(st.sampled_from(["unrestricted", "official_use",
-                                                                          "confidential"])),
+        attachments=refs,
+        grounds=draw(russian_text()),
+        purpose=draw(russian_text(8)),
+        content=draw(russian_text()),
+        other_information=draw(st.one_of(st.just(""), russian_text())),
+        urgent=draw(st.booleans()),
+        confidentiality=draw(st.sampled_from(["unrestricted", "official_use", "confidential"])),
         created_at=NOW - timedelta(seconds=draw(st.integers(0, 86400))),
     )
     kind = draw(st.sampled_from(["request", "execution_result", "refusal", "acceptance"]))
@@ -134,15 +165,29 @@ def documents(draw: st.DrawFn, refs: list[dict[str, Any]]) -> tuple[str, dict[st
     if kind == "execution_result":
         return "BY", DOCS.execution_result(request, attachments=refs, summary=draw(russian_text()))
     if kind == "refusal":
-        return "BY", DOCS.refusal(request, attachments=refs, reason=draw(russian_text()),
-                                  scope=draw(st.sampled_from(["full", "partial"])),
-                                  ground=draw(st.sampled_from(["sovereignty", "security", "public_order",
-                                                               "essential_interests", "national_law",
-                                                               "international_obligations"])))
+        return "BY", DOCS.refusal(
+            request,
+            attachments=refs,
+            reason=draw(russian_text()),
+            scope=draw(st.sampled_from(["full", "partial"])),
+            ground=draw(
+                st.sampled_from(
+                    [
+                        "sovereignty",
+                        "security",
+                        "public_order",
+                        "essential_interests",
+                        "national_law",
+                        "international_obligations",
+                    ]
+                )
+            ),
+        )
     return "BY", DOCS.acceptance(request, attachments=refs, note=draw(st.one_of(st.just(""), russian_text())))
 
 
 # --- round trips -----------------------------------------------------------------------
+
 
 def _round_trip(kz: Any, by: Any, data: st.DataObject) -> None:
     files = materialise(data.draw(attachment_specs()))
@@ -170,6 +215,7 @@ def test_seal_open_round_trip_classic(data: st.DataObject) -> None:
 
 
 # --- single-bit flips on the wire ------------------------------------------------------------
+
 
 def _envelope(kz: Any, by: Any, sizes: list[int]) -> bytes:
     files = [(f"{i}.bin", random.Random(i).randbytes(s)) for i, s in enumerate(sizes)]
@@ -211,10 +257,13 @@ def test_any_single_bit_flip_in_an_envelope_is_refused_with_a_code(case: tuple[s
 
 ENVELOPE_FOR_RECEIPT = ENVELOPES["pq-bare"]
 RECEIPT = receipt(ENVELOPE_FOR_RECEIPT, ACCEPTED, None, BY_PQ.keys, NOW)
-RECEIPT_CONTEXT = {"envelope_sha256": hashlib.sha256(ENVELOPE_FOR_RECEIPT).digest(),
-                   "message_id": json.loads(ENVELOPE_FOR_RECEIPT[12:12 + int.from_bytes(
-                       ENVELOPE_FOR_RECEIPT[8:12], "big")])["message_id"],
-                   "sender": "KZ"}
+RECEIPT_CONTEXT = {
+    "envelope_sha256": hashlib.sha256(ENVELOPE_FOR_RECEIPT).digest(),
+    "message_id": json.loads(
+        ENVELOPE_FOR_RECEIPT[12 : 12 + int.from_bytes(ENVELOPE_FOR_RECEIPT[8:12], "big")]
+    )["message_id"],
+    "sender": "KZ",
+}
 
 
 def test_the_unflipped_statements_verify() -> None:
@@ -276,6 +325,7 @@ def test_any_single_bit_flip_in_a_revocation_is_refused_with_a_code(bit: int) ->
 
 # --- one layer down: flips under a valid node signature ------------------------------------------
 
+
 def _frame(header: bytes, body: bytes, streams: list[bytes], signer: Any) -> bytes:
     payload = len(body).to_bytes(4, "big") + body + len(streams).to_bytes(4, "big")
     for s in streams:
@@ -286,14 +336,14 @@ def _frame(header: bytes, body: bytes, streams: list[bytes], signer: Any) -> byt
 
 def _split(envelope: bytes) -> tuple[bytes, bytes, list[bytes]]:
     hlen = int.from_bytes(envelope[8:12], "big")
-    header, pos = envelope[12:12 + hlen], 12 + hlen
-    blen = int.from_bytes(envelope[pos:pos + 4], "big")
-    body, pos = envelope[pos + 4:pos + 4 + blen], pos + 4 + blen
-    count, pos = int.from_bytes(envelope[pos:pos + 4], "big"), pos + 4
+    header, pos = envelope[12 : 12 + hlen], 12 + hlen
+    blen = int.from_bytes(envelope[pos : pos + 4], "big")
+    body, pos = envelope[pos + 4 : pos + 4 + blen], pos + 4 + blen
+    count, pos = int.from_bytes(envelope[pos : pos + 4], "big"), pos + 4
     streams = []
     for _ in range(count):
-        n = int.from_bytes(envelope[pos:pos + 8], "big")
-        streams.append(envelope[pos + 8:pos + 8 + n])
+        n = int.from_bytes(envelope[pos : pos + 8], "big")
+        streams.append(envelope[pos + 8 : pos + 8 + n])
         pos += 8 + n
     return header, body, streams
 
@@ -317,15 +367,18 @@ def test_ciphertext_flips_resigned_by_the_sender_node_are_still_refused(data: st
 _INNER_DATA = b"attachment under test"
 _INNER_DOC = DOCS.request(attachments=[attachment_ref("a.txt", _INNER_DATA)])
 _INNER_CONTENT_KEY = bytes(range(32))
-INNER = canonical_json({
-    "document": json.loads(sign(KZ_PQ, _INNER_DOC)),
-    "authorisation": json.loads(KZ_PQ.authorisation),
-    "content_key": b64e(_INNER_CONTENT_KEY),
-    "chunk_size": CHUNK_SIZE,
-})
+INNER = canonical_json(
+    {
+        "document": json.loads(sign(KZ_PQ, _INNER_DOC)),
+        "authorisation": json.loads(KZ_PQ.authorisation),
+        "content_key": b64e(_INNER_CONTENT_KEY),
+        "chunk_size": CHUNK_SIZE,
+    }
+)
 _INNER_HEADER = _split(sealed(KZ_PQ, BY_PQ, _INNER_DOC, [_INNER_DATA]))[0]
-_INNER_STREAM = b"".join(encrypt_stream(attachment_key(_INNER_CONTENT_KEY, _INNER_DOC["id"], 0),
-                                        [_INNER_DATA], len(_INNER_DATA)))
+_INNER_STREAM = b"".join(
+    encrypt_stream(attachment_key(_INNER_CONTENT_KEY, _INNER_DOC["id"], 0), [_INNER_DATA], len(_INNER_DATA))
+)
 
 
 @FLIP_SETTINGS

@@ -38,8 +38,11 @@ def check(data: bytes, by: Party, envelope: bytes, **overrides: object) -> objec
     from protocol import read_framing
 
     header = read_framing(envelope).header
-    args: dict[str, object] = {"envelope_sha256": hashlib.sha256(envelope).digest(),
-                               "message_id": header.message_id, "sender": header.sender}
+    args: dict[str, object] = {
+        "envelope_sha256": hashlib.sha256(envelope).digest(),
+        "message_id": header.message_id,
+        "sender": header.sender,
+    }
     args.update(overrides)
     return verify_receipt(data, by.trusted, **args)  # type: ignore[arg-type]
 
@@ -60,10 +63,12 @@ def test_rejected_receipt_carries_the_reason_code(by: Party, envelope: bytes) ->
     assert rec.reason_code == "envelope.replayed"  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("status", "reason"), [(REJECTED, None), (ACCEPTED, "envelope.replayed"),
-                                                ("maybe", None)])
-def test_receipt_status_and_reason_go_together(by: Party, envelope: bytes, status: str,
-                                               reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("status", "reason"), [(REJECTED, None), (ACCEPTED, "envelope.replayed"), ("maybe", None)]
+)
+def test_receipt_status_and_reason_go_together(
+    by: Party, envelope: bytes, status: str, reason: str | None
+) -> None:
     with pytest.raises(ReceiptError) as exc:
         receipt(envelope, status, reason, by.keys, NOW)
     assert exc.value.code == "receipt.bad_status"
@@ -73,14 +78,20 @@ def test_receipt_is_deterministic_and_byte_exact(by: Party, envelope: bytes) -> 
     a = receipt(envelope, ACCEPTED, None, by.keys, NOW)
     assert a == receipt(envelope, ACCEPTED, None, by.keys, NOW)
     payload = json.loads(Signed.from_bytes(a, what="t").payload)
-    assert payload == {"message_id": payload["message_id"],
-                       "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
-                       "sender": "KZ", "receiver": "BY", "status": "accepted", "reason_code": None,
-                       "issued_at": "2026-11-25T12:00:00.000000Z"}
+    assert payload == {
+        "message_id": payload["message_id"],
+        "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+        "sender": "KZ",
+        "receiver": "BY",
+        "status": "accepted",
+        "reason_code": None,
+        "issued_at": "2026-11-25T12:00:00.000000Z",
+    }
 
 
-def test_receipt_binds_the_exact_envelope_bytes(kz: Party, by: Party, docs: Documents,
-                                                envelope: bytes) -> None:
+def test_receipt_binds_the_exact_envelope_bytes(
+    kz: Party, by: Party, docs: Documents, envelope: bytes
+) -> None:
     data = receipt(envelope, ACCEPTED, None, by.keys, NOW)
     other = sealed(kz, by, docs.request())
     with pytest.raises(ReceiptError) as exc:
@@ -136,9 +147,13 @@ def test_receipt_from_a_revoked_node_key_does_not_verify(by: Party, envelope: by
     data = receipt(envelope, ACCEPTED, None, by.keys, NOW)
     revoked = rebuild(by, revocations=[Revocation(by.node.key_id, NOW - timedelta(hours=1), "lost")])
     with pytest.raises(ReceiptError) as exc:
-        verify_receipt(data, revoked.trusted, envelope_sha256=hashlib.sha256(envelope).digest(),
-                       message_id=json.loads(Signed.from_bytes(data, what="t").payload)["message_id"],
-                       sender="KZ")
+        verify_receipt(
+            data,
+            revoked.trusted,
+            envelope_sha256=hashlib.sha256(envelope).digest(),
+            message_id=json.loads(Signed.from_bytes(data, what="t").payload)["message_id"],
+            sender="KZ",
+        )
     assert exc.value.code == "receipt.bad_signature"
 
 
@@ -146,17 +161,22 @@ def test_receipt_issued_after_the_key_expired_does_not_verify(by: Party, envelop
     expired = rebuild(by, node_valid_until=NOW - timedelta(days=1))
     data = receipt(envelope, ACCEPTED, None, expired.keys, NOW)
     with pytest.raises(ReceiptError) as exc:
-        verify_receipt(data, expired.trusted, envelope_sha256=hashlib.sha256(envelope).digest(),
-                       message_id=json.loads(Signed.from_bytes(data, what="t").payload)["message_id"],
-                       sender="KZ")
+        verify_receipt(
+            data,
+            expired.trusted,
+            envelope_sha256=hashlib.sha256(envelope).digest(),
+            message_id=json.loads(Signed.from_bytes(data, what="t").payload)["message_id"],
+            sender="KZ",
+        )
     assert exc.value.code == "receipt.bad_signature"
 
 
 def test_a_receipt_answers_even_unparseable_bytes(by: Party) -> None:
     junk = b"not an envelope at all"
     data = receipt(junk, REJECTED, "encoding.malformed", by.keys, NOW)
-    rec = verify_receipt(data, by.trusted, envelope_sha256=hashlib.sha256(junk).digest(), message_id="",
-                         sender="")
+    rec = verify_receipt(
+        data, by.trusted, envelope_sha256=hashlib.sha256(junk).digest(), message_id="", sender=""
+    )
     assert rec.reason_code == "encoding.malformed"
 
 
@@ -164,18 +184,37 @@ def test_make_receipt_matches_receipt(by: Party, envelope: bytes) -> None:
     from protocol import read_framing
 
     header = read_framing(envelope).header
-    assert make_receipt(hashlib.sha256(envelope).digest(), header.message_id, header.sender, ACCEPTED, None,
-                        by.keys, NOW) == receipt(envelope, ACCEPTED, None, by.keys, NOW)
+    assert make_receipt(
+        hashlib.sha256(envelope).digest(), header.message_id, header.sender, ACCEPTED, None, by.keys, NOW
+    ) == receipt(envelope, ACCEPTED, None, by.keys, NOW)
 
 
-@pytest.mark.parametrize("payload", [
-    {"message_id": "m", "envelope_sha256": "00", "sender": "KZ", "receiver": "BY", "status": "accepted",
-     "reason_code": None, "issued_at": "2026-11-25T12:00:00.000000Z", "extra": 1},
-    {"message_id": "m", "envelope_sha256": "00", "sender": "KZ", "receiver": "BY", "status": "lost",
-     "reason_code": None, "issued_at": "2026-11-25T12:00:00.000000Z"},
-    {"message_id": "m", "issued_at": "yesterday"},
-    {"message_id": "m"},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {
+            "message_id": "m",
+            "envelope_sha256": "00",
+            "sender": "KZ",
+            "receiver": "BY",
+            "status": "accepted",
+            "reason_code": None,
+            "issued_at": "2026-11-25T12:00:00.000000Z",
+            "extra": 1,
+        },
+        {
+            "message_id": "m",
+            "envelope_sha256": "00",
+            "sender": "KZ",
+            "receiver": "BY",
+            "status": "lost",
+            "reason_code": None,
+            "issued_at": "2026-11-25T12:00:00.000000Z",
+        },
+        {"message_id": "m", "issued_at": "yesterday"},
+        {"message_id": "m"},
+    ],
+)
 def test_well_signed_but_malformed_receipt_is_refused(by: Party, payload: dict[str, object]) -> None:
     data = sign_statement(RECEIPT_TYPE, payload, by.node).to_bytes()
     with pytest.raises(ReceiptError) as exc:
@@ -192,8 +231,11 @@ def test_garbage_is_not_a_receipt(by: Party, garbage: bytes) -> None:
 
 def test_an_envelope_statement_type_cannot_pass_as_a_receipt(kz: Party, by: Party, docs: Documents) -> None:
     """A document signed by the node key is not a receipt (DSSE payload types separate them)."""
-    data = sign_statement("application/vnd.prolink.document+json",
-                          {"message_id": "m", "issued_at": "2026-11-25T12:00:00.000000Z"}, by.node).to_bytes()
+    data = sign_statement(
+        "application/vnd.prolink.document+json",
+        {"message_id": "m", "issued_at": "2026-11-25T12:00:00.000000Z"},
+        by.node,
+    ).to_bytes()
     with pytest.raises(ReceiptError) as exc:
         verify_receipt(data, by.trusted, envelope_sha256=bytes(32), message_id="m", sender="KZ")
     assert exc.value.code == "receipt.bad_signature"

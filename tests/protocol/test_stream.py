@@ -50,7 +50,7 @@ def test_round_trip(size: int) -> None:
 def test_input_pieces_of_any_shape_give_the_same_ciphertext() -> None:
     data = os.urandom(5 * SMALL + 3)
     whole = enc(data)
-    pieces = [data[i:i + 7] for i in range(0, len(data), 7)]
+    pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
     assert list(encrypt_stream(KEY, pieces, len(data), SMALL)) == whole
     assert list(encrypt_stream(KEY, [b"", data, b""], len(data), SMALL)) == whole
 
@@ -65,8 +65,11 @@ def test_nonce_is_an_11_byte_counter_and_a_last_chunk_flag() -> None:
     data = os.urandom(2 * SMALL + 10)
     chunks = enc(data)
     aead = AESGCM(KEY)
-    nonces = [(0).to_bytes(11, "big") + b"\x00", (1).to_bytes(11, "big") + b"\x00",
-              (2).to_bytes(11, "big") + b"\x01"]
+    nonces = [
+        (0).to_bytes(11, "big") + b"\x00",
+        (1).to_bytes(11, "big") + b"\x00",
+        (2).to_bytes(11, "big") + b"\x01",
+    ]
     assert b"".join(aead.decrypt(n, c, None) for n, c in zip(nonces, chunks, strict=True)) == data
 
 
@@ -91,6 +94,7 @@ def test_attachment_keys_differ_per_message_and_index() -> None:
 
 # --- tampering -------------------------------------------------------------------
 
+
 @pytest.fixture
 def three_chunks() -> list[bytes]:
     return enc(os.urandom(3 * SMALL + 10))  # 4 chunks: 3 full, 1 short
@@ -112,7 +116,7 @@ def test_truncation_inside_a_chunk_is_detected(three_chunks: list[bytes]) -> Non
 def test_truncation_to_less_than_a_tag_is_detected() -> None:
     blob = b"".join(enc(b"abc"))
     with pytest.raises(EnvelopeError) as exc:
-        list(decrypt_stream(KEY, [blob[:TAG_SIZE - 1]], TAG_SIZE - 1, SMALL))
+        list(decrypt_stream(KEY, [blob[: TAG_SIZE - 1]], TAG_SIZE - 1, SMALL))
     assert exc.value.code == "envelope.attachment_corrupt"
 
 
@@ -125,7 +129,7 @@ def test_empty_ciphertext_is_detected() -> None:
 def test_source_shorter_than_the_declared_length_is_detected(three_chunks: list[bytes]) -> None:
     blob = b"".join(three_chunks)
     with pytest.raises(EnvelopeError) as exc:
-        list(decrypt_stream(KEY, [blob[:2 * SEALED]], len(blob), SMALL))
+        list(decrypt_stream(KEY, [blob[: 2 * SEALED]], len(blob), SMALL))
     assert exc.value.code == "envelope.attachment_corrupt"
 
 
@@ -184,7 +188,8 @@ def test_wrong_key_is_detected(three_chunks: list[bytes]) -> None:
 
 
 def test_plaintext_before_the_bad_chunk_may_have_been_yielded_but_the_stream_fails(
-        three_chunks: list[bytes]) -> None:
+    three_chunks: list[bytes],
+) -> None:
     """Streaming consumers must treat output as provisional until the iterator finishes."""
     blob = b"".join(three_chunks[:-1])
     out = []
@@ -196,8 +201,10 @@ def test_plaintext_before_the_bad_chunk_may_have_been_yielded_but_the_stream_fai
 
 # --- declared size -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("declared", "actual"), [(10, 9), (10, 11), (0, 1), (SMALL, SMALL + 1),
-                                                  (2 * SMALL, SMALL)])
+
+@pytest.mark.parametrize(
+    ("declared", "actual"), [(10, 9), (10, 11), (0, 1), (SMALL, SMALL + 1), (2 * SMALL, SMALL)]
+)
 def test_plaintext_must_be_exactly_the_declared_size(declared: int, actual: int) -> None:
     with pytest.raises(EnvelopeError) as exc:
         list(encrypt_stream(KEY, [bytes(actual)], declared, SMALL))
@@ -212,6 +219,7 @@ def test_ciphertext_size_formula() -> None:
 
 
 # --- the real chunk size and bounded memory ----------------------------------------------
+
 
 def _generated(total: int, piece: int = 1 << 20) -> Iterator[bytes]:
     block = hashlib.sha256(b"seed").digest() * (piece // 32)

@@ -1,4 +1,3 @@
-
 """Trust: bundles and fingerprints, signing authorisations (Art. 4), revocations, key validity."""
 
 from __future__ import annotations
@@ -64,13 +63,14 @@ def resign_payload(bundle: bytes, root: SigningKey, edit: object) -> bytes:
 
 # --- fingerprints and key ids --------------------------------------------------------
 
+
 def test_fingerprint_is_eight_groups_of_five_digits(kz: Party) -> None:
     assert re.fullmatch(r"\d{5}( \d{5}){7}", kz.fingerprint)
 
 
 def test_fingerprint_algorithm_is_as_documented(kz: Party) -> None:
     digest = hashlib.sha256(b"prolink-fingerprint-v1\x00" + kz.root.public.public).digest()
-    groups = [int.from_bytes(digest[4 * i:4 * i + 5], "big") % 100000 for i in range(8)]
+    groups = [int.from_bytes(digest[4 * i : 4 * i + 5], "big") % 100000 for i in range(8)]
     assert kz.fingerprint == " ".join(f"{g:05d}" for g in groups)
 
 
@@ -78,13 +78,16 @@ def test_fingerprints_differ_between_roots(kz: Party, by: Party) -> None:
     assert kz.fingerprint != by.fingerprint
 
 
-@pytest.mark.parametrize("spelling", [
-    lambda f: f,
-    lambda f: f.replace(" ", ""),
-    lambda f: f.replace(" ", "-"),
-    lambda f: "  " + f.replace(" ", " - ") + "\n",
-    lambda f: " ".join(f.replace(" ", "")[i:i + 4] for i in range(0, 40, 4)),
-])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda f: f,
+        lambda f: f.replace(" ", ""),
+        lambda f: f.replace(" ", "-"),
+        lambda f: "  " + f.replace(" ", " - ") + "\n",
+        lambda f: " ".join(f.replace(" ", "")[i : i + 4] for i in range(0, 40, 4)),
+    ],
+)
 def test_normalise_fingerprint_accepts_spaces_and_dashes(kz: Party, spelling: object) -> None:
     typed = spelling(kz.fingerprint)  # type: ignore[operator]
     assert normalise_fingerprint(typed) == kz.fingerprint
@@ -96,8 +99,12 @@ def test_key_id_is_a_truncated_domain_separated_hash(kz: Party) -> None:
     expected = hashlib.sha256(b"prolink-key-v1\x00ed25519\x00" + public).digest()[:16].hex()
     assert kz.node.key_id == expected == key_id_for("ed25519", public)
     enc = kz.decryption.public
-    assert enc.key_id == hashlib.sha256(b"prolink-key-v1\x00" + enc.suite.encode() + b"\x00"
-                                        + enc.public).digest()[:16].hex()
+    assert (
+        enc.key_id
+        == hashlib.sha256(b"prolink-key-v1\x00" + enc.suite.encode() + b"\x00" + enc.public)
+        .digest()[:16]
+        .hex()
+    )
 
 
 def test_key_id_names_the_algorithm_too() -> None:
@@ -105,6 +112,7 @@ def test_key_id_names_the_algorithm_too() -> None:
 
 
 # --- bundles ------------------------------------------------------------------------
+
 
 def test_bundle_verifies_against_the_fingerprint_typed_by_the_operator(kz: Party) -> None:
     trusted = verify_bundle(kz.bundle, expected_fingerprint=kz.fingerprint)
@@ -164,8 +172,15 @@ def test_bundle_with_a_node_key_slipped_in_is_refused(kz: Party) -> None:
     signed = Signed.from_bytes(kz.bundle, what="test")
     obj = json.loads(signed.payload)
     rogue = SigningKey.generate().public
-    obj["signing_keys"].append({"key_id": rogue.key_id, "alg": "ed25519", "public": b64e(rogue.public),
-                                "valid_from": "2026-01-01T00:00:00.000000Z", "valid_until": None})
+    obj["signing_keys"].append(
+        {
+            "key_id": rogue.key_id,
+            "alg": "ed25519",
+            "public": b64e(rogue.public),
+            "valid_from": "2026-01-01T00:00:00.000000Z",
+            "valid_until": None,
+        }
+    )
     tampered = replace(signed, payload=canonical_json(obj)).to_bytes()
     with pytest.raises(TrustError) as exc:
         verify_bundle(tampered, expected_fingerprint=kz.fingerprint)
@@ -192,29 +207,33 @@ def test_sign_bundle_refuses_a_root_that_is_not_the_bundles_own(kz: Party, by: P
 
 
 def test_bundle_with_the_wrong_payload_type_is_refused(kz: Party) -> None:
-    wrong = sign_statement("application/vnd.prolink.authorisation+json", kz.contents.to_json(),
-                           kz.root).to_bytes()
+    wrong = sign_statement(
+        "application/vnd.prolink.authorisation+json", kz.contents.to_json(), kz.root
+    ).to_bytes()
     with pytest.raises(TrustError) as exc:
         verify_bundle(wrong, expected_fingerprint=kz.fingerprint)
     assert code(exc) == "trust.wrong_type"
 
 
-@pytest.mark.parametrize("edit", [
-    lambda o: o.update(format="prolink-bundle/2"),
-    lambda o: o.pop("endpoint"),
-    lambda o: o.update(version=0),
-    lambda o: o.update(version=True),
-    lambda o: o.update(version="1"),
-    lambda o: o.update(signing_keys=[]),
-    lambda o: o.update(encryption_keys=[]),
-    lambda o: o["signing_keys"][0].update(key_id="00" * 16),
-    lambda o: o["encryption_keys"][0].update(key_id="00" * 16),
-    lambda o: o["encryption_keys"][0].update(suite="RSA"),
-    lambda o: o["encryption_keys"][0].update(public=b64e(b"short")),
-    lambda o: o["signing_keys"][0].update(valid_from="yesterday"),
-    lambda o: o.update(revocations=[{"key_id": "x"}]),
-    lambda o: o.update(tls_ca_pem=None),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda o: o.update(format="prolink-bundle/2"),
+        lambda o: o.pop("endpoint"),
+        lambda o: o.update(version=0),
+        lambda o: o.update(version=True),
+        lambda o: o.update(version="1"),
+        lambda o: o.update(signing_keys=[]),
+        lambda o: o.update(encryption_keys=[]),
+        lambda o: o["signing_keys"][0].update(key_id="00" * 16),
+        lambda o: o["encryption_keys"][0].update(key_id="00" * 16),
+        lambda o: o["encryption_keys"][0].update(suite="RSA"),
+        lambda o: o["encryption_keys"][0].update(public=b64e(b"short")),
+        lambda o: o["signing_keys"][0].update(valid_from="yesterday"),
+        lambda o: o.update(revocations=[{"key_id": "x"}]),
+        lambda o: o.update(tls_ca_pem=None),
+    ],
+)
 def test_well_signed_but_malformed_bundle_is_refused_with_a_code(kz: Party, edit: object) -> None:
     with pytest.raises(ProlinkError) as exc:
         verify_bundle(resign_payload(kz.bundle, kz.root, edit), expected_fingerprint=kz.fingerprint)
@@ -239,8 +258,10 @@ def test_rollback_to_an_older_bundle_is_the_callers_job(kz: Party) -> None:
 
 
 def test_bundle_advertises_the_suite(kz: Party) -> None:
-    suites = [k.suite for k, _ in verify_bundle(kz.bundle, expected_fingerprint=kz.fingerprint)
-              .bundle.encryption_keys]
+    suites = [
+        k.suite
+        for k, _ in verify_bundle(kz.bundle, expected_fingerprint=kz.fingerprint).bundle.encryption_keys
+    ]
     assert suites == [kz.suite]
 
 
@@ -248,12 +269,18 @@ def test_bundle_payload_is_canonical_json_and_signature_covers_pae(kz: Party) ->
     signed = Signed.from_bytes(kz.bundle, what="test")
     assert signed.payload == canonical_json(json.loads(signed.payload))
     assert signed.payload_type == "application/vnd.prolink.bundle+json"
-    assert kz.root.public.verify(signed.signature, b"DSSEv1 35 application/vnd.prolink.bundle+json "
-                                 + str(len(signed.payload)).encode() + b" " + signed.payload)
+    assert kz.root.public.verify(
+        signed.signature,
+        b"DSSEv1 35 application/vnd.prolink.bundle+json "
+        + str(len(signed.payload)).encode()
+        + b" "
+        + signed.payload,
+    )
     assert kz.bundle == canonical_json(signed.to_json())
 
 
 # --- key validity and encryption key choice ----------------------------------------------
+
 
 def test_signing_key_validity_window(kz: Party) -> None:
     party = rebuild(kz, node_valid_from=NOW, node_valid_until=NOW + timedelta(days=1)).trusted
@@ -277,11 +304,19 @@ def test_encryption_key_is_the_newest_valid_one() -> None:
     root = SigningKey.generate()
     node = SigningKey.generate()
     contents = BundleContents(
-        "KZ", "КЗ", "https://kz", 1, KEYS_FROM, root.public,
+        "KZ",
+        "КЗ",
+        "https://kz",
+        1,
+        KEYS_FROM,
+        root.public,
         ((node.public, KeyValidity(node.key_id, KEYS_FROM, None)),),
-        ((old.public, KeyValidity(old.key_id, KEYS_FROM, NOW + timedelta(days=30))),
-         (new.public, KeyValidity(new.key_id, NOW, None))),
-        "PEM")
+        (
+            (old.public, KeyValidity(old.key_id, KEYS_FROM, NOW + timedelta(days=30))),
+            (new.public, KeyValidity(new.key_id, NOW, None)),
+        ),
+        "PEM",
+    )
     party = verify_bundle(sign_bundle(contents, root), pinned_root=root.public)
     assert party.encryption_key(NOW - timedelta(days=1)) == old.public
     assert party.encryption_key(NOW) == new.public
@@ -293,6 +328,7 @@ def test_encryption_key_is_the_newest_valid_one() -> None:
 
 
 # --- authorisations (Art. 4) ------------------------------------------------------------
+
 
 def test_art4_authorisation_round_trip(kz: Party) -> None:
     auth = verify_authorisation(kz.authorisation, kz.trusted)
@@ -313,8 +349,9 @@ def test_art4_authorisation_covers_its_period_inclusively(kz: Party) -> None:
 
 def test_art4_authorisation_cannot_end_before_it_starts(kz: Party) -> None:
     with pytest.raises(TrustError) as exc:
-        make_authorisation("KZ", kz.root, kz.signatory.public, valid_from=date(2026, 2, 1),
-                           valid_until=date(2026, 1, 31))
+        make_authorisation(
+            "KZ", kz.root, kz.signatory.public, valid_from=date(2026, 2, 1), valid_until=date(2026, 1, 31)
+        )
     assert code(exc) == "trust.bad_authorisation"
 
 
@@ -341,8 +378,7 @@ def test_art4_tampered_authorisation_is_refused(kz: Party) -> None:
 
 
 def test_art4_authorisation_whose_key_id_does_not_match_its_key_is_refused(kz: Party) -> None:
-    obj = Authorisation("KZ", "Иванов", "прокурор", kz.signatory.public, AUTH_FROM, AUTH_UNTIL,
-                        NOW).to_json()
+    obj = Authorisation("KZ", "Иванов", "прокурор", kz.signatory.public, AUTH_FROM, AUTH_UNTIL, NOW).to_json()
     obj["key_id"] = SigningKey.generate().key_id
     forged = sign_statement("application/vnd.prolink.authorisation+json", obj, kz.root).to_bytes()
     with pytest.raises(TrustError) as exc:
@@ -350,8 +386,9 @@ def test_art4_authorisation_whose_key_id_does_not_match_its_key_is_refused(kz: P
     assert code(exc) == "trust.bad_authorisation"
 
 
-@pytest.mark.parametrize("garbage", [b"", b"{}", b"null",
-                                     b'{"payload":"","payloadType":"x","signatures":[]}'])
+@pytest.mark.parametrize(
+    "garbage", [b"", b"{}", b"null", b'{"payload":"","payloadType":"x","signatures":[]}']
+)
 def test_art4_garbage_is_not_an_authorisation(kz: Party, garbage: bytes) -> None:
     with pytest.raises(TrustError) as exc:
         verify_authorisation(garbage, kz.trusted)
@@ -365,6 +402,7 @@ def test_art4_a_bundle_is_not_an_authorisation(kz: Party) -> None:
 
 
 # --- revocations ----------------------------------------------------------------------
+
 
 def test_revocation_round_trip(kz: Party) -> None:
     data = issue_revocation(kz.node.key_id, NOW, "ключ скомпрометирован", kz.root)
@@ -410,11 +448,14 @@ def test_tampered_revocation_is_refused(kz: Party) -> None:
     assert code(exc) == "trust.bad_signature"
 
 
-@pytest.mark.parametrize("payload", [
-    {"key_id": 5, "revoked_at": "2026-11-25T12:00:00.000000Z", "reason": "x"},
-    {"key_id": "k", "revoked_at": "2026-11-25", "reason": "x"},
-    {"key_id": "k", "reason": "x"},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"key_id": 5, "revoked_at": "2026-11-25T12:00:00.000000Z", "reason": "x"},
+        {"key_id": "k", "revoked_at": "2026-11-25", "reason": "x"},
+        {"key_id": "k", "reason": "x"},
+    ],
+)
 def test_malformed_revocation_is_refused(kz: Party, payload: dict[str, object]) -> None:
     data = sign_statement("application/vnd.prolink.revocation+json", payload, kz.root).to_bytes()
     with pytest.raises(TrustError) as exc:
@@ -423,6 +464,7 @@ def test_malformed_revocation_is_refused(kz: Party, payload: dict[str, object]) 
 
 
 # --- keys ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("suite", [PQ_HYBRID, CLASSIC])
 def test_decryption_key_round_trip_and_sizes(suite: str) -> None:
@@ -440,13 +482,16 @@ def test_decryption_with_other_info_fails() -> None:
     assert code(exc) == "envelope.decrypt_failed"
 
 
-@pytest.mark.parametrize("build", [
-    lambda: SigningKey(bytes(31)),
-    lambda: DecryptionKey(PQ_HYBRID, bytes(32)),
-    lambda: DecryptionKey(CLASSIC, bytes(96)),
-    lambda: EncryptionKey(PQ_HYBRID, bytes(100)),
-    lambda: EncryptionKey(CLASSIC, bytes(33)),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: SigningKey(bytes(31)),
+        lambda: DecryptionKey(PQ_HYBRID, bytes(32)),
+        lambda: DecryptionKey(CLASSIC, bytes(96)),
+        lambda: EncryptionKey(PQ_HYBRID, bytes(100)),
+        lambda: EncryptionKey(CLASSIC, bytes(33)),
+    ],
+)
 def test_keys_of_the_wrong_size_are_refused(build: object) -> None:
     with pytest.raises(TrustError) as exc:
         build()  # type: ignore[operator]
@@ -466,12 +511,18 @@ def test_b64_fields_in_bundle_are_strict(kz: Party) -> None:
 
 # --- timestamps ----------------------------------------------------------------------------------
 
-_STAMP_PIECES = st.lists(st.sampled_from([*"0123456789-T:.Z ", "2026", "12", "31", "23", "59", "999999"]),
-                         max_size=14).map("".join)
+_STAMP_PIECES = st.lists(
+    st.sampled_from([*"0123456789-T:.Z ", "2026", "12", "31", "23", "59", "999999"]), max_size=14
+).map("".join)
 
 
-@given(st.one_of(_STAMP_PIECES, st.text(alphabet="0123456789-T:.Z", max_size=30),
-                 st.datetimes(timezones=st.just(UTC)).map(format_time)))
+@given(
+    st.one_of(
+        _STAMP_PIECES,
+        st.text(alphabet="0123456789-T:.Z", max_size=30),
+        st.datetimes(timezones=st.just(UTC)).map(format_time),
+    )
+)
 def test_parse_time_takes_exactly_what_strptime_took(text: str) -> None:
     """The hand-matched parser accepts what ``strptime("%Y-%m-%dT%H:%M:%S.%fZ")`` did (ASCII digits), and
     gives the same instant."""
@@ -490,7 +541,14 @@ def test_parse_time_takes_exactly_what_strptime_took(text: str) -> None:
 def test_parse_time_round_trips_format_time_and_refuses_other_forms() -> None:
     t = datetime(2026, 11, 26, 4, 30, 5, 123456, tzinfo=UTC)
     assert parse_time(format_time(t), what="t") == t
-    for bad in ("2026-11-26T04:30:05Z", "2026-11-26T04:30:05.123456+00:00", "2026-11-26 04:30:05.1Z",
-                "2026-02-30T04:30:05.1Z", "2026-11-26T24:00:00.0Z", "\u0662026-11-26T04:30:05.1Z", 5):
+    for bad in (
+        "2026-11-26T04:30:05Z",
+        "2026-11-26T04:30:05.123456+00:00",
+        "2026-11-26 04:30:05.1Z",
+        "2026-02-30T04:30:05.1Z",
+        "2026-11-26T24:00:00.0Z",
+        "\u0662026-11-26T04:30:05.1Z",
+        5,
+    ):
         with pytest.raises(EncodingError):
             parse_time(bad, what="t")

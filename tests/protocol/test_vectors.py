@@ -48,8 +48,10 @@ def test_generate_check_mode_agrees(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_both_suites_are_recorded() -> None:
-    assert {e["suite"] for e in VECTORS["envelopes"]} == {"MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
-                                                          "X25519/HKDF_SHA256/AES_256_GCM"}
+    assert {e["suite"] for e in VECTORS["envelopes"]} == {
+        "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
+        "X25519/HKDF_SHA256/AES_256_GCM",
+    }
 
 
 @pytest.mark.parametrize("env_id", sorted(ENVELOPES))
@@ -79,8 +81,12 @@ def test_recorded_envelope_signature_input_is_as_documented(env_id: str) -> None
     header = env["header"].encode("utf-8")
     framing = read_framing(envelope)
     assert bytes.fromhex(env["signature_input_hex"]) == (
-        b"DSSEv1 35 application/vnd.prolink.envelope.v1 " + str(len(header) + 32).encode() + b" "
-        + header + framing.payload_sha256)
+        b"DSSEv1 35 application/vnd.prolink.envelope.v1 "
+        + str(len(header) + 32).encode()
+        + b" "
+        + header
+        + framing.payload_sha256
+    )
     sender = VECTORS["parties"][env["sender"]]
     node = VerifyKey(bytes.fromhex(sender["keys"]["node"]["public_hex"]))
     assert node.verify(framing.signature, bytes.fromhex(env["signature_input_hex"]))
@@ -118,9 +124,13 @@ def test_receipts_verify_against_the_issuers_bundle() -> None:
         env = ENVELOPES[rec["envelope"]]
         issuer = VECTORS["parties"][rec["issuer"]]
         trusted = verify_bundle(unb64(issuer["bundle_b64"]), expected_fingerprint=issuer["fingerprint"])
-        result = verify_receipt(unb64(rec["receipt_b64"]), trusted,
-                                envelope_sha256=bytes.fromhex(env["envelope_sha256"]),
-                                message_id=env["signed_document_payload"]["id"], sender=env["sender"])
+        result = verify_receipt(
+            unb64(rec["receipt_b64"]),
+            trusted,
+            envelope_sha256=bytes.fromhex(env["envelope_sha256"]),
+            message_id=env["signed_document_payload"]["id"],
+            sender=env["sender"],
+        )
         assert result.accepted
 
 

@@ -50,6 +50,7 @@ def node_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
 def signatory_of(node: Node) -> Signatory:
     """The signatory ``demo.setup_party`` gave the node (its one user with a signing key)."""
     with session_scope(node.engine, readonly=True) as s:
-        key_id = s.execute(select(User.signatory_key_id).where(
-            User.signatory_key_id.is_not(None))).scalar_one()  # type: ignore[union-attr]
+        key_id = s.execute(
+            select(User.signatory_key_id).where(User.signatory_key_id.is_not(None))
+        ).scalar_one()  # type: ignore[union-attr]
     return node.signatory(key_id)

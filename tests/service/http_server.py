@@ -22,8 +22,16 @@ def serving(app: Any, protocol: type[asyncio.Protocol], ctx: ssl.SSLContext | No
     a thread; yields the port, and stops the server (joining its thread, 10 s at most) afterwards."""
     port = free_port()
     tls: dict[str, Any] = {"ssl_context_factory": lambda _c, _d: ctx} if ctx is not None else {}
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, lifespan="off",
-                            log_level="warning", access_log=False, **tls)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=protocol,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        **tls,
+    )
     server = uvicorn.Server(config)
     server.capture_signals = nullcontext  # type: ignore[assignment,method-assign]
 

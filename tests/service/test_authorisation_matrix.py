@@ -31,7 +31,12 @@ MATRIX: list[tuple[str, str, str, set[str]]] = [
     ("POST", "/v1/messages", "/v1/messages", {"signatory"}),
     ("GET", "/v1/messages/{direction}/{message_id}", f"/v1/messages/out/{X}", STAFF),
     ("GET", "/v1/messages/in/{message_id}/content", f"/v1/messages/in/{X}/content", READERS),
-    ("GET", "/v1/messages/in/{message_id}/attachments/{index}", f"/v1/messages/in/{X}/attachments/0", READERS),
+    (
+        "GET",
+        "/v1/messages/in/{message_id}/attachments/{index}",
+        f"/v1/messages/in/{X}/attachments/0",
+        READERS,
+    ),
     ("GET", "/v1/messages/in/{message_id}/export", f"/v1/messages/in/{X}/export", READERS),
     ("GET", "/v1/requests", "/v1/requests", STAFF),
     ("GET", "/v1/requests/{thread_id}", f"/v1/requests/{X}", STAFF),
@@ -65,13 +70,19 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
 
 def test_the_matrix_covers_every_user_api_endpoint(client) -> None:
     paths = client[0].app.openapi()["paths"]
-    documented = {(method.upper(), path) for path, ops in paths.items() for method in ops
-                  if path.startswith("/v1/") and (not path.startswith("/v1/admin/")
-                                                  or path == "/v1/admin/agreement/termination")}
+    documented = {
+        (method.upper(), path)
+        for path, ops in paths.items()
+        for method in ops
+        if path.startswith("/v1/")
+        and (not path.startswith("/v1/admin/") or path == "/v1/admin/agreement/termination")
+    }
     assert documented == {(m, t) for m, t, _, _ in MATRIX}
 
 
-@pytest.mark.parametrize(("method", "template", "path", "allowed"), MATRIX, ids=[f"{m} {t}" for m, t, _, _ in MATRIX])
+@pytest.mark.parametrize(
+    ("method", "template", "path", "allowed"), MATRIX, ids=[f"{m} {t}" for m, t, _, _ in MATRIX]
+)
 @pytest.mark.parametrize("role", ROLES)
 def test_role_matrix(client, role: str, method: str, template: str, path: str, allowed: set[str]) -> None:
     c, tokens = client
@@ -81,7 +92,9 @@ def test_role_matrix(client, role: str, method: str, template: str, path: str, a
     assert denied == (role not in allowed), (role, method, path, r.status_code, r.text)
 
 
-@pytest.mark.parametrize(("method", "template", "path", "allowed"), MATRIX, ids=[f"{m} {t}" for m, t, _, _ in MATRIX])
+@pytest.mark.parametrize(
+    ("method", "template", "path", "allowed"), MATRIX, ids=[f"{m} {t}" for m, t, _, _ in MATRIX]
+)
 def test_no_token_is_401_everywhere(client, method: str, template: str, path: str, allowed: set[str]) -> None:
     r = client[0].request(method, path, json={})
     assert r.status_code == 401 and r.json()["error"]["code"] == "auth.missing_token"

@@ -23,15 +23,27 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def request(at: datetime = T0) -> Document:
-    return compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=at,
-                   attachments=[], answered=None)
+    return compose(
+        russian_document("BY"),
+        message_id=str(uuid.uuid4()),
+        sender_party="KZ",
+        now=at,
+        attachments=[],
+        answered=None,
+    )
 
 
 def reply(to: Document, fields: dict[str, Any], at: datetime) -> Document:
-    doc = {"recipient_party": "KZ", "thread_id": to.thread_id, "in_reply_to": to.id,
-           "confidentiality": "confidential", **fields}
-    return compose(doc, message_id=str(uuid.uuid4()), sender_party="BY", now=at, attachments=[],
-                   answered=None)
+    doc = {
+        "recipient_party": "KZ",
+        "thread_id": to.thread_id,
+        "in_reply_to": to.id,
+        "confidentiality": "confidential",
+        **fields,
+    }
+    return compose(
+        doc, message_id=str(uuid.uuid4()), sender_party="BY", now=at, attachments=[], answered=None
+    )
 
 
 def threads(engine: Engine) -> list[dict[str, Any]]:
@@ -43,16 +55,27 @@ def threads(engine: Engine) -> list[dict[str, Any]]:
 def test_art5_a_request_and_its_replies_in_one_batch_end_as_applied_one_by_one(engine: Engine) -> None:
     first, second = request(), request()
     accepted = reply(first, {"kind": "acceptance"}, T0 + timedelta(minutes=1))
-    delayed = reply(first, {"kind": "delay_notice", "reason": "Требуется время на сбор сведений.",
-                            "new_expected_date": (T0 + timedelta(days=60)).date().isoformat()},
-                    T0 + timedelta(minutes=2))
-    done = reply(second, {"kind": "execution_result", "summary": "Сведения прилагаются."},
-                 T0 + timedelta(minutes=3))
+    delayed = reply(
+        first,
+        {
+            "kind": "delay_notice",
+            "reason": "Требуется время на сбор сведений.",
+            "new_expected_date": (T0 + timedelta(days=60)).date().isoformat(),
+        },
+        T0 + timedelta(minutes=2),
+    )
+    done = reply(
+        second, {"kind": "execution_result", "summary": "Сведения прилагаются."}, T0 + timedelta(minutes=3)
+    )
     sequence = [(d, d.created_at) for d in (first, second, accepted, delayed)]
     with session_scope(engine) as s:
         effects = cases.apply_many(s, "BY", sequence, originals_due_days=30)
     assert [(e.state_before, e.state_after) for e in effects] == [
-        (None, "sent"), (None, "sent"), ("sent", "accepted"), ("accepted", "delayed")]
+        (None, "sent"),
+        (None, "sent"),
+        ("sent", "accepted"),
+        ("accepted", "delayed"),
+    ]
     assert all(e.thread_purpose_code == first.purpose_code for e in effects)
     # A later call reads what this one wrote: a result before the thread was accepted is refused.
     with pytest.raises(LifecycleError) as exc, session_scope(engine) as s:
@@ -75,8 +98,10 @@ def test_art5_a_request_and_its_replies_in_one_batch_end_as_applied_one_by_one(e
 def test_art5_one_message_out_of_step_refuses_the_whole_call_and_writes_nothing(engine: Engine) -> None:
     first = request()
     orphan = reply(request(), {"kind": "acceptance"}, T0)  # its request never came
-    for docs, code in (([first, orphan], "lifecycle.unknown_thread"),
-                       ([first, first], "lifecycle.thread_exists")):
+    for docs, code in (
+        ([first, orphan], "lifecycle.unknown_thread"),
+        ([first, first], "lifecycle.thread_exists"),
+    ):
         with pytest.raises(LifecycleError) as exc, session_scope(engine) as s:
             cases.apply_many(s, "BY", [(d, d.created_at) for d in docs], originals_due_days=30)
         assert exc.value.code == code

@@ -35,19 +35,44 @@ _message = Message.__table__  # type: ignore[attr-defined]
 def peer_and_blobs(engine: Engine) -> None:
     """What message rows refer to: the peer BY and blobs 0-19."""
     with session_scope(engine) as s:
-        s.add(Peer(party="BY", name="BY", endpoint="https://by.example:8443", fingerprint="ab" * 32,
-                   bundle=b"bundle", bundle_version=1, added_at=T0))
+        s.add(
+            Peer(
+                party="BY",
+                name="BY",
+                endpoint="https://by.example:8443",
+                fingerprint="ab" * 32,
+                bundle=b"bundle",
+                bundle_version=1,
+                added_at=T0,
+            )
+        )
         s.flush()
         s.add_all([Blob(id=n, sha256=f"{n:02x}" * 32, size=4096 + n, chunk_count=0) for n in range(20)])
 
 
 def message_row(n: int, **changes: Any) -> dict[str, Any]:
-    row = {"id": f"m-{n}", "direction": "out", "peer": "BY", "kind": "request", "thread_id": f"t-{n}",
-           "in_reply_to": None, "envelope_sha256": f"{n:02x}" * 32, "envelope_size": 4096 + n, "blob_id": n,
-           "created_at": (T0 + timedelta(seconds=n)).astimezone(ALMATY), "status": "queued",
-           "receipt": None, "receipt_status": None, "receipt_verified": False, "delivered_at": None,
-           "summary": {"signed_by_key": "k-1", "policy": {"confidentiality": "confidential", "n": n},
-                       "note": "Запрос о правовой помощи"}}
+    row = {
+        "id": f"m-{n}",
+        "direction": "out",
+        "peer": "BY",
+        "kind": "request",
+        "thread_id": f"t-{n}",
+        "in_reply_to": None,
+        "envelope_sha256": f"{n:02x}" * 32,
+        "envelope_size": 4096 + n,
+        "blob_id": n,
+        "created_at": (T0 + timedelta(seconds=n)).astimezone(ALMATY),
+        "status": "queued",
+        "receipt": None,
+        "receipt_status": None,
+        "receipt_verified": False,
+        "delivered_at": None,
+        "summary": {
+            "signed_by_key": "k-1",
+            "policy": {"confidentiality": "confidential", "n": n},
+            "note": "Запрос о правовой помощи",
+        },
+    }
     row.update(changes)
     return row
 
@@ -66,8 +91,9 @@ def _columns(m: Message, keys: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("count", [1, 3, 13])
-def test_rows_written_on_the_driver_read_back_as_written_through_sqlalchemy(engine: Engine,
-                                                                           count: int) -> None:
+def test_rows_written_on_the_driver_read_back_as_written_through_sqlalchemy(
+    engine: Engine, count: int
+) -> None:
     ours = [message_row(n) for n in range(count)]
     theirs = [message_row(n, id=f"sa-{n}") for n in range(count)]
     assert driver_form(engine.dialect, _INSERT_MESSAGE, ours) is not None  # (the driver's path is taken)
@@ -88,24 +114,50 @@ def test_a_statements_own_values_are_carried_and_updates_convert_their_parameter
         outbox.enqueue_many(s, [("m-1", "BY", T0), ("m-2", "BY", T0)])
     delivered_at = T0.astimezone(ALMATY) + timedelta(minutes=5)
     with session_scope(engine) as s:
-        write_pipelined(s.connection(), [(outbox._DELIVER_MESSAGE, [
-            {"m_id": "m-1", "m_status": "delivered", "m_at": delivered_at, "m_receipt": b"\x00receipt-1",
-             "m_receipt_status": "accepted", "m_verified": True},
-            {"m_id": "m-2", "m_status": "rejected", "m_at": delivered_at, "m_receipt": b"receipt-2\xff",
-             "m_receipt_status": "rejected", "m_verified": True}])])
+        write_pipelined(
+            s.connection(),
+            [
+                (
+                    outbox._DELIVER_MESSAGE,
+                    [
+                        {
+                            "m_id": "m-1",
+                            "m_status": "delivered",
+                            "m_at": delivered_at,
+                            "m_receipt": b"\x00receipt-1",
+                            "m_receipt_status": "accepted",
+                            "m_verified": True,
+                        },
+                        {
+                            "m_id": "m-2",
+                            "m_status": "rejected",
+                            "m_at": delivered_at,
+                            "m_receipt": b"receipt-2\xff",
+                            "m_receipt_status": "rejected",
+                            "m_verified": True,
+                        },
+                    ],
+                )
+            ],
+        )
     stored = stored_messages(engine)
-    assert (stored["m-1"].status, stored["m-1"].receipt, stored["m-1"].receipt_verified) \
-        == ("delivered", b"\x00receipt-1", True)
+    assert (stored["m-1"].status, stored["m-1"].receipt, stored["m-1"].receipt_verified) == (
+        "delivered",
+        b"\x00receipt-1",
+        True,
+    )
     assert (stored["m-2"].status, stored["m-2"].receipt) == ("rejected", b"receipt-2\xff")
     assert stored["m-1"].delivered_at == T0 + timedelta(minutes=5)
     with session_scope(engine, readonly=True) as s:
-        rows = s.execute(select(Outbox.message_id, Outbox.direction, Outbox.state, Outbox.attempts)  # type: ignore[call-overload]
-                         .order_by(Outbox.message_id)).all()
+        rows = s.execute(
+            select(Outbox.message_id, Outbox.direction, Outbox.state, Outbox.attempts).order_by(  # type: ignore[call-overload]
+                Outbox.message_id
+            )
+        ).all()
     assert [tuple(r) for r in rows] == [("m-1", "out", "queued", 0), ("m-2", "out", "queued", 0)]
 
 
-def test_a_naive_timestamp_is_refused_as_sqlalchemy_refuses_it_and_nothing_is_written(
-        engine: Engine) -> None:
+def test_a_naive_timestamp_is_refused_as_sqlalchemy_refuses_it_and_nothing_is_written(engine: Engine) -> None:
     naive = message_row(2, created_at=datetime(2026, 11, 26, 12, 0))  # (the point of the test)
     with pytest.raises(StatementError, match="naive datetime") as refused, session_scope(engine) as s:
         write_pipelined(s.connection(), [(_INSERT_MESSAGE, [message_row(1), naive])])
@@ -117,8 +169,13 @@ def test_a_duplicate_key_raises_integrity_error_and_keeps_nothing_of_the_transac
     with session_scope(engine) as s:
         write_pipelined(s.connection(), [(_INSERT_MESSAGE, message_row(1))])
     with pytest.raises(IntegrityError), session_scope(engine) as s:
-        write_pipelined(s.connection(), [(insert(Meta), {"key": "dup-a", "value": "1"}),
-                                         (_INSERT_MESSAGE, [message_row(2), message_row(1)])])
+        write_pipelined(
+            s.connection(),
+            [
+                (insert(Meta), {"key": "dup-a", "value": "1"}),
+                (_INSERT_MESSAGE, [message_row(2), message_row(1)]),
+            ],
+        )
     assert set(stored_messages(engine)) == {"m-1"}
     with session_scope(engine, readonly=True) as s:
         assert s.execute(select(Meta.value).where(Meta.key == "dup-a")).all() == []  # type: ignore[arg-type]
@@ -145,18 +202,27 @@ def test_what_the_driver_cannot_run_as_sqlalchemy_would_is_left_to_sqlalchemy(en
 
 
 def test_a_row_value_named_as_the_statements_own_takes_its_place_as_through_sqlalchemy(
-        engine: Engine) -> None:
+    engine: Engine,
+) -> None:
     """SQLAlchemy takes a parameter's value from the row by its key or, failing that, by its compiled name:
     a row's ``value`` replaces ``insert(...).values(value=...)``'s (a reviewer's find)."""
     meta = Meta.__table__  # type: ignore[attr-defined]
     own = insert(meta).values(value="the statement's")
     with session_scope(engine) as s:
-        write_pipelined(s.connection(), [(own, [{"key": "ours-1", "value": "the row's"},
-                                                {"key": "ours-2", "value": "the row's"}])])
-        s.connection().execute(own, [{"key": "sa-1", "value": "the row's"},
-                                     {"key": "sa-2", "value": "the row's"}])
+        write_pipelined(
+            s.connection(),
+            [(own, [{"key": "ours-1", "value": "the row's"}, {"key": "ours-2", "value": "the row's"}])],
+        )
+        s.connection().execute(
+            own, [{"key": "sa-1", "value": "the row's"}, {"key": "sa-2", "value": "the row's"}]
+        )
         write_pipelined(s.connection(), [(own, {"key": "ours-3"})])
     with session_scope(engine, readonly=True) as s:
         stored = dict(s.execute(select(meta.c.key, meta.c.value)).all())
-    assert stored == {"ours-1": "the row's", "ours-2": "the row's", "sa-1": "the row's", "sa-2": "the row's",
-                      "ours-3": "the statement's"}
+    assert stored == {
+        "ours-1": "the row's",
+        "ours-2": "the row's",
+        "sa-1": "the row's",
+        "sa-2": "the row's",
+        "ours-3": "the statement's",
+    }

@@ -40,8 +40,9 @@ class Recorder:
         return [f"stored {item}" for item in items]
 
 
-def submit_together(group: GroupCommit[Any, Any], items: list[Any],
-                    submit: Callable[[Any], Any] | None = None) -> list[Any]:
+def submit_together(
+    group: GroupCommit[Any, Any], items: list[Any], submit: Callable[[Any], Any] | None = None
+) -> list[Any]:
     """Submit ``items`` from one thread each while a group is being stored, so they queue together;
     each thread's result, or the exception it raised."""
     submit = submit or group.submit
@@ -114,6 +115,7 @@ def test_an_interrupted_group_never_leaves_a_caller_waiting() -> None:
 
 
 # --- submit_async: coroutines, stored by the committer thread ------------------------------------
+
 
 async def _submit_all_async(group: GroupCommit[Any, Any], items: list[Any]) -> list[Any]:
     """Submit every item from one coroutine each while a group is being stored; results or exceptions."""
@@ -261,14 +263,24 @@ def test_the_committer_survives_an_interrupted_group_and_stores_the_next() -> No
 
 # --- Node.send ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def kz(node_pair: tuple[Node, Node]) -> Node:
     return node_pair[0]
 
 
 def _requests(count: int, now: datetime) -> list[Document]:
-    return [compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
-                    attachments=[], answered=None) for _ in range(count)]
+    return [
+        compose(
+            russian_document("BY"),
+            message_id=str(uuid.uuid4()),
+            sender_party="KZ",
+            now=now,
+            attachments=[],
+            answered=None,
+        )
+        for _ in range(count)
+    ]
 
 
 def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_changes_nothing(kz: Node) -> None:
@@ -276,16 +288,28 @@ def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_change
     now = datetime.now(UTC)
     good = _requests(3, now)
     unknown = str(uuid.uuid4())  # a result in a thread this node never heard of: the lifecycle refuses it
-    refused = compose({"kind": "execution_result", "recipient_party": "BY", "thread_id": unknown,
-                       "in_reply_to": unknown, "confidentiality": "confidential", "summary": "Исполнено."},
-                      message_id=str(uuid.uuid4()), sender_party="KZ", now=now,
-                    attachments=[], answered=None)
+    refused = compose(
+        {
+            "kind": "execution_result",
+            "recipient_party": "BY",
+            "thread_id": unknown,
+            "in_reply_to": unknown,
+            "confidentiality": "confidential",
+            "summary": "Исполнено.",
+        },
+        message_id=str(uuid.uuid4()),
+        sender_party="KZ",
+        now=now,
+        attachments=[],
+        answered=None,
+    )
     with session_scope(kz.engine, readonly=True) as s:
         events_before = s.execute(select(func.count()).select_from(Event)).scalar_one()
 
     documents = [good[0], refused, good[1], good[2]]
-    results = submit_together(kz._writes, documents,
-                              submit=lambda doc: kz.send(doc, signatory, [], actor="user:test"))
+    results = submit_together(
+        kz._writes, documents, submit=lambda doc: kz.send(doc, signatory, [], actor="user:test")
+    )
 
     assert isinstance(results[1], LifecycleError) and results[1].code == "lifecycle.unknown_thread"
     sent = [results[0], results[2], results[3]]
@@ -293,8 +317,11 @@ def test_sends_that_arrive_together_share_a_transaction_and_a_refused_one_change
     with session_scope(kz.engine, readonly=True) as s:
         stored = set(s.execute(select(Message.id).where(Message.direction == "out")).scalars())
         queued = set(s.execute(select(Outbox.message_id)).scalars())
-        sealed = list(s.execute(select(Event.object_id).where(Event.type == "message.sealed")
-                                .order_by(Event.seq)).scalars())
+        sealed = list(
+            s.execute(
+                select(Event.object_id).where(Event.type == "message.sealed").order_by(Event.seq)
+            ).scalars()
+        )
         events_after = s.execute(select(func.count()).select_from(Event)).scalar_one()
         log_size = audit.size(s.connection())
     assert stored == queued == {d.id for d in good}  # the refused one left nothing behind
@@ -325,12 +352,16 @@ def _delivered_receipts(kz: Node, by: Node, count: int) -> list[tuple[Any, bytes
     for doc in _requests(count, datetime.now(UTC)):
         kz.send(doc, signatory, [], actor="user:test")
     claims = outbox.claim_due(kz.engine, "test", kz.clock(), count, 60).claims
-    envelopes = [bytes(b) for b in small_blobs(kz.engine, [c.blob_id for c in claims],
-                                                 max_total=kz.settings.batch_max_bytes)]
+    envelopes = [
+        bytes(b)
+        for b in small_blobs(kz.engine, [c.blob_id for c in claims], max_total=kz.settings.batch_max_bytes)
+    ]
     worker = DeliveryWorker(kz)
     try:
-        return [(claim, *worker._verified_receipt(claim, answer.status, answer.body))  # type: ignore[misc]
-                for claim, answer in zip(claims, by.receive_batch(envelopes, "KZ"), strict=True)]
+        return [
+            (claim, *worker._verified_receipt(claim, answer.status, answer.body))  # type: ignore[misc]
+            for claim, answer in zip(claims, by.receive_batch(envelopes, "KZ"), strict=True)
+        ]
     finally:
         worker.close()
 
@@ -348,17 +379,22 @@ def test_receipts_and_sends_that_arrive_together_share_one_transaction(node_pair
 
     event.listen(kz.engine, "commit", count)
     try:
-        results = submit_together(kz._writes, [Receipts(receipted), *new], submit=lambda item: (
-            kz.record_receipts(item.receipted) if isinstance(item, Receipts)
-            else kz.send(item, signatory, [], actor="user:test")))
+        results = submit_together(
+            kz._writes,
+            [Receipts(receipted), *new],
+            submit=lambda item: (
+                kz.record_receipts(item.receipted)
+                if isinstance(item, Receipts)
+                else kz.send(item, signatory, [], actor="user:test")
+            ),
+        )
     finally:
         event.remove(kz.engine, "commit", count)
     assert len(commits) == 1
     assert isinstance(results[0], datetime) and [m.status for m in results[1:]] == ["queued", "queued"]
     delivered = [claim.message_id for claim, _, _ in receipted]
     with session_scope(kz.engine, readonly=True) as s:
-        rows = {m.id: m for m in s.execute(
-            select(Message).where(Message.id.in_(delivered))).scalars()}  # type: ignore[attr-defined]
+        rows = {m.id: m for m in s.execute(select(Message).where(Message.id.in_(delivered))).scalars()}  # type: ignore[attr-defined]
         received = s.execute(select(Event.object_id).where(Event.type == "receipt.received")).scalars().all()
         log_size = audit.size(s.connection())
         events = s.execute(select(func.count()).select_from(Event)).scalar_one()
@@ -374,17 +410,41 @@ def test_a_refused_send_never_fails_the_receipts_stored_with_it(node_pair: tuple
     signatory = signatory_of(kz)
     receipted = _delivered_receipts(kz, by, 2)
     unknown = str(uuid.uuid4())  # a result in a thread this node never heard of: the lifecycle refuses it
-    refused = compose({"kind": "execution_result", "recipient_party": "BY", "thread_id": unknown,
-                       "in_reply_to": unknown, "confidentiality": "confidential", "summary": "Исполнено."},
-                      message_id=str(uuid.uuid4()), sender_party="KZ", now=datetime.now(UTC),
-                      attachments=[], answered=None)
-    results = submit_together(kz._writes, [refused, Receipts(receipted)], submit=lambda item: (
-        kz.record_receipts(item.receipted) if isinstance(item, Receipts)
-        else kz.send(item, signatory, [], actor="user:test")))
+    refused = compose(
+        {
+            "kind": "execution_result",
+            "recipient_party": "BY",
+            "thread_id": unknown,
+            "in_reply_to": unknown,
+            "confidentiality": "confidential",
+            "summary": "Исполнено.",
+        },
+        message_id=str(uuid.uuid4()),
+        sender_party="KZ",
+        now=datetime.now(UTC),
+        attachments=[],
+        answered=None,
+    )
+    results = submit_together(
+        kz._writes,
+        [refused, Receipts(receipted)],
+        submit=lambda item: (
+            kz.record_receipts(item.receipted)
+            if isinstance(item, Receipts)
+            else kz.send(item, signatory, [], actor="user:test")
+        ),
+    )
     assert isinstance(results[0], LifecycleError) and isinstance(results[1], datetime)
     with session_scope(kz.engine, readonly=True) as s:
-        statuses = set(s.execute(select(Message.status).where(Message.id.in_(  # type: ignore[attr-defined]
-            [claim.message_id for claim, _, _ in receipted]))).scalars())
+        statuses = set(
+            s.execute(
+                select(Message.status).where(
+                    Message.id.in_(  # type: ignore[attr-defined]
+                        [claim.message_id for claim, _, _ in receipted]
+                    )
+                )
+            ).scalars()
+        )
         assert s.get(Message, (refused.id, "out")) is None
     assert statuses == {"delivered"}
 
@@ -417,9 +477,15 @@ def test_a_failure_after_the_commit_never_stores_a_group_twice(node_pair: tuple[
     [new] = _requests(1, datetime.now(UTC))
     kz.worker = worker = _FailingWorker()
     try:
-        results = submit_together(kz._writes, [Receipts(receipted), new], submit=lambda item: (
-            kz.record_receipts(item.receipted) if isinstance(item, Receipts)
-            else kz.send(item, signatory, [], actor="user:test")))
+        results = submit_together(
+            kz._writes,
+            [Receipts(receipted), new],
+            submit=lambda item: (
+                kz.record_receipts(item.receipted)
+                if isinstance(item, Receipts)
+                else kz.send(item, signatory, [], actor="user:test")
+            ),
+        )
     finally:
         kz.worker = None
     assert isinstance(results[0], datetime) and results[1].status == "in_flight" and worker.handed == 1

@@ -65,7 +65,8 @@ def handed(worker: DeliveryWorker) -> list[outbox.Claim]:
 
 
 def test_a_new_request_is_stored_claimed_by_the_local_worker_and_handed_to_it_with_its_envelope(
-        kz: Node, worker: DeliveryWorker) -> None:
+    kz: Node, worker: DeliveryWorker
+) -> None:
     worker._claim_wanted = False
     mid = send(kz, russian_document("BY"))
     message, row = rows(kz, mid)
@@ -84,7 +85,8 @@ def test_a_new_request_is_stored_claimed_by_the_local_worker_and_handed_to_it_wi
 
 
 def test_a_send_whose_peer_entry_ran_out_between_its_seal_and_its_commit_is_still_handed_over(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The peer cache's two seconds may end while a sealed message waits for its group's commit: the
     hand-over takes the peer as last known (the worker checks it before it sends), not the queue."""
     seal = kz._seal
@@ -103,12 +105,21 @@ def test_a_send_whose_peer_entry_ran_out_between_its_seal_and_its_commit_is_stil
 
 
 def test_a_later_message_of_the_thread_is_queued_behind_the_handed_request_and_held_by_the_claim(
-        kz: Node, worker: DeliveryWorker) -> None:
+    kz: Node, worker: DeliveryWorker
+) -> None:
     rid = send(kz, {**russian_document("BY"), "urgent": True})
     worker._claim_wanted = False
-    follow = send(kz, {"kind": "original_dispatched", "request_id": rid, "thread_id": rid,
-                       "confidentiality": "confidential", "dispatched_on": date.today().isoformat(),
-                       "tracking_number": "RR123456789KZ"})
+    follow = send(
+        kz,
+        {
+            "kind": "original_dispatched",
+            "request_id": rid,
+            "thread_id": rid,
+            "confidentiality": "confidential",
+            "dispatched_on": date.today().isoformat(),
+            "tracking_number": "RR123456789KZ",
+        },
+    )
     message, row = rows(kz, follow)
     assert (row.state, row.attempts, row.claimed_by, message.status) == ("queued", 0, None, "queued")
     assert [c.message_id for c in handed(worker)] == [rid]
@@ -117,8 +128,9 @@ def test_a_later_message_of_the_thread_is_queued_behind_the_handed_request_and_h
     assert result.claims == [] and result.more  # held until the request (in flight) is delivered
 
 
-def test_a_suspended_peers_message_is_queued_and_held_not_handed_over(kz: Node,
-                                                                     worker: DeliveryWorker) -> None:
+def test_a_suspended_peers_message_is_queued_and_held_not_handed_over(
+    kz: Node, worker: DeliveryWorker
+) -> None:
     set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")
     kz.peer("BY", active_only=False)  # (the cache now knows BY is suspended)
     mid = send(kz, russian_document("BY"))
@@ -129,7 +141,8 @@ def test_a_suspended_peers_message_is_queued_and_held_not_handed_over(kz: Node,
 
 
 def test_a_message_handed_over_before_its_peer_was_suspended_is_held_not_sent(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = send(kz, russian_document("BY")), send(kz, russian_document("BY"))
     set_peer_suspended(kz, "BY", True, actor="user:test", reason="test")  # (by an operator, elsewhere)
     monkeypatch.setattr(worker, "_client", lambda party: pytest.fail("nothing may be sent to BY"))
@@ -140,14 +153,33 @@ def test_a_message_handed_over_before_its_peer_was_suspended_is_held_not_sent(
 
 
 def test_an_opener_with_a_later_message_of_its_thread_in_the_same_group_is_queued_in_order(
-        kz: Node, worker: DeliveryWorker) -> None:
+    kz: Node, worker: DeliveryWorker
+) -> None:
     signatory, at = signatory_of(kz), kz.clock()
-    request = compose({**russian_document("BY"), "urgent": True}, message_id=new_message_id(),
-                      sender_party="KZ", now=at, attachments=[], answered=None)
-    follow = compose({"kind": "original_dispatched", "request_id": request.id, "thread_id": request.id,
-                      "recipient_party": "BY", "confidentiality": "confidential",
-                      "dispatched_on": at.date().isoformat(), "tracking_number": "RR123456789KZ"},
-                     message_id=new_message_id(), sender_party="KZ", now=at, attachments=[], answered=None)
+    request = compose(
+        {**russian_document("BY"), "urgent": True},
+        message_id=new_message_id(),
+        sender_party="KZ",
+        now=at,
+        attachments=[],
+        answered=None,
+    )
+    follow = compose(
+        {
+            "kind": "original_dispatched",
+            "request_id": request.id,
+            "thread_id": request.id,
+            "recipient_party": "BY",
+            "confidentiality": "confidential",
+            "dispatched_on": at.date().isoformat(),
+            "tracking_number": "RR123456789KZ",
+        },
+        message_id=new_message_id(),
+        sender_party="KZ",
+        now=at,
+        attachments=[],
+        answered=None,
+    )
     peer = kz.peer("BY")
     kz._store_sends([kz._seal(doc, signatory, [], "user:test", peer) for doc in (request, follow)])
     assert handed(worker) == []  # the claim takes the request first, the later one once it is delivered
@@ -158,7 +190,8 @@ def test_an_opener_with_a_later_message_of_its_thread_in_the_same_group_is_queue
 
 
 def test_no_more_than_a_batch_waits_in_memory_for_a_peer_the_rest_is_queued(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(kz.settings, "batch_max_items", 2)
     ids = [send(kz, russian_document("BY")) for _ in range(3)]
     assert [c.message_id for c in handed(worker)] == ids[:2]
@@ -174,18 +207,20 @@ def test_without_a_worker_in_the_process_a_send_is_queued_for_the_claim(kz: Node
     assert claim.message_id == mid and claim.envelope is None
 
 
-def test_a_stopping_worker_gives_back_what_it_was_handed_and_never_sent(kz: Node,
-                                                                      worker: DeliveryWorker) -> None:
+def test_a_stopping_worker_gives_back_what_it_was_handed_and_never_sent(
+    kz: Node, worker: DeliveryWorker
+) -> None:
     mid = send(kz, russian_document("BY"))
     worker.close()
     message, row = rows(kz, mid)
     assert (row.state, row.attempts, row.claimed_by, message.status) == ("queued", 0, None, "queued")
     [claim] = outbox.claim_due(kz.engine, "next-start", kz.clock(), 10, 60).claims  # due at once, not after
-    assert (claim.message_id, claim.attempts) == (mid, 1)                          # the lease
+    assert (claim.message_id, claim.attempts) == (mid, 1)  # the lease
 
 
 def test_what_is_handed_over_after_the_worker_stopped_goes_back_to_the_queue_at_once(
-        kz: Node, worker: DeliveryWorker) -> None:
+    kz: Node, worker: DeliveryWorker
+) -> None:
     mid = send(kz, russian_document("BY"))
     claims = worker._handed.pop("BY")  # as if this send had looked at ``Node.worker`` just before the stop
     worker.close()
@@ -197,7 +232,8 @@ def test_what_is_handed_over_after_the_worker_stopped_goes_back_to_the_queue_at_
 
 
 def test_a_handed_over_envelope_that_waited_half_its_lease_is_given_back_not_sent_even_to_a_busy_peer(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mid = send(kz, russian_document("BY"))
     later = kz.clock() + timedelta(seconds=kz.settings.delivery_lease_seconds * 0.6)
     monkeypatch.setattr(kz, "clock", lambda: later)
@@ -213,20 +249,26 @@ def test_a_handed_over_envelope_that_waited_half_its_lease_is_given_back_not_sen
 
 
 def test_a_stale_handed_over_copy_never_gives_back_the_same_workers_later_claim(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mid = send(kz, russian_document("BY"))
     later = kz.clock() + timedelta(seconds=kz.settings.delivery_lease_seconds + 1)  # the peer hung that long
     [again] = outbox.claim_due(kz.engine, worker.worker_id, later, 10, 60).claims  # taken again, attempt 2
     monkeypatch.setattr(kz, "clock", lambda: later)
     assert worker._give_back_stale()  # the old copy in memory is dropped...
     message, row = rows(kz, mid)  # ...and the row stays with the claim being delivered now
-    assert (row.state, row.attempts, row.claimed_by, message.status) == ("in_flight", 2, worker.worker_id,
-                                                                          "in_flight")
+    assert (row.state, row.attempts, row.claimed_by, message.status) == (
+        "in_flight",
+        2,
+        worker.worker_id,
+        "in_flight",
+    )
     assert again.attempts == 2
 
 
 def test_due_rows_go_first_and_what_was_handed_over_fills_the_batch_to_its_peer(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = send(kz, russian_document("BY"))
     second = send(kz, russian_document("BY"))
     due = SimpleNamespace(peer="BY", envelope_size=4096, message_id="due-row", envelope=None)
@@ -242,8 +284,9 @@ def test_due_rows_go_first_and_what_was_handed_over_fills_the_batch_to_its_peer(
     assert handed(worker) == []
 
 
-def _deliveries_of(worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch,
-                   meanwhile: Any = None) -> list[tuple[str, list[str]]]:
+def _deliveries_of(
+    worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch, meanwhile: Any = None
+) -> list[tuple[str, list[str]]]:
     """(thread, message ids) of each delivery the worker starts; ``meanwhile`` runs during the first."""
     started: list[tuple[str, list[str]]] = []
 
@@ -258,12 +301,14 @@ def _deliveries_of(worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_what_is_handed_over_while_a_batch_is_in_flight_goes_next_from_the_same_thread(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No hand-over to the dispatcher and on to another thread between one batch to a peer and the next."""
     first = send(kz, russian_document("BY"))
     later: list[str] = []
-    started = _deliveries_of(worker, monkeypatch, lambda: later.extend(
-        send(kz, russian_document("BY")) for _ in range(3)))  # sent while the first batch is in flight
+    started = _deliveries_of(
+        worker, monkeypatch, lambda: later.extend(send(kz, russian_document("BY")) for _ in range(3))
+    )  # sent while the first batch is in flight
 
     assert worker._dispatch() == 1
     worker._pool.shutdown(wait=True)
@@ -273,12 +318,18 @@ def test_what_is_handed_over_while_a_batch_is_in_flight_goes_next_from_the_same_
 
 
 def test_the_next_batch_is_left_to_the_dispatcher_when_it_has_due_rows_to_claim_or_must_look(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     send(kz, russian_document("BY"))
     woken: list[bool] = []
     monkeypatch.setattr(worker, "wake", lambda: woken.append(True))
-    for reason in ("due rows left behind", "a claim asked for", "the claim interval gone by",
-                   "claimed rows waiting for a thread"):
+    for reason in (
+        "due rows left behind",
+        "a claim asked for",
+        "the claim interval gone by",
+        "claimed rows waiting for a thread",
+    ):
+
         def meanwhile(reason: str = reason) -> None:
             send(kz, russian_document("BY"))
             if reason == "due rows left behind":
@@ -300,7 +351,8 @@ def test_the_next_batch_is_left_to_the_dispatcher_when_it_has_due_rows_to_claim_
 
 
 def test_a_handed_over_envelope_with_half_its_lease_gone_is_not_sent_on_by_the_delivery_thread(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     send(kz, russian_document("BY"))
     now = kz.clock()
 
@@ -316,7 +368,8 @@ def test_a_handed_over_envelope_with_half_its_lease_gone_is_not_sent_on_by_the_d
 
 
 def test_a_batch_carries_handed_over_envelopes_from_memory_and_reads_only_the_others(
-        kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    kz: Node, worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kz.worker = None
     queued = send(kz, russian_document("BY"))
     kz.worker = worker

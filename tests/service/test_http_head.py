@@ -174,8 +174,11 @@ def _answers(raw: bytes) -> list[tuple[int, bytes]]:
 def test_a_large_body_before_a_pipelined_request_is_not_taken_for_a_head() -> None:
     body = b"z" * (3 * LIMIT)  # its tail and the next request's head share a read
     with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
-                     + b"GET /b HTTP/1.1\r\nhost: x\r\n")
+        sock.sendall(
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+            + body
+            + b"GET /b HTTP/1.1\r\nhost: x\r\n"
+        )
         time.sleep(0.3)  # the second head is incomplete at the end of that read
         sock.sendall(b"connection: close\r\n\r\n")
         answers = _answers(_read_answer(sock))
@@ -185,8 +188,9 @@ def test_a_large_body_before_a_pipelined_request_is_not_taken_for_a_head() -> No
 
 def test_an_endless_head_after_a_pipelined_request_leaves_that_request_its_answer() -> None:
     with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
-                     b"GET /b HTTP/1.1\r\nhost: x\r\n")
+        sock.sendall(
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nhost: x\r\n"
+        )
         sent = _endless(sock, b"x-long: " + b"a" * (1024 * 1024) + b"\r\n")
         answers = _answers(_read_answer(sock))
     assert sent < 64
@@ -196,8 +200,7 @@ def test_an_endless_head_after_a_pipelined_request_leaves_that_request_its_answe
 
 def test_endless_trailers_after_a_chunked_body_are_refused() -> None:
     with _serving(_user_protocol()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-                     b"3\r\nabc\r\n0\r\n")
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n")
         sent = _endless(sock, b"x-trailer: " + b"t" * (1024 * 1024) + b"\r\n")
         _read_answer(sock)  # whatever came back, the server closed the connection (else this times out)
     assert sent < 64
@@ -262,6 +265,7 @@ def test_heads_in_time_are_served_and_each_request_of_a_kept_alive_connection_is
 
 # --- bodies must keep coming (slow clients) ----------------------------------------------------------
 
+
 def _body_timed_protocol() -> type[asyncio.Protocol]:
     return http_protocols(LIMIT, 30.0, TIMEOUT)[1]
 
@@ -315,8 +319,10 @@ async def _slow_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def test_time_the_app_takes_to_read_the_body_is_not_the_clients() -> None:
     big = 1024 * 1024  # more than uvicorn buffers before it stops reading for the app
-    with serving(_slow_reader, _body_timed_protocol()) as port, \
-            socket.create_connection(("127.0.0.1", port)) as sock:
+    with (
+        serving(_slow_reader, _body_timed_protocol()) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
         sock.settimeout(10)
         sock.sendall(_post_head(big) + b"a" * big)
         answer = _one_json_answer(sock)
@@ -348,8 +354,10 @@ async def _early_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def test_a_body_left_unsent_after_an_early_answer_does_not_hold_the_connection() -> None:
-    with serving(_early_answer, _body_timed_protocol()) as port, \
-            socket.create_connection(("127.0.0.1", port)) as sock:
+    with (
+        serving(_early_answer, _body_timed_protocol()) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
         sock.sendall(_post_head(1000) + b"a" * 10)
         started = time.monotonic()
         answer = _read_answer(sock)  # the 401, then the connection closes once the body stalls
@@ -382,16 +390,20 @@ async def _slow_then_echo(scope: dict[str, Any], receive: Any, send: Any) -> Non
 
 
 def test_a_stalled_pipelined_body_never_takes_the_place_of_the_answer_owed_before_it() -> None:
-    with serving(_slow_then_echo, _body_timed_protocol()) as port, \
-            socket.create_connection(("127.0.0.1", port)) as sock:
+    with (
+        serving(_slow_then_echo, _body_timed_protocol()) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n" + _post_head(100) + b"a")
         answers = _answers(_read_answer(sock))  # the first request's answer, then the connection closes
     assert [status for status, _ in answers] == [200]
 
 
 def test_a_body_trickling_in_after_an_early_answer_does_not_hold_the_connection() -> None:
-    with serving(_early_answer, _body_timed_protocol()) as port, \
-            socket.create_connection(("127.0.0.1", port)) as sock:
+    with (
+        serving(_early_answer, _body_timed_protocol()) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
         sock.sendall(_post_head(10**12))
         sock.settimeout(0.1)
         started, closed, answer = time.monotonic(), False, b""

@@ -35,8 +35,14 @@ PROTOCOLS = [PeerCertH11Protocol] + ([PeerCertHttpToolsProtocol] if PeerCertHttp
 
 
 def _identity(tmp_path: Path, party: str) -> Identity:
-    return generate_identity(tmp_path / party.lower(), party, f"{party} office", "https://127.0.0.1:9443",
-                             datetime.now(UTC), scrypt=ScryptParams(n=2**12))
+    return generate_identity(
+        tmp_path / party.lower(),
+        party,
+        f"{party} office",
+        "https://127.0.0.1:9443",
+        datetime.now(UTC),
+        scrypt=ScryptParams(n=2**12),
+    )
 
 
 @pytest.fixture
@@ -56,8 +62,12 @@ def _der(identity: Identity) -> bytes:
 async def _whoami(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with the SHA-256 of the captured client certificate and the running loop's module."""
     der = scope["state"]["tls_peer_cert"]
-    body = json.dumps({"cert_sha256": hashlib.sha256(der).hexdigest() if der is not None else None,
-                       "loop": type(asyncio.get_running_loop()).__module__}).encode()
+    body = json.dumps(
+        {
+            "cert_sha256": hashlib.sha256(der).hexdigest() if der is not None else None,
+            "loop": type(asyncio.get_running_loop()).__module__,
+        }
+    ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -87,8 +97,9 @@ def test_httptools_and_uvloop_are_chosen_where_installed() -> None:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
-def test_app_sees_the_verified_client_certificate(protocol: type[asyncio.Protocol], by: Identity,
-                                                  kz: Identity) -> None:
+def test_app_sees_the_verified_client_certificate(
+    protocol: type[asyncio.Protocol], by: Identity, kz: Identity
+) -> None:
     with _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem])) as port:
         answer = _ask(port, kz, by)
     assert answer is not None
@@ -99,7 +110,8 @@ def test_app_sees_the_verified_client_certificate(protocol: type[asyncio.Protoco
 
 @pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
 def test_a_ca_added_to_the_live_context_is_trusted_from_the_next_connection(
-        protocol: type[asyncio.Protocol], tmp_path: Path, by: Identity, kz: Identity) -> None:
+    protocol: type[asyncio.Protocol], tmp_path: Path, by: Identity, kz: Identity
+) -> None:
     ru = _identity(tmp_path, "RU")
     ctx = server_ssl_context(by, [kz.tls_ca_pem])
     with _serving(protocol, ctx) as port:
@@ -115,9 +127,11 @@ def test_a_peer_cannot_send_an_endless_head(by: Identity, kz: Identity) -> None:
     """Behind mutual TLS too, a head past the bound gets 431 and the connection closes."""
     limit = 16 * 1024
     protocol = head_limited(PeerCertHttpToolsProtocol, limit)  # type: ignore[arg-type]
-    with _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem])) as port, \
-            socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            client_ssl_context(kz, by.tls_ca_pem).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem])) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        client_ssl_context(kz, by.tls_ca_pem).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         tls.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
         try:
             for _ in range(16):
@@ -135,8 +149,9 @@ def test_a_peer_cannot_send_an_endless_head(by: Identity, kz: Identity) -> None:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
-def test_a_stop_does_not_wait_for_a_peers_idle_kept_alive_connection(protocol: type[asyncio.Protocol],
-                                                                    by: Identity, kz: Identity) -> None:
+def test_a_stop_does_not_wait_for_a_peers_idle_kept_alive_connection(
+    protocol: type[asyncio.Protocol], by: Identity, kz: Identity
+) -> None:
     """A TLS close waits for the client's close_notify, which an idle pooled connection never sends: 30 s."""
     client = httpx.Client(verify=client_ssl_context(kz, by.tls_ca_pem), timeout=5)
     running = _serving(protocol, server_ssl_context(by, [kz.tls_ca_pem]))

@@ -23,7 +23,8 @@ from service.models import Meta
 from service.pg_pipeline import BUFFERING, buffered_pipeline
 
 pytestmark = pytest.mark.parametrize(
-    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 @pytest.fixture
@@ -54,14 +55,21 @@ def test_this_psycopg_has_what_the_buffering_needs(engine: Engine) -> None:
 
 
 def test_a_transaction_of_many_statements_and_rows_is_sent_in_a_turn_or_two(
-        engine: Engine, turns: list[int]) -> None:
+    engine: Engine, turns: list[int]
+) -> None:
     rows = [{"key": f"buf-{n:02d}", "value": str(n)} for n in range(40)]
     with session_scope(engine) as s:
         read = read_together(s, [(select(Meta.value).where(Meta.key == "buf-none"), {})] * 5)
         assert read == [[]] * 5 and len(turns) <= 2
         turns.clear()
-        commit_pipelined(s, [(insert(Meta), rows[:20]), *[(insert(Meta), row) for row in rows[20:]],
-                             (update(Meta).where(Meta.key == "buf-00").values(value="first"), {})])
+        commit_pipelined(
+            s,
+            [
+                (insert(Meta), rows[:20]),
+                *[(insert(Meta), row) for row in rows[20:]],
+                (update(Meta).where(Meta.key == "buf-00").values(value="first"), {}),
+            ],
+        )
         assert len(turns) <= 2  # psycopg's own pipeline: one turn per row, 42 and more
 
     assert _meta(engine) == {**{r["key"]: r["value"] for r in rows}, "buf-00": "first"}
@@ -72,9 +80,14 @@ def test_an_error_in_the_middle_is_raised_as_psycopg_raises_it_and_nothing_is_ke
         s.add(Meta(key="buf-taken", value="1"))
     with pytest.raises(IntegrityError), session_scope(engine) as s:
         read_together(s, [(select(Meta.value).where(Meta.key == "buf-taken"), {})])
-        commit_pipelined(s, [(insert(Meta), [{"key": "buf-a", "value": "a"}]),
-                             (insert(Meta), [{"key": "buf-taken", "value": "again"}]),  # the key is taken
-                             (insert(Meta), [{"key": "buf-b", "value": "b"}])])
+        commit_pipelined(
+            s,
+            [
+                (insert(Meta), [{"key": "buf-a", "value": "a"}]),
+                (insert(Meta), [{"key": "buf-taken", "value": "again"}]),  # the key is taken
+                (insert(Meta), [{"key": "buf-b", "value": "b"}]),
+            ],
+        )
     assert _meta(engine) == {"buf-taken": "1"}  # neither the rows before the error nor those after it
     with session_scope(engine) as s:  # and the pooled connection works on
         read_together(s, [(select(Meta.value).where(Meta.key == "buf-taken"), {})])

@@ -31,7 +31,8 @@ def _count(node: Node, what: object) -> int:
 
 
 def test_a_message_a_racing_delivery_stored_first_gets_its_stored_receipt_and_nothing_twice(
-        nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
     kz, by = nodes
     signatory = signatory_of(kz)
     for _ in range(2):
@@ -71,7 +72,8 @@ def _two_envelopes(kz: Node) -> list[bytes]:
 
 
 def test_a_redelivered_batch_is_answered_as_stored_even_where_opening_it_now_fails(
-        nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On PostgreSQL a batch is opened before it is known which of it was stored (``Node._check_framed``):
     a redelivery is still answered with its stored receipt, and its failed opening records nothing."""
     kz, by = nodes
@@ -81,7 +83,9 @@ def test_a_redelivered_batch_is_answered_as_stored_even_where_opening_it_now_fai
     events = _count(by, Event)
 
     now = by.clock()
-    monkeypatch.setattr(by, "clock", lambda: now + timedelta(days=30))  # both now far outside the clock window
+    monkeypatch.setattr(
+        by, "clock", lambda: now + timedelta(days=30)
+    )  # both now far outside the clock window
     again = by.receive_batch(envelopes, "KZ")
 
     assert [a.status for a in again] == [200, 200]
@@ -93,7 +97,8 @@ def test_a_redelivered_batch_is_answered_as_stored_even_where_opening_it_now_fai
 
 @pytest.mark.parametrize("node_pair", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_on_postgresql_a_batch_is_opened_while_its_stored_rows_are_looked_up(
-        nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The lookup's round trip to the server is not waited for on its own: it is in flight while the
     envelopes are verified and decrypted."""
     kz, by = nodes

@@ -71,8 +71,9 @@ def test_passphrase_comes_from_the_named_variable(tmp_path: Path, monkeypatch: p
 
 
 @pytest.mark.parametrize("value", [None, ""])
-def test_a_passphrase_variable_named_but_not_given_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               value: str | None) -> None:
+def test_a_passphrase_variable_named_but_not_given_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
     """Never unencrypted keys, or keys that fail to open, because the passphrase did not reach the process."""
     s = Settings(data_dir=tmp_path, party="KZ", key_passphrase_env="KZ_NODE_PASS")
     if value is None:

@@ -79,8 +79,9 @@ def add_peer(engine: Engine, party: str = "BY") -> None:
         )
 
 
-def add_outgoing(engine: Engine, message_id: str, now: datetime = T0, peer: str = "BY",
-                 thread_id: str | None = None) -> int:
+def add_outgoing(
+    engine: Engine, message_id: str, now: datetime = T0, peer: str = "BY", thread_id: str | None = None
+) -> int:
     """An outgoing message with a small envelope, enqueued; returns the outbox id."""
     with session_scope(engine) as s:
         blob = write_blob(s, [message_id.encode()])
@@ -168,7 +169,8 @@ def test_no_index_but_the_key_starts_with_a_column_of_a_key_that_a_foreign_key_r
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
 def test_the_outbox_foreign_key_check_reads_one_message_however_many_were_sent_postgres(
-        engine: Engine, database_url: str) -> None:
+    engine: Engine, database_url: str
+) -> None:
     """Sends on one pooled connection from an empty table on (the check's plan is cached from the
     first): each check reads the one message it refers to, not all outgoing ones."""
     sends = 200
@@ -178,8 +180,10 @@ def test_the_outbox_foreign_key_check_reads_one_message_however_many_were_sent_p
     engine.dispose()  # the server processes end and publish their statistics
 
     reads = server_statistics(
-        database_url, "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes WHERE relname = 'message'",
-        lambda found: found.get("pk_message", 0) >= sends)
+        database_url,
+        "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes WHERE relname = 'message'",
+        lambda found: found.get("pk_message", 0) >= sends,
+    )
     assert reads.get("pk_message", 0) >= sends, reads  # one check per outbox row, through the key
     assert sum(reads.values()) <= 2 * sends, reads  # and nothing much besides (quadratic before 0005)
 
@@ -196,11 +200,16 @@ def test_a_message_status_update_writes_no_index_entries_postgres(engine: Engine
             s.execute(update(Message).where(Message.id == "m-1").values(status=status, receipt=b"r" * 400))
     with engine.connect() as conn:  # room is kept on each page for them (a page of one row had it anyway)
         options = conn.exec_driver_sql(
-            "SELECT reloptions FROM pg_class WHERE relname = 'message'").scalar_one()
+            "SELECT reloptions FROM pg_class WHERE relname = 'message'"
+        ).scalar_one()
     engine.dispose()
-    counts = server_statistics(database_url, "SELECT unnest(ARRAY['updates', 'in place']), "
-                               "unnest(ARRAY[n_tup_upd, n_tup_hot_upd]) FROM pg_stat_user_tables "
-                               "WHERE relname = 'message'", lambda found: found.get("updates", 0) >= 2)
+    counts = server_statistics(
+        database_url,
+        "SELECT unnest(ARRAY['updates', 'in place']), "
+        "unnest(ARRAY[n_tup_upd, n_tup_hot_upd]) FROM pg_stat_user_tables "
+        "WHERE relname = 'message'",
+        lambda found: found.get("updates", 0) >= 2,
+    )
     assert counts == {"updates": 2, "in place": 2}
     assert options == ["fillfactor=80"]
 
@@ -209,7 +218,8 @@ def test_a_message_status_update_writes_no_index_entries_postgres(engine: Engine
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
 def test_an_envelope_chunk_is_never_compressed_and_a_small_one_stays_in_its_row_postgres(
-        engine: Engine) -> None:
+    engine: Engine,
+) -> None:
     """Ciphertext does not compress; a 4 KB envelope (a document without attachments) is not moved out of
     line into the TOAST table, a 100 KB chunk is (migration 0006)."""
     rng = random.Random(6)
@@ -223,14 +233,16 @@ def test_an_envelope_chunk_is_never_compressed_and_a_small_one_stays_in_its_row_
         big_id = write_blob(s, [big]).id
     with engine.connect() as conn:
         assert conn.exec_driver_sql(toast_size).scalar_one() > 0
-        storage = conn.exec_driver_sql("SELECT attstorage FROM pg_attribute WHERE attname = 'data' "
-                                       "AND attrelid = 'blob_chunk'::regclass").scalar_one()
+        storage = conn.exec_driver_sql(
+            "SELECT attstorage FROM pg_attribute WHERE attname = 'data' AND attrelid = 'blob_chunk'::regclass"
+        ).scalar_one()
     assert storage == "e"  # external: out of line when it must be, never compressed
     assert blob_bytes(engine, small_id) == small and blob_bytes(engine, big_id) == big
 
 
-def server_statistics(database_url: str, query: str,
-                      complete: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+def server_statistics(
+    database_url: str, query: str, complete: Callable[[dict[str, int]], bool]
+) -> dict[str, int]:
     """(name, count) rows of a PostgreSQL statistics ``query``, read again until ``complete`` (they are
     published a moment after the server processes that gathered them end)."""
     checker = make_engine(database_url)
@@ -394,19 +406,28 @@ def test_small_blobs_reads_several_whole_blobs_in_order_and_verifies_each(engine
     with session_scope(engine) as s:
         ids = [write_blob(s, [c]).id for c in contents]
     assert small_blobs(engine, [ids[3], ids[0], ids[1], ids[2], ids[0]]) == [
-        contents[3], contents[0], contents[1], contents[2], contents[0]]
+        contents[3],
+        contents[0],
+        contents[1],
+        contents[2],
+        contents[0],
+    ]
     with pytest.raises(BlobTooLarge):
         small_blobs(engine, ids, max_total=BLOB_CHUNK_SIZE)
     with pytest.raises(BlobNotFound):
         small_blobs(engine, [ids[0], 10**9])
     with session_scope(engine) as s:
-        s.connection().execute(update(BlobChunk).where(BlobChunk.blob_id == ids[1], BlobChunk.seq == 1)
-                               .values(data=b"x" * 5))
+        s.connection().execute(
+            update(BlobChunk).where(BlobChunk.blob_id == ids[1], BlobChunk.seq == 1).values(data=b"x" * 5)
+        )
     with pytest.raises(BlobCorrupt):
         small_blobs(engine, [ids[0], ids[1]])
     with session_scope(engine) as s:
-        s.connection().execute(BlobChunk.__table__.delete().where(  # type: ignore[attr-defined]
-            BlobChunk.blob_id == ids[1], BlobChunk.seq == 0))
+        s.connection().execute(
+            BlobChunk.__table__.delete().where(  # type: ignore[attr-defined]
+                BlobChunk.blob_id == ids[1], BlobChunk.seq == 0
+            )
+        )
     with pytest.raises(BlobCorrupt, match="missing"):
         small_blobs(engine, [ids[1]])
 
@@ -432,7 +453,11 @@ def test_write_blobs_stores_bytes_together_and_streams_alone_within_the_size_lim
         in_memory = write_blobs(s, [b"a" * 10, b"b" * 20], max_size=20)
         mixed = write_blobs(s, [b"c" * 5, iter([b"d" * 7, b"e" * 8])], max_size=20)
     assert [b"".join(read_blob(engine, b.id)) for b in in_memory + mixed] == [
-        b"a" * 10, b"b" * 20, b"c" * 5, b"d" * 7 + b"e" * 8]
+        b"a" * 10,
+        b"b" * 20,
+        b"c" * 5,
+        b"d" * 7 + b"e" * 8,
+    ]
     for too_big in ([b"f" * 21], [iter([b"g" * 15, b"h" * 15])]):  # in memory or streamed: refused alike
         with pytest.raises(BlobTooLarge), session_scope(engine) as s:
             write_blobs(s, too_big, max_size=20)
@@ -453,9 +478,20 @@ def test_enqueue_many_queues_each_message_due_at_once(engine: Engine) -> None:
     assert len(set(ids)) == 3  # an outbox row each
     with session_scope(engine) as s:
         for i, blob in zip(range(3, 6), write_small_blobs(s, [b"a", b"b", b"c"]), strict=True):
-            s.add(Message(id=f"m-{i}", direction="out", peer="BY", kind="request", status="queued",
-                          envelope_sha256=blob.sha256, envelope_size=blob.size, blob_id=blob.id,
-                          created_at=T0, summary={}))
+            s.add(
+                Message(
+                    id=f"m-{i}",
+                    direction="out",
+                    peer="BY",
+                    kind="request",
+                    status="queued",
+                    envelope_sha256=blob.sha256,
+                    envelope_size=blob.size,
+                    blob_id=blob.id,
+                    created_at=T0,
+                    summary={},
+                )
+            )
         outbox.enqueue_many(s, [(f"m-{i}", "BY", T0) for i in range(3, 6)])  # (it flushes the messages first)
         outbox.enqueue_many(s, [])
     claimed = outbox.claim_due(engine, "w", T0, 10, 60.0).claims
@@ -838,8 +874,11 @@ def _terminate_backends(engine: Engine) -> int:
 
     url = engine.url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as admin:
-        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                               "WHERE datname = %s AND pid <> pg_backend_pid()", (engine.url.database,)).fetchone()
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (engine.url.database,),
+        ).fetchone()
     return int(killed[0]) if killed else 0
 
 
@@ -864,7 +903,8 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_before_use_postgres(e
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
 def test_a_connection_killed_moments_ago_fails_one_transaction_then_the_pool_reconnects_postgres(
-        engine: Engine) -> None:
+    engine: Engine,
+) -> None:
     from sqlalchemy.exc import OperationalError
 
     add_peer(engine)
@@ -887,15 +927,21 @@ def test_loop_fetchall_sees_each_commit_and_holds_no_snapshot_between_reads(sqli
     eng = make_engine(sqlite_url)
     try:
         by_name = select(User.id, User.disabled).where(  # type: ignore[call-overload]
-            User.name == bindparam("name"))
+            User.name == bindparam("name")
+        )
         assert loop_fetchall(eng, by_name, {"name": "Clerk"}) == []
         with session_scope(eng) as s:
             s.add(User(name="Clerk", role="clerk", token_hash="h" * 64, disabled=False, created_at=T0))
         rows = loop_fetchall(eng, by_name, {"name": "Clerk"})
         assert len(rows) == 1 and rows[0][1] == 0  # as stored: SQLite keeps a boolean as 0 or 1
         with session_scope(eng) as s:
-            s.execute(update(User).where(  # type: ignore[arg-type]
-                User.name == "Clerk").values(disabled=True))
+            s.execute(
+                update(User)
+                .where(  # type: ignore[arg-type]
+                    User.name == "Clerk"
+                )
+                .values(disabled=True)
+            )
         assert loop_fetchall(eng, by_name, {"name": "Clerk"})[0][1] == 1  # the next read sees the commit
         # No read transaction is left open between reads: a full checkpoint can reset the WAL.
         import sqlite3
@@ -933,7 +979,8 @@ def test_loop_fetchall_reports_a_driver_error_as_sqlalchemys_and_reconnects(sqli
 
 @pytest.mark.postgres
 def test_loop_fetchall_async_shares_one_connection_outlives_a_server_restart_and_closes(
-        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asyncio
 
     import psycopg
@@ -947,7 +994,8 @@ def test_loop_fetchall_async_shares_one_connection_outlives_a_server_restart_and
     eng = make_engine(postgres_url)
     libpq = eng.url.set(drivername="postgresql").render_as_string(hide_password=False)
     by_name = select(User.id, User.disabled).where(  # type: ignore[call-overload]
-        User.name == bindparam("name"))
+        User.name == bindparam("name")
+    )
 
     def backends(admin: psycopg.Connection[Any]) -> set[int]:
         mine = "datname = current_database() AND pid <> pg_backend_pid()"
@@ -992,6 +1040,7 @@ def test_loop_fetchall_async_shares_one_connection_outlives_a_server_restart_and
 
 # --- writes sent together (PostgreSQL's pipeline mode) ---------------------------------------------------
 
+
 def _meta(engine: Engine) -> dict[str, str]:
     with session_scope(engine, readonly=True) as s:
         return {m.key: m.value for m in s.exec(select(Meta).where(Meta.key.startswith("pipe-")))}  # type: ignore[attr-defined]
@@ -999,10 +1048,13 @@ def _meta(engine: Engine) -> dict[str, str]:
 
 def test_pipelined_writes_are_applied_in_order(engine: Engine) -> None:
     with session_scope(engine) as s:
-        write_pipelined(s.connection(), [
-            (insert(Meta), [{"key": "pipe-a", "value": "1"}, {"key": "pipe-b", "value": "2"}]),
-            (update(Meta).where(Meta.key == "pipe-a").values(value="3"), {}),  # sees the insert before it
-        ])
+        write_pipelined(
+            s.connection(),
+            [
+                (insert(Meta), [{"key": "pipe-a", "value": "1"}, {"key": "pipe-b", "value": "2"}]),
+                (update(Meta).where(Meta.key == "pipe-a").values(value="3"), {}),  # sees the insert before it
+            ],
+        )
     assert _meta(engine) == {"pipe-a": "3", "pipe-b": "2"}
 
 
@@ -1010,10 +1062,13 @@ def test_a_failed_pipelined_write_raises_the_usual_error_and_keeps_nothing(engin
     with session_scope(engine) as s:
         s.add(Meta(key="pipe-a", value="1"))
     with pytest.raises(IntegrityError), session_scope(engine) as s:
-        write_pipelined(s.connection(), [
-            (insert(Meta), [{"key": "pipe-c", "value": "3"}]),
-            (insert(Meta), [{"key": "pipe-a", "value": "again"}]),  # the key is taken
-        ])
+        write_pipelined(
+            s.connection(),
+            [
+                (insert(Meta), [{"key": "pipe-c", "value": "3"}]),
+                (insert(Meta), [{"key": "pipe-a", "value": "again"}]),  # the key is taken
+            ],
+        )
     assert _meta(engine) == {"pipe-a": "1"}  # pipe-c went with the rolled-back transaction
     with session_scope(engine) as s:  # and the pooled connection works on
         write_pipelined(s.connection(), [(insert(Meta), [{"key": "pipe-d", "value": "4"}])])
@@ -1021,8 +1076,16 @@ def test_a_failed_pipelined_write_raises_the_usual_error_and_keeps_nothing(engin
 
 
 def test_writes_given_with_audit_entries_run_before_them_in_the_same_transaction(engine: Engine) -> None:
-    entry = event_entry(T0, "message.sealed", "ok", actor="user:3", party="BY", object_id="m-1",
-                        envelope_sha256="ab" * 32, kind="request")
+    entry = event_entry(
+        T0,
+        "message.sealed",
+        "ok",
+        actor="user:3",
+        party="BY",
+        object_id="m-1",
+        envelope_sha256="ab" * 32,
+        kind="request",
+    )
     with session_scope(engine) as s:
         record_events(s, [entry], writes_first=[(insert(Meta), [{"key": "pipe-e", "value": "5"}])])
     with session_scope(engine) as s:  # with no entry to record, they are still written
@@ -1031,8 +1094,9 @@ def test_writes_given_with_audit_entries_run_before_them_in_the_same_transaction
         record_events(s, [entry], writes_first=[(insert(Meta), [{"key": "pipe-e", "value": "again"}])])
     assert _meta(engine) == {"pipe-e": "5", "pipe-f": "6"}
     with session_scope(engine, readonly=True) as s:
-        assert [(e.seq, e.object_id) for e in s.exec(select(Event).where(Event.type == "message.sealed"))] \
-            == [(0, "m-1")]
+        assert [
+            (e.seq, e.object_id) for e in s.exec(select(Event).where(Event.type == "message.sealed"))
+        ] == [(0, "m-1")]
 
 
 # --- transactions of two round trips (read_together, commit_pipelined) -------------------------------------
@@ -1055,9 +1119,15 @@ def test_reads_run_together_at_the_start_and_the_writes_commit_with_them(engine:
     with session_scope(engine) as s:
         s.add(Meta(key="pipe-a", value="1"))
     with session_scope(engine) as s:
-        read = read_together(s, [(_META_VALUE, {"k": "pipe-a"}), audit.LOCK_READ,
-                                 (_META_SET, {"k": "pipe-a", "v": "2"}),  # a read may write
-                                 (_META_VALUE, {"k": "pipe-none"})])
+        read = read_together(
+            s,
+            [
+                (_META_VALUE, {"k": "pipe-a"}),
+                audit.LOCK_READ,
+                (_META_SET, {"k": "pipe-a", "v": "2"}),  # a read may write
+                (_META_VALUE, {"k": "pipe-none"}),
+            ],
+        )
         assert read[0] == [("1",)] and read[1][0][0] == 0 and read[2] == [("2",)] and read[3] == []
         commit_pipelined(s, [(insert(Meta), [{"key": "pipe-b", "value": "3"}])])
     assert _meta(engine) == {"pipe-a": "2", "pipe-b": "3"}
@@ -1070,8 +1140,13 @@ def test_a_failed_commit_in_the_pipeline_keeps_nothing_read_or_written(engine: E
         s.add(Meta(key="pipe-a", value="1"))
     with pytest.raises(IntegrityError), session_scope(engine) as s:
         assert read_together(s, [(_META_SET, {"k": "pipe-a", "v": "2"})]) == [[("2",)]]
-        commit_pipelined(s, [(insert(Meta), [{"key": "pipe-c", "value": "3"}]),
-                             (insert(Meta), [{"key": "pipe-a", "value": "again"}])])  # the key is taken
+        commit_pipelined(
+            s,
+            [
+                (insert(Meta), [{"key": "pipe-c", "value": "3"}]),
+                (insert(Meta), [{"key": "pipe-a", "value": "again"}]),
+            ],
+        )  # the key is taken
     assert _meta(engine) == {"pipe-a": "1"}  # the read's update went with the rest
     with session_scope(engine) as s:  # and the pooled connection works on, in transactions of its own
         read_together(s, [(_META_SET, {"k": "pipe-a", "v": "4"})])

@@ -34,13 +34,19 @@ from tests.service.conftest import signatory_of
 @pytest.mark.postgres
 @pytest.mark.parametrize("node_pair", ["postgres"], indirect=True)
 def test_a_send_and_an_operator_change_to_its_peer_never_deadlock_postgres(
-        node_pair: tuple[Node, Node]) -> None:
+    node_pair: tuple[Node, Node],
+) -> None:
     """The operator's transaction locks the peer, then appends to the audit log; the send's inserts refer to
     the peer. If the send took the audit lock before its key-share lock on the peer, each would wait for the
     other (PostgreSQL ends that with a deadlock error for one of them)."""
     kz, _ = node_pair
-    sealed = kz._seal(compose_for(kz, dict(russian_document("BY")), []), signatory_of(kz), [], "user:test",
-                      kz.peer("BY", active_only=False))
+    sealed = kz._seal(
+        compose_for(kz, dict(russian_document("BY")), []),
+        signatory_of(kz),
+        [],
+        "user:test",
+        kz.peer("BY", active_only=False),
+    )
     peer_locked = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -86,13 +92,20 @@ class _SlowFile(io.BytesIO):
 @pytest.mark.postgres
 @pytest.mark.parametrize("node_pair", ["postgres"], indirect=True)
 def test_a_send_that_streams_its_envelope_leaves_the_audit_log_to_other_writers_postgres(
-        node_pair: tuple[Node, Node]) -> None:
+    node_pair: tuple[Node, Node],
+) -> None:
     kz, _ = node_pair
     src = _SlowFile(b"x" * (2 * 1024 * 1024))
     ref = attachment_ref("evidence.bin", "application/octet-stream", src)
     src.slow = True
-    doc = compose(russian_document("BY"), message_id=str(uuid.uuid4()), sender_party="KZ",
-                  now=datetime.now(UTC), attachments=[ref], answered=None)
+    doc = compose(
+        russian_document("BY"),
+        message_id=str(uuid.uuid4()),
+        sender_party="KZ",
+        now=datetime.now(UTC),
+        attachments=[ref],
+        answered=None,
+    )
     started = time.monotonic()
     sending = threading.Thread(target=lambda: kz.send(doc, signatory_of(kz), [src], actor="user:test"))
     sending.start()
@@ -108,8 +121,7 @@ def test_a_send_that_streams_its_envelope_leaves_the_audit_log_to_other_writers_
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("node_pair", ["postgres"], indirect=True)
-def test_storing_a_send_takes_two_round_trips_postgres(node_pair: tuple[Node, Node],
-                                                       tmp_path: Path) -> None:
+def test_storing_a_send_takes_two_round_trips_postgres(node_pair: tuple[Node, Node], tmp_path: Path) -> None:
     """The reads with the BEGIN, then the writes with the COMMIT: two Syncs from the client, as libpq's own
     trace of the connection shows (each Sync is one wait for the server)."""
     kz, _ = node_pair
@@ -126,8 +138,9 @@ def test_storing_a_send_takes_two_round_trips_postgres(node_pair: tuple[Node, No
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("node_pair", ["postgres"], indirect=True)
-def test_asking_whether_a_peer_is_active_takes_one_round_trip_postgres(node_pair: tuple[Node, Node],
-                                                                        tmp_path: Path) -> None:
+def test_asking_whether_a_peer_is_active_takes_one_round_trip_postgres(
+    node_pair: tuple[Node, Node], tmp_path: Path
+) -> None:
     """Asked before every delivery: one statement, with no BEGIN and ROLLBACK around it."""
     kz, _ = node_pair
     assert _syncs(kz, tmp_path, lambda: peer_is_active(kz, "BY")) == ["Sync"]
@@ -138,6 +151,7 @@ def _syncs(node: Node, tmp_path: Path, action: Callable[[], object]) -> list[str
     the server), read from libpq's own trace of every connection checked out meanwhile."""
     trace = tmp_path / "libpq.trace"
     with trace.open("w") as out:
+
         def traced(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
             dbapi_connection.pgconn.trace(out.fileno())
 

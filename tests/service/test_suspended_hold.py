@@ -38,7 +38,8 @@ def state(node: Node, message_id: str) -> tuple[Any, ...]:
 
 
 def test_a_stale_claim_for_a_suspended_peer_leaves_the_row_and_message_of_the_worker_that_took_it_over(
-        kz: Node) -> None:
+    kz: Node,
+) -> None:
     mid = send(kz)
     start = kz.clock()
     [stale] = outbox.claim_due(kz.engine, "worker-a", start, 10, 60).claims

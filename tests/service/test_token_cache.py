@@ -63,8 +63,9 @@ def get(api: TestClient, token: str) -> int:
     return api.get("/v1/messages", headers={"authorization": f"Bearer {token}"}).status_code
 
 
-def test_a_token_checked_once_is_answered_from_the_cache_postgres(node: Node, api: TestClient,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_token_checked_once_is_answered_from_the_cache_postgres(
+    node: Node, api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, token = create_user(node.engine, "reader KZ", "reader", NOW)
     reads: list[object] = []
     read = auth.loop_fetchall_async
@@ -83,8 +84,9 @@ def test_a_token_checked_once_is_answered_from_the_cache_postgres(node: Node, ap
 
 
 @pytest.mark.parametrize("change", ["disabled", "rotated", "role", "plain_sql"])
-def test_a_change_to_a_cached_user_is_refused_once_it_commits_postgres(node: Node, api: TestClient,
-                                                                       change: str) -> None:
+def test_a_change_to_a_cached_user_is_refused_once_it_commits_postgres(
+    node: Node, api: TestClient, change: str
+) -> None:
     user, token = create_user(node.engine, "reader KZ", "reader", NOW)
     assert get(api, token) == 200  # now cached
     assert node.token_cache is not None and node.token_cache.get(hash_token(token)) is not None
@@ -117,17 +119,21 @@ def test_a_read_that_began_before_a_change_is_not_kept_postgres(node: Node) -> N
     assert cache.get("d" * 64) == principal
 
 
-def test_while_the_cache_cannot_hear_every_request_reads_the_database_postgres(node: Node,
-                                                                                api: TestClient) -> None:
+def test_while_the_cache_cannot_hear_every_request_reads_the_database_postgres(
+    node: Node, api: TestClient
+) -> None:
     user, token = create_user(node.engine, "reader KZ", "reader", NOW)
     assert get(api, token) == 200
     cache = node.token_cache
     assert cache is not None
-    with psycopg.connect(node.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                         autocommit=True) as admin:  # the listener's connection dies
-        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                               "WHERE datname = current_database() AND application_name = %s",
-                               (APPLICATION_NAME,)).fetchone()
+    with psycopg.connect(
+        node.engine.url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    ) as admin:  # the listener's connection dies
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s",
+            (APPLICATION_NAME,),
+        ).fetchone()
     assert killed == (1,)
     wait_for("the cache noticing it cannot hear", lambda: not cache.hears(), timeout=3.0)
     cache.stop()  # and stays deaf: a change now must be refused at once, by the read
@@ -160,7 +166,8 @@ def test_a_cache_whose_probes_do_not_come_back_answers_nothing_postgres(node: No
 
 
 def test_with_the_trigger_disabled_the_cache_answers_nothing_and_a_change_is_refused_at_once_postgres(
-        node: Node, api: TestClient) -> None:
+    node: Node, api: TestClient
+) -> None:
     """Changes made while the trigger is disabled (or dropped) are never announced: the cache must not trust
     itself then, even though its probes still come back."""
     user, token = create_user(node.engine, "reader KZ", "reader", NOW)

@@ -43,7 +43,8 @@ def claims(worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch) -> list[list
 
 
 def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(
-        worker: DeliveryWorker, claims: list[list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    worker: DeliveryWorker, claims: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     limit = worker.node.settings.delivery_batches_per_peer
     worker._small_in_flight["BY"] = limit
     assert worker._dispatch() == 0  # a claim meanwhile passed over BY's rows
@@ -58,8 +59,9 @@ def test_the_end_of_a_delivery_to_a_full_peer_wakes_the_worker(
     assert worker._small_in_flight["BY"] == limit - 1
 
 
-def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(worker: DeliveryWorker,
-                                                                  claims: list[list[str]]) -> None:
+def test_no_claim_is_made_while_every_peer_has_its_deliveries_full(
+    worker: DeliveryWorker, claims: list[list[str]]
+) -> None:
     slots = worker.node.settings.delivery_concurrency
     full = worker.node.settings.delivery_batches_per_peer
     worker._small_in_flight["BY"] = worker._small_in_flight["AM"] = full

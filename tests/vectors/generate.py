@@ -1,4 +1,3 @@
-
 """Build prolink's published test vectors (``tests/vectors/v1.json``) from fixed seeds and a fixed time.
 
 Usage (from the repository root)::
@@ -76,22 +75,22 @@ FIELDS = {
     "*_b64": "standard base64 (RFC 4648 section 4) with padding, of the exact bytes",
     "keys.*.seed_hex": "Ed25519 private key seed (32 bytes)",
     "keys.encryption.private_hex": "HPKE private key: X25519 scalar (32 bytes), or for the hybrid "
-                                   "ML-KEM-768 seed d||z (64 bytes) followed by the X25519 scalar (32 bytes)",
+    "ML-KEM-768 seed d||z (64 bytes) followed by the X25519 scalar (32 bytes)",
     "keys.encryption.public_hex": "HPKE public key: X25519 (32 bytes), or ML-KEM-768 encapsulation key "
-                                  "(1184 bytes) followed by X25519 (32 bytes)",
+    "(1184 bytes) followed by X25519 (32 bytes)",
     "key_id": "first 16 bytes of SHA-256('prolink-key-v1' 0x00 alg 0x00 public), hex; alg is 'ed25519' "
-              "or the suite name",
+    "or the suite name",
     "fingerprint": "root key fingerprint, 8 groups of 5 digits (see protocol/README.md)",
     "*_payload": "the DSSE payload of the statement next to it, decoded (for reading only)",
     "envelopes[].envelope_b64": "RECORDED (randomised encryption): must open with the recipient's keys "
-                                "at 'time'",
+    "at 'time'",
     "envelopes[].header": "the clear header bytes, as UTF-8 text",
     "envelopes[].hpke_info_hex": "HPKE info = PAE('application/vnd.prolink.envelope-body.v1', header)",
     "envelopes[].signature_input_hex": "what the node key signs: PAE('application/vnd.prolink.envelope.v1', "
-                                       "header || SHA-256(payload section))",
+    "header || SHA-256(payload section))",
     "envelopes[].signed_document_b64": "the person-signed document (DSSE) the envelope must carry",
     "envelopes[].attachments[]": "name, media type, size, SHA-256 and the plaintext each attachment "
-                                 "must decrypt to",
+    "must decrypt to",
     "receipts[]": "deterministic given the recorded envelope: receipt over its exact bytes",
 }
 
@@ -117,6 +116,7 @@ def dt(text: str) -> datetime:
 
 
 # --- the fixed world --------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VectorParty:
@@ -146,8 +146,9 @@ def _encryption_key(code: str, suite: str) -> DecryptionKey:
     return DecryptionKey(suite, x25519)
 
 
-def make_party(code: str, name: str, suite: str, *, person: str, position: str,
-               with_retired_key: bool) -> VectorParty:
+def make_party(
+    code: str, name: str, suite: str, *, person: str, position: str, with_retired_key: bool
+) -> VectorParty:
     root = SigningKey(seed(f"{code}/root", 32))
     node = SigningKey(seed(f"{code}/node", 32))
     retired = SigningKey(seed(f"{code}/node-2025", 32)) if with_retired_key else None
@@ -155,74 +156,140 @@ def make_party(code: str, name: str, suite: str, *, person: str, position: str,
     encryption = _encryption_key(code, suite)
     signing_keys: list[tuple[Any, KeyValidity]] = []
     if retired is not None:
-        signing_keys.append((retired.public, KeyValidity(retired.key_id, datetime(2025, 1, 1, tzinfo=UTC),
-                                                         datetime(2026, 1, 31, tzinfo=UTC))))
-    signing_keys.append((node.public, KeyValidity(node.key_id, datetime(2026, 1, 1, tzinfo=UTC),
-                                                  datetime(2027, 12, 31, tzinfo=UTC))))
+        signing_keys.append(
+            (
+                retired.public,
+                KeyValidity(
+                    retired.key_id, datetime(2025, 1, 1, tzinfo=UTC), datetime(2026, 1, 31, tzinfo=UTC)
+                ),
+            )
+        )
+    signing_keys.append(
+        (
+            node.public,
+            KeyValidity(node.key_id, datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 12, 31, tzinfo=UTC)),
+        )
+    )
     contents = BundleContents(
-        party=code, name=name, endpoint=f"https://prolink.{code.lower()}.example:8443", version=1,
-        issued_at=datetime(2026, 1, 1, tzinfo=UTC), root=root.public,
+        party=code,
+        name=name,
+        endpoint=f"https://prolink.{code.lower()}.example:8443",
+        version=1,
+        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+        root=root.public,
         signing_keys=tuple(signing_keys),
-        encryption_keys=((encryption.public, KeyValidity(encryption.key_id,
-                                                         datetime(2026, 1, 1, tzinfo=UTC), None)),),
+        encryption_keys=(
+            (encryption.public, KeyValidity(encryption.key_id, datetime(2026, 1, 1, tzinfo=UTC), None)),
+        ),
         tls_ca_pem="-----BEGIN CERTIFICATE-----\n"
-                   + b64(f"placeholder TLS CA of {code} (test vectors)".encode())
-                   + "\n-----END CERTIFICATE-----\n",
+        + b64(f"placeholder TLS CA of {code} (test vectors)".encode())
+        + "\n-----END CERTIFICATE-----\n",
     )
     authorisation = issue_authorisation(
-        Authorisation(party=code, person=person, position=position, key=signatory.public,
-                      valid_from=date(2026, 1, 1), valid_until=date(2026, 12, 31),
-                      issued_at=datetime(2025, 12, 20, 9, 0, tzinfo=UTC)),
-        root)
-    return VectorParty(code, name, suite, root, node, retired, signatory, encryption,
-                       sign_bundle(contents, root), authorisation)
+        Authorisation(
+            party=code,
+            person=person,
+            position=position,
+            key=signatory.public,
+            valid_from=date(2026, 1, 1),
+            valid_until=date(2026, 12, 31),
+            issued_at=datetime(2025, 12, 20, 9, 0, tzinfo=UTC),
+        ),
+        root,
+    )
+    return VectorParty(
+        code,
+        name,
+        suite,
+        root,
+        node,
+        retired,
+        signatory,
+        encryption,
+        sign_bundle(contents, root),
+        authorisation,
+    )
 
 
 def world() -> tuple[VectorParty, VectorParty]:
     """KZ advertises plain X25519 and BY the post-quantum hybrid, so that both suites appear."""
-    kz = make_party("KZ", "Генеральная прокуратура Республики Казахстан", CLASSIC,
-                    person="Ахметов Ерлан Серикович", position="заместитель Генерального прокурора",
-                    with_retired_key=True)
-    by = make_party("BY", "Генеральная прокуратура Республики Беларусь", PQ_HYBRID,
-                    person="Ковалёв Андрей Петрович", position="начальник управления международного "
-                                                             "сотрудничества",
-                    with_retired_key=False)
+    kz = make_party(
+        "KZ",
+        "Генеральная прокуратура Республики Казахстан",
+        CLASSIC,
+        person="Ахметов Ерлан Серикович",
+        position="заместитель Генерального прокурора",
+        with_retired_key=True,
+    )
+    by = make_party(
+        "BY",
+        "Генеральная прокуратура Республики Беларусь",
+        PQ_HYBRID,
+        person="Ковалёв Андрей Петрович",
+        position="начальник управления международного сотрудничества",
+        with_retired_key=False,
+    )
     return kz, by
 
 
 REQUEST_ID = "6f1d5c3a-2b7e-4c90-8a41-93e2d0f5b718"
 RESULT_ID = "b2c4e6f8-1a3b-4d5e-8f70-9a1b2c3d4e5f"
-REQUEST_ATTACHMENT = ("справка.txt", "text/plain",
-                      "Справка о регистрации ООО «Восток-Транзит», рег. № 123456789012.\n".encode())
-RESULT_ATTACHMENT = ("protocol-2026-118.txt", "text/plain",
-                     "Протокол допроса свидетеля Сидорова С.С. от 20.11.2026.\n".encode())
+REQUEST_ATTACHMENT = (
+    "справка.txt",
+    "text/plain",
+    "Справка о регистрации ООО «Восток-Транзит», рег. № 123456789012.\n".encode(),
+)
+RESULT_ATTACHMENT = (
+    "protocol-2026-118.txt",
+    "text/plain",
+    "Протокол допроса свидетеля Сидорова С.С. от 20.11.2026.\n".encode(),
+)
 
 
 def _ref(att: tuple[str, str, bytes]) -> dict[str, Any]:
     name, media_type, data = att
-    return {"name": name, "media_type": media_type, "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "name": name,
+        "media_type": media_type,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def documents() -> tuple[dict[str, Any], dict[str, Any]]:
     request = {
-        "kind": "request", "id": REQUEST_ID, "thread_id": REQUEST_ID, "in_reply_to": None,
-        "sender_party": "KZ", "recipient_party": "BY", "created_at": "2026-11-25T11:00:00Z",
-        "language": "ru", "confidentiality": "confidential",
-        "requesting_party": "KZ", "requested_party": "BY",
+        "kind": "request",
+        "id": REQUEST_ID,
+        "thread_id": REQUEST_ID,
+        "in_reply_to": None,
+        "sender_party": "KZ",
+        "recipient_party": "BY",
+        "created_at": "2026-11-25T11:00:00Z",
+        "language": "ru",
+        "confidentiality": "confidential",
+        "requesting_party": "KZ",
+        "requested_party": "BY",
         "grounds": "Уголовное дело № 2026-0415 по признакам преступления, предусмотренного статьёй 297 УК РК",
         "purpose": "Установление источника поставки наркотических средств",
         "content": "Просим предоставить сведения о регистрации ООО «Восток-Транзит» и о движении "
-                   "денежных средств по его счетам за 2025-2026 годы.",
+        "денежных средств по его счетам за 2025-2026 годы.",
         "expected_execution_date": "2026-12-25",
         "other_information": "Контактное лицо: старший прокурор Петров П.П., тел. +7 7172 71 00 00.",
-        "direction": "drugs", "form": "crime_information", "urgent": False,
+        "direction": "drugs",
+        "form": "crime_information",
+        "urgent": False,
         "attachments": [_ref(REQUEST_ATTACHMENT)],
     }
     result = {
-        "kind": "execution_result", "id": RESULT_ID, "thread_id": REQUEST_ID, "in_reply_to": REQUEST_ID,
-        "sender_party": "BY", "recipient_party": "KZ", "created_at": "2026-11-25T11:30:00Z",
-        "language": "ru", "confidentiality": "confidential",
+        "kind": "execution_result",
+        "id": RESULT_ID,
+        "thread_id": REQUEST_ID,
+        "in_reply_to": REQUEST_ID,
+        "sender_party": "BY",
+        "recipient_party": "KZ",
+        "created_at": "2026-11-25T11:30:00Z",
+        "language": "ru",
+        "confidentiality": "confidential",
         "purpose": "Установление источника поставки наркотических средств",
         "summary": "Запрошенные сведения собраны; протокол допроса свидетеля направляется в приложении.",
         "attachments": [_ref(RESULT_ATTACHMENT)],
@@ -231,6 +298,7 @@ def documents() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # --- building the vectors ------------------------------------------------------------
+
 
 def _key(k: SigningKey) -> dict[str, str]:
     return {"seed_hex": k.seed.hex(), "public_hex": k.public.public.hex(), "key_id": k.key_id}
@@ -245,8 +313,12 @@ def _party_json(p: VectorParty) -> dict[str, Any]:
     if p.retired_node is not None:
         keys["retired_node"] = _key(p.retired_node)
     keys["signatory"] = _key(p.signatory)
-    keys["encryption"] = {"suite": p.suite, "private_hex": p.encryption.private.hex(),
-                          "public_hex": p.encryption.public.public.hex(), "key_id": p.encryption.key_id}
+    keys["encryption"] = {
+        "suite": p.suite,
+        "private_hex": p.encryption.private.hex(),
+        "public_hex": p.encryption.public.public.hex(),
+        "key_id": p.encryption.key_id,
+    }
     return {
         "keys": keys,
         "fingerprint": fingerprint(p.root.public),
@@ -259,8 +331,15 @@ def _party_json(p: VectorParty) -> dict[str, Any]:
 
 
 def expected_header(sender: VectorParty, recipient: VectorParty, message_id: str) -> bytes:
-    return Header(message_id, sender.code, recipient.code, TIME, sender.node.key_id,
-                  recipient.encryption.key_id, recipient.suite).to_bytes()
+    return Header(
+        message_id,
+        sender.code,
+        recipient.code,
+        TIME,
+        sender.node.key_id,
+        recipient.encryption.key_id,
+        recipient.suite,
+    ).to_bytes()
 
 
 def _payload_section_sha256(envelope: bytes) -> bytes:
@@ -279,46 +358,59 @@ def build(recorded: dict[str, bytes] | None = None) -> dict[str, Any]:
     signed_request = sign_document(parse_document(request), kz.signatory)
     signed_result = sign_document(parse_document(result), by.signatory)
     assert kz.retired_node is not None
-    revocation = issue_revocation(kz.retired_node.key_id, datetime(2026, 1, 15, tzinfo=UTC),
-                                  "ключ выведен из эксплуатации", kz.root)
+    revocation = issue_revocation(
+        kz.retired_node.key_id, datetime(2026, 1, 15, tzinfo=UTC), "ключ выведен из эксплуатации", kz.root
+    )
 
     envelopes = []
     receipts = []
-    plan = [("request-pq-hybrid", kz, by, request, signed_request, REQUEST_ATTACHMENT),
-            ("result-classic", by, kz, result, signed_result, RESULT_ATTACHMENT)]
+    plan = [
+        ("request-pq-hybrid", kz, by, request, signed_request, REQUEST_ATTACHMENT),
+        ("result-classic", by, kz, result, signed_result, RESULT_ATTACHMENT),
+    ]
     for env_id, sender, recipient, doc, signed, att in plan:
         envelope = recorded.get(env_id)
         if envelope is None:
             envelope = seal(signed, sender.authorisation, [att[2]], sender.keys, recipient.trusted(), TIME)
         header = expected_header(sender, recipient, doc["id"])
-        envelopes.append({
-            "id": env_id,
-            "suite": recipient.suite,
-            "sender": sender.code,
-            "recipient": recipient.code,
-            "envelope_b64": b64(envelope),
-            "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
-            "header": header.decode("utf-8"),
-            "hpke_info_hex": pae(BODY_INFO_TYPE, header).hex(),
-            "signature_input_hex": pae(ENVELOPE_SIG_TYPE, header + _payload_section_sha256(envelope)).hex(),
-            "signed_document_b64": b64(signed),
-            "signed_document_payload": _payload(signed),
-            "attachments": [{**_ref(att), "plaintext_hex": att[2].hex()}],
-        })
+        envelopes.append(
+            {
+                "id": env_id,
+                "suite": recipient.suite,
+                "sender": sender.code,
+                "recipient": recipient.code,
+                "envelope_b64": b64(envelope),
+                "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+                "header": header.decode("utf-8"),
+                "hpke_info_hex": pae(BODY_INFO_TYPE, header).hex(),
+                "signature_input_hex": pae(
+                    ENVELOPE_SIG_TYPE, header + _payload_section_sha256(envelope)
+                ).hex(),
+                "signed_document_b64": b64(signed),
+                "signed_document_payload": _payload(signed),
+                "attachments": [{**_ref(att), "plaintext_hex": att[2].hex()}],
+            }
+        )
         rec = receipt(envelope, ACCEPTED, None, recipient.keys, TIME)
-        receipts.append({"envelope": env_id, "issuer": recipient.code, "receipt_b64": b64(rec),
-                         "receipt_payload": _payload(rec)})
+        receipts.append(
+            {
+                "envelope": env_id,
+                "issuer": recipient.code,
+                "receipt_b64": b64(rec),
+                "receipt_payload": _payload(rec),
+            }
+        )
 
     return {
         "format": FORMAT,
         "description": "prolink protocol v1 test vectors: fixed test keys (never use them for anything "
-                       "else), fixed time. Regenerate and check with tests/vectors/generate.py; the wire "
-                       "format is described in protocol/README.md.",
+        "else), fixed time. Regenerate and check with tests/vectors/generate.py; the wire "
+        "format is described in protocol/README.md.",
         "fields": FIELDS,
         "time": ts(TIME),
         "key_derivation": "seed(label, n) = SHAKE-256('prolink-test-vector-v1' 0x00 label)[:n], labels "
-                          "'<party>/root', '<party>/node', '<party>/node-2025', '<party>/signatory', "
-                          "'<party>/encryption/x25519' (32), '<party>/encryption/ml-kem-768' (64)",
+        "'<party>/root', '<party>/node', '<party>/node-2025', '<party>/signatory', "
+        "'<party>/encryption/x25519' (32), '<party>/encryption/ml-kem-768' (64)",
         "parties": {"KZ": _party_json(kz), "BY": _party_json(by)},
         "revocation": {
             "issuer": "KZ",

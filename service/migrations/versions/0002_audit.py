@@ -71,8 +71,9 @@ def upgrade() -> None:
         sa.Column("line", sa.Text(), nullable=False),
         _ts("received_at"),
         sa.PrimaryKeyConstraint("head_size", "party", name="pk_audit_cosignature"),
-        sa.ForeignKeyConstraint(["head_size"], ["audit_head.size"],
-                                name="fk_audit_cosignature_head_size_audit_head"),
+        sa.ForeignKeyConstraint(
+            ["head_size"], ["audit_head.size"], name="fk_audit_cosignature_head_size_audit_head"
+        ),
         sa.ForeignKeyConstraint(["party"], ["peer.party"], name="fk_audit_cosignature_party_peer"),
     )
     op.create_table(
@@ -106,7 +107,8 @@ def upgrade() -> None:
     frontier = _backfill()
     op.get_bind().execute(
         sa.text("INSERT INTO audit_state (id, size, frontier) VALUES (1, :size, :frontier)"),
-        {"size": frontier.size, "frontier": b"".join(frontier.hashes)})
+        {"size": frontier.size, "frontier": b"".join(frontier.hashes)},
+    )
 
     with op.batch_alter_table("event") as batch:
         batch.alter_column("seq", existing_type=sa.BigInteger(), nullable=False)
@@ -118,19 +120,39 @@ def upgrade() -> None:
 def _backfill() -> CompactRange:
     """Append the events recorded before the log existed, oldest first, building the tree as we go."""
     conn = op.get_bind()
-    event = sa.table("event", sa.column("id", sa.BigInteger()), sa.column("at", sa.DateTime(timezone=True)),
-                     sa.column("actor", sa.String()), sa.column("party", sa.String()),
-                     sa.column("type", sa.String()), sa.column("object_id", sa.String()),
-                     sa.column("outcome", sa.String()), sa.column("detail", sa.JSON()),
-                     sa.column("seq", sa.BigInteger()), sa.column("entry", sa.LargeBinary()),
-                     sa.column("leaf_hash", sa.LargeBinary()))
-    node = sa.table("audit_node", sa.column("level", sa.SmallInteger()), sa.column("idx", sa.BigInteger()),
-                    sa.column("hash", sa.LargeBinary()))
+    event = sa.table(
+        "event",
+        sa.column("id", sa.BigInteger()),
+        sa.column("at", sa.DateTime(timezone=True)),
+        sa.column("actor", sa.String()),
+        sa.column("party", sa.String()),
+        sa.column("type", sa.String()),
+        sa.column("object_id", sa.String()),
+        sa.column("outcome", sa.String()),
+        sa.column("detail", sa.JSON()),
+        sa.column("seq", sa.BigInteger()),
+        sa.column("entry", sa.LargeBinary()),
+        sa.column("leaf_hash", sa.LargeBinary()),
+    )
+    node = sa.table(
+        "audit_node",
+        sa.column("level", sa.SmallInteger()),
+        sa.column("idx", sa.BigInteger()),
+        sa.column("hash", sa.LargeBinary()),
+    )
     cr = CompactRange()
     last_id = None
     while True:
-        query = sa.select(event.c.id, event.c.at, event.c.actor, event.c.party, event.c.type,
-                          event.c.object_id, event.c.outcome, event.c.detail)
+        query = sa.select(
+            event.c.id,
+            event.c.at,
+            event.c.actor,
+            event.c.party,
+            event.c.type,
+            event.c.object_id,
+            event.c.outcome,
+            event.c.detail,
+        )
         query = query.order_by(event.c.id).limit(BATCH)
         if last_id is not None:
             query = query.where(event.c.id > last_id)
@@ -141,14 +163,27 @@ def _backfill() -> CompactRange:
         for row in rows:
             at = row.at if row.at.tzinfo is not None else row.at.replace(tzinfo=UTC)
             seq = cr.size
-            data = entry_bytes(seq=seq, at=at, actor=row.actor, party=row.party, type=row.type,
-                               object_id=row.object_id, outcome=row.outcome, detail=row.detail or {})
+            data = entry_bytes(
+                seq=seq,
+                at=at,
+                actor=row.actor,
+                party=row.party,
+                type=row.type,
+                object_id=row.object_id,
+                outcome=row.outcome,
+                detail=row.detail or {},
+            )
             h = leaf_hash(data)
             nodes.extend({"level": lvl, "idx": idx, "hash": nh} for lvl, idx, nh in cr.append(h))
             updates.append({"b_id": row.id, "b_seq": seq, "b_entry": data, "b_leaf": h})
-        conn.execute(event.update().where(event.c.id == sa.bindparam("b_id"))
-                     .values(seq=sa.bindparam("b_seq"), entry=sa.bindparam("b_entry"),
-                             leaf_hash=sa.bindparam("b_leaf")), updates)
+        conn.execute(
+            event.update()
+            .where(event.c.id == sa.bindparam("b_id"))
+            .values(
+                seq=sa.bindparam("b_seq"), entry=sa.bindparam("b_entry"), leaf_hash=sa.bindparam("b_leaf")
+            ),
+            updates,
+        )
         if nodes:
             conn.execute(node.insert(), nodes)
         last_id = rows[-1].id
