@@ -24,6 +24,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict protocol/ keys/
 
 bench: venv

@@ -172,7 +172,8 @@ def encode_private_key(
 def encrypt_secret(
     header: dict[str, Any], raw: bytes, passphrase: Passphrase, scrypt: ScryptParams = DEFAULT_SCRYPT
 ) -> bytes:
-    """A key file holding ``raw`` encrypted under ``passphrase``, bound to ``header`` (format, kind, key id)."""
+    """A key file holding ``raw`` encrypted under ``passphrase``, bound to ``header`` (format, kind,
+    key id)."""
     header = dict(header)
     salt, nonce = os.urandom(16), os.urandom(12)
     header.update(

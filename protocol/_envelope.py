@@ -165,6 +165,13 @@ def envelope_size(body_len: int, header_len: int, attachment_sizes: Sequence[int
     )
 
 
+def _hashing(source: Iterable[bytes], digest: Any) -> Iterator[bytes]:
+    """``source``'s pieces as they are, each added to ``digest`` (a ``hashlib`` hash) on its way."""
+    for piece in source:
+        digest.update(piece)
+        yield piece
+
+
 def seal_stream(
     signed_document: bytes,
     authorisation: bytes,
@@ -211,17 +218,11 @@ def seal_stream(
 
     yield MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes
     yield payload(struct.pack(">I", len(body)) + body + struct.pack(">I", len(attachments)))
-    for index, (ref, source) in enumerate(zip(doc.attachments, attachments)):
+    for index, (ref, source) in enumerate(zip(doc.attachments, attachments, strict=True)):
         yield payload(struct.pack(">Q", ciphertext_size(ref.size)))
         digest = hashlib.sha256()
-
-        def hashed(src: Iterable[bytes]) -> Iterator[bytes]:
-            for piece in src:
-                digest.update(piece)
-                yield piece
-
         key = attachment_key(content_key, doc.id, index)
-        for sealed in encrypt_stream(key, hashed(source), ref.size):
+        for sealed in encrypt_stream(key, _hashing(source, digest), ref.size):
             yield payload(sealed)
         if digest.hexdigest() != ref.sha256:
             raise EnvelopeError(

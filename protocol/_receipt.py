@@ -67,7 +67,8 @@ def make_receipt(
 def receipt(
     envelope: bytes, status: str, reason_code: str | None, receiver: NodeKeys, now: datetime
 ) -> bytes:
-    """Receipt for ``envelope`` as received (message id and sender read from its clear header if parseable)."""
+    """Receipt for ``envelope`` as received (message id and sender read from its clear header if
+    parseable)."""
     try:
         header = read_framing(envelope).header
         message_id, sender = header.message_id, header.sender

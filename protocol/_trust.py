@@ -397,7 +397,8 @@ def issue_authorisation(auth: Authorisation, root: SigningKey) -> bytes:
 
 
 def verify_authorisation(data: bytes, party: TrustedParty) -> Authorisation:
-    """Verify an authorisation against the issuing Party's root key (validity dates are checked by the caller).
+    """Verify an authorisation against the issuing Party's root key (validity dates are checked by the
+    caller).
 
     Every envelope carries its signer's authorisation; the few a Party issues
     are verified once each per root key and remembered (the result depends on

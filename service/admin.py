@@ -1111,7 +1111,8 @@ def list_users(node: Node, role: str | None = None, disabled: bool | None = None
 
 
 def check_new_user(name: str, role: str, clearance: str) -> None:
-    """What ``add_user`` refuses before it writes anything (the CLI checks it before it makes a signing key)."""
+    """What ``add_user`` refuses before it writes anything (the CLI checks it before it makes a signing
+    key)."""
     if not name.strip():
         raise ServiceError("a user needs a name", code="request.invalid", status=422, field="name")
     _check_role(role)

@@ -23,7 +23,7 @@ from service.db import loop_fetchall, loop_fetchall_async, session_scope
 from service.errors import ServiceError
 from service.models import USER_ROLES, User
 
-TOKEN_PREFIX = "plk_"
+TOKEN_PREFIX = "plk_"  # noqa: S105 - the visible start of every token, not a secret
 
 
 def new_token() -> str:

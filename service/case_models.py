@@ -121,7 +121,8 @@ class Draft(SQLModel, table=True):
 
 
 class Consent(SQLModel, table=True):
-    """Art. 7: a request for another use of a received item, and the provider's answer (same on both sides)."""
+    """Art. 7: a request for another use of a received item, and the provider's answer (same on both
+    sides)."""
 
     __tablename__ = "consent"
 

@@ -92,7 +92,7 @@ def _postgresql_engine(engine: Engine) -> Engine:
         if record.info.pop(_BEGUN_BY_US, False) and dbapi_connection is not None:
             try:  # autocommit off again (``read_together`` turned it on); the transaction is over by now
                 dbapi_connection.autocommit = False
-            except Exception as exc:  # (broken: its transaction status is unknown) a new one next time
+            except Exception as exc:  # noqa: BLE001 - broken: its transaction status is unknown; a new one next time
                 record.invalidate(exc)
 
     @event.listens_for(engine, "before_cursor_execute")

@@ -199,7 +199,7 @@ def start(p: DemoParty, log_dir: Path, env: dict[str, str] | None = None) -> Non
     """Start ``prolink serve`` for ``p`` as a separate process (output appended to its log)."""
     p.log_path = log_dir / f"{p.party.lower()}.log"
     log = p.log_path.open("ab")
-    p.process = subprocess.Popen(
+    p.process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
         [sys.executable, "-m", "service", "serve", "--data-dir", str(p.data_dir)],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -168,7 +168,7 @@ class GroupCommit(Generic[Item, Result]):
     def _store(self, group: list[_Slot[Item, Result]]) -> None:
         try:
             results = self._store_group([s.item for s in group])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting callers, who raise it
             if len(group) == 1:
                 group[0].error, group[0].done = exc, True
             else:  # find the one that failed: each alone, in its own transaction

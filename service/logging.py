@@ -30,10 +30,10 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def log_line(event: dict[str, Any], default: Callable[[Any], Any]) -> str:
-    """One event as a line of compact JSON: orjson's (a node logs a line per message; the standard library
-    took about a quarter of the logging's interpreter samples), the standard library's when orjson refuses the event (a key not
-    a string, an integer beyond 64 bits). ``default`` writes what JSON has no type for (structlog's
-    ``repr``)."""
+    """One event as a line of compact JSON: orjson's (a node logs a line per message; the standard
+    library took about a quarter of the logging's interpreter samples), the standard library's when
+    orjson refuses the event (a key not a string, an integer beyond 64 bits). ``default`` writes what
+    JSON has no type for (structlog's ``repr``)."""
     try:
         return orjson.dumps(event, default=default).decode("utf-8")
     except TypeError:  # (orjson.JSONEncodeError is one)

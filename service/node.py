@@ -141,7 +141,8 @@ class Receipts:
 
 @dataclass(frozen=True)
 class Delivery:
-    """The peer API's answer to one delivery: HTTP status and JSON body (with a signed receipt when possible)."""
+    """The peer API's answer to one delivery: HTTP status and JSON body (with a signed receipt when
+    possible)."""
 
     status: int
     body: dict[str, Any]
@@ -582,7 +583,8 @@ class Node:
         self._reject_event(self.clock(), None, None, exc)
 
     def _check_delivery(self, src: BinaryIO, tls_peer: str | None, now: datetime) -> Delivery | _Checked:
-        """Everything about a delivery that needs no write: framing, sender, redelivery, signature, decryption.
+        """Everything about a delivery that needs no write: framing, sender, redelivery, signature,
+        decryption.
 
         Returns the answer when there is nothing to store (a rejection, or the
         stored receipt of a redelivery), else what ``_store_delivery`` needs.
@@ -1128,7 +1130,8 @@ class Node:
                     worker.hand_over(claims)
                 if not all(handed):  # some were queued: for the claim
                     worker.wake()
-            except Exception as exc:  # logged: what was not handed over is claimed again once its lease ends
+            except Exception as exc:  # noqa: BLE001 - logged: what was not handed over is claimed again
+                # once its lease ends
                 log.error(
                     "hand_over_failed",
                     error_type=type(exc).__name__,

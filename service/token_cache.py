@@ -186,5 +186,5 @@ class TokenCache(BackgroundLoop):
         if conn is not None:
             try:
                 conn.close()
-            except Exception as exc:  # closing a broken connection: nothing more to do
+            except Exception as exc:  # noqa: BLE001 - closing a broken connection: nothing more to do
                 log.debug("token_cache_close_failed", error_type=type(exc).__name__)

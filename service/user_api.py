@@ -39,7 +39,8 @@ Reader = Annotated[Principal, Depends(require_role("reader", "clerk", "signatory
 
 
 def message_view(row: Message, user: Principal | None = None) -> dict[str, Any]:
-    """Metadata only, never content; below the item's level only that it exists, from whom and when (Art. 7)."""
+    """Metadata only, never content; below the item's level only that it exists, from whom and when
+    (Art. 7)."""
     policy = row.summary.get("policy", {})
     if user is not None and not can_see(user, policy.get("confidentiality")):
         return {

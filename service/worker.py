@@ -282,7 +282,7 @@ class DeliveryWorker(BackgroundLoop):
             with session_scope(self.node.engine) as s:
                 outbox.give_back(s, claims)
             log.info("claims_given_back", why=why, envelopes=len(claims))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged; their leases run out instead
             log.warning(
                 "claims_not_given_back", why=why, envelopes=len(claims), error_type=type(exc).__name__
             )

@@ -1,4 +1,5 @@
-"""Article 7 on two real nodes: purpose-bound, confidential use of received data, consent by signed message."""
+"""Article 7 on two real nodes: purpose-bound, confidential use of received data, consent by signed
+message."""
 
 from __future__ import annotations
 

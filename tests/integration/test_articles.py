@@ -1,4 +1,5 @@
-"""The agreement's request lifecycle end to end, through the user API of two real nodes (Art. 4-6, 8, 10, 11, 14).
+"""The agreement's request lifecycle end to end, through the user API of two real nodes
+(Art. 4-6, 8, 10, 11, 14).
 
 One pair of nodes serves the whole module (each test opens its own threads);
 tests that change the agreement itself (termination) get a pair of their own.

@@ -175,10 +175,12 @@ def _handshake(p, ctx: ssl.SSLContext) -> bytes:
     error or as the connection closing with nothing read: both mean b"".
     """
     try:
-        with socket.create_connection(("127.0.0.1", p.peer_port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                tls.sendall(b"GET /v1/ping HTTP/1.1\r\nhost: x\r\n\r\n")
-                return tls.recv(1024)
+        with (
+            socket.create_connection(("127.0.0.1", p.peer_port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"GET /v1/ping HTTP/1.1\r\nhost: x\r\n\r\n")
+            return tls.recv(1024)
     except (ssl.SSLError, ConnectionError, OSError):
         return b""
 
@@ -228,7 +230,8 @@ def test_user_token_does_not_open_the_peer_port(pair) -> None:
 
 
 def test_an_endless_request_head_is_refused_and_the_node_keeps_serving(pair) -> None:
-    """httptools alone would buffer it all (``service.http_head``): the user port needs no token to be sent one."""
+    """httptools alone would buffer it all (``service.http_head``): the user port needs no token to be
+    sent one."""
     before = row_counts(pair.by)
     with socket.create_connection(("127.0.0.1", pair.by.user_port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
