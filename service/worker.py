@@ -476,12 +476,13 @@ class DeliveryWorker(BackgroundLoop):
         ):
             return self._failed_many(claims, f"HTTP {response.status_code} without one answer per envelope")
         outcomes = self._settle(claims, [(_status_of(r), r) for r in results])
-        log.info(
+        log.info(  # each message by id, as a single delivery's ``delivery_attempt``: an operator finds it
             "delivery_batch",
             peer=peer,
             envelopes=len(claims),
             delivered=outcomes.count("delivered"),
             rejected=outcomes.count("rejected"),
+            messages=dict(zip((c.message_id for c in claims), outcomes, strict=True)),
         )
         return outcomes
 

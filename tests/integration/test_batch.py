@@ -164,7 +164,9 @@ def test_messages_waiting_for_the_peer_go_out_together_in_one_batch(make_pair, b
     pair = make_pair(backend, **WAIT_AN_HOUR)
     sent = queue_while_by_is_down(pair, 12)
     all_delivered(pair, sent)
-    assert any(e.get("envelopes") == 12 for e in pair.events(pair.kz))
+    batches = [e for e in pair.events(pair.kz) if e["event"] == "delivery_batch" and e["envelopes"] == 12]
+    assert len(batches) == 1
+    assert batches[0]["messages"] == dict.fromkeys(sent, "delivered")  # each message's outcome, by its id
 
 
 def test_a_peer_taking_smaller_batches_gets_each_envelope_alone(make_pair) -> None:
