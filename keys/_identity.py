@@ -381,6 +381,13 @@ def generate_identity(
     return load_identity(data_dir, passphrase, now=now)
 
 
+def recorded_bundle_version(data_dir: Path | str) -> int:
+    """The bundle version ``identity.json`` records, read without loading any key (``load_identity``
+    decrypts every key, each a scrypt with a passphrase). A rotation writes ``bundle.json`` first, so
+    for a moment, or for good after a crash between the two writes, this is behind the bundle's."""
+    return int(_read_state(keys_dir(data_dir)).get("bundle_version", 0))
+
+
 def load_identity(
     data_dir: Path | str, passphrase: Passphrase | None = None, *, now: datetime | None = None
 ) -> Identity:

@@ -43,6 +43,7 @@ from keys import (
     client_ssl_context,
     list_signatories,
     load_identity,
+    recorded_bundle_version,
     revoke_key,
     rotate_node_keys,
 )
@@ -641,6 +642,7 @@ class KeySync(BackgroundLoop):
         self._ssl_context: Any = None
         self._trusted_cas: set[tuple[str, int]] = set()
         self._bundle_stat: tuple[int, int] | None = None
+        self._behind: tuple[tuple[int, int], int] | None = None  # (said once: ``reload_identity``)
         self._push_failures: dict[str, tuple[int, float]] = {}
         self._failure_logged: set[tuple[str, int]] = set()
 
@@ -698,12 +700,19 @@ class KeySync(BackgroundLoop):
         if trusted.bundle.version <= node.identity.bundle_version:
             self._bundle_stat = stat
             return False
+        recorded = recorded_bundle_version(node.settings.data_dir)
+        if recorded < trusted.bundle.version:
+            # A rotation writes bundle.json first, then identity.json: we read between the two (or it
+            # crashed between them). The bundle's stat is not recorded, so the next round reads both
+            # again; no key is loaded until identity.json has caught up (each is a scrypt with a passphrase).
+            if self._behind != (stat, recorded):
+                self._behind = (stat, recorded)
+                log.warning(
+                    "identity_behind_bundle", bundle_version=trusted.bundle.version, identity_version=recorded
+                )
+            return False
         old = node.identity
         new = load_identity(node.settings.data_dir, passphrase=node.settings.key_passphrase())
-        if new.bundle_version < trusted.bundle.version:
-            # A rotation writes bundle.json first, then identity.json: we read between the two. The
-            # bundle's stat is not recorded, so the next round reads both again.
-            return False
         full = new.node_keys
         old_key = old.node_keys.signing
         now = node.clock()

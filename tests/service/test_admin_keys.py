@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from keys import ScryptParams, generate_identity
+from keys import ScryptParams, generate_identity, load_identity
 from service import admin
 from service.errors import ServiceError
 from service.migrate import upgrade
@@ -130,7 +130,9 @@ def test_the_storage_key_of_a_passphrase_node_is_encrypted_with_that_passphrase(
     assert refused.value.code == "keys.passphrase_required"
 
 
-def test_key_sync_read_between_the_two_writes_of_a_rotation_reloads_on_the_next_round(node) -> None:
+def test_key_sync_read_between_the_two_writes_of_a_rotation_reloads_on_the_next_round(
+    node, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A rotation writes bundle.json, then identity.json; a key sync round that runs in between reads
     the new bundle beside the old identity. It must not settle for that: the next round switches."""
     keys_dir = node.settings.data_dir / "keys"
@@ -143,10 +145,15 @@ def test_key_sync_read_between_the_two_writes_of_a_rotation_reloads_on_the_next_
     new_identity = (keys_dir / "identity.json").read_bytes()
     (keys_dir / "identity.json").write_bytes(old_identity)  # as if read before the second write landed
 
-    assert sync.check()["reloaded"] is False
+    loads = []
+    monkeypatch.setattr(admin, "load_identity", lambda *a, **k: loads.append(1) or load_identity(*a, **k))
+    for _ in range(3):  # (for good, had the rotation crashed between its writes)
+        assert sync.check()["reloaded"] is False
     assert node.identity.node_keys.signing.key_id == old_signing
+    assert loads == []  # no key loaded (a scrypt each) until identity.json has caught up
 
     (keys_dir / "identity.json").write_bytes(new_identity)  # the second write lands; bundle.json unchanged
     assert sync.check()["reloaded"] is True
+    assert loads == [1]
     assert node.identity.bundle_version == result["bundle_version"]
     assert node.identity.node_keys.signing.key_id == result["signing_key"]
