@@ -501,19 +501,26 @@ class DeliveryLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._offset = 0
+        self._unreadable: list[bytes] = []  # delivery lines that did not parse (another write inside one)
         self.error: str | None = None
 
     def expect(self, message_id: str) -> threading.Event:
+        """The event set when ``message_id``'s delivery ends; already set once the reader has failed."""
         with self._lock:
-            return self._events.setdefault(message_id, threading.Event())
+            event = self._events.setdefault(message_id, threading.Event())
+            if self.error is not None:
+                event.set()
+            return event
 
     def wait_all(self, ids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for mid in ids:
-            if not self.expect(mid).wait(max(0.0, deadline - time.monotonic())):
-                raise RuntimeError(f"message {mid}: its delivery did not end within {timeout} s (log)")
-            if self.error:
-                raise RuntimeError(f"log watcher failed: {self.error}")
+            ended = self.expect(mid).wait(max(0.0, deadline - time.monotonic()))
+            if self.error is not None:
+                raise RuntimeError(f"the log reader failed: {self.error}")
+            if not ended:
+                unreadable = f"; delivery lines unread: {self._unreadable[:3]}" if self._unreadable else ""
+                raise RuntimeError(f"message {mid}: its delivery did not end within {timeout} s{unreadable}")
 
     def __enter__(self) -> DeliveryLog:
         self._offset = self.path.stat().st_size  # only what is written from now on
@@ -541,8 +548,8 @@ class DeliveryLog:
                         if b'"delivery_' in line:
                             self._ended(line)
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
             with self._lock:
+                self.error = f"{type(exc).__name__}: {exc}"
                 for e in self._events.values():
                     e.set()
 
@@ -550,6 +557,7 @@ class DeliveryLog:
         try:
             event = json.loads(line)
         except ValueError:
+            self._unreadable.append(line[:200])
             return
         if event.get("event") == "delivery_batch":
             outcomes = event.get("messages") or {}

@@ -444,9 +444,9 @@ class DeliveryWorker(BackgroundLoop):
                 base + BATCH_PATH, content=body, headers={"content-type": BATCH_MEDIA_TYPE}
             )
         except (httpx.HTTPError, OSError) as exc:
-            return self._failed_many(claims, f"transport: {type(exc).__name__}: {exc}"[:500])
+            return self._batch_failed(peer, claims, f"transport: {type(exc).__name__}: {exc}"[:500])
         except ProlinkError as exc:
-            return self._failed_many(claims, f"{exc.code}: {exc.message}")
+            return self._batch_failed(peer, claims, f"{exc.code}: {exc.message}")
         if response.status_code in (404, 405):  # a node without batches: one by one, from now on
             self._unbatched.add((peer, version))
             log.info("peer_takes_no_batches", peer=peer, status=response.status_code)
@@ -466,7 +466,7 @@ class DeliveryWorker(BackgroundLoop):
                 outcome for part in (claims[:half], claims[half:]) for outcome in self.deliver_group(part)
             ]
         if response.status_code >= 500:
-            return self._failed_many(claims, f"peer answered HTTP {response.status_code} to a batch")
+            return self._batch_failed(peer, claims, f"peer answered HTTP {response.status_code} to a batch")
         answer = _json_or_none(response)
         results = answer.get("results") if isinstance(answer, dict) else None
         if (
@@ -474,16 +474,17 @@ class DeliveryWorker(BackgroundLoop):
             or len(results) != len(claims)
             or not all(isinstance(r, dict) for r in results)
         ):
-            return self._failed_many(claims, f"HTTP {response.status_code} without one answer per envelope")
+            return self._batch_failed(
+                peer, claims, f"HTTP {response.status_code} without one answer per envelope"
+            )
         outcomes = self._settle(claims, [(_status_of(r), r) for r in results])
-        log.info(  # each message by id, as a single delivery's ``delivery_attempt``: an operator finds it
-            "delivery_batch",
-            peer=peer,
-            envelopes=len(claims),
-            delivered=outcomes.count("delivered"),
-            rejected=outcomes.count("rejected"),
-            messages=dict(zip((c.message_id for c in claims), outcomes, strict=True)),
-        )
+        _log_batch(peer, claims, outcomes)
+        return outcomes
+
+    def _batch_failed(self, peer: str, claims: list[outbox.Claim], error: str) -> list[str]:
+        """A batch without an answer for each envelope: a failed attempt each, logged as an answered one."""
+        outcomes = self._failed_many(claims, error)
+        _log_batch(peer, claims, outcomes, error=error[:200])
         return outcomes
 
     def _envelopes(self, claims: list[outbox.Claim]) -> list[bytes]:
@@ -587,6 +588,21 @@ class DeliveryWorker(BackgroundLoop):
                 ],
             )
         return states
+
+
+def _log_batch(peer: str, claims: list[outbox.Claim], outcomes: list[str], **more: Any) -> None:
+    """A batch's line, once its outcomes are committed: each message by id with its outcome (``queued``
+    again, ``parked``, ``delivered``...), as ``delivery_attempt`` for one sent alone, so that an operator
+    can follow a message through the log."""
+    log.info(
+        "delivery_batch",
+        peer=peer,
+        envelopes=len(claims),
+        delivered=outcomes.count("delivered"),
+        rejected=outcomes.count("rejected"),
+        messages=dict(zip((c.message_id for c in claims), outcomes, strict=True)),
+        **more,
+    )
 
 
 def _json_or_none(response: httpx.Response) -> Any:

