@@ -30,6 +30,7 @@ import protocol
 from keys import client_ssl_context
 from protocol import LogError, ProlinkError
 from service import audit
+from service.audit_witness import latest_alert
 from service.background import BackgroundLoop
 from service.db import session_scope
 from service.errors import peer_error_code
@@ -229,16 +230,7 @@ class HeadPublisher(BackgroundLoop):
         )
         node = self.node
         with session_scope(node.engine) as s:
-            last = (
-                s.execute(
-                    select(AuditAlert)
-                    .where(AuditAlert.party == party, AuditAlert.code == code)
-                    .order_by(AuditAlert.id.desc())
-                    .limit(1)
-                )
-                .scalars()
-                .first()
-            )  # type: ignore[union-attr]
+            last = latest_alert(s, party, code)
             peer_holds = body.get("accepted", {}).get("size") if isinstance(body, dict) else None
             same_base = (
                 peer_holds is not None and last is not None and last.evidence.get("peer_holds") == peer_holds

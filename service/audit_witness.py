@@ -223,6 +223,21 @@ def _accept(s: Session, node: Node, party: str, opened: protocol.OpenedCheckpoin
     return Answer(200, {"cosignature": line, "size": cp.size})
 
 
+def latest_alert(s: Session, party: str, code: str) -> AuditAlert | None:
+    """The newest alert about ``party`` with ``code``: whether a new one is the same incident (one alert
+    per incident, here and in ``audit_heads``)."""
+    return (
+        s.execute(
+            select(AuditAlert)
+            .where(AuditAlert.party == party, AuditAlert.code == code)
+            .order_by(AuditAlert.id.desc())  # type: ignore[union-attr]
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )
+
+
 def _alert(
     s: Session,
     node: Node,
@@ -247,16 +262,7 @@ def _alert(
         "old_size": old_size,
         "proof": [h.hex() for h in proof],
     }
-    previous = (
-        s.execute(
-            select(AuditAlert)
-            .where(AuditAlert.party == party, AuditAlert.code == code)
-            .order_by(AuditAlert.id.desc())
-            .limit(1)
-        )
-        .scalars()
-        .first()
-    )  # type: ignore[union-attr]
+    previous = latest_alert(s, party, code)
     # One alert per incident: while it lasts, our accepted head stays the same, whatever the peer sends.
     repeat = (
         previous is not None
