@@ -1,7 +1,5 @@
 """The documents of the agreement, article by article (protocol/_documents.py)."""
 
-# Russian text is the point of these tests: Cyrillic look-alikes of Latin letters are expected.
-
 from __future__ import annotations
 
 import json
